@@ -1,0 +1,97 @@
+from __future__ import annotations
+
+from django.contrib import admin, messages
+from django.http import HttpRequest
+
+from presets.models import Preset
+
+
+@admin.register(Preset)
+class PresetAdmin(admin.ModelAdmin):
+    list_display = [
+        "name",
+        "is_builtin",
+        "visits_per_day",
+        "concurrency",
+        "pageviews_min",
+        "pageviews_max",
+        "ecommerce_probability",
+        "currency",
+        "timezone",
+    ]
+    list_filter = ["is_builtin", "daily_curve"]
+    search_fields = ["name", "description"]
+    actions = ["duplicate_presets"]
+    save_as = True
+    fieldsets = [
+        (None, {"fields": ["name", "description", "is_builtin"]}),
+        (
+            "Volume and pacing",
+            {
+                "fields": [
+                    "visits_per_day",
+                    ("pageviews_min", "pageviews_max"),
+                    ("visit_duration_min", "visit_duration_max"),
+                    ("pause_min", "pause_max"),
+                    "concurrency",
+                    "daily_curve",
+                ]
+            },
+        ),
+        ("Limits", {"fields": ["auto_stop_after_hours", "auto_stop_after_visits", "daily_cap"]}),
+        (
+            "Behaviour",
+            {
+                "fields": [
+                    "site_search_probability",
+                    "outlinks_probability",
+                    "downloads_probability",
+                    "click_events_probability",
+                    "random_events_probability",
+                    "ecommerce_probability",
+                    "direct_traffic_share",
+                    "bounce_share",
+                    "returning_visitor_share",
+                    "logged_in_share",
+                    "randomize_countries",
+                ]
+            },
+        ),
+        (
+            "Ecommerce",
+            {
+                "fields": [
+                    ("ecommerce_order_value_min", "ecommerce_order_value_max"),
+                    ("ecommerce_items_min", "ecommerce_items_max"),
+                    "ecommerce_tax_rate",
+                    "ecommerce_shipping_options",
+                    "currency",
+                ]
+            },
+        ),
+        ("Time", {"fields": ["timezone"]}),
+    ]
+    readonly_fields = ["is_builtin"]
+
+    def has_change_permission(self, request: HttpRequest, obj: Preset | None = None) -> bool:
+        # Built-ins are shown read-only; "Duplicate" makes an editable copy.
+        if obj is not None and obj.is_builtin:
+            return False
+        return super().has_change_permission(request, obj)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Preset | None = None) -> bool:
+        if obj is not None and obj.is_builtin:
+            return False
+        return super().has_delete_permission(request, obj)
+
+    def delete_queryset(self, request: HttpRequest, queryset) -> None:
+        builtin = queryset.filter(is_builtin=True)
+        if builtin.exists():
+            self.message_user(request, "Built-in presets were left alone: they cannot be deleted.", messages.WARNING)
+        super().delete_queryset(request, queryset.filter(is_builtin=False))
+
+    @admin.action(description="Duplicate into a custom preset", permissions=["add"])
+    def duplicate_presets(self, request: HttpRequest, queryset) -> None:
+        for preset in queryset:
+            copy = preset.duplicate()
+            self.message_user(request, f"Created custom preset “{copy.name}” from “{preset.name}”.", messages.SUCCESS)

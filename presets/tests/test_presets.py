@@ -1,0 +1,147 @@
+from decimal import Decimal
+
+import pytest
+from django.core.exceptions import ValidationError
+from django.urls import reverse
+
+from presets.models import BuiltinPresetError, Preset
+from trafficinator.testing import make_preset, make_user
+
+EXPECTED_BUILTINS = {
+    # name: visits/day, concurrency, pageviews, visit minutes, search, outlinks, downloads, clicks,
+    # other events, direct, ecommerce, max order value
+    "Light": (1000, 10, (2, 4), (0.5, 3.0), 0.10, 0.05, 0.03, 0.15, 0.08, 0.40, 0.02, "99.99"),
+    "Medium": (10000, 50, (3, 6), (1.0, 8.0), 0.15, 0.10, 0.08, 0.25, 0.12, 0.30, 0.05, "299.99"),
+    "Heavy": (50000, 150, (4, 8), (2.0, 12.0), 0.20, 0.15, 0.12, 0.30, 0.15, 0.25, 0.08, "499.99"),
+    "Extreme": (100000, 300, (5, 10), (3.0, 15.0), 0.25, 0.18, 0.15, 0.35, 0.18, 0.20, 0.10, "999.99"),
+}
+
+
+@pytest.mark.django_db
+def test_builtin_presets_exist_after_migrate_with_the_original_values():
+    for name, expected in EXPECTED_BUILTINS.items():
+        p = Preset.objects.get(name=name)
+        actual = (
+            p.visits_per_day,
+            p.concurrency,
+            (p.pageviews_min, p.pageviews_max),
+            (p.visit_duration_min, p.visit_duration_max),
+            p.site_search_probability,
+            p.outlinks_probability,
+            p.downloads_probability,
+            p.click_events_probability,
+            p.random_events_probability,
+            p.direct_traffic_share,
+            p.ecommerce_probability,
+            str(p.ecommerce_order_value_max),
+        )
+        assert p.is_builtin
+        assert actual == expected
+        assert (p.currency, p.timezone) == ("SEK", "CET")
+
+
+@pytest.mark.django_db
+def test_builtin_presets_hold_valid_values():
+    for preset in Preset.objects.builtin():
+        preset.pk, preset.is_builtin, preset.name = None, False, preset.name + " check"
+        preset.full_clean()
+
+
+@pytest.mark.django_db
+def test_builtin_preset_cannot_be_edited_or_deleted():
+    light = Preset.objects.get(name="Light")
+    light.visits_per_day = 5
+    with pytest.raises(BuiltinPresetError):
+        light.save()
+    with pytest.raises(BuiltinPresetError):
+        light.delete()
+    assert Preset.objects.get(name="Light").visits_per_day == 1000
+
+
+@pytest.mark.django_db
+def test_builtin_can_be_duplicated_into_an_editable_custom_preset():
+    copy = Preset.objects.get(name="Heavy").duplicate()
+    assert copy.name == "Heavy (copy)" and not copy.is_builtin
+    assert copy.visits_per_day == 50000 and copy.concurrency == 150
+    copy.visits_per_day = 123
+    copy.full_clean()
+    copy.save()
+    assert Preset.objects.get(name="Heavy (copy)").visits_per_day == 123
+    assert Preset.objects.get(name="Heavy").duplicate().name == "Heavy (copy 2)"
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("fields", "field", "message"),
+    [
+        ({"pageviews_min": 5, "pageviews_max": 3}, "pageviews_max", "at least the minimum"),
+        ({"visit_duration_min": 9, "visit_duration_max": 2}, "visit_duration_max", "at least the minimum"),
+        ({"pause_min": 9, "pause_max": 2}, "pause_max", "at least the minimum"),
+        (
+            {"ecommerce_order_value_min": Decimal("50"), "ecommerce_order_value_max": Decimal("10")},
+            "ecommerce_order_value_max",
+            "at least the minimum",
+        ),
+        ({"ecommerce_items_min": 4, "ecommerce_items_max": 1}, "ecommerce_items_max", "at least the minimum"),
+        ({"site_search_probability": 1.5}, "site_search_probability", "less than or equal to 1"),
+        ({"direct_traffic_share": -0.1}, "direct_traffic_share", "greater than or equal to 0"),
+        ({"currency": "XYZ"}, "currency", "not an ISO 4217 currency"),
+        ({"timezone": "Mars/Olympus"}, "timezone", "not an IANA time zone"),
+        ({"visits_per_day": 0}, "visits_per_day", "greater than or equal to 1"),
+        ({"concurrency": 0}, "concurrency", "greater than or equal to 1"),
+        ({"ecommerce_shipping_options": [5, "free"]}, "ecommerce_shipping_options", "not a number"),
+        ({"ecommerce_shipping_options": [-1]}, "ecommerce_shipping_options", "0 or more"),
+        ({"ecommerce_shipping_options": []}, "ecommerce_shipping_options", "list of shipping costs"),
+    ],
+)
+def test_invalid_preset_values_get_clear_field_errors(fields, field, message):
+    preset = Preset(name="bad", **fields)
+    with pytest.raises(ValidationError) as info:
+        preset.full_clean()
+    assert field in info.value.message_dict
+    assert any(message in text for text in info.value.message_dict[field]), info.value.message_dict[field]
+
+
+@pytest.mark.django_db
+def test_valid_time_zone_and_currency_are_accepted():
+    preset = make_preset(timezone="Europe/Stockholm", currency="EUR")
+    assert preset.pk
+
+
+@pytest.mark.django_db
+def test_admin_shows_builtin_read_only_and_rejects_invalid_custom_values(client):
+    client.force_login(make_user(superuser=True))
+    light = Preset.objects.get(name="Light")
+    page = client.get(reverse("admin:presets_preset_change", args=[light.pk]))
+    assert page.status_code == 200
+    assert b'name="visits_per_day"' not in page.content  # read-only view, no inputs
+
+    response = client.post(
+        reverse("admin:presets_preset_add"),
+        {
+            **{f: getattr(light, f) for f in light.knob_values() if f != "ecommerce_shipping_options"},
+            "name": "Mine",
+            "pageviews_min": 6,
+            "pageviews_max": 2,
+            "ecommerce_shipping_options": "[0, 4.99]",
+            "auto_stop_after_hours": "",
+            "auto_stop_after_visits": "",
+            "daily_cap": "",
+        },
+    )
+    assert response.status_code == 200
+    assert "The maximum page views must be at least the minimum" in response.content.decode()
+    assert not Preset.objects.filter(name="Mine").exists()
+
+
+@pytest.mark.django_db
+def test_admin_duplicate_action_copies_a_builtin(client):
+    client.force_login(make_user(superuser=True))
+    medium = Preset.objects.get(name="Medium")
+    response = client.post(
+        reverse("admin:presets_preset_changelist"),
+        {"action": "duplicate_presets", "_selected_action": [medium.pk]},
+        follow=True,
+    )
+    assert response.status_code == 200
+    assert Preset.objects.filter(name="Medium (copy)", is_builtin=False).exists()

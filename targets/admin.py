@@ -1,0 +1,99 @@
+from __future__ import annotations
+
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
+from django.shortcuts import get_object_or_404
+from django.urls import path, reverse
+from django.utils.html import format_html
+
+from targets.checks import run_check
+from targets.forms import TargetForm
+from targets.models import Target
+
+
+@admin.register(Target)
+class TargetAdmin(admin.ModelAdmin):
+    form = TargetForm
+    change_form_template = "admin/targets/target/change_form.html"
+    list_display = ["name", "matomo_url", "site_id", "enabled", "token_set", "check_badge", "last_checked_at"]
+    list_filter = ["enabled", "last_check_ok"]
+    search_fields = ["name", "matomo_url", "site_name"]
+    actions = ["check_connection"]
+    fieldsets = [
+        (None, {"fields": ["name", "matomo_url", "site_id", "token_auth", "clear_token", "enabled"]}),
+        (
+            "Learned from Matomo",
+            {
+                "fields": [
+                    "site_name",
+                    "site_timezone",
+                    "site_currency",
+                    "matomo_version",
+                    "token_can_write",
+                    "last_checked_at",
+                    "last_check_ok",
+                    "last_check_message",
+                ]
+            },
+        ),
+    ]
+    readonly_fields = [
+        "site_name",
+        "site_timezone",
+        "site_currency",
+        "matomo_version",
+        "token_can_write",
+        "last_checked_at",
+        "last_check_ok",
+        "last_check_message",
+    ]
+
+    def get_fieldsets(self, request, obj=None):
+        fieldsets = super().get_fieldsets(request, obj)
+        if obj is None or not obj.token_auth:
+            # "Remove the stored token" only exists when there is one (see TargetForm).
+            main = [f for f in fieldsets[0][1]["fields"] if f != "clear_token"]
+            fieldsets = [(None, {"fields": main}), *fieldsets[1:]]
+        return fieldsets
+
+    @admin.display(boolean=True, description="token")
+    def token_set(self, obj: Target) -> bool:
+        return obj.has_token
+
+    @admin.display(description="last check", ordering="last_check_ok")
+    def check_badge(self, obj: Target) -> str:
+        colour = {"ok": "#2e7d32", "failed": "#c62828"}.get(obj.check_status, "#757575")
+        return format_html(
+            '<span style="color:{}" title="{}">{}</span>', colour, obj.last_check_message, obj.check_status
+        )
+
+    @admin.action(description="Check connection to Matomo")
+    def check_connection(self, request: HttpRequest, queryset) -> None:
+        for target in queryset:
+            self._report(request, target)
+
+    def _report(self, request: HttpRequest, target: Target) -> None:
+        result = run_check(target)
+        level = messages.SUCCESS if result.ok else messages.ERROR
+        self.message_user(request, f"{target.name}: {result.message}", level)
+
+    def get_urls(self):
+        custom = [
+            path(
+                "<int:object_id>/check/",
+                self.admin_site.admin_view(self.check_view),
+                name="targets_target_check",
+            )
+        ]
+        return custom + super().get_urls()
+
+    def check_view(self, request: HttpRequest, object_id: int) -> HttpResponse:
+        """The "Check connection" button on a target's page (a POST form)."""
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        target = get_object_or_404(Target, pk=object_id)
+        if not self.has_change_permission(request, target):
+            raise PermissionDenied
+        self._report(request, target)
+        return HttpResponseRedirect(reverse("admin:targets_target_change", args=[object_id]))

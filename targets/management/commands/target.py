@@ -1,0 +1,110 @@
+"""manage.py target add|list|check: targets from a terminal."""
+
+from __future__ import annotations
+
+import sys
+from argparse import ArgumentParser
+
+from django.core.exceptions import ValidationError
+from django.core.management.base import BaseCommand, CommandError
+
+from targets.checks import run_check
+from targets.models import Target
+
+
+class Command(BaseCommand):
+    help = "Add, list and check Matomo targets."
+
+    def add_arguments(self, parser: ArgumentParser) -> None:
+        sub = parser.add_subparsers(dest="action", required=True, metavar="{add,list,check}")
+
+        add = sub.add_parser("add", help="Add a target (validated like the admin form).")
+        add.add_argument("--name", required=True)
+        add.add_argument("--url", required=True, help="Matomo URL, e.g. https://matomo.example.com/")
+        add.add_argument("--site-id", required=True, type=int)
+        add.add_argument(
+            "--token-stdin",
+            action="store_true",
+            help="Read token_auth from standard input (never from the command line, where it would be logged).",
+        )
+        add.add_argument("--disabled", action="store_true", help="Add it disabled.")
+        add.add_argument("--check", action="store_true", help="Check the connection right after adding.")
+
+        sub.add_parser("list", help="List targets and their last check.")
+
+        check = sub.add_parser("check", help="Check the connection to a target and store what Matomo says.")
+        check.add_argument("name", nargs="?", help="Target name (omit with --all).")
+        check.add_argument("--all", action="store_true", help="Check every enabled target.")
+
+    def handle(self, *args, action: str, **options) -> None:
+        getattr(self, f"handle_{action}")(**options)
+
+    def handle_add(
+        self, *, name: str, url: str, site_id: int, token_stdin: bool, disabled: bool, check: bool, **_
+    ) -> None:
+        token = self.read_token() if token_stdin else ""
+        target = Target(name=name, matomo_url=url, site_id=site_id, token_auth=token, enabled=not disabled)
+        try:
+            target.full_clean()
+        except ValidationError as exc:
+            raise CommandError(format_errors(exc)) from None
+        target.save()
+        self.stdout.write(
+            self.style.SUCCESS(
+                f"Added target “{target.name}” → {target.tracking_url} site {target.site_id}"
+                f" ({'with' if target.has_token else 'without'} token)."
+            )
+        )
+        if check:
+            self.check_one(target)
+
+    def read_token(self) -> str:
+        if sys.stdin.isatty():
+            self.stderr.write("Paste the token_auth and press Enter: ", ending="")
+        token = sys.stdin.readline().strip()
+        if not token:
+            raise CommandError("--token-stdin was given but standard input had no token.")
+        return token
+
+    def handle_list(self, **_) -> None:
+        targets = list(Target.objects.all())
+        if not targets:
+            self.stdout.write("No targets. Add one with: manage.py target add --name N --url U --site-id S")
+            return
+        for target in targets:
+            learned = f" “{target.site_name}” {target.site_timezone}" if target.site_name else ""
+            self.stdout.write(
+                f"{target.name}\t{target.matomo_url}\tsite {target.site_id}{learned}\t"
+                f"token={'set' if target.has_token else 'none'}\t"
+                f"{'enabled' if target.enabled else 'disabled'}\tcheck={target.check_status}"
+            )
+
+    def handle_check(self, *, name: str | None, all: bool, **_) -> None:
+        if all == bool(name):
+            raise CommandError("Give one target name, or --all.")
+        targets = list(Target.objects.enabled()) if all else [self.get_target(name)]
+        failed = [target for target in targets if not self.check_one(target)]
+        if failed:
+            raise CommandError(f"{len(failed)} of {len(targets)} check(s) failed.")
+
+    def check_one(self, target: Target) -> bool:
+        result = run_check(target)
+        for step in result.steps:
+            self.stdout.write(f"  ✓ {step}")
+        style = self.style.SUCCESS if result.ok else self.style.ERROR
+        self.stdout.write(style(f"{target.name}: {result.message}"))
+        return result.ok
+
+    def get_target(self, name: str) -> Target:
+        try:
+            return Target.objects.get(name=name)
+        except Target.DoesNotExist:
+            names = ", ".join(Target.objects.values_list("name", flat=True)) or "none yet"
+            raise CommandError(f"No target named “{name}”. Known targets: {names}.") from None
+
+
+def format_errors(exc: ValidationError) -> str:
+    """A ValidationError as lines of "field: message", the way the admin shows them."""
+    if hasattr(exc, "message_dict"):
+        return "\n".join(f"{field}: {message}" for field, messages in exc.message_dict.items() for message in messages)
+    return "\n".join(exc.messages)

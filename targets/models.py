@@ -1,0 +1,159 @@
+"""A target is one Matomo site we send traffic to."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit, urlunsplit
+
+from django.core.exceptions import ValidationError
+from django.core.validators import MinValueValidator
+from django.db import models
+from django.utils import timezone
+
+if TYPE_CHECKING:
+    from targets.checks import CheckResult
+
+# Paths a user may paste that point at a file inside the Matomo folder rather than at it.
+_MATOMO_ENTRY_POINTS = ("matomo.php", "piwik.php", "index.php", "matomo.js", "piwik.js")
+
+
+def normalize_matomo_url(raw: str) -> str:
+    """The Matomo base URL, always ending in "/", from whatever a user pasted.
+
+    Accepts ``https://host``, ``https://host/path``, ``.../matomo.php``, ``.../piwik.php``
+    and ``.../index.php`` (with query strings or fragments, which are dropped), so that
+    ``tracking_url`` and ``api_url`` can simply append the file name.
+    """
+    value = (raw or "").strip()
+    if not value:
+        raise ValidationError("Enter the Matomo URL, e.g. https://matomo.example.com/.")
+    if "://" not in value:
+        raise ValidationError(f"“{value}” has no scheme; start it with https:// (or http://).")
+    parts = urlsplit(value)
+    if parts.scheme.lower() not in ("http", "https"):
+        raise ValidationError(f"“{parts.scheme}” URLs are not supported; use https:// or http://.")
+    if not parts.hostname:
+        raise ValidationError(f"“{value}” has no host name.")
+    if parts.username or parts.password:
+        raise ValidationError("Do not put a user name or password in the URL; use the token field.")
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a port out of range or not a number
+    except ValueError:
+        raise ValidationError(f"“{value}” has an invalid port.") from None
+    path = parts.path or "/"
+    last = path.rsplit("/", 1)[-1]
+    if last.lower() in _MATOMO_ENTRY_POINTS:
+        path = path[: -len(last)]
+    if not path.endswith("/"):
+        path += "/"
+    return urlunsplit((parts.scheme.lower(), parts.netloc.lower(), path, "", ""))
+
+
+class TargetQuerySet(models.QuerySet):
+    def enabled(self) -> TargetQuerySet:
+        return self.filter(enabled=True)
+
+
+class Target(models.Model):
+    """A Matomo site, its secret token, and what the last connection check learned.
+
+    The token is write-only: forms show whether one is set, never its value, and it is
+    sent to Matomo only in POST bodies (see ``targets.checks`` and the loader)."""
+
+    name = models.CharField(max_length=100, help_text="A unique name, used on the command line too.")
+    # A CharField: normalize_matomo_url() validates and normalises (see clean()).
+    matomo_url = models.CharField(
+        "Matomo URL",
+        max_length=500,
+        help_text="Where Matomo is installed, e.g. https://matomo.example.com/ (…/matomo.php works too).",
+    )
+    site_id = models.PositiveIntegerField("site id", validators=[MinValueValidator(1)], help_text="Matomo's idsite.")
+    token_auth = models.CharField(
+        max_length=255,
+        blank=True,
+        help_text="Needed for visitor countries (cip), backfill (cdt older than 24 h) and the Reporting API.",
+    )
+    enabled = models.BooleanField(default=True)
+
+    # What the last connection check learned from Matomo.
+    site_name = models.CharField(max_length=255, blank=True)
+    site_timezone = models.CharField(max_length=64, blank=True)
+    site_currency = models.CharField(max_length=3, blank=True)
+    matomo_version = models.CharField(max_length=32, blank=True)
+    token_can_write = models.BooleanField(
+        null=True, blank=True, help_text="Whether the token may send token-only parameters (cip, old cdt) to this site."
+    )
+    last_checked_at = models.DateTimeField(null=True, blank=True)
+    last_check_ok = models.BooleanField(null=True, blank=True)
+    last_check_message = models.TextField(blank=True)
+
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    objects = TargetQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            # `target check NAME` and `run_traffic --target NAME` look targets up by name.
+            models.UniqueConstraint(fields=["name"], name="target_name_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def clean(self) -> None:
+        super().clean()
+        if self.matomo_url:
+            try:
+                self.matomo_url = normalize_matomo_url(self.matomo_url)
+            except ValidationError as exc:
+                raise ValidationError({"matomo_url": exc.messages}) from None
+
+    @property
+    def tracking_url(self) -> str:
+        return self.matomo_url + "matomo.php"
+
+    @property
+    def api_url(self) -> str:
+        return self.matomo_url + "index.php"
+
+    @property
+    def has_token(self) -> bool:
+        return bool(self.token_auth)
+
+    def effective_timezone(self, preset_timezone: str) -> str:
+        """The site's own time zone wins once a check has learned it (Matomo splits visits
+        and reports days in the site's time zone, not ours)."""
+        return self.site_timezone or preset_timezone
+
+    def record_check(self, result: CheckResult) -> None:
+        """Store what a connection check learned; a failed check keeps earlier site facts."""
+        self.last_checked_at = timezone.now()
+        self.last_check_ok = result.ok
+        self.last_check_message = result.message
+        for field in ("site_name", "site_timezone", "site_currency", "matomo_version"):
+            value = getattr(result, field)
+            if value:
+                setattr(self, field, value)
+        if result.token_can_write is not None:
+            self.token_can_write = result.token_can_write
+        self.save(
+            update_fields=[
+                "last_checked_at",
+                "last_check_ok",
+                "last_check_message",
+                "site_name",
+                "site_timezone",
+                "site_currency",
+                "matomo_version",
+                "token_can_write",
+                "updated_at",
+            ]
+        )
+
+    @property
+    def check_status(self) -> str:
+        if self.last_check_ok is None:
+            return "never checked"
+        return "ok" if self.last_check_ok else "failed"

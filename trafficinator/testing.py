@@ -1,0 +1,48 @@
+"""Plain factories for tests (no factory library): make_* returns a saved object."""
+
+from __future__ import annotations
+
+from itertools import count
+
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Permission
+
+_sequence = count(1)
+
+
+def make_user(username: str | None = None, *, superuser: bool = False, staff: bool = True, perms: tuple[str, ...] = ()):
+    User = get_user_model()
+    username = username or f"user{next(_sequence)}"
+    if superuser:
+        return User.objects.create_superuser(username=username, password="pw-for-tests-only")
+    user = User.objects.create_user(username=username, password="pw-for-tests-only", is_staff=staff)
+    for perm in perms:
+        app_label, codename = perm.split(".")
+        user.user_permissions.add(Permission.objects.get(content_type__app_label=app_label, codename=codename))
+    return user
+
+
+def make_target(**fields):
+    from targets.models import Target
+
+    values = {
+        "name": f"target-{next(_sequence)}",
+        "matomo_url": "http://127.0.0.1:9/",
+        "site_id": 1,
+    }
+    values.update(fields)
+    target = Target(**values)
+    target.full_clean()
+    target.save()
+    return target
+
+
+def make_preset(**fields):
+    from presets.models import Preset
+
+    values = {"name": f"preset-{next(_sequence)}"}
+    values.update(fields)
+    preset = Preset(**values)
+    preset.full_clean()
+    preset.save()
+    return preset

@@ -1,0 +1,14 @@
+from django.contrib import admin
+from django.urls import path
+
+from trafficinator import views
+
+admin.site.site_header = "Trafficinator"
+admin.site.site_title = "Trafficinator"
+admin.site.index_title = "Configuration"
+
+urlpatterns = [
+    path("", views.home, name="home"),
+    path("health/", views.health, name="health"),
+    path("admin/", admin.site.urls),
+]

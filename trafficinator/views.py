@@ -1,0 +1,31 @@
+"""The base views: the home page and a health check for load balancers."""
+
+from django.contrib.auth.decorators import login_not_required
+from django.db import connection
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import render
+from django.views.decorators.http import require_GET
+
+from presets.models import Preset
+from targets.models import Target
+
+
+@require_GET
+def home(request: HttpRequest) -> HttpResponse:
+    context = {
+        "targets": Target.objects.order_by("name"),
+        "presets": Preset.objects.order_by("-is_builtin", "visits_per_day", "name"),
+    }
+    return render(request, "home.html", context)
+
+
+@login_not_required
+@require_GET
+def health(request: HttpRequest) -> JsonResponse:
+    """Answers 200 when the database answers; no login so a load balancer can call it."""
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+    except Exception as exc:  # any DB failure means unhealthy; say which
+        return JsonResponse({"status": "error", "database": type(exc).__name__}, status=503)
+    return JsonResponse({"status": "ok"})
