@@ -1,12 +1,23 @@
 #!/usr/bin/env python
 """Django's command-line utility for administrative tasks."""
-import os
+
 import sys
+
+# Commands that send traffic run on gevent and must be monkey-patched before anything
+# else (Django, sockets, threading) is imported. Only these: patching the web server or a
+# qcluster breaks Django's DB connections (see design.md, Processes).
+GEVENT_COMMANDS = {"run_loader", "run_traffic", "bench"}
+if len(sys.argv) > 1 and sys.argv[1] in GEVENT_COMMANDS:
+    from gevent import monkey
+
+    monkey.patch_all()
+
+import os  # noqa: E402
 
 
 def main():
     """Run administrative tasks."""
-    os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'trafficinator.settings')
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "trafficinator.settings")
     try:
         from django.core.management import execute_from_command_line
     except ImportError as exc:
@@ -18,5 +29,5 @@ def main():
     execute_from_command_line(sys.argv)
 
 
-if __name__ == '__main__':
+if __name__ == "__main__":
     main()

@@ -1,2 +1,343 @@
+"""Live runs: what was asked for, its lifecycle, and what happened to every hit.
 
-# Create your models here.
+The lifecycle is queued -> running -> (stopping) -> completed | stopped | failed. Every
+transition is a conditional UPDATE on the current status, so two processes (a re-delivered
+task, the dashboard and a loader, the reaper) can never both win.
+"""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from datetime import timedelta
+from decimal import Decimal
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models, transaction
+from django.utils import timezone
+
+from presets.models import Preset
+from targets.models import Target
+
+# A loader flushes every ~2 s; missing this many seconds of heartbeats means it is gone.
+HEARTBEAT_STALE_AFTER = timedelta(seconds=30)
+# After this long without a heartbeat the reaper closes the run as failed.
+REAP_AFTER = timedelta(minutes=15)
+
+
+def json_safe(values: dict) -> dict:
+    """Decimals as strings so a snapshot survives JSON exactly (no float rounding)."""
+    return {key: str(value) if isinstance(value, Decimal) else value for key, value in values.items()}
+
+
+def _hours_to_seconds(hours: float | None) -> int | None:
+    return round(hours * 3600) if hours else None
+
+
+class RunQuerySet(models.QuerySet):
+    @transaction.atomic
+    def create_run(
+        self,
+        *,
+        preset: Preset,
+        targets: list[Target] | list[tuple[Target, float, int | None]],
+        created_by=None,
+        seed: int | None = None,
+        visits_per_day: int | None = None,
+        duration_seconds: int | None = None,
+        max_visits: int | None = None,
+        daily_cap: int | None = None,
+        bulk: bool = False,
+        batch_size: int = 100,
+    ) -> Run:
+        """Create a queued run: the preset is snapshotted, so editing it later does not
+        change this run. ``targets`` are targets, or (target, weight, visits_per_day)."""
+        entries = [item if isinstance(item, tuple) else (item, 1.0, None) for item in targets]
+        if not entries:
+            raise ValidationError({"targets": "Choose at least one target."})
+        disabled = [target.name for target, _, _ in entries if not target.enabled]
+        if disabled:
+            raise ValidationError({"targets": f"Disabled target(s): {', '.join(disabled)}. Enable them first."})
+        if len({target.pk for target, _, _ in entries}) != len(entries):
+            raise ValidationError({"targets": "A target is listed twice."})
+        if all((weight or 0) <= 0 and not rate for _, weight, rate in entries):
+            raise ValidationError({"targets": "Give at least one target a weight above 0 or its own visits per day."})
+        run = self.model(
+            preset=preset,
+            preset_name=preset.name,
+            profile=json_safe(preset.knob_values()),
+            seed=seed if seed is not None else secrets.randbelow(2**31),
+            visits_per_day=visits_per_day or preset.visits_per_day,
+            duration_seconds=duration_seconds
+            if duration_seconds is not None
+            else _hours_to_seconds(preset.auto_stop_after_hours),
+            max_visits=max_visits if max_visits is not None else preset.auto_stop_after_visits,
+            daily_cap=daily_cap if daily_cap is not None else preset.daily_cap,
+            bulk=bulk,
+            batch_size=batch_size,
+            created_by=created_by,
+        )
+        run.full_clean()
+        run.save()
+        for target, weight, rate in entries:
+            RunTarget.objects.create(run=run, target=target, weight=weight, visits_per_day=rate)
+        who = getattr(created_by, "username", None) or "the command line"
+        run.log(RunLog.Level.INFO, f"Created by {who}: preset {preset.name}, {run.visits_per_day} visits/day, "
+                f"{len(entries)} target(s), seed {run.seed}{', bulk' if bulk else ''}.")
+        return run
+
+    def active(self) -> RunQuerySet:
+        return self.filter(status__in=Run.ACTIVE_STATUSES)
+
+    def finished(self) -> RunQuerySet:
+        return self.exclude(status__in=Run.ACTIVE_STATUSES)
+
+    def stale(self, older_than: timedelta = HEARTBEAT_STALE_AFTER) -> RunQuerySet:
+        """Running runs whose loader stopped reporting (crashed, killed, machine gone)."""
+        cutoff = timezone.now() - older_than
+        return self.filter(status__in=[Run.Status.RUNNING, Run.Status.STOPPING], heartbeat_at__lt=cutoff)
+
+
+class Run(models.Model):
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        STOPPING = "stopping", "Stopping"
+        COMPLETED = "completed", "Completed"
+        STOPPED = "stopped", "Stopped"
+        FAILED = "failed", "Failed"
+
+    ACTIVE_STATUSES = (Status.QUEUED, Status.RUNNING, Status.STOPPING)
+
+    preset = models.ForeignKey(Preset, on_delete=models.SET_NULL, null=True, blank=True, related_name="runs")
+    preset_name = models.CharField(max_length=100)
+    profile = models.JSONField(help_text="The preset's knobs as they were when the run was created.")
+    seed = models.BigIntegerField()
+    bulk = models.BooleanField(default=False, help_text="Send whole visits in bulk batches.")
+    batch_size = models.PositiveIntegerField(default=100, validators=[MinValueValidator(1), MaxValueValidator(5000)])
+    visits_per_day = models.PositiveIntegerField(
+        validators=[MinValueValidator(1)], help_text="Total rate over all targets (the preset's unless overridden)."
+    )
+    duration_seconds = models.PositiveIntegerField(null=True, blank=True, help_text="Stop after this long.")
+    max_visits = models.PositiveIntegerField(null=True, blank=True, help_text="Stop after this many visits.")
+    daily_cap = models.PositiveIntegerField(null=True, blank=True, help_text="Pause after this many visits a day.")
+
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    stop_requested = models.BooleanField(default=False)
+    end_reason = models.TextField(blank=True)
+    claim_token = models.UUIDField(null=True, blank=True, editable=False)
+    loader_pid = models.PositiveIntegerField(null=True, blank=True)
+    loader_host = models.CharField(max_length=255, blank=True)
+
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    # The loader's latest telemetry snapshot, written in one UPDATE every ~2 s:
+    # {"totals": {...}, "targets": {"<run_target_id>": {...}}}. Never one row per hit.
+    stats = models.JSONField(default=dict, blank=True)
+
+    objects = RunQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+        permissions = [("run_traffic", "Can start and stop traffic runs")]
+        indexes = [
+            # The dashboard's "active runs" and the reaper's stale-run query.
+            models.Index(fields=["status", "heartbeat_at"], name="run_status_heartbeat_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"Run {self.pk} ({self.preset_name})"
+
+    # --- derived state -------------------------------------------------------------
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in self.ACTIVE_STATUSES
+
+    def is_lost(self, now=None) -> bool:
+        """A running run whose loader has not reported for a while."""
+        if self.status not in (self.Status.RUNNING, self.Status.STOPPING) or self.heartbeat_at is None:
+            return False
+        return (now or timezone.now()) - self.heartbeat_at > HEARTBEAT_STALE_AFTER
+
+    def can_stop(self) -> bool:
+        return self.status in (self.Status.QUEUED, self.Status.RUNNING) and not self.stop_requested
+
+    def elapsed(self) -> timedelta | None:
+        if not self.started_at:
+            return None
+        return (self.finished_at or timezone.now()) - self.started_at
+
+    @property
+    def totals(self) -> dict:
+        return self.stats.get("totals", {}) if isinstance(self.stats, dict) else {}
+
+    # --- transitions (conditional updates) -------------------------------------------
+
+    def _transition(self, from_statuses, **changes) -> bool:
+        updated = Run.objects.filter(pk=self.pk, status__in=list(from_statuses)).update(**changes)
+        if updated:
+            self.refresh_from_db()
+        return bool(updated)
+
+    def claim(self, *, pid: int, host: str) -> uuid.UUID | None:
+        """queued -> running for exactly one caller; returns the claim token or None."""
+        token = uuid.uuid4()
+        now = timezone.now()
+        won = self._transition(
+            [self.Status.QUEUED],
+            status=self.Status.RUNNING,
+            claim_token=token,
+            loader_pid=pid,
+            loader_host=host,
+            started_at=now,
+            heartbeat_at=now,
+        )
+        return token if won else None
+
+    def request_stop(self, reason: str = "Stopped by the user.") -> bool:
+        """A queued run stops at once; a running one is asked to stop (the loader sees it
+        within ~1 s and finishes as 'stopped')."""
+        if self._transition(
+            [self.Status.QUEUED],
+            status=self.Status.STOPPED,
+            stop_requested=True,
+            end_reason=reason,
+            finished_at=timezone.now(),
+        ):
+            return True
+        return self._transition(
+            [self.Status.RUNNING], status=self.Status.STOPPING, stop_requested=True, end_reason=reason
+        )
+
+    def finish(self, status: str, reason: str, stats: dict | None = None) -> bool:
+        """running/stopping -> completed | stopped | failed, with final counters."""
+        assert status in (self.Status.COMPLETED, self.Status.STOPPED, self.Status.FAILED)
+        changes = {"status": status, "finished_at": timezone.now(), "heartbeat_at": timezone.now()}
+        if stats is not None:
+            changes["stats"] = stats
+        current = Run.objects.filter(pk=self.pk).values_list("end_reason", "stop_requested").first()
+        # A user's stop request keeps its own reason ("Stopped by ...").
+        if not (current and current[1] and current[0]):
+            changes["end_reason"] = reason
+        return self._transition([self.Status.RUNNING, self.Status.STOPPING], **changes)
+
+    def fail(self, reason: str) -> bool:
+        changes = {"status": self.Status.FAILED, "finished_at": timezone.now(), "end_reason": reason}
+        return self._transition([self.Status.QUEUED, self.Status.RUNNING, self.Status.STOPPING], **changes)
+
+    def close_lost(self, reason: str = "Closed by the user after the loader was lost.") -> bool:
+        if not self.is_lost():
+            return False
+        return self.fail(reason)
+
+    def resume(self) -> bool:
+        """A lost run goes back to the queue; the new loader continues its counters."""
+        if not self.is_lost():
+            return False
+        cutoff = timezone.now() - HEARTBEAT_STALE_AFTER
+        updated = Run.objects.filter(
+            pk=self.pk, status__in=[self.Status.RUNNING, self.Status.STOPPING], heartbeat_at__lt=cutoff
+        ).update(status=self.Status.QUEUED, claim_token=None, stop_requested=False, end_reason="")
+        if updated:
+            self.refresh_from_db()
+            self.log(RunLog.Level.WARNING, "Resumed after the loader was lost.")
+            enqueue_run(self)
+        return bool(updated)
+
+    def heartbeat(self, stats: dict) -> bool:
+        """The loader's periodic write: stats and heartbeat in one UPDATE. Returns whether
+        a stop was requested (read in the same round trip budget: one SELECT)."""
+        Run.objects.filter(pk=self.pk).update(stats=stats, heartbeat_at=timezone.now())
+        return bool(Run.objects.filter(pk=self.pk).values_list("stop_requested", flat=True).first())
+
+    def stop_was_requested(self) -> bool:
+        return bool(Run.objects.filter(pk=self.pk).values_list("stop_requested", flat=True).first())
+
+    def log(self, level: str, message: str, target: Target | None = None) -> RunLog:
+        return RunLog.objects.create(run=self, level=level, message=message, target=target)
+
+
+class RunTarget(models.Model):
+    """One target of a run and its share of the traffic."""
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="run_targets")
+    target = models.ForeignKey(Target, on_delete=models.PROTECT, related_name="run_targets")
+    weight = models.FloatField(default=1.0, validators=[MinValueValidator(0.0)])
+    visits_per_day = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Explicit rate for this target; overrides the weight."
+    )
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["run", "target"], name="run_target_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.run_id} → {self.target}"
+
+    def share_of(self, run: Run, siblings: list[RunTarget]) -> int:
+        """This target's visits per day: its explicit rate, or its weight's share of what
+        the run's total leaves after explicit rates."""
+        if self.visits_per_day:
+            return self.visits_per_day
+        explicit = sum(rt.visits_per_day or 0 for rt in siblings)
+        weights = sum(rt.weight for rt in siblings if not rt.visits_per_day)
+        if weights <= 0:
+            return 0
+        return max(0, round((run.visits_per_day - explicit) * self.weight / weights))
+
+
+class RunSample(models.Model):
+    """One row per run and minute, for the charts (hits, errors, p95 latency)."""
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="samples")
+    minute = models.DateTimeField()
+    hits = models.PositiveIntegerField(default=0)
+    accepted = models.PositiveIntegerField(default=0)
+    errors = models.PositiveIntegerField(default=0)
+    p95_ms = models.FloatField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["minute"]
+        constraints = [
+            # The chart query reads a run's last 60 minutes in order.
+            models.UniqueConstraint(fields=["run", "minute"], name="run_sample_minute_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"Run {self.run_id} at {self.minute:%H:%M}: {self.hits} hits"
+
+
+class RunLog(models.Model):
+    """Notable events only (start, stop, first error of each kind, backoff, degraded)."""
+
+    class Level(models.TextChoices):
+        INFO = "info", "Info"
+        WARNING = "warning", "Warning"
+        ERROR = "error", "Error"
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="logs")
+    created_at = models.DateTimeField(default=timezone.now)
+    level = models.CharField(max_length=8, choices=Level.choices, default=Level.INFO)
+    message = models.TextField()
+    target = models.ForeignKey(Target, on_delete=models.SET_NULL, null=True, blank=True)
+
+    class Meta:
+        ordering = ["created_at", "pk"]
+        indexes = [models.Index(fields=["run", "created_at"], name="runlog_run_created_idx")]
+
+    def __str__(self) -> str:
+        return f"[{self.level}] {self.message}"
+
+
+def enqueue_run(run: Run) -> None:
+    """Start the run's loader on a worker once the transaction that created it commits."""
+    from runs.tasks import enqueue_loader
+
+    run_id = run.pk
+    transaction.on_commit(lambda: enqueue_loader(run_id))

@@ -1,0 +1,86 @@
+"""django-q2 tasks for live runs.
+
+A loader needs gevent's monkey-patching, which must not happen inside the qcluster process
+(measured: it breaks Django's DB connections and deadlocks the cluster). So the task only
+claims the run and starts ``manage.py run_loader`` as a child process, then waits for it.
+Loader tasks go to the "loaders" queue (settings.Q_CLUSTER["ALT_CLUSTERS"]) whose timeout
+exceeds the longest run and which never re-delivers; the conditional claim makes any
+re-delivery harmless anyway.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from django.conf import settings
+from django_q.tasks import async_task
+
+from runs.models import REAP_AFTER, Run, RunLog
+
+logger = logging.getLogger(__name__)
+
+LOADER_QUEUE = "loaders"
+MANAGE_PY = Path(settings.BASE_DIR) / "manage.py"
+_PR_SET_PDEATHSIG = 1
+
+
+def enqueue_loader(run_id: int) -> None:
+    async_task("runs.tasks.execute_run", run_id, cluster=LOADER_QUEUE, task_name=f"run-{run_id}")
+
+
+def _child_setup() -> None:  # pragma: no cover - runs in the forked child before exec
+    """Die with the parent (Linux parent-death signal) and yield CPU to web and workers."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass
+    os.nice(5)
+
+
+def loader_command(run_id: int, claim_token: str) -> list[str]:
+    return [sys.executable, str(MANAGE_PY), "run_loader", str(run_id), "--claim", claim_token]
+
+
+def execute_run(run_id: int) -> str:
+    """Claim the run (queued -> running) and run its loader in a child process."""
+    run = Run.objects.filter(pk=run_id).first()
+    if run is None:
+        return f"Run {run_id} no longer exists."
+    token = run.claim(pid=os.getpid(), host=socket.gethostname())
+    if token is None:
+        # Re-delivered task, or a run already stopped: never start a second loader.
+        return f"Run {run_id} is {run.status}; not starting another loader."
+    child = subprocess.Popen(loader_command(run_id, str(token)), preexec_fn=_child_setup)  # noqa: S603
+    Run.objects.filter(pk=run_id).update(loader_pid=child.pid)
+
+    # django-q2 stops workers with SIGTERM and waits; pass it on so the loader stops cleanly.
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: child.send_signal(signal.SIGTERM))
+    try:
+        code = child.wait()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    run.refresh_from_db()
+    if run.is_active:
+        # The loader ended without closing its run (crash, kill): say so instead of hanging.
+        run.fail(f"The loader process exited with code {code} without finishing the run.")
+        run.log(RunLog.Level.ERROR, f"Loader exited with code {code}.")
+    return f"Run {run_id} ended {run.status} (loader exit code {code})."
+
+
+def reap_stale_runs() -> int:
+    """Scheduled: close runs whose loader has been silent for REAP_AFTER."""
+    reaped = 0
+    for run in Run.objects.stale(older_than=REAP_AFTER):
+        minutes = int(REAP_AFTER.total_seconds() // 60)
+        if run.fail(f"The loader was lost: no heartbeat for {minutes} minutes."):
+            run.log(RunLog.Level.ERROR, "Closed by the reaper: loader lost.")
+            reaped += 1
+    return reaped

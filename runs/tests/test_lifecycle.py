@@ -1,0 +1,119 @@
+from datetime import timedelta
+
+import pytest
+from django.core.exceptions import ValidationError
+from django.utils import timezone
+
+from presets.models import Preset
+from runs.models import HEARTBEAT_STALE_AFTER, Run, RunTarget
+from runs.tasks import reap_stale_runs
+from trafficinator.testing import make_target, make_user
+
+
+def make_run(**kwargs) -> Run:
+    preset = kwargs.pop("preset", None) or Preset.objects.get(name="Light")
+    targets = kwargs.pop("targets", None) or [make_target()]
+    return Run.objects.create_run(preset=preset, targets=targets, **kwargs)
+
+
+@pytest.mark.django_db
+def test_a_run_snapshots_its_preset_so_later_edits_do_not_change_it():
+    preset = Preset.objects.get(name="Medium").duplicate(name="Mine")
+    run = make_run(preset=preset, created_by=make_user())
+    preset.visits_per_day = 5
+    preset.save()
+    run.refresh_from_db()
+    assert run.profile["visits_per_day"] == 10000
+    assert run.visits_per_day == 10000
+    assert run.profile["ecommerce_order_value_max"] == "299.99"  # exact decimal, not a float
+    assert run.status == Run.Status.QUEUED
+    assert run.logs.filter(message__contains="Created by").exists()
+
+
+@pytest.mark.django_db
+def test_only_one_caller_can_claim_a_queued_run():
+    run = make_run()
+    first = run.claim(pid=1, host="a")
+    second = Run.objects.get(pk=run.pk).claim(pid=2, host="b")
+    assert first is not None and second is None
+    run.refresh_from_db()
+    assert (run.status, run.loader_pid, run.claim_token) == (Run.Status.RUNNING, 1, first)
+
+
+@pytest.mark.django_db
+def test_stopping_a_queued_run_ends_it_at_once_and_a_running_one_asks_the_loader():
+    queued = make_run()
+    assert queued.request_stop("Stopped by alice.")
+    assert queued.status == Run.Status.STOPPED and queued.finished_at is not None
+
+    running = make_run()
+    running.claim(pid=1, host="a")
+    assert running.request_stop("Stopped by bob.")
+    assert running.status == Run.Status.STOPPING and running.stop_requested
+    assert running.finish(Run.Status.STOPPED, "Loader stopped.")
+    assert running.end_reason == "Stopped by bob."  # the user's reason is kept
+    assert not running.request_stop()  # nothing left to stop
+
+
+@pytest.mark.django_db
+def test_finished_runs_cannot_be_finished_again():
+    run = make_run()
+    run.claim(pid=1, host="a")
+    assert run.finish(Run.Status.COMPLETED, "Visit limit reached.")
+    assert not run.finish(Run.Status.FAILED, "late failure")
+    assert run.status == Run.Status.COMPLETED
+
+
+@pytest.mark.django_db
+def test_a_run_without_heartbeat_is_lost_and_can_be_closed_or_resumed(django_capture_on_commit_callbacks):
+    run = make_run()
+    run.claim(pid=1, host="a")
+    assert not run.is_lost()
+    Run.objects.filter(pk=run.pk).update(heartbeat_at=timezone.now() - HEARTBEAT_STALE_AFTER - timedelta(seconds=1))
+    run.refresh_from_db()
+    assert run.is_lost()
+    with django_capture_on_commit_callbacks() as callbacks:
+        assert run.resume()
+    assert run.status == Run.Status.QUEUED and len(callbacks) == 1  # a new loader task is enqueued on commit
+
+    run.claim(pid=2, host="b")
+    Run.objects.filter(pk=run.pk).update(heartbeat_at=timezone.now() - timedelta(hours=1))
+    run.refresh_from_db()
+    assert run.close_lost()
+    assert run.status == Run.Status.FAILED
+
+
+@pytest.mark.django_db
+def test_the_reaper_fails_runs_silent_for_too_long_and_leaves_fresh_ones():
+    stale, fresh = make_run(), make_run()
+    stale.claim(pid=1, host="a")
+    fresh.claim(pid=2, host="a")
+    Run.objects.filter(pk=stale.pk).update(heartbeat_at=timezone.now() - timedelta(hours=1))
+    assert reap_stale_runs() == 1
+    stale.refresh_from_db(), fresh.refresh_from_db()
+    assert stale.status == Run.Status.FAILED and "lost" in stale.end_reason
+    assert fresh.status == Run.Status.RUNNING
+
+
+@pytest.mark.django_db
+def test_weights_and_explicit_rates_split_the_run_rate():
+    a, b, c = make_target(), make_target(), make_target()
+    run = make_run(targets=[(a, 3.0, None), (b, 1.0, None), (c, 0.0, 500)], visits_per_day=4500)
+    siblings = list(run.run_targets.all())
+    shares = {rt.target_id: rt.share_of(run, siblings) for rt in siblings}
+    assert shares == {a.pk: 3000, b.pk: 1000, c.pk: 500}
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("targets_factory", "message"),
+    [
+        (lambda: [], "at least one target"),
+        (lambda: [make_target(enabled=False, name="off")], "Disabled target(s): off"),
+        (lambda: [(make_target(), 0.0, None)], "weight above 0"),
+    ],
+)
+def test_invalid_run_requests_are_refused_with_a_reason(targets_factory, message):
+    with pytest.raises(ValidationError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        Run.objects.create_run(preset=Preset.objects.get(name="Light"), targets=targets_factory())
+    assert not Run.objects.exists() and not RunTarget.objects.exists()
