@@ -94,6 +94,9 @@ def sqlite_database(path: Path) -> dict:
     return {
         "ENGINE": "django.db.backends.sqlite3",
         "NAME": path,
+        # Tests start loaders and workers as separate processes, which cannot see an
+        # in-memory database: the test database is a file next to the real one.
+        "TEST": {"NAME": str(path.with_name(path.stem + "-test" + path.suffix))},
         "OPTIONS": {
             "transaction_mode": "IMMEDIATE",
             "timeout": 20,

@@ -46,3 +46,26 @@ def make_preset(**fields):
     preset.full_clean()
     preset.save()
     return preset
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """Environment for a child process (loader, worker, command) that must use the
+    database the current test uses, e.g. test_trafficinator on PostgreSQL."""
+    import os
+    from urllib.parse import quote
+
+    from django.db import connection
+
+    db = connection.settings_dict
+    if db["ENGINE"].endswith("sqlite3"):
+        url = "sqlite:///" + str(db["NAME"])
+    else:
+        auth = quote(db["USER"] or "", safe="")
+        if db["PASSWORD"]:
+            auth += ":" + quote(db["PASSWORD"], safe="")
+        host = db["HOST"] or "127.0.0.1"
+        port = f":{db['PORT']}" if db["PORT"] else ""
+        url = f"postgres://{auth}@{host}{port}/{db['NAME']}"
+    env = dict(os.environ)
+    env.update({"DATABASE_URL": url, **extra})
+    return env

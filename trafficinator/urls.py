@@ -1,5 +1,5 @@
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path
 
 from trafficinator import views
 
@@ -10,5 +10,7 @@ admin.site.index_title = "Configuration"
 urlpatterns = [
     path("", views.home, name="home"),
     path("health/", views.health, name="health"),
+    path("runs/", include("runs.urls")),
+    path("funnels/", include("funnels.urls")),
     path("admin/", admin.site.urls),
 ]
