@@ -69,6 +69,23 @@ class PresetAdmin(admin.ModelAdmin):
                 ]
             },
         ),
+        (
+            "Realism",
+            {
+                "fields": [
+                    "device_mix",
+                    "persona_mix",
+                    "channel_mix",
+                    "campaign_param_style",
+                    "cart_abandonment_probability",
+                    "goal_probability",
+                    "content_impressions_probability",
+                    "page_performance",
+                    "client_hints",
+                ]
+            },
+        ),
+        ("Content catalog", {"fields": ["catalog_overrides"], "classes": ["collapse"]}),
         ("Time", {"fields": ["timezone"]}),
     ]
     readonly_fields = ["is_builtin"]

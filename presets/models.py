@@ -10,6 +10,7 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models, transaction
 
 from presets.currencies import ISO_4217
+from runs.traffic import Catalog, CatalogError, Profile
 
 
 def probability_field(verbose_name: str, default: float, help_text: str = "") -> models.FloatField:
@@ -55,6 +56,18 @@ def validate_shipping_options(value) -> None:
 
 def default_shipping_options() -> list[float]:
     return [0, 4.99, 9.99, 19.99]
+
+
+def default_device_mix() -> dict[str, float]:
+    return {"desktop": 0.43, "mobile": 0.53, "tablet": 0.04}
+
+
+def default_persona_mix() -> dict[str, float]:
+    return {"researcher": 0.25, "buyer": 0.15, "casual": 0.60}
+
+
+def default_channel_mix() -> dict[str, float]:
+    return {"search": 0.55, "social": 0.15, "websites": 0.15, "campaign": 0.15}
 
 
 class PresetQuerySet(models.QuerySet):
@@ -181,6 +194,34 @@ class Preset(models.Model):
         "logged-in share", 0.10, "Share of returning visitors who log in (sends a user id)."
     )
     daily_curve = models.CharField(max_length=16, choices=DailyCurve.choices, default=DailyCurve.DEFAULT)
+    device_mix = models.JSONField(
+        default=default_device_mix,
+        help_text='Shares that sum to 1, e.g. {"desktop": 0.43, "mobile": 0.53, "tablet": 0.04}.',
+    )
+    persona_mix = models.JSONField(
+        default=default_persona_mix,
+        help_text="Shares of researcher / buyer / casual visitors that sum to 1.",
+    )
+    channel_mix = models.JSONField(
+        default=default_channel_mix,
+        help_text="How non-direct visits arrive: search, social, websites, campaign (shares that sum to 1).",
+    )
+    campaign_param_style = models.CharField(
+        max_length=8,
+        choices=[("mtm", "mtm_* (Matomo)"), ("utm", "utm_* (Google Analytics)"), ("pk", "pk_* (legacy Piwik)")],
+        default="mtm",
+    )
+    cart_abandonment_probability = probability_field("cart abandonment probability", 0.05)
+    goal_probability = probability_field("goal conversion probability", 0.03)
+    content_impressions_probability = probability_field("content impressions probability", 0.10)
+    page_performance = models.BooleanField(default=True, help_text="Send page timings (pf_*) with page views.")
+    client_hints = models.BooleanField(default=True, help_text="Send client hints (uadata) for Chromium browsers.")
+    catalog_overrides = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="Replace or extend parts of the default content catalog (pages, events, products, ...); "
+        "see README “Catalog”.",
+    )
 
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -223,8 +264,38 @@ class Preset(models.Model):
             low, high = getattr(self, low_field), getattr(self, high_field)
             if low is not None and high is not None and low > high:
                 errors[high_field] = f"The maximum {label} must be at least the minimum ({low})."
+        if not errors:
+            # The traffic model's own rules (mixes summing to 1, probabilities that fit
+            # in the non-bounce share, ...), so admin, commands and imports agree.
+            for field, message in self.to_profile().validate():
+                errors.setdefault(field if field in self._field_names() else "__all__", message)
+            errors.update(self._catalog_errors())
         if errors:
             raise ValidationError(errors)
+
+    @classmethod
+    def _field_names(cls) -> set[str]:
+        return {field.name for field in cls._meta.get_fields()}
+
+    def _catalog_errors(self) -> dict[str, str]:
+        if not self.catalog_overrides:
+            return {}
+        try:
+            self.catalog()
+        except CatalogError as exc:
+            return {"catalog_overrides": "; ".join(exc.messages())}
+        return {}
+
+    def to_profile(self, **overrides) -> Profile:
+        """The traffic model's view of this preset (plain Python, no Django)."""
+        values = {name: value for name, value in self.knob_values().items() if name in Profile.field_names()}
+        values.update(overrides)
+        return Profile(**values)
+
+    def catalog(self) -> Catalog:
+        """The default content catalog with this preset's overrides applied."""
+        base = Catalog.load_default()
+        return base.with_overrides(self.catalog_overrides) if self.catalog_overrides else base
 
     def can_edit(self) -> bool:
         return not self.is_builtin

@@ -95,8 +95,10 @@ def sqlite_database(path: Path) -> dict:
         "ENGINE": "django.db.backends.sqlite3",
         "NAME": path,
         # Tests start loaders and workers as separate processes, which cannot see an
-        # in-memory database: the test database is a file next to the real one.
-        "TEST": {"NAME": str(path.with_name(path.stem + "-test" + path.suffix))},
+        # in-memory database: the test database is a file next to the real one, one per
+        # test process so parallel test runs never share it (children get its exact
+        # path through DATABASE_URL, see trafficinator.testing.subprocess_env).
+        "TEST": {"NAME": str(path.with_name(f"{path.stem}-test-{os.getpid()}{path.suffix}"))},
         "OPTIONS": {
             "transaction_mode": "IMMEDIATE",
             "timeout": 20,

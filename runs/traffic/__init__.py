@@ -1,0 +1,51 @@
+"""The traffic model: what a visit to a Matomo-tracked site looks like.
+
+Plain Python, no Django and no I/O beyond reading its own data files, so live runs,
+backfills, previews and tests all use the same code. Start here:
+
+    from runs.traffic import Profile, Catalog, day_visits, encode_visit
+
+    for visit in day_visits(Profile(), day=date(2025, 3, 3), count=1000, seed=7):
+        bodies = encode_visit(visit, cdt="datetime")
+"""
+
+from .catalog import Catalog, CatalogError, parse_url_list
+from .clock import resolve_timezone
+from .encoding import encode_params, encode_visit
+from .funnels import (
+    FunnelSimulation,
+    FunnelSpec,
+    FunnelStep,
+    simulate_funnel,
+    validate_funnels,
+)
+from .generator import TrafficConfigError
+from .profile import Profile
+from .stream import day_visits, live_visits, sample_funnel_visit, visits_for_day_count
+from .validation import validate_hit, validate_visit
+from .visit import Hit, Visit, hit_kind
+
+__all__ = [
+    "Catalog",
+    "CatalogError",
+    "FunnelSimulation",
+    "FunnelSpec",
+    "FunnelStep",
+    "Hit",
+    "Profile",
+    "TrafficConfigError",
+    "Visit",
+    "day_visits",
+    "encode_params",
+    "encode_visit",
+    "hit_kind",
+    "live_visits",
+    "parse_url_list",
+    "resolve_timezone",
+    "sample_funnel_visit",
+    "simulate_funnel",
+    "validate_funnels",
+    "validate_hit",
+    "validate_visit",
+    "visits_for_day_count",
+]

@@ -1,0 +1,108 @@
+"""Turn a visit's hits into Matomo query strings.
+
+Each string is ``idsite=1&rec=1&...`` (``?`` in front for bulk ``requests`` entries; the
+POST body of a single hit has none). The visit's constant part (idsite, rec, apiv,
+send_image, cid, _id, uid, ua, lang, res, uadata, cip) is encoded once per visit and
+reused for each hit; values that recur across visits (URLs, titles, event names) are
+quoted once and cached in a bounded table. No token is ever added here: the sender puts
+``token_auth`` into the POST body separately.
+
+``cdt`` (custom date-time, UTC) comes from each hit's due time, in whole seconds:
+``cdt="datetime"`` gives ``YYYY-MM-DD HH:MM:SS``, ``cdt="unix"`` gives epoch seconds.
+Backfill always sends it; live may.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Literal
+from urllib.parse import quote
+
+from .visit import Visit
+
+CdtFormat = Literal["datetime", "unix"] | None
+
+# Values of these keys are digits/alphanumerics by construction: no quoting needed.
+_PLAIN = frozenset(
+    {
+        "idsite",
+        "rec",
+        "apiv",
+        "send_image",
+        "cid",
+        "_id",
+        "rand",
+        "pv_id",
+        "h",
+        "m",
+        "s",
+        "new_visit",
+        "ping",
+        "search_count",
+        "idgoal",
+        "res",
+        "pf_net",
+        "pf_srv",
+        "pf_tfr",
+        "pf_dm1",
+        "pf_dm2",
+        "pf_onl",
+    }
+)
+# Values of these keys are unique per hit (no point caching them).
+_UNIQUE = frozenset({"ec_id", "ec_items", "revenue", "ec_st", "ec_tx", "ec_sh", "ec_dt", "uid", "cip", "_pkp", "e_v"})
+_CACHE_LIMIT = 20_000
+_cache: dict[str, str] = {}
+
+
+def _quote_and_remember(key: str, value: str) -> str:
+    text = quote(value, safe="")
+    if key not in _UNIQUE:
+        if len(_cache) >= _CACHE_LIMIT:
+            _cache.clear()  # bounded memory; refills with what is in use now
+        _cache[value] = text
+    return text
+
+
+def encode_params(params: dict[str, str]) -> str:
+    """``k=v&...`` for one parameter dict."""
+    plain, cache, miss = _PLAIN, _cache, _quote_and_remember
+    return "&".join(
+        [
+            f"{key}={value}" if key in plain else f"{key}={cache.get(value) or miss(key, value)}"
+            for key, value in params.items()
+        ]
+    )
+
+
+_dates: dict[int, str] = {}
+
+
+def format_cdt(due: float, cdt: CdtFormat) -> str:
+    """cdt for a due time, already URL-encoded (the space is %20)."""
+    seconds = int(due)
+    if cdt == "unix":
+        return str(seconds)
+    day, second_of_day = divmod(seconds, 86400)
+    date = _dates.get(day)
+    if date is None:
+        if len(_dates) > 1000:
+            _dates.clear()
+        date = _dates[day] = time.strftime("%Y-%m-%d", time.gmtime(day * 86400))
+    hour, rest = divmod(second_of_day, 3600)
+    minute, second = divmod(rest, 60)
+    return f"{date}%20{_TWO_DIGITS[hour]}:{_TWO_DIGITS[minute]}:{_TWO_DIGITS[second]}"
+
+
+_TWO_DIGITS = [f"{n:02d}" for n in range(60)]
+
+
+def encode_visit(visit: Visit, cdt: CdtFormat = None, prefix: str = "?") -> list[str]:
+    """One query string per hit, in time order; ``prefix="?"`` for bulk requests,
+    ``prefix=""`` for a single hit's POST body."""
+    if cdt not in (None, "datetime", "unix"):
+        raise ValueError("cdt must be None, 'datetime' or 'unix'")
+    head = prefix + encode_params(visit.params) + "&"
+    if cdt is None:
+        return [head + encode_params(hit.params) for hit in visit.hits]
+    return [f"{head}{encode_params(hit.params)}&cdt={format_cdt(hit.due, cdt)}" for hit in visit.hits]

@@ -1,0 +1,167 @@
+"""Builds one visit at a time: visitor, channel, hits, times.
+
+A ``Generator`` holds the bounded state of one stream (the returning-visitor pool and
+the order counter) and compiled lookup tables; all randomness comes from the ``Random``
+the stream passes in, so a stream is reproducible hit for hit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from random import Random
+
+from .catalog import Catalog
+from .ecommerce import OrderPlanner
+from .funnel_visits import FunnelVisits
+from .funnels import FunnelPartition, FunnelSpec, validate_funnels
+from .hits import HitFactory
+from .ordinary import OrdinaryVisits
+from .personas import behaviours
+from .profile import CHANNELS, Profile
+from .sampling import Weighted
+from .site_model import compile_site
+from .visit import Hit, Visit
+from .visitors import TraitSampler, VisitorPool, pool_size
+
+_CLOCK = [f"{n}" for n in range(60)]
+
+
+class TrafficConfigError(ValueError):
+    """The profile or funnels cannot generate traffic; ``problems`` is (field, message)."""
+
+    def __init__(self, problems: list[tuple[str, str]]):
+        self.problems = list(problems)
+        super().__init__("; ".join(f"{field}: {message}" for field, message in self.problems))
+
+
+class Generator:
+    def __init__(
+        self,
+        profile: Profile,
+        catalog: Catalog | None,
+        funnels: Sequence[FunnelSpec],
+        seed: int | str,
+        site_id: int,
+        token_present: bool,
+        order_id_prefix: str,
+        site_url: str | None,
+        stream_label: str,
+    ):
+        problems = profile.validate() + validate_funnels(list(funnels))
+        if problems:
+            raise TrafficConfigError(problems)
+        catalog = catalog or Catalog.load_default()
+        site = compile_site(catalog, site_url)
+        self.site = site
+        self.hits = HitFactory(site, profile.page_performance, order_id_prefix, (seed, stream_label))
+        planner = OrderPlanner(profile, site.products, site.product_picker)
+        self.ordinary = OrdinaryVisits(profile, site, self.hits, planner)
+        self.funnel_visits = FunnelVisits(site, self.hits, profile.pause_min, profile.pause_max)
+        self.partition = FunnelPartition(funnels)
+        self.behaviours = behaviours(profile)
+        self.traits = TraitSampler(profile, site, use_ip=token_present and profile.randomize_countries)
+        self.pool = VisitorPool(seed, pool_size(profile))
+        self.returning_share = profile.returning_visitor_share
+        self.direct_share = profile.direct_traffic_share
+        self.site_id = str(site_id)
+        available = {
+            "search": bool(site.search_engines),
+            "social": bool(site.social),
+            "websites": bool(site.websites),
+            "campaign": bool(site.campaigns),
+        }
+        # A channel the catalog has no sources for sends its share to direct.
+        self.channels = Weighted(CHANNELS, [profile.channel_mix.get(c, 0.0) if available[c] else 0.0 for c in CHANNELS])
+        self.campaign_queries = [site.campaign_query(c, profile.campaign_param_style) for c in site.campaigns.items]
+        self.campaign_landings = [site.absolute(c.landing) if c.landing else "" for c in site.campaigns.items]
+
+    def visit(self, rng: Random, index: int, start: float, utc_offset: float, limit: float) -> Visit:
+        """The visit starting at ``start`` whose hits all come before ``limit``."""
+        random = rng.random
+        funnel = self.partition.pick(random())
+
+        pooled = None
+        if random() < self.returning_share:
+            pooled = self.pool.free_index(rng, start)
+        if pooled is not None:
+            visitor_seed = self.pool.visitor_seed(pooled)
+            traits = self.traits.draw(Random(visitor_seed), pooled=True)
+            cid = f"{visitor_seed:016x}"
+        else:
+            traits = self.traits.draw(rng, pooled=False)
+            cid = f"{rng.getrandbits(64):016x}"
+
+        channel, referrer, campaign_query, campaign_landing = self._channel(rng)
+        if funnel is not None:
+            entries = self.funnel_visits.build(rng, funnel, traits.device, referrer, campaign_query)
+        else:
+            entries = self.ordinary.build(
+                rng, self.behaviours[traits.persona], traits.device, referrer, campaign_query, campaign_landing
+            )
+
+        # A visit crossing local midnight would be split by Matomo: squeeze the few that
+        # start too late to end in time (keeps starts in order, unlike shifting them).
+        start = min(start, limit)
+        duration = entries[-1][0]
+        if start + duration > limit:
+            scale = (limit - start) / duration
+            entries = [(t * scale, params) for t, params in entries]
+
+        entries[0][1]["new_visit"] = "1"
+        hits = []
+        append = hits.append
+        getrandbits = rng.getrandbits
+        clock = _CLOCK
+        local_start = start + utc_offset
+        for t, params in entries:
+            seconds = int(local_start + t) % 86400
+            params["h"] = clock[seconds // 3600]
+            params["m"] = clock[seconds // 60 % 60]
+            params["s"] = clock[seconds % 60]
+            params["rand"] = str(getrandbits(30))
+            append(Hit(start + t, params))
+
+        constant = {"idsite": self.site_id, "rec": "1", "apiv": "1", "send_image": "0", "cid": cid, "_id": cid}
+        if traits.uid:
+            constant["uid"] = traits.uid
+        constant["ua"] = traits.ua
+        constant["lang"] = traits.lang
+        constant["res"] = traits.res
+        if traits.uadata:
+            constant["uadata"] = traits.uadata
+        if traits.ip:
+            constant["cip"] = traits.ip
+
+        if pooled is not None:
+            self.pool.last_end[pooled] = hits[-1].due
+        return Visit(
+            index,
+            cid,
+            traits.uid,
+            start,
+            traits.persona,
+            traits.device,
+            channel,
+            pooled is not None,
+            funnel.name if funnel is not None else None,
+            constant,
+            hits,
+        )
+
+    def _channel(self, rng: Random) -> tuple[str, str | None, str, str]:
+        """(channel, referrer URL or None, campaign query, campaign landing URL)."""
+        if not self.channels or rng.random() < self.direct_share:
+            return "direct", None, "", ""
+        site = self.site
+        channel = self.channels.pick(rng)
+        if channel == "search":
+            referrers = site.search_referrers[site.search_engines.pick(rng)]
+            term = site.term_picker.pick(rng) if site.search_terms else 0
+            return channel, referrers[term], "", ""
+        if channel == "social":
+            return channel, site.social.pick(rng), "", ""
+        if channel == "websites":
+            return channel, site.websites.pick(rng), "", ""
+        index = site.campaigns.index_of(rng.random())
+        campaign = site.campaigns.items[index]
+        return (channel, campaign.referrer or None, self.campaign_queries[index], self.campaign_landings[index])

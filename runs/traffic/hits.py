@@ -1,0 +1,147 @@
+"""Parameter dicts for each kind of hit (page view, search, event, order, ...).
+
+Only per-hit parameters are built here; the visit's constant ones (idsite, cid, ua, ...)
+are added once per visit by the encoder. ``rand``, ``h``, ``m``, ``s`` are added when
+the hit gets its time (generator.py).
+"""
+
+from __future__ import annotations
+
+from math import exp
+from random import Random
+from statistics import NormalDist
+
+from .ecommerce import Line, Order, items_json, money
+from .sampling import derive_seed, pv_id
+
+# Page timings (ms): (median, spread) per metric, log-normal. Phones are slower.
+_PERFORMANCE = {
+    "pf_net": (20, 0.9),
+    "pf_srv": (150, 0.6),
+    "pf_tfr": (40, 0.7),
+    "pf_dm1": (600, 0.5),
+    "pf_dm2": (300, 0.6),
+    "pf_onl": (15, 0.8),
+}
+_DEVICE_SLOWDOWN = {"desktop": 1.0, "mobile": 1.6, "tablet": 1.3}
+_QUANTILES = 256
+
+
+def _performance_tables() -> dict[str, list[tuple[str, str]]]:
+    """Per device, 256 precomputed quantiles per metric: one getrandbits per value."""
+    normal = NormalDist()
+    z = [normal.inv_cdf((i + 0.5) / _QUANTILES) for i in range(_QUANTILES)]
+    tables = {}
+    for device, slowdown in _DEVICE_SLOWDOWN.items():
+        metric_tables = []
+        for name, (median, spread) in _PERFORMANCE.items():
+            factor = slowdown if name in ("pf_net", "pf_srv", "pf_tfr", "pf_dm1", "pf_dm2") else 1.0
+            metric_tables.append((name, [str(max(0, round(median * factor * exp(spread * q)))) for q in z]))
+        tables[device] = metric_tables
+    return tables
+
+
+PERFORMANCE_TABLES = _performance_tables()
+
+
+def _number(value: float) -> str:
+    """A plain decimal number (never exponent notation): 2400.0 -> '2400'."""
+    value = float(value)
+    return str(int(value)) if value.is_integer() else repr(value)
+
+
+class HitFactory:
+    def __init__(self, site, page_performance: bool, order_id_prefix: str, order_tag_seed):
+        self.site = site
+        self.page_performance = page_performance
+        self.order_prefix = f"{order_id_prefix}-" if order_id_prefix else ""
+        # A tag from the seed and stream keeps two streams with one prefix apart.
+        self.order_tag = f"{derive_seed('orders', *order_tag_seed) & 0xFFFFFF:06x}"
+        self.order_count = 0
+
+    def pageview(self, rng: Random, url: str, title: str, device: str, pv: str) -> dict[str, str]:
+        params = {"url": url, "action_name": title, "pv_id": pv}
+        if self.page_performance:
+            getrandbits = rng.getrandbits
+            for name, table in PERFORMANCE_TABLES[device]:
+                params[name] = table[getrandbits(8)]
+        return params
+
+    @staticmethod
+    def add_product(params: dict[str, str], sku: str, name: str, category: str, price: int | None):
+        params["_pks"] = sku
+        params["_pkn"] = name
+        if category:
+            params["_pkc"] = category
+        if price is not None:
+            params["_pkp"] = money(price)
+
+    @staticmethod
+    def search(url: str, keyword: str, category: str, count: int, pv: str) -> dict[str, str]:
+        params = {"url": url, "search": keyword, "search_count": str(count), "pv_id": pv}
+        if category:
+            params["search_cat"] = category
+        return params
+
+    @staticmethod
+    def event(url: str, pv: str, category: str, action: str, name: str, value) -> dict[str, str]:
+        params = {"url": url, "pv_id": pv, "e_c": category, "e_a": action}
+        if name:
+            params["e_n"] = name
+        if value is not None:
+            params["e_v"] = _number(value)
+        return params
+
+    @staticmethod
+    def outlink(target: str, pv: str) -> dict[str, str]:
+        return {"link": target, "url": target, "pv_id": pv}
+
+    @staticmethod
+    def download(target: str, pv: str) -> dict[str, str]:
+        return {"download": target, "url": target, "pv_id": pv}
+
+    @staticmethod
+    def goal(url: str, pv: str, idgoal: int, revenue: int | None) -> dict[str, str]:
+        params = {"url": url, "pv_id": pv, "idgoal": str(idgoal)}
+        if revenue is not None:
+            params["revenue"] = money(revenue)
+        return params
+
+    @staticmethod
+    def content(url: str, pv: str, name: str, piece: str, target: str, interaction: str = "") -> dict[str, str]:
+        params = {"url": url, "pv_id": pv, "c_n": name}
+        if piece:
+            params["c_p"] = piece
+        if target:
+            params["c_t"] = target
+        if interaction:
+            params["c_i"] = interaction
+        return params
+
+    @staticmethod
+    def cart_update(url: str, pv: str, lines: list[Line]) -> dict[str, str]:
+        total = sum(line.price * line.quantity for line in lines)
+        return {"url": url, "pv_id": pv, "idgoal": "0", "revenue": money(total), "ec_items": items_json(lines)}
+
+    def order(self, url: str, pv: str, order: Order) -> dict[str, str]:
+        self.order_count += 1
+        return {
+            "url": url,
+            "pv_id": pv,
+            "idgoal": "0",
+            "ec_id": f"{self.order_prefix}{self.order_tag}-{self.order_count}",
+            "revenue": money(order.revenue),
+            "ec_st": money(order.subtotal),
+            "ec_tx": money(order.tax),
+            "ec_sh": money(order.shipping),
+            "ec_dt": money(order.discount),
+            "ec_items": items_json(order.lines),
+        }
+
+    @staticmethod
+    def ping(url: str, pv: str) -> dict[str, str]:
+        return {"ping": "1", "url": url, "pv_id": pv}
+
+    @staticmethod
+    def new_pv_id(rng: Random) -> str:
+        return pv_id(rng)

@@ -1,0 +1,237 @@
+"""Ordinary (non-funnel) visits: pages, dwell times, interactions, ecommerce.
+
+Shape of a visit:
+
+* A bounce (``bounce_share`` of visits) is exactly one page view and nothing else:
+  no event, no ping (Matomo: one action, time on site 0).
+* Otherwise the visit has between max(2, pageviews_min) and pageviews_max browse pages
+  (the persona skews the count inside that range), plus product, cart and checkout
+  pages when it orders or abandons a cart. Pauses between pages are drawn from
+  [pause_min, pause_max]; the visit's duration from [visit_duration_min,
+  visit_duration_max]. The last page gets the remaining time and a ``ping`` at the end,
+  so Matomo's visit duration equals the drawn duration. When the pauses alone would
+  exceed the duration, they are scaled down: the duration range wins.
+* Interactions (search, outlink, download, events, content, goals) happen inside a
+  page's dwell and carry that page's ``pv_id``. A site search is the last thing on its
+  page and gets its own ``pv_id`` (it is a results page); the next page is a result.
+"""
+
+from __future__ import annotations
+
+from operator import itemgetter
+from random import Random
+
+from .catalog_items import title_from_url
+from .ecommerce import OrderPlanner
+from .hits import HitFactory
+from .personas import Behaviour
+from .profile import Profile
+from .site_model import SiteModel
+
+SAME_SECTION_PROBABILITY = 0.5  # next page in the current top-level section
+OUTLINK_ON_LAST_PAGE = 0.6  # people often leave through an outlink
+CONTENT_INTERACTION_PROBABILITY = 0.3
+ABANDONED_CART_VISITS_CART = 0.5
+_FIRST = itemgetter(0)
+
+
+class OrdinaryVisits:
+    def __init__(self, profile: Profile, site: SiteModel, hits: HitFactory, planner: OrderPlanner):
+        self.site = site
+        self.hits = hits
+        self.planner = planner
+        self.bounce_share = profile.bounce_share
+        self.pages_max = profile.pageviews_max
+        self.pages_min = max(2, profile.pageviews_min) if profile.pageviews_max >= 2 else 1
+        self.pause_min = profile.pause_min
+        self.pause_span = profile.pause_max - profile.pause_min
+        self.duration_min = profile.visit_duration_min * 60.0
+        self.duration_span = (profile.visit_duration_max - profile.visit_duration_min) * 60.0
+        self.page_index = {url: i for i, url in enumerate(site.page_urls)}
+
+    def build(
+        self,
+        rng: Random,
+        behaviour: Behaviour,
+        device: str,
+        referrer: str | None,
+        campaign_query: str,
+        campaign_landing: str,
+    ) -> list[tuple[float, dict]]:
+        """Hits as (seconds after the visit start, params), in time order."""
+        site, hits, random = self.site, self.hits, rng.random
+
+        # Landing page (a campaign may name its own).
+        index = None
+        if campaign_landing:
+            index = self.page_index.get(campaign_landing)
+            url = campaign_landing
+            title = site.page_titles[index] if index is not None else title_from_url(url)
+        else:
+            index = site.landing.pick(rng)
+            url, title = site.page_urls[index], site.page_titles[index]
+        if campaign_query:
+            url = f"{url}{'&' if '?' in url else '?'}{campaign_query}"
+        # (url, title, product or None); product = (sku, name, category, price in cents)
+        pages = [(url, title, self._product_on(index))]
+
+        if random() < self.bounce_share:
+            params = self._page_params(rng, pages[0], device, hits.new_pv_id(rng))
+            if referrer:
+                params["urlref"] = referrer
+            return [(0.0, params)]
+
+        span = self.pages_max - self.pages_min + 1
+        count = self.pages_min + int(random() ** behaviour.page_skew * span)
+        current = index
+        for _ in range(count - 1):
+            if current is not None and random() < SAME_SECTION_PROBABILITY:
+                following = site.group_pickers[site.page_group[current]].pick(rng)
+            else:
+                following = site.inner.pick(rng)
+            if following == current:
+                following = site.inner.pick(rng)
+            pages.append((site.page_urls[following], site.page_titles[following], self._product_on(following)))
+            current = following
+
+        follow: list[list[tuple[float, dict]]] = [[] for _ in pages]
+        pvs = [hits.new_pv_id(rng) for _ in pages]
+        self._add_shopping(rng, behaviour, pages, follow, pvs)
+        last = len(pages) - 1
+
+        # Time: pauses between pages, the rest of the drawn duration on the last page.
+        gaps = [self.pause_min + self.pause_span * random() ** behaviour.dwell_skew for _ in range(last)]
+        duration = self.duration_min + self.duration_span * random() ** behaviour.dwell_skew
+        paused = sum(gaps)
+        if paused > 0.9 * duration:
+            scale = 0.9 * duration / paused
+            gaps = [g * scale for g in gaps]
+            final = 0.1 * duration
+        else:
+            final = duration - paused
+        dwell = [*gaps, final]
+
+        search_pages = self._add_interactions(rng, behaviour, pages, follow, pvs, last)
+
+        entries: list[tuple[float, dict]] = []
+        t = 0.0
+        previous_url = referrer
+        for i, page in enumerate(pages):
+            params = self._page_params(rng, page, device, pvs[i])
+            if previous_url:
+                params["urlref"] = previous_url
+            entries.append((t, params))
+            page_follow = follow[i]
+            if page_follow:
+                page_follow.sort(key=_FIRST)
+                span_i = dwell[i]
+                entries.extend((t + fraction * span_i, p) for fraction, p in page_follow)
+            previous_url = search_pages.get(i, page[0])
+            t += dwell[i]
+        entries.append((t, hits.ping(pages[last][0], pvs[last])))
+        return entries
+
+    def _product_on(self, index: int | None):
+        if index is None:
+            return None
+        product_index = self.site.page_product[index]
+        if product_index is None:
+            return None
+        p = self.site.products[product_index]
+        return (p.sku, p.name, p.category, self.planner.browse_price(product_index))
+
+    def _page_params(self, rng, page, device, pv) -> dict:
+        url, title, product = page
+        params = self.hits.pageview(rng, url, title, device, pv)
+        if product is not None:
+            self.hits.add_product(params, *product)
+        return params
+
+    def _add_shopping(self, rng, behaviour, pages, follow, pvs) -> None:
+        if not self.planner:
+            return
+        u = rng.random()
+        if u >= behaviour.order + behaviour.abandon:
+            return
+        ordering = u < behaviour.order
+        site, hits = self.site, self.hits
+        chosen, order = self.planner.plan(rng)
+        for number, (product_index, line) in enumerate(zip(chosen, order.lines, strict=True)):
+            url = site.product_urls[product_index]
+            pages.append((url, site.product_titles[product_index], (line.sku, line.name, line.category, line.price)))
+            pv = hits.new_pv_id(rng)
+            pvs.append(pv)
+            follow.append([(0.5, hits.cart_update(url, pv, order.lines[: number + 1]))])
+        if ordering or rng.random() < ABANDONED_CART_VISITS_CART:
+            self._append_page(rng, pages, follow, pvs, site.cart_url, "Cart")
+        if ordering:
+            self._append_page(rng, pages, follow, pvs, site.checkout_url, "Checkout")
+            self._append_page(rng, pages, follow, pvs, site.confirmation_url, "Checkout / Thank you")
+            # The thank-you page reports the order as soon as it loads.
+            follow[-1].append((0.02, hits.order(site.confirmation_url, pvs[-1], order)))
+
+    def _append_page(self, rng, pages, follow, pvs, url, title) -> None:
+        pages.append((url, title, None))
+        pvs.append(self.hits.new_pv_id(rng))
+        follow.append([])
+
+    def _add_interactions(self, rng, b: Behaviour, pages, follow, pvs, last) -> dict[int, str]:
+        """Adds follow-up hits; returns {page: search URL} for pages that end in a search."""
+        site, hits, random = self.site, self.hits, rng.random
+        count = last + 1
+
+        def on(page: int, params_for) -> None:
+            follow[page].append((0.05 + 0.8 * random(), params_for(pages[page][0], pvs[page])))
+
+        searches = {}
+        if count > 1 and site.search_terms and random() < b.search:
+            page = int(random() * last)  # never the last page: a result follows
+            term_index = site.term_picker.pick(rng)
+            term = site.search_terms[term_index]
+            results = 0 if term.results == 0 else max(1, int(term.results * (0.6 + 0.8 * random())))
+            search_url = site.search_urls[term_index]
+            follow[page].append(
+                (0.9 + 0.07 * random(), hits.search(search_url, term.term, term.category, results, hits.new_pv_id(rng)))
+            )
+            searches[page] = search_url
+        if site.outlinks and random() < b.outlink:
+            page = last if random() < OUTLINK_ON_LAST_PAGE else int(random() * count)
+            target = site.outlinks[int(random() * len(site.outlinks))]
+            follow[page].append((0.05 + 0.8 * random(), hits.outlink(target, pvs[page])))
+        if site.downloads and random() < b.download:
+            page = int(random() * count)
+            target = site.downloads[int(random() * len(site.downloads))]
+            follow[page].append((0.05 + 0.8 * random(), hits.download(target, pvs[page])))
+        for events, probability, extra in (
+            (site.click_events, b.click_event, (0.4, 0.15)),
+            (site.events, b.random_event, (0.3,)),
+        ):
+            if events and random() < probability:
+                number = 1 + sum(random() < p for p in extra)
+                for _ in range(number):
+                    e = events[int(random() * len(events))]
+                    on(
+                        int(random() * count),
+                        lambda url, pv, e=e: hits.event(url, pv, e.category, e.action, e.name, e.value),
+                    )
+        if site.content and random() < b.content:
+            page = int(random() * count)
+            url, pv = pages[page][0], pvs[page]
+            blocks = [site.content[int(random() * len(site.content))] for _ in range(1 + (random() < 0.4))]
+            for name, piece, target in blocks:
+                follow[page].append((0.02 + 0.15 * random(), hits.content(url, pv, name, piece, target)))
+            if random() < CONTENT_INTERACTION_PROBABILITY:
+                name, piece, target = blocks[0]
+                follow[page].append((0.3 + 0.5 * random(), hits.content(url, pv, name, piece, target, "click")))
+        if site.goals and random() < b.goal:
+            goal = site.goals.pick(rng)
+            revenue = None if goal.revenue is None else int(goal.revenue * 100)
+            page = 1 + int(random() * last) if last else 0
+            follow[page].append((0.05 + 0.8 * random(), hits.goal(pages[page][0], pvs[page], goal.idgoal, revenue)))
+        if count == 1 and not follow[0]:
+            # Non-bounce by definition: one interaction more than the page view.
+            events = site.click_events or site.events
+            if events:
+                e = events[int(random() * len(events))]
+                on(0, lambda url, pv: hits.event(url, pv, e.category, e.action, e.name, e.value))
+        return searches

@@ -1,0 +1,109 @@
+"""Backfill days: exact counts, every hit inside the site's local day, in order."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from runs.traffic import Profile, day_visits, resolve_timezone, visits_for_day_count
+from runs.traffic.clock import local_day_bounds
+
+from .conftest import make_day, make_profile
+
+
+@pytest.mark.parametrize(
+    "day, zone",
+    [
+        (date(2025, 3, 5), "CET"),
+        (date(2025, 3, 30), "Europe/Stockholm"),  # 23 hours: clocks go forward
+        (date(2025, 10, 26), "Europe/Stockholm"),  # 25 hours: clocks go back
+        (date(2025, 6, 1), "America/New_York"),
+        (date(2025, 6, 1), "UTC+5.5"),
+    ],
+)
+def test_a_day_has_exactly_count_visits_all_inside_the_local_day_in_order(day, zone):
+    visits = make_day(count=2500, seed=9, day=day, timezone=zone)
+    assert len(visits) == 2500
+    start, end = local_day_bounds(day, resolve_timezone(zone))
+    starts = [v.start for v in visits]
+    assert starts == sorted(starts)
+    for visit in visits:
+        times = [h.due for h in visit.hits]
+        assert times == sorted(times)
+        assert start <= times[0] and times[-1] < end - 0.5
+        # cdt is whole seconds: it must still be before midnight
+        assert int(times[-1]) < end
+
+
+def test_hour_minute_second_are_the_visitors_local_time_in_the_site_zone():
+    zone = "America/New_York"
+    tz = ZoneInfo(zone)
+    for visit in make_day(count=300, seed=2, day=date(2025, 7, 4), timezone=zone):
+        for hit in visit.hits:
+            local = datetime.fromtimestamp(int(hit.due), tz)
+            assert (hit.params["h"], hit.params["m"], hit.params["s"]) == (
+                str(local.hour),
+                str(local.minute),
+                str(local.second),
+            )
+
+
+def test_the_site_time_zone_moves_the_rhythm_with_it():
+    tokyo = make_day(count=3000, seed=4, day=date(2025, 3, 5), timezone="Asia/Tokyo")
+    busy = sum(1 for v in tokyo if 9 <= int(v.hits[0].params["h"]) <= 21)
+    assert busy / len(tokyo) > 0.7
+
+
+def test_zero_visits_is_an_empty_day():
+    assert make_day(count=0) == []
+
+
+def test_visits_per_day_shaped_by_the_week_averages_to_visits_per_day():
+    profile = Profile(visits_per_day=10_000)
+    monday = date(2025, 3, 3)
+    week = [visits_for_day_count(profile, monday + timedelta(days=i), "CET") for i in range(7)]
+    assert sum(week) == pytest.approx(70_000, abs=7)
+    assert max(week) > min(week)
+
+
+def test_business_sites_get_far_fewer_visits_at_weekends():
+    profile = Profile(visits_per_day=10_000, daily_curve="business")
+    monday = date(2025, 3, 3)
+    week = [visits_for_day_count(profile, monday + timedelta(days=i), "CET") for i in range(7)]
+    weekday, weekend = sum(week[:5]) / 5, sum(week[5:]) / 2
+    assert weekend <= 0.75 * weekday
+
+
+def test_a_daylight_saving_day_counts_its_missing_hour():
+    profile = Profile(visits_per_day=10_000, daily_curve="flat")
+    assert visits_for_day_count(profile, date(2025, 3, 30), "Europe/Stockholm") == round(10_000 * 23 / 24)
+    assert visits_for_day_count(profile, date(2025, 10, 26), "Europe/Stockholm") == round(10_000 * 25 / 24)
+    assert visits_for_day_count(profile, date(2025, 3, 30), "UTC") == 10_000
+
+
+def test_evening_curve_peaks_in_the_early_evening():
+    visits = make_day(make_profile(daily_curve="evening"), count=6000, seed=5)
+    hours = [int(v.hits[0].params["h"]) for v in visits]
+    peak = max(range(24), key=hours.count)
+    assert 17 <= peak <= 21
+
+
+def test_returning_visitors_come_back_on_later_days():
+    profile = Profile(visits_per_day=1000)
+    seen: set[str] = set()
+    shares = []
+    for offset in range(7):
+        day = date(2025, 3, 3) + timedelta(days=offset)
+        count = visits_for_day_count(profile, day, "CET")
+        again = 0
+        for visit in day_visits(profile, day=day, count=count, seed="week"):
+            again += visit.cid in seen
+            seen.add(visit.cid)
+        shares.append(again / count)
+    # 35% of visits come from the pool; after a few days most pool members have been
+    # seen before, so Matomo counts nearly all of those visits as returning.
+    assert shares[0] < 0.1
+    assert shares[3] > 0.2
+    assert shares[-1] == pytest.approx(0.35, abs=0.04)

@@ -1,0 +1,121 @@
+"""A visit and its hits, as the stream yields them.
+
+A visit's constant Matomo parameters (idsite, rec, apiv, send_image, cid, _id, ua,
+lang, res, uadata, uid, cip) live once in ``Visit.params``; each ``Hit.params`` holds
+only that hit's own parameters. The full parameter set of a hit is
+``visit.params | hit.params`` (``Visit.full_params``). This keeps hits small and lets the
+encoder encode the constant part once per visit.
+
+Times are float epoch seconds (UTC) because the sender compares them millions of times;
+``*_datetime`` properties give aware datetimes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from .clock import to_datetime
+
+
+class Hit:
+    __slots__ = ("due", "params")
+
+    def __init__(self, due: float, params: dict[str, str]):
+        self.due = due
+        self.params = params
+
+    @property
+    def due_datetime(self):
+        return to_datetime(self.due)
+
+    @property
+    def kind(self) -> str:
+        return hit_kind(self.params)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Hit) and self.due == other.due and self.params == other.params
+
+    def __repr__(self) -> str:
+        return f"Hit({self.due:.3f}, {self.params!r})"
+
+
+class Visit:
+    __slots__ = (
+        "channel",
+        "cid",
+        "device",
+        "funnel",
+        "hits",
+        "index",
+        "params",
+        "persona",
+        "returning",
+        "start",
+        "uid",
+    )
+
+    def __init__(self, index, cid, uid, start, persona, device, channel, returning, funnel, params, hits):
+        self.index = index  # position in its stream (what `skip` counts)
+        self.cid = cid  # 16 lowercase hex, sent as cid and _id
+        self.uid = uid  # user id of a logged-in visitor, else None
+        self.start = start  # epoch seconds of the first hit
+        self.persona = persona  # researcher | buyer | casual
+        self.device = device  # desktop | mobile | tablet
+        self.channel = channel  # direct | search | social | websites | campaign
+        self.returning = returning  # visitor from the returning-visitor pool
+        self.funnel = funnel  # funnel name, or None for an ordinary visit
+        self.params = params  # constant parameters of every hit
+        self.hits = hits  # list[Hit], in time order
+
+    @property
+    def start_datetime(self):
+        return to_datetime(self.start)
+
+    @property
+    def end(self) -> float:
+        return self.hits[-1].due
+
+    @property
+    def end_datetime(self):
+        return to_datetime(self.end)
+
+    @property
+    def is_bounce(self) -> bool:
+        return len(self.hits) == 1
+
+    def full_params(self, hit: Hit) -> dict[str, str]:
+        return {**self.params, **hit.params}
+
+    def iter_full_params(self) -> Iterator[dict[str, str]]:
+        for hit in self.hits:
+            yield {**self.params, **hit.params}
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Visit) and all(getattr(self, name) == getattr(other, name) for name in self.__slots__)
+
+    def __repr__(self) -> str:
+        return (
+            f"Visit(#{self.index} {self.cid} {self.channel} {self.device} {self.persona} "
+            f"{len(self.hits)} hits{' funnel=' + self.funnel if self.funnel else ''})"
+        )
+
+
+def hit_kind(params: dict[str, str]) -> str:
+    """What a hit is, from its parameters (Matomo's own precedence)."""
+    if params.get("ping") == "1":
+        return "ping"
+    if "idgoal" in params:
+        if params["idgoal"] == "0":
+            return "order" if "ec_id" in params else "cart_update"
+        return "goal"
+    if "search" in params:
+        return "search"
+    if "link" in params:
+        return "outlink"
+    if "download" in params:
+        return "download"
+    if "e_c" in params or "e_a" in params:
+        return "event"
+    if "c_n" in params:
+        return "content_interaction" if "c_i" in params else "content_impression"
+    return "pageview"
