@@ -1,0 +1,69 @@
+"""A local Matomo 5 look-alike for the test suite and benchmarks (no Django, stdlib only;
+gevent optional for speed in the command-line server).
+
+In a test::
+
+    with FakeMatomo(sites=[Site(1, timezone="Europe/Stockholm")],
+                    tokens={"tok": {"write": [1]}}) as matomo:
+        post hits to matomo.tracking_url ...
+        assert len(matomo.visits(1)) == 3
+        assert matomo.stats()["token_in_url"] == 0
+
+As a separate process (tests in another process, benchmarks)::
+
+    python -m targets.fake_matomo --port 8765 --sites 1:Europe/Stockholm --token tok:write=1
+    # prints http://127.0.0.1:8765/ ; then GET /_fake/stats, POST /_fake/faults, POST /_fake/reset
+
+What it emulates (Matomo 5, checked against its sources; see ``rules.py`` for the order):
+
+* ``matomo.php``/``piwik.php``, GET or POST form for single hits, POST JSON for bulk.
+* 400 for: missing/unknown ``idsite`` (``idSite`` is not ``idsite``), a ``cid`` that is not
+  16 hex characters, ``cip``/``country``/``region``/``city``/``lat``/``long`` or a ``cdt``
+  older than 24 h without a token with write/admin access (or super user), a ``cdt``
+  older than the raw-data retention. In a bulk these are counted ``invalid``.
+* Excluded (answered 200/204, counted in ``tracked``, recorded nowhere): ``rec`` missing or
+  0, bot user agents and Matomo's bot IP ranges unless ``bots=1``, a repeated ``ec_id``.
+* Secure-only tokens count only when sent as a POST form field; every ``token_auth`` in a
+  URL query string is counted in ``stats()["token_in_url"]``.
+* Backdating: a hit older than the visitor's latest recorded hit fails with 500; in a bulk
+  the whole batch is rolled back (Matomo's bulk import is one transaction).
+* Faults on demand (``Fault``; ``fail_next``, ``hang_next``, ``reset_next``, latency).
+* Reporting API: API.getMatomoVersion, SitesManager.getSiteFromId and the
+  getSitesId*/getSites* access lists, UsersManager.hasSuperUserAccess /
+  getSitesAccessFromUser, CoreAdminHome.invalidateArchivedReports, VisitsSummary.get.
+
+Where it deliberately differs from a real Matomo 5.3 (each is a documented choice):
+
+* ``cid`` must be hex (Matomo only checks the length and mangles non-hex ids); turn off with
+  ``strict_cid_hex=False``.
+* A backdated hit is a 500 whenever its ``cdt`` is before the visitor's latest recorded hit
+  (whole seconds). Matomo fails only when the backdated hit matches a later visit, and its
+  single-hit answer may end up as 400 (``Response::outputResponse`` re-sends 400 when nothing
+  was logged); the project's notes saw a database error, so the fake answers 500.
+* ``record_statistics`` per site is fake-only (Matomo's switch is global).
+* Reporting API errors other than access errors answer 200, access errors 401; only
+  ``format=json`` is produced.
+* A secure-only token in a tracking URL is ignored here. Matomo issue #24978 reports that
+  Matomo 5 accepts it for write/admin users (their tokens are in the tracker's site cache);
+  super users' secure-only tokens are refused as here.
+* Bot detection knows DeviceDetector's generic rule plus common words and names, not its
+  full list of hundreds of named bots.
+
+Matomo details the project's notes simplify, followed here as Matomo does them:
+
+* A bare ``GET matomo.php`` answers 200 with the "This resource is part of Matomo" text;
+  a request with parameters that tracked nothing (or an empty POST) answers 400 with it.
+* ``rec`` is cast like PHP: missing or 0 excludes the hit, any other number records it.
+* A bulk entry string is kept when it has a non-empty query after "?" (Matomo runs
+  ``parse_url``), so ``"matomo.php?idsite=1&..."`` counts too; ``"idsite=1&..."`` is dropped
+  silently. ``{}``, ``null`` and numbers become empty requests, counted as tracked.
+* ``invalid_indices`` (super user token only) are positions among the kept entries.
+* Reporting API: a token that is unknown, or secure-only and sent in the URL, is an error
+  (401, Matomo's "Unable to authenticate..." wording), not an anonymous call.
+"""
+
+from .faults import Fault
+from .model import Hit, Site, Token, Visit, group_visits
+from .server import GIF, MATOMO_TRACKER_TEXT, FakeMatomo
+
+__all__ = ["GIF", "MATOMO_TRACKER_TEXT", "FakeMatomo", "Fault", "Hit", "Site", "Token", "Visit", "group_visits"]

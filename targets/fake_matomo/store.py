@@ -1,0 +1,213 @@
+"""What the fake Matomo recorded, and the counters tests and benchmarks read.
+
+Everything that depends on earlier requests happens in ``Recorder.commit`` under one lock,
+so a bulk batch is all-or-nothing like Matomo's one-transaction bulk import:
+
+* backdating: a hit dated before the latest recorded hit of the same visitor fails (a
+  single hit gets 500, a bulk batch gets 500 and nothing from it is kept);
+* a repeated ecommerce order id (``ec_id`` with ``idgoal=0``) on the same site is excluded;
+* duplicates (same site, visitor, pv_id, action parameters and second) are counted.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .model import Hit, Site
+from .rules import Outcome
+
+# Parameters that differ between two sends of the same action and say nothing about it.
+_VOLATILE_PARAMS = frozenset({"rand", "token_auth", "send_image", "queuedtracking", "cdt", "cdo"})
+
+
+@dataclass(slots=True)
+class CommitResult:
+    """``conflict`` is the index of the first backdated hit (then nothing was recorded)."""
+
+    conflict: int | None = None
+    conflict_latest: float = 0.0
+    recorded: int = 0
+
+
+class Recorder:
+    """Thread-safe store of recorded hits and counters.
+
+    With ``keep_hits=False`` (benchmarks) only counters, the latest time per visitor (needed
+    for the backdating rule), order ids and duplicate keys are kept."""
+
+    def __init__(self, sites: dict[int, Site], *, keep_hits: bool = True, clock: Callable[[], float] = time.time):
+        self.sites = sites
+        self.keep_hits = keep_hits
+        self.clock = clock
+        self.lock = threading.RLock()
+        self.reset()
+
+    def reset(self) -> None:
+        with self.lock:
+            self.counters: Counter[str] = Counter()
+            self.excluded: Counter[str] = Counter()
+            self.invalid: Counter[str] = Counter()
+            self.rejected: Counter[int] = Counter()
+            self.faults_fired: Counter[str] = Counter()
+            self.recorded_by_site: Counter[int] = Counter()
+            self.api_calls_by_method: Counter[str] = Counter()
+            self.hits: dict[int, list[Hit]] = {site_id: [] for site_id in self.sites}
+            self.latest: dict[tuple[int, str], float] = {}
+            self.order_ids: set[tuple[int, str]] = set()
+            self.duplicate_keys: set[int] = set()
+            self.hits_by_visitor: Counter[str] = Counter()
+            self.hits_by_pv_id: Counter[str] = Counter()
+            self.api_calls: list[dict[str, Any]] = []
+            self.invalidations: list[dict[str, Any]] = []
+            self.seq = 0
+
+    def count(self, name: str, amount: int = 1) -> None:
+        with self.lock:
+            self.counters[name] += amount
+
+    def count_rejected(self, status: int) -> None:
+        with self.lock:
+            self.rejected[status] += 1
+
+    def count_fault(self, kind: str) -> None:
+        with self.lock:
+            self.faults_fired[kind] += 1
+
+    def record_api_call(self, method: str, params: dict[str, str]) -> None:
+        with self.lock:
+            self.api_calls_by_method[method] += 1
+            self.api_calls.append({"method": method, "params": params})
+
+    def record_invalidation(self, call: dict[str, Any]) -> None:
+        with self.lock:
+            self.invalidations.append(call)
+
+    def commit(self, outcomes: list[Outcome], *, bulk: bool) -> CommitResult:
+        """Apply the outcomes of one request (one for a single hit, the batch for bulk).
+
+        Outcomes of kind "record" may turn into "exclude" (repeated order id). On a
+        backdating conflict nothing is recorded and the result names the culprit. Times
+        compare in whole seconds, as Matomo stores them."""
+        with self.lock:
+            now = self.clock()
+            pending: list[Outcome] = []
+            pending_latest: dict[tuple[int, str], float] = {}
+            pending_orders: set[tuple[int, str]] = set()
+            latest = self.latest
+            for index, outcome in enumerate(outcomes):
+                if outcome.kind != "record":
+                    continue
+                params = outcome.params
+                order_id = params.get("ec_id") if params.get("idgoal") == "0" else None
+                if order_id:
+                    order_key = (outcome.site_id, order_id)
+                    if order_key in self.order_ids or order_key in pending_orders:
+                        outcome.kind = "exclude"
+                        outcome.reason = "ec_id_repeat"
+                        continue
+                    pending_orders.add(order_key)
+                if not outcome.explicit_time:
+                    outcome.time = now
+                key = (outcome.site_id, outcome.visitor_id)
+                previous = pending_latest.get(key)
+                if previous is None:
+                    previous = latest.get(key)
+                if previous is not None and int(outcome.time) < int(previous):
+                    # Undo the provisional exclusions: nothing of this request happened.
+                    for other in outcomes:
+                        if other.reason == "ec_id_repeat" and other.kind == "exclude":
+                            other.kind, other.reason = "record", ""
+                    self.counters["hits_received"] += len(outcomes)
+                    self.counters["backdated"] += 1
+                    if bulk:
+                        self.counters["rolled_back"] += sum(1 for o in outcomes if o.kind == "record")
+                        self.counters["rolled_back_batches"] += 1
+                    return CommitResult(conflict=index, conflict_latest=previous)
+                pending_latest[key] = max(outcome.time, previous) if previous is not None else outcome.time
+                pending.append(outcome)
+
+            counters = self.counters
+            counters["hits_received"] += len(outcomes)
+            for outcome in outcomes:
+                kind = outcome.kind
+                if kind == "invalid":
+                    counters["invalid"] += 1
+                    self.invalid[outcome.reason] += 1
+                elif kind in ("exclude", "empty", "disabled"):
+                    counters["tracked"] += 1
+                    counters["excluded"] += 1
+                    self.excluded[outcome.reason] += 1
+            counters["tracked"] += len(pending)
+            counters["recorded"] += len(pending)
+            self.order_ids |= pending_orders
+            latest.update(pending_latest)
+            keep = self.keep_hits
+            for outcome in pending:
+                self.seq += 1
+                site_id = outcome.site_id
+                params = outcome.params
+                pv_id = params.get("pv_id", "")
+                self.recorded_by_site[site_id] += 1
+                signature = hash(
+                    (
+                        site_id,
+                        outcome.visitor_id,
+                        pv_id,
+                        int(outcome.time),
+                        frozenset(item for item in params.items() if item[0] not in _VOLATILE_PARAMS),
+                    )
+                )
+                if signature in self.duplicate_keys:
+                    counters["duplicates"] += 1
+                else:
+                    self.duplicate_keys.add(signature)
+                if keep:
+                    self.hits.setdefault(site_id, []).append(
+                        Hit(site_id, params, outcome.time, outcome.visitor_id, pv_id, bulk, self.seq)
+                    )
+                    self.hits_by_visitor[outcome.visitor_id] += 1
+                    if pv_id:
+                        self.hits_by_pv_id[pv_id] += 1
+            return CommitResult(recorded=len(pending))
+
+    def snapshot(self, *, detail: bool = False) -> dict[str, Any]:
+        """All counters as JSON-ready data (what ``GET /_fake/stats`` returns)."""
+        with self.lock:
+            c = self.counters
+            data: dict[str, Any] = {
+                "requests": c["requests"],
+                "single_requests": c["single_requests"],
+                "bulk_requests": c["bulk_requests"],
+                "api_requests": c["api_requests"],
+                "hits_received": c["hits_received"],
+                "tracked": c["tracked"],
+                "recorded": c["recorded"],
+                "invalid": c["invalid"],
+                "invalid_by_reason": dict(self.invalid),
+                "excluded": c["excluded"],
+                "excluded_by_reason": dict(self.excluded),
+                "rejected_by_status": {str(k): v for k, v in sorted(self.rejected.items())},
+                "dropped_bulk_entries": c["dropped_bulk_entries"],
+                "backdated": c["backdated"],
+                "rolled_back": c["rolled_back"],
+                "rolled_back_batches": c["rolled_back_batches"],
+                "duplicates": c["duplicates"],
+                "token_in_url": c["token_in_url"],
+                "token_in_bulk_entry": c["token_in_bulk_entry"],
+                "faults_fired": dict(self.faults_fired),
+                "recorded_by_site": {str(k): v for k, v in sorted(self.recorded_by_site.items())},
+                "visitors": len(self.latest),
+                "api_calls_by_method": dict(self.api_calls_by_method),
+                "invalidations": len(self.invalidations),
+                "keep_hits": self.keep_hits,
+            }
+            if detail:
+                data["hits_by_visitor"] = dict(self.hits_by_visitor)
+                data["hits_by_pv_id"] = dict(self.hits_by_pv_id)
+                data["invalidation_calls"] = list(self.invalidations)
+            return data
