@@ -1,0 +1,540 @@
+"""In-memory counters of what happened to every hit, per target, in fixed memory.
+
+Senders record each hit's *final* outcome once (a hit accepted after two retries counts
+once as accepted; the retries are counted on their own), so at any time::
+
+    sent == accepted + invalid + unaccounted + rejected + server_errors
+            + network_errors + timeouts + abandoned + in_flight
+
+``unsent`` counts hits handed to a sender that never went out because it was closed
+(the rest of a visit, or buffered bulk visits closed without a flush).
+
+The loader's DB greenlet reads ``snapshot()`` every ~2 s (one UPDATE), ``minute_sample()``
+once a minute (one chart row) and ``drain_events()`` for the run log. Every method takes
+one short lock, so it is safe from greenlets and from real threads alike (the DB writer
+may run in a thread pool). Plain Python: no Django, no gevent requirement.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Iterable
+from typing import Any
+
+try:  # A real OS lock even under monkey-patching: the DB writer may be a real thread.
+    from gevent.monkey import get_original
+
+    _Lock = get_original("_thread", "allocate_lock")
+except ImportError:  # pragma: no cover - gevent is a dependency
+    from threading import Lock as _Lock
+
+# Final outcomes of a hit. "unaccounted": a bulk batch answered success but its
+# tracked + invalid was lower than the hits sent (Matomo skipped them, e.g. lock waits).
+OUTCOMES = (
+    "accepted",
+    "invalid",
+    "unaccounted",
+    "rejected",
+    "server_errors",
+    "network_errors",
+    "timeouts",
+    "abandoned",
+)
+# Outcomes that say something about the target's health (abandoned is our own doing).
+FAILURES = frozenset(OUTCOMES) - {"accepted", "abandoned"}
+
+EVENT_QUEUE_SIZE = 200
+BACKOFF_EVENT_EVERY_SECONDS = 60.0
+RATE_WINDOW_SECONDS = 60
+
+
+class LatencyHistogram:
+    """Log-spaced buckets from 50 us to ~2 min: percentiles within ~4 %, fixed memory."""
+
+    MIN_SECONDS = 50e-6
+    GROWTH = 1.08
+    BUCKETS = 192
+
+    __slots__ = ("count", "counts", "max", "total")
+
+    _log_growth = math.log(GROWTH)
+
+    def __init__(self) -> None:
+        self.counts = [0] * self.BUCKETS
+        self.count = 0
+        self.total = 0.0
+        self.max = 0.0
+
+    def add(self, seconds: float) -> None:
+        if seconds < self.MIN_SECONDS:
+            index = 0
+        else:
+            index = min(self.BUCKETS - 1, 1 + int(math.log(seconds / self.MIN_SECONDS) / self._log_growth))
+        self.counts[index] += 1
+        self.count += 1
+        self.total += seconds
+        if seconds > self.max:
+            self.max = seconds
+
+    def merge(self, other: LatencyHistogram) -> None:
+        counts = self.counts
+        for index, value in enumerate(other.counts):
+            if value:
+                counts[index] += value
+        self.count += other.count
+        self.total += other.total
+        self.max = max(self.max, other.max)
+
+    def percentile(self, q: float) -> float | None:
+        """Seconds below which a share ``q`` (0..1) of the samples fell, or None if empty."""
+        if not self.count:
+            return None
+        rank = max(1, math.ceil(q * self.count))
+        seen = 0
+        for index, value in enumerate(self.counts):
+            seen += value
+            if seen >= rank:
+                if index == 0:
+                    return min(self.MIN_SECONDS, self.max)
+                low = self.MIN_SECONDS * self.GROWTH ** (index - 1)
+                # The geometric middle of the bucket, never above the slowest sample seen.
+                return min(low * math.sqrt(self.GROWTH), self.max)
+        return self.max  # pragma: no cover - unreachable, ranks never exceed the count
+
+    def summary_ms(self) -> dict[str, float | None]:
+        def ms(value: float | None) -> float | None:
+            return None if value is None else round(value * 1000, 2)
+
+        return {
+            "p50": ms(self.percentile(0.50)),
+            "p95": ms(self.percentile(0.95)),
+            "p99": ms(self.percentile(0.99)),
+            "max": ms(self.max if self.count else None),
+            "mean": ms(self.total / self.count if self.count else None),
+            "count": self.count,
+        }
+
+
+class RateWindow:
+    """Finished and accepted hits per second over the last minute (a ring of seconds)."""
+
+    __slots__ = ("accepted", "hits", "seconds", "started")
+
+    def __init__(self, now: float) -> None:
+        self.seconds = [-1] * RATE_WINDOW_SECONDS
+        self.hits = [0] * RATE_WINDOW_SECONDS
+        self.accepted = [0] * RATE_WINDOW_SECONDS
+        self.started = int(now)
+
+    def add(self, now: float, hits: int, accepted: int) -> None:
+        second = int(now)
+        slot = second % RATE_WINDOW_SECONDS
+        if self.seconds[slot] != second:
+            self.seconds[slot] = second
+            self.hits[slot] = 0
+            self.accepted[slot] = 0
+        self.hits[slot] += hits
+        self.accepted[slot] += accepted
+
+    def rates(self, now: float) -> tuple[float, float]:
+        """(hits/s, accepted/s) over the last complete seconds, up to a minute."""
+        second = int(now)
+        span = min(RATE_WINDOW_SECONDS, second - self.started)
+        if span <= 0:
+            return 0.0, 0.0
+        oldest = second - span
+        hits = accepted = 0
+        for slot in range(RATE_WINDOW_SECONDS):
+            if oldest <= self.seconds[slot] < second:
+                hits += self.hits[slot]
+                accepted += self.accepted[slot]
+        return hits / span, accepted / span
+
+
+class HealthWindow:
+    """Outcomes of the most recent ``size`` hits; degraded when most of them failed.
+
+    Hysteresis (degraded above ``degrade_above``, recovered below ``recover_below``) keeps
+    a target that hovers around the threshold from flapping in the run log."""
+
+    def __init__(
+        self, size: int = 200, *, degrade_above: float = 0.5, recover_below: float = 0.25, min_hits: int = 20
+    ) -> None:
+        self.size = size
+        self.degrade_above = degrade_above
+        self.recover_below = recover_below
+        self.min_hits = min_hits
+        self.entries: deque[tuple[str, int]] = deque()  # (failure key or "", hits)
+        self.total = 0
+        self.failed = 0
+        self.failures: Counter[str] = Counter()
+        self.degraded = False
+
+    def add(self, key: str, hits: int) -> str | None:
+        """Add ``hits`` hits with failure ``key`` ("" = accepted). Returns "degraded" or
+        "recovered" when the state changes."""
+        self.entries.append((key, hits))
+        self.total += hits
+        if key:
+            self.failed += hits
+            self.failures[key] += hits
+        while len(self.entries) > 1 and self.total - self.entries[0][1] >= self.size:
+            old_key, old_hits = self.entries.popleft()
+            self.total -= old_hits
+            if old_key:
+                self.failed -= old_hits
+                self.failures[old_key] -= old_hits
+                if not self.failures[old_key]:
+                    del self.failures[old_key]
+        if self.total < self.min_hits:
+            return None
+        share = self.failed / self.total
+        if not self.degraded and share > self.degrade_above:
+            self.degraded = True
+            return "degraded"
+        if self.degraded and share < self.recover_below:
+            self.degraded = False
+            return "recovered"
+        return None
+
+    def main_failure(self) -> str | None:
+        return self.failures.most_common(1)[0][0] if self.failures else None
+
+
+# What to tell the user about the most common failure of a degraded target.
+_HINTS = {
+    "rejected:400": "Matomo refused the hits: check the site id, and that the token is valid when hits carry "
+    "cip, a cdt older than 24 h or a location (token missing for cip?)",
+    "rejected:401": "the token was refused",
+    "rejected:403": "the token was refused or lacks write access to the site",
+    "rejected:404": "check the tracking URL (it should end in matomo.php)",
+    "rejected:413": "the requests are too large for the web server: lower the batch size",
+    "rejected:429": "the target rate-limits us: lower the rate or the concurrency",
+    "server_errors:503": "tracking may be disabled on the target, or it is overloaded",
+    "timeouts": "the target answers too slowly: lower the rate or concurrency, or raise the timeout",
+    "network_errors": "cannot reach the target: check the URL, DNS and firewall, and that it is up",
+    "invalid": "Matomo counted the hits as invalid: check the site id, and the token for hits with cip or an "
+    "old cdt (a secure-only token is ignored in bulk requests)",
+    "unaccounted": "Matomo skipped hits without counting them (lock waits under load?): lower the concurrency",
+}
+
+
+def describe_failure(key: str) -> str:
+    """ "rejected:400" -> "rejected with HTTP 400", "timeouts" -> "timeouts"."""
+    kind, _, status = key.partition(":")
+    label = {
+        "rejected": "rejected",
+        "server_errors": "server errors",
+        "network_errors": "network errors",
+        "timeouts": "timeouts",
+        "invalid": "counted invalid by Matomo",
+        "unaccounted": "skipped by Matomo (neither tracked nor invalid)",
+    }.get(kind, kind)
+    if status:
+        label = f"rejected with HTTP {status}" if kind == "rejected" else f"{label} (HTTP {status})"
+    return label
+
+
+def failure_hint(key: str) -> str:
+    kind = key.partition(":")[0]
+    return (
+        _HINTS.get(key)
+        or _HINTS.get(kind)
+        or ("the target fails internally: check its error log, or lower the rate" if kind == "server_errors" else "")
+    )
+
+
+def _failure_key(kind: str, status: int) -> str:
+    return f"{kind}:{status}" if status else kind
+
+
+class TargetTelemetry:
+    """Counters, latency, rates, health and notable events of one target."""
+
+    def __init__(self, name: str = "", *, health_window: int = 200, clock: Callable[[], float] = time.monotonic):
+        self.name = name
+        self._clock = clock
+        self._lock = _Lock()
+        now = clock()
+        self._counts: dict[str, int] = dict.fromkeys(
+            ("visits_started", "visits_finished", "sent", "requests", "retries", *OUTCOMES, "unsent"), 0
+        )
+        self._rejected_by_status: Counter[int] = Counter()
+        self._server_errors_by_status: Counter[int] = Counter()
+        self._retries_by_reason: Counter[str] = Counter()
+        self._latency = LatencyHistogram()
+        self._rate = RateWindow(now)
+        self._minute_latency = LatencyHistogram()
+        self._minute = dict.fromkeys(("hits", "accepted", "errors"), 0)
+        self._health = HealthWindow(health_window)
+        self._messages: dict[str, str] = {}  # failure key -> first message seen (scrubbed)
+        self._events: deque[tuple[str, str]] = deque(maxlen=EVENT_QUEUE_SIZE)
+        self.events_dropped = 0
+        self._seen: set[str] = set()
+        self._last_backoff_event = -math.inf
+        self._retries_since_event: Counter[str] = Counter()
+        self.degraded_reason: str | None = None
+        # Set by the sender; reported in the snapshot.
+        self.mode = ""
+        self.secure_only_token = False
+
+    # --- recording (senders) -------------------------------------------------------
+
+    def start_visits(self, count: int = 1) -> None:
+        with self._lock:
+            self._counts["visits_started"] += count
+
+    def finish_visits(self, count: int = 1) -> None:
+        with self._lock:
+            self._counts["visits_finished"] += count
+
+    def start_hits(self, hits: int) -> None:
+        """``hits`` go out for the first time (retries are not counted here)."""
+        with self._lock:
+            self._counts["sent"] += hits
+
+    def record_unsent(self, hits: int) -> None:
+        """Hits handed to the sender that never went out because it was closed."""
+        with self._lock:
+            self._counts["unsent"] += hits
+
+    def record_outcome(
+        self, kind: str, hits: int, *, latency: float | None = None, status: int = 0, message: str = ""
+    ) -> None:
+        """The final outcome of ``hits`` hits; ``latency`` of the request that decided it
+        (pass it once per request). ``message``: a short, token-free description of the
+        first failure of its kind (e.g. Matomo's error text)."""
+        if hits <= 0 and latency is None:
+            return
+        with self._lock:
+            counts = self._counts
+            counts[kind] += hits
+            if latency is not None:
+                counts["requests"] += 1
+                self._latency.add(latency)
+                self._minute_latency.add(latency)
+            if kind == "abandoned" or hits <= 0:
+                return
+            now = self._clock()
+            accepted = hits if kind == "accepted" else 0
+            self._rate.add(now, hits, accepted)
+            minute = self._minute
+            minute["hits"] += hits
+            minute["accepted"] += accepted
+            key = ""
+            if kind != "accepted":
+                minute["errors"] += hits
+                if kind == "rejected":
+                    self._rejected_by_status[status] += hits
+                elif kind == "server_errors":
+                    self._server_errors_by_status[status] += hits
+                key = _failure_key(kind, status)
+                if key not in self._seen:
+                    self._seen.add(key)
+                    if message:
+                        self._messages[key] = message
+                    detail = f": {message}" if message else ""
+                    self._event("error", f"First failed hit: {describe_failure(key)}{detail}")
+            change = self._health.add(key, hits)
+            if change:
+                self._health_changed(change)
+
+    def record_retry(
+        self, reason: str, *, latency: float | None = None, delay: float = 0.0, hits: int = 1, message: str = ""
+    ) -> None:
+        """A request for ``hits`` hits failed with ``reason`` ("429", "503", "timeout",
+        "network") and will be sent again after ``delay`` seconds."""
+        with self._lock:
+            counts = self._counts
+            counts["retries"] += 1
+            self._retries_by_reason[reason] += 1
+            if latency is not None:
+                counts["requests"] += 1
+                self._latency.add(latency)
+                self._minute_latency.add(latency)
+            self._retries_since_event[reason] += 1
+            now = self._clock()
+            if now - self._last_backoff_event >= BACKOFF_EVENT_EVERY_SECONDS:
+                self._last_backoff_event = now
+                reasons = ", ".join(f"{_retry_label(r)}: {n}" for r, n in self._retries_since_event.most_common())
+                total = sum(self._retries_since_event.values())
+                detail = f" ({message})" if message else ""
+                self._event(
+                    "warning",
+                    f"Backing off: {total} request(s) to retry since the last notice ({reasons}); "
+                    f"next retry in {delay:.1f} s{detail}",
+                )
+                self._retries_since_event.clear()
+
+    def is_new_failure(self, kind: str, status: int = 0) -> bool:
+        """Whether no hit has ended with this failure yet (to build its message only once)."""
+        return _failure_key(kind, status) not in self._seen
+
+    def event(self, level: str, message: str) -> None:
+        """A notable event for the run log ("info", "warning" or "error"); never per hit."""
+        with self._lock:
+            self._event(level, message)
+
+    def event_once(self, key: str, level: str, message: str) -> bool:
+        """Like ``event`` but only the first time for ``key``; returns whether it was new."""
+        with self._lock:
+            if key in self._seen:
+                return False
+            self._seen.add(key)
+            self._event(level, message)
+            return True
+
+    def _event(self, level: str, message: str) -> None:
+        if len(self._events) == self._events.maxlen:
+            self.events_dropped += 1
+        prefix = f"Target {self.name}: " if self.name else ""
+        self._events.append((level, prefix + message))
+
+    def _health_changed(self, change: str) -> None:
+        health = self._health
+        if change == "degraded":
+            key = health.main_failure() or ""
+            share = health.failed / health.total
+            reason = f"{share:.0%} of the last {health.total} hits failed, mostly {describe_failure(key)}"
+            hint = failure_hint(key)
+            if hint:
+                reason += f": {hint}"
+            message = self._messages.get(key)
+            if message:
+                reason += f" (Matomo said: {message})"
+            self.degraded_reason = reason
+            self._event("error", f"Degraded: {reason}")
+        else:
+            self.degraded_reason = None
+            self._event("info", "Recovered: most recent hits are accepted again")
+
+    # --- reading (the loader's DB greenlet) --------------------------------------------
+
+    @property
+    def degraded(self) -> bool:
+        return self._health.degraded
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._counts)
+
+    def in_flight(self) -> int:
+        with self._lock:
+            return self._in_flight_locked()
+
+    def _in_flight_locked(self) -> int:
+        counts = self._counts
+        return counts["sent"] - sum(counts[kind] for kind in OUTCOMES)
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything as JSON-ready data (ints, floats, strings, small dicts)."""
+        with self._lock:
+            return self._snapshot_locked()
+
+    def _snapshot_locked(self) -> dict[str, Any]:
+        counts = self._counts
+        hits_per_second, accepted_per_second = self._rate.rates(self._clock())
+        done = sum(counts[kind] for kind in OUTCOMES)
+        data: dict[str, Any] = dict(counts)
+        data.update(
+            in_flight=counts["sent"] - done,
+            errors=done - counts["accepted"] - counts["abandoned"],
+            rejected_by_status={str(k): v for k, v in sorted(self._rejected_by_status.items())},
+            server_errors_by_status={str(k): v for k, v in sorted(self._server_errors_by_status.items())},
+            retries_by_reason=dict(self._retries_by_reason),
+            latency_ms=self._latency.summary_ms(),
+            hits_per_second=round(hits_per_second, 1),
+            accepted_per_second=round(accepted_per_second, 1),
+            degraded=self._health.degraded,
+            degraded_reason=self.degraded_reason,
+            mode=self.mode,
+            secure_only_token=self.secure_only_token,
+            events_dropped=self.events_dropped,
+        )
+        return data
+
+    def minute_sample(self) -> dict[str, Any]:
+        """Hits, accepted, errors and p95 latency (ms) since the previous call; resets them."""
+        with self._lock:
+            sample: dict[str, Any] = dict(self._minute)
+            p95 = self._minute_latency.percentile(0.95)
+            sample["p95_ms"] = None if p95 is None else round(p95 * 1000, 2)
+            self._minute = dict.fromkeys(self._minute, 0)
+            self._minute_latency = LatencyHistogram()
+            return sample
+
+    def drain_events(self) -> list[tuple[str, str]]:
+        """(level, message) pairs recorded since the previous call, oldest first."""
+        with self._lock:
+            events = list(self._events)
+            self._events.clear()
+            return events
+
+
+def _retry_label(reason: str) -> str:
+    return f"HTTP {reason}" if reason.isdigit() else reason
+
+
+class RunTelemetry:
+    """The telemetry of a run's targets, keyed by whatever the caller uses (RunTarget ids).
+
+    ``snapshot()`` gives ``{"totals": {...}, "targets": {key: {...}}}``, the shape of
+    ``Run.stats``."""
+
+    def __init__(self, keys: Iterable[str] = (), **kwargs: Any) -> None:
+        self._kwargs = kwargs
+        self.targets: dict[str, TargetTelemetry] = {}
+        for key in keys:
+            self.add(key)
+
+    def add(self, key: str, name: str = "") -> TargetTelemetry:
+        telemetry = TargetTelemetry(name or str(key), **self._kwargs)
+        self.targets[str(key)] = telemetry
+        return telemetry
+
+    def __getitem__(self, key: str) -> TargetTelemetry:
+        return self.targets[str(key)]
+
+    def snapshot(self) -> dict[str, Any]:
+        targets: dict[str, Any] = {}
+        latency = LatencyHistogram()
+        for key, telemetry in self.targets.items():
+            with telemetry._lock:
+                targets[key] = telemetry._snapshot_locked()
+                latency.merge(telemetry._latency)
+        totals: dict[str, Any] = {}
+        for data in targets.values():
+            for name, value in data.items():
+                if isinstance(value, bool) or name in ("degraded_reason", "mode", "latency_ms"):
+                    continue
+                if isinstance(value, dict):
+                    merged = totals.setdefault(name, {})
+                    for sub, amount in value.items():
+                        merged[sub] = merged.get(sub, 0) + amount
+                elif isinstance(value, int | float):
+                    totals[name] = totals.get(name, 0) + value
+        totals["latency_ms"] = latency.summary_ms()
+        totals["degraded_targets"] = [key for key, data in targets.items() if data["degraded"]]
+        for name in ("hits_per_second", "accepted_per_second"):
+            totals[name] = round(totals.get(name, 0.0), 1)
+        return {"totals": totals, "targets": targets}
+
+    def minute_sample(self) -> dict[str, Any]:
+        """One chart row for the run: hits, accepted, errors summed; p95 over all targets."""
+        latency = LatencyHistogram()
+        sample = {"hits": 0, "accepted": 0, "errors": 0}
+        for telemetry in self.targets.values():
+            with telemetry._lock:
+                for name in sample:
+                    sample[name] += telemetry._minute[name]
+                latency.merge(telemetry._minute_latency)
+                telemetry._minute = dict.fromkeys(telemetry._minute, 0)
+                telemetry._minute_latency = LatencyHistogram()
+        p95 = latency.percentile(0.95)
+        return {**sample, "p95_ms": None if p95 is None else round(p95 * 1000, 2)}
+
+    def drain_events(self) -> list[tuple[str, str, str]]:
+        """(target key, level, message) for every target, oldest first per target."""
+        return [(key, level, message) for key, t in self.targets.items() for level, message in t.drain_events()]

@@ -1,0 +1,579 @@
+"""The sender and its telemetry against the fake Matomo (in a thread, on 127.0.0.1).
+
+No database: these are plain-Python tests. The pytest process is not monkey-patched; the
+sender's geventhttpclient transport uses gevent sockets itself, and the fake server's
+OS threads run beside the gevent hub.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.request
+
+import gevent
+import pytest
+
+from runs.loader.sender import (
+    RetryPolicy,
+    SenderClosed,
+    TargetSender,
+    bulk_requests_json,
+    needs_token,
+    parse_retry_after,
+)
+from runs.loader.telemetry import OUTCOMES, LatencyHistogram, RunTelemetry, TargetTelemetry
+from targets.fake_matomo import FakeMatomo
+
+TOKEN = "c0ffee0123456789abcdef0123456789"
+SECURE_TOKEN = "5ecure0123456789abcdef0123456789"
+FAST_RETRY = RetryPolicy(max_attempts=5, backoff_base=0.005, backoff_max=0.02)
+
+
+def make_hit(visitor: int, step: int, *, site: int = 1, extra: str = "") -> str:
+    cid = f"{visitor:016x}"
+    return (
+        f"idsite={site}&rec=1&apiv=1&cid={cid}&pv_id={visitor % 999999:06d}&rand={visitor}-{step}"
+        f"&url=https%3A%2F%2Fshop.example.org%2Fp%2F{step}&action_name=Page%20{step}{extra}"
+    )
+
+
+def make_visits(count: int, hits: int = 3, *, first: int = 0, extra: str = "") -> list[list[str]]:
+    return [[make_hit(first + v, step, extra=extra) for step in range(hits)] for v in range(count)]
+
+
+def assert_settled(telemetry: TargetTelemetry) -> dict:
+    """Every hit that went out has exactly one final outcome."""
+    counts = telemetry.counts()
+    assert counts["sent"] == sum(counts[kind] for kind in OUTCOMES)
+    assert telemetry.in_flight() == 0
+    return counts
+
+
+class ConcurrencyProbe:
+    """Wraps the fake server's app to measure tracking requests handled at once (the fake
+    has no such counter itself)."""
+
+    def __init__(self, app):
+        self.app = app
+        self.lock = threading.Lock()
+        self.current = 0
+        self.max = 0
+
+    def __call__(self, req):
+        if not req.path.endswith("matomo.php"):
+            return self.app(req)
+        with self.lock:
+            self.current += 1
+            self.max = max(self.max, self.current)
+        try:
+            return self.app(req)
+        finally:
+            with self.lock:
+                self.current -= 1
+
+
+@pytest.fixture
+def matomo():
+    server = FakeMatomo(
+        tokens={TOKEN: {"write": [1]}, SECURE_TOKEN: {"write": [1], "secure_only": True}},
+    )
+    server.probe = ConcurrencyProbe(server.handle)
+    server.handle = server.probe  # read when the HTTP server is made, i.e. on start()
+    with server:
+        # Wait until the accept thread serves: the fake's stop() right after start() can
+        # otherwise close the listener under a thread that has not reached accept() yet.
+        urllib.request.urlopen(server.url + "_fake/health", timeout=5).close()  # noqa: S310 - loopback
+        yield server
+
+
+@pytest.fixture
+def make_sender(matomo):
+    senders = []
+
+    def make(token=TOKEN, **kwargs):
+        kwargs.setdefault("concurrency", 4)
+        kwargs.setdefault("timeout", 2.0)
+        kwargs.setdefault("retry", FAST_RETRY)
+        sender = TargetSender(kwargs.pop("url", matomo.tracking_url), token, **kwargs)
+        senders.append(sender)
+        return sender
+
+    yield make
+    for sender in senders:
+        sender.close(0.5)
+
+
+# --- single hits ---------------------------------------------------------------------------
+
+
+def test_single_hit_counters_equal_what_the_server_recorded(matomo, make_sender):
+    sender = make_sender(concurrency=4)
+    outcomes = []
+    for visit in make_visits(20, 3, extra="&cip=10.1.2.3"):  # cip needs the token: sent as a form field
+        sender.send_visit(visit, outcomes.append)
+    assert sender.join(10)
+
+    counts = assert_settled(sender.telemetry)
+    stats = matomo.stats()
+    assert counts["accepted"] == stats["recorded"] == 60
+    assert counts["requests"] == stats["single_requests"] == 60
+    assert outcomes == ["accepted"] * 20
+    assert len(matomo.visits(1)) == 20
+    assert stats["token_in_url"] == 0
+    # Hits of a visit go out one after the other, oldest first.
+    for visit in matomo.visits(1):
+        assert [hit.params["rand"].split("-")[1] for hit in visit.hits] == ["0", "1", "2"]
+
+
+def test_retried_single_hits_count_once_and_reach_the_server_once(matomo, make_sender):
+    matomo.fail_next(3, 503)
+    matomo.fail_next(2, 429)
+    matomo.fail_next(2, 502)
+    matomo.fail_next(1, 504)
+    matomo.reset_next(2)  # connection reset before Matomo processed anything
+    sender = make_sender(concurrency=4)
+    for visit in make_visits(10, 3):
+        sender.send_visit(visit)
+    assert sender.join(10)
+
+    counts = assert_settled(sender.telemetry)
+    snapshot = sender.telemetry.snapshot()
+    assert counts["accepted"] == 30
+    assert counts["retries"] == 10
+    assert snapshot["retries_by_reason"] == {"503": 3, "429": 2, "502": 2, "504": 1, "network": 2}
+    assert counts["requests"] == 40  # every attempt, answered or not
+    hits = matomo.hits_for(1)
+    assert len(hits) == 30
+    assert len({hit.params["rand"] for hit in hits}) == 30  # each hit recorded exactly once
+    assert matomo.stats()["duplicates"] == 0
+
+
+def test_a_400_is_not_retried_and_marks_the_target_degraded_with_a_reason(matomo, make_sender):
+    sender = make_sender(token=None, telemetry=TargetTelemetry("t1", health_window=40))
+    for visitor in range(25):
+        sender.send_hit(make_hit(visitor, 0, extra="&cip=10.1.2.3"))  # cip without a token: 400
+    assert sender.join(10)
+
+    counts = assert_settled(sender.telemetry)
+    snapshot = sender.telemetry.snapshot()
+    assert counts["rejected"] == 25
+    assert snapshot["rejected_by_status"] == {"400": 25}
+    assert counts["retries"] == 0
+    assert matomo.stats()["single_requests"] == 25
+    assert sender.degraded
+    assert "rejected with HTTP 400" in sender.degraded_reason
+    assert "token missing for cip?" in sender.degraded_reason
+    events = sender.telemetry.drain_events()
+    assert [level for level, message in events if "First failed hit: rejected with HTTP 400" in message] == ["error"]
+    assert any(message.startswith("Target t1: Degraded:") for _, message in events)
+
+    for visitor in range(60):  # healthy again
+        sender.send_hit(make_hit(100 + visitor, 0))
+    assert sender.join(10)
+    assert not sender.degraded
+    assert any("Recovered" in message for _, message in sender.telemetry.drain_events())
+
+
+def test_retry_after_is_honoured(matomo, make_sender):
+    matomo.fail_next(1, 429, retry_after=1)
+    sender = make_sender()
+    started = time.monotonic()
+    sender.send_hit(make_hit(1, 0))
+    assert sender.join(5)
+    elapsed = time.monotonic() - started
+
+    assert 1.0 <= elapsed < 2.5
+    assert sender.telemetry.counts()["accepted"] == 1
+    assert len(matomo.hits_for(1)) == 1
+
+
+def test_timeouts_are_retried_and_the_hit_counted_once(matomo, make_sender):
+    matomo.hang_next(1, seconds=0.6)
+    sender = make_sender(timeout=0.2)
+    for visitor in range(5):
+        sender.send_hit(make_hit(visitor, 0))
+    assert sender.join(5)
+
+    counts = assert_settled(sender.telemetry)
+    assert counts["accepted"] == 5
+    assert counts["timeouts"] == 0
+    assert sender.telemetry.snapshot()["retries_by_reason"] == {"timeout": 1}
+    # Matomo still processes the slow request after we gave up: timeouts are "at least
+    # once" (documented). The sender counts the hit once; the server records it twice.
+    deadline = time.monotonic() + 2
+    while matomo.stats()["hits_received"] < 6 and time.monotonic() < deadline:
+        gevent.sleep(0.05)
+    assert matomo.stats()["hits_received"] == 6
+
+
+def test_attempts_are_bounded_and_network_errors_counted(make_sender):
+    sender = make_sender(url="http://127.0.0.1:9/matomo.php", retry=RetryPolicy(max_attempts=3, backoff_base=0.005))
+    outcomes = []
+    sender.send_visit([make_hit(1, 0), make_hit(1, 1)], outcomes.append)
+    assert sender.join(5)
+
+    counts = assert_settled(sender.telemetry)
+    assert counts["network_errors"] == 2
+    assert counts["retries"] == 4
+    assert outcomes == ["failed"]
+
+
+def test_concurrency_is_never_exceeded(matomo, make_sender):
+    matomo.set_latency(0.02)
+    sender = make_sender(concurrency=5)
+    for visitor in range(60):
+        sender.send_hit(make_hit(visitor, 0))
+        assert sender.in_flight <= 5
+    assert sender.join(10)
+    bulk = make_sender(concurrency=3, bulk=True, batch_size=3)
+    for visit in make_visits(30, 1, first=100):
+        bulk.send_visit(visit)
+    assert bulk.join(10)
+
+    assert matomo.probe.max <= 5
+    assert matomo.probe.max >= 3  # the limit was actually reached, not avoided
+    assert sender.telemetry.counts()["accepted"] == 60
+    assert bulk.telemetry.counts()["accepted"] == 30
+
+
+# --- bulk ------------------------------------------------------------------------------------
+
+
+def test_bulk_counters_equal_what_the_server_recorded_and_visits_are_never_split(matomo, make_sender):
+    sender = make_sender(bulk=True, batch_size=10)
+    outcomes = []
+    for visit in make_visits(13, 3, extra="&cip=10.1.2.3"):
+        sender.send_visit(visit, outcomes.append)
+    sender.send_visit([make_hit(500, step) for step in range(12)], outcomes.append)  # bigger than a batch
+    assert sender.join(10)
+
+    counts = assert_settled(sender.telemetry)
+    stats = matomo.stats()
+    assert counts["accepted"] == stats["tracked"] == stats["recorded"] == 51
+    # 3 visits (9 hits) per batch of 10: 4 full batches, one with the 13th visit, one for the big visit.
+    assert counts["requests"] == stats["bulk_requests"] == 6
+    assert counts["visits_started"] == 0  # visits are the caller's to count
+    assert outcomes == ["accepted"] * 14
+    assert len(matomo.visits(1)) == 14
+    assert stats["token_in_url"] == 0
+    for visit in matomo.visits(1):
+        steps = [int(hit.params["rand"].split("-")[1]) for hit in visit.hits]
+        assert steps == sorted(steps)
+
+
+def test_bulk_invalid_and_unaccounted_hits_are_counted(matomo, make_sender):
+    sender = make_sender(token=None, bulk=True, batch_size=100)
+    visits = make_visits(5, 2)
+    visits.append([make_hit(10, 0, site=99)])  # unknown site: invalid inside a bulk
+    visits.append([make_hit(11, 0, extra="&cip=10.1.2.3")])  # cip without a token: invalid
+    # The fake cannot skip hits the way a locked Matomo does; an entry without a query
+    # is dropped silently by Matomo (and the fake), which is the same symptom.
+    visits.append([""])
+    for visit in visits:
+        sender.send_visit(visit)
+    assert sender.join(10)
+
+    counts = assert_settled(sender.telemetry)
+    assert (counts["accepted"], counts["invalid"], counts["unaccounted"]) == (10, 2, 1)
+    stats = matomo.stats()
+    assert stats["tracked"] == 10 and stats["invalid"] == 2 and stats["dropped_bulk_entries"] == 1
+    messages = [message for _, message in sender.telemetry.drain_events()]
+    assert any("First failed hit: counted invalid by Matomo" in m for m in messages)
+    assert any("First failed hit: skipped by Matomo" in m for m in messages)
+
+
+def test_bulk_500_resends_the_whole_batch_and_400_rejects_it(matomo, make_sender):
+    matomo.fail_next(1, 500, target="bulk")
+    sender = make_sender(bulk=True, batch_size=6)
+    outcomes = []
+    for visit in make_visits(2, 3):
+        sender.send_visit(visit, outcomes.append)
+    assert sender.join(5)
+    assert sender.telemetry.counts()["accepted"] == 6
+    assert sender.telemetry.snapshot()["retries_by_reason"] == {"500": 1}
+    assert len(matomo.hits_for(1)) == 6
+
+    matomo.fail_next(1, 400, target="bulk")
+    for visit in make_visits(2, 3, first=10):
+        sender.send_visit(visit, outcomes.append)
+    assert sender.join(5)
+
+    counts = assert_settled(sender.telemetry)
+    assert counts["rejected"] == 6
+    assert sender.telemetry.snapshot()["rejected_by_status"] == {"400": 6}
+    assert counts["retries"] == 1
+    assert matomo.stats()["bulk_requests"] == 3
+    assert outcomes == ["accepted", "accepted", "rejected", "rejected"]
+
+
+def test_secure_only_token_in_bulk_is_detected_and_the_sender_falls_back_to_single_hits(matomo, make_sender):
+    sender = make_sender(token=SECURE_TOKEN, bulk=True, batch_size=6)
+    for visit in make_visits(2, 3, extra="&cip=10.1.2.3"):
+        sender.send_visit(visit)
+    assert sender.join(5)
+
+    assert sender.secure_only_token
+    counts = sender.telemetry.counts()
+    assert counts["invalid"] == 6
+    snapshot = sender.telemetry.snapshot()
+    assert snapshot["secure_only_token"] is True
+    assert snapshot["mode"] == "single (bulk fallback)"
+    advice = [m for level, m in sender.telemetry.drain_events() if level == "error" and "secure only" in m]
+    assert len(advice) == 1
+    assert "without 'Only allow secure requests'" in advice[0]
+    assert SECURE_TOKEN not in advice[0]
+
+    # A secure-only token works as a POST form field: the next visits get through.
+    for visit in make_visits(2, 3, first=10, extra="&cip=10.1.2.3"):
+        sender.send_visit(visit)
+    assert sender.join(5)
+    counts = assert_settled(sender.telemetry)
+    assert counts["accepted"] == 6
+    assert matomo.stats()["single_requests"] == 6
+
+
+def test_secure_only_detection_without_fallback_keeps_bulk(matomo, make_sender):
+    sender = make_sender(token=SECURE_TOKEN, bulk=True, batch_size=3, fallback_to_single=False)
+    for visit in make_visits(2, 3, extra="&cip=10.1.2.3"):
+        sender.send_visit(visit)
+    assert sender.join(5)
+    assert sender.secure_only_token
+    assert sender.bulk
+    assert matomo.stats()["single_requests"] == 0
+
+
+def test_a_valid_token_with_some_invalid_hits_is_not_taken_for_secure_only(matomo, make_sender):
+    sender = make_sender(token=TOKEN, bulk=True)
+    sender.send_visit([make_hit(1, 0, site=99), make_hit(2, 0, extra="&cip=10.1.2.3")])
+    sender.flush()
+    sender.send_visit([make_hit(v, 0, site=99 if v < 2 else 1, extra="&cip=10.1.2.3") for v in range(6)])
+    assert sender.join(5)
+    assert sender.telemetry.counts()["invalid"] == 3
+    assert not sender.secure_only_token
+    assert sender.telemetry.snapshot()["mode"] == "bulk"
+
+
+def test_surprises_in_the_http_stack_or_a_callback_still_settle_every_hit(matomo, make_sender):
+    sender = make_sender(retry=RetryPolicy(max_attempts=2, backoff_base=0.005))
+
+    def explode(body, content_type):
+        raise RuntimeError(f"boom {TOKEN}")
+
+    sender._transport.post = explode
+    outcomes = []
+    sender.send_visit([make_hit(1, 0), make_hit(1, 1)], outcomes.append)
+
+    def broken_callback(outcome):
+        raise ValueError("callback bug")
+
+    sender.send_hit(make_hit(2, 0), broken_callback)
+    assert sender.join(5)
+
+    counts = assert_settled(sender.telemetry)
+    assert counts["network_errors"] == 3
+    assert outcomes == ["failed"]
+    messages = [message for _, message in sender.telemetry.drain_events()]
+    assert any("RuntimeError: boom ***" in m for m in messages)
+    assert any("on_done callback failed: ValueError: callback bug" in m for m in messages)
+    assert not any(TOKEN in m for m in messages)
+
+
+# --- the token -------------------------------------------------------------------------------
+
+
+def test_the_token_is_never_in_a_url_a_message_or_a_snapshot(matomo, make_sender):
+    matomo.fail_next(1, 503, retry_after=0)
+    matomo.reset_next(1)
+    single = make_sender(token=TOKEN)
+    bulk = make_sender(token=TOKEN, bulk=True, batch_size=4)
+    lost = make_sender(token=TOKEN, url="http://127.0.0.1:9/matomo.php", retry=RetryPolicy(max_attempts=1))
+    for visit in make_visits(4, 2, extra="&cip=10.1.2.3"):
+        single.send_visit(visit)
+        bulk.send_visit(visit)
+        lost.send_visit(visit)
+    single.send_hit(make_hit(50, 0, site=99))  # a 400
+    for sender in (single, bulk, lost):
+        assert sender.join(5)
+
+    assert matomo.stats()["token_in_url"] == 0
+    for sender in (single, bulk, lost):
+        text = json.dumps([sender.telemetry.snapshot(), sender.telemetry.drain_events(), sender.close(0.1)])
+        assert TOKEN not in text
+    assert single.telemetry.counts()["accepted"] == 8
+    assert bulk.telemetry.counts()["accepted"] == 8
+    assert lost.telemetry.counts()["network_errors"] == 8
+
+
+# --- stopping --------------------------------------------------------------------------------
+
+
+def test_close_waits_for_in_flight_requests_within_the_grace(matomo, make_sender):
+    matomo.set_latency(0.2)
+    sender = make_sender(bulk=True, batch_size=100)
+    outcomes = []
+    for visit in make_visits(3, 2):
+        sender.send_visit(visit, outcomes.append)
+    sender.send_hit(make_hit(9, 0), outcomes.append)
+    result = sender.close(2.0)  # the buffered batch is flushed and both finish
+
+    assert result == {"abandoned": 0, "unsent": 0}
+    counts = assert_settled(sender.telemetry)
+    assert counts["accepted"] == 7
+    assert sorted(outcomes) == ["accepted"] * 4
+    with pytest.raises(SenderClosed):
+        sender.send_hit(make_hit(10, 0))
+
+
+def test_close_abandons_what_is_still_in_flight_after_the_grace(matomo, make_sender):
+    matomo.hang_next(2, seconds=5)
+    sender = make_sender(timeout=10)
+    outcomes = []
+    sender.send_visit([make_hit(1, 0), make_hit(1, 1), make_hit(1, 2)], outcomes.append)
+    sender.send_hit(make_hit(2, 0), outcomes.append)
+    gevent.sleep(0.1)
+    started = time.monotonic()
+    result = sender.close(0.3)
+
+    assert time.monotonic() - started < 1.5
+    assert result == {"abandoned": 2, "unsent": 2}  # two in flight, two hits of the visit never sent
+    counts = assert_settled(sender.telemetry)
+    assert counts["abandoned"] == 2
+    assert counts["unsent"] == 2
+    assert outcomes == ["abandoned", "abandoned"]
+    assert any("abandoned" in message for _, message in sender.telemetry.drain_events())
+
+
+def test_close_abandons_hits_waiting_to_retry(matomo, make_sender):
+    matomo.fail_next(1, 503, retry_after=30)
+    sender = make_sender(retry=RetryPolicy(retry_after_max=60))
+    sender.send_hit(make_hit(1, 0))
+    gevent.sleep(0.1)
+    started = time.monotonic()
+    assert sender.close(2.0) == {"abandoned": 1, "unsent": 0}
+    assert time.monotonic() - started < 1.0
+    assert assert_settled(sender.telemetry)["retries"] == 1
+
+
+def test_close_without_flush_counts_buffered_visits_unsent(matomo, make_sender):
+    sender = make_sender(bulk=True, batch_size=100)
+    outcomes = []
+    sender.send_visit([make_hit(1, 0), make_hit(1, 1)], outcomes.append)
+    assert sender.close(1.0, flush=False) == {"abandoned": 0, "unsent": 2}
+    assert outcomes == ["abandoned"]
+    assert matomo.stats()["requests"] == 0
+
+
+def test_poll_flushes_a_batch_that_waited_too_long(matomo, make_sender):
+    sender = make_sender(bulk=True, batch_size=100, max_batch_delay=0.05)
+    sender.send_visit([make_hit(1, 0)])
+    sender.poll()
+    assert sender.buffered_hits == 1
+    gevent.sleep(0.06)
+    sender.poll()
+    assert sender.buffered_hits == 0
+    assert sender.join(5)
+    assert matomo.stats()["bulk_requests"] == 1
+
+
+# --- helpers and telemetry -------------------------------------------------------------------
+
+
+def test_retry_policy_backs_off_exponentially_with_jitter_and_honours_retry_after():
+    policy = RetryPolicy(backoff_base=1.0, backoff_max=8.0, retry_after_max=60)
+    for attempt, ceiling in [(1, 1.0), (2, 2.0), (3, 4.0), (4, 8.0), (6, 8.0)]:
+        delays = [policy.delay(attempt) for _ in range(200)]
+        assert ceiling / 2 <= min(delays) and max(delays) <= ceiling
+    assert 5.0 <= policy.delay(1, "5") <= 5.5
+    assert 60 <= policy.delay(1, "3600") <= 66  # capped
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # a date in the past
+    assert parse_retry_after("soon") is None
+    assert parse_retry_after(None) is None
+
+
+def test_needs_token_spots_cip_location_and_old_cdt():
+    now = int(time.time())
+    assert needs_token("idsite=1&rec=1&cip=10.0.0.1")
+    assert needs_token("?country=se&idsite=1")
+    assert needs_token(f"idsite=1&cdt={now - 2 * 86400}")
+    assert needs_token("idsite=1&cdt=2020-01-01%2010%3A00%3A00")
+    assert not needs_token(f"idsite=1&cdt={now - 3600}")
+    assert not needs_token("idsite=1&rec=1&url=https%3A%2F%2Fx.org%2F%3Fcip%3D1")
+
+
+def test_bulk_requests_are_valid_json_whatever_the_hits_contain():
+    entries = ["idsite=1&rec=1", "?idsite=1&url=a", 'idsite=1&action_name=say "hi"\\', "idsite=1&x=\t\u00e9"]
+    assert json.loads(bulk_requests_json(entries)) == [
+        "?idsite=1&rec=1",
+        "?idsite=1&url=a",
+        '?idsite=1&action_name=say "hi"\\',
+        "?idsite=1&x=\t\u00e9",
+    ]
+    assert bulk_requests_json(["a=1", "?b=2"]) == b'["?a=1","?b=2"]'
+
+
+def test_latency_percentiles_come_from_a_fixed_size_histogram():
+    histogram = LatencyHistogram()
+    samples = [i / 10_000 for i in range(1, 10_001)]  # 0.1 ms .. 1 s, uniform
+    for sample in samples:
+        histogram.add(sample)
+    assert len(histogram.counts) == LatencyHistogram.BUCKETS
+    for q in (0.5, 0.95, 0.99):
+        assert histogram.percentile(q) == pytest.approx(q, rel=0.05)
+    assert histogram.summary_ms()["max"] == 1000.0
+    assert LatencyHistogram().percentile(0.5) is None
+
+
+def test_telemetry_rates_minute_samples_and_snapshots():
+    now = [1000.0]
+    telemetry = TargetTelemetry("t", clock=lambda: now[0])
+    for second in range(90):
+        now[0] = 1000.0 + second
+        telemetry.start_hits(10)
+        telemetry.record_outcome("accepted", 9, latency=0.01)
+        telemetry.record_outcome("rejected", 1, latency=0.02, status=400)
+    now[0] = 1090.0
+    snapshot = telemetry.snapshot()
+    assert snapshot["hits_per_second"] == 10.0
+    assert snapshot["accepted_per_second"] == 9.0
+    assert snapshot["errors"] == 90 and snapshot["accepted"] == 810 and snapshot["in_flight"] == 0
+    assert json.loads(json.dumps(snapshot)) == snapshot
+    sample = telemetry.minute_sample()
+    assert sample["hits"] == 900 and sample["accepted"] == 810 and sample["errors"] == 90
+    assert sample["p95_ms"] == pytest.approx(20, rel=0.05)
+    assert telemetry.minute_sample() == {"hits": 0, "accepted": 0, "errors": 0, "p95_ms": None}
+
+
+def test_events_are_bounded_and_only_the_first_error_of_each_kind_is_logged():
+    telemetry = TargetTelemetry("t")
+    for _ in range(1000):
+        telemetry.start_hits(1)
+        telemetry.record_outcome("server_errors", 1, latency=0.01, status=500)
+        telemetry.record_retry("503", latency=0.01, delay=1.0)
+    events = telemetry.drain_events()
+    assert sum("First failed hit: server errors (HTTP 500)" in m for _, m in events) == 1
+    assert sum("Backing off" in m for _, m in events) == 1  # at most one a minute
+    assert sum("Degraded" in m for _, m in events) == 1
+    assert len(events) <= 10
+    for index in range(500):
+        telemetry.event("info", f"event {index}")
+    assert len(telemetry.drain_events()) == 200
+    assert telemetry.events_dropped == 300
+
+
+def test_run_telemetry_sums_targets_in_the_run_stats_shape():
+    run = RunTelemetry(["1", "2"])
+    for key, accepted in (("1", 5), ("2", 7)):
+        run[key].start_hits(accepted + 1)
+        run[key].record_outcome("accepted", accepted, latency=0.01)
+        run[key].record_outcome("rejected", 1, latency=0.05, status=400)
+    stats = run.snapshot()
+    assert set(stats) == {"totals", "targets"}
+    assert stats["totals"]["accepted"] == 12
+    assert stats["totals"]["rejected_by_status"] == {"400": 2}
+    assert stats["totals"]["latency_ms"]["count"] == 4
+    assert stats["targets"]["2"]["accepted"] == 7
+    assert json.loads(json.dumps(stats)) == stats
+    assert run.minute_sample()["hits"] == 14
+    assert {key for key, _, _ in run.drain_events()} == {"1", "2"}
