@@ -2,5 +2,5 @@ from django.apps import AppConfig
 
 
 class FunnelsConfig(AppConfig):
-    default_auto_field = 'django.db.models.BigAutoField'
-    name = 'funnels'
+    default_auto_field = "django.db.models.BigAutoField"
+    name = "funnels"

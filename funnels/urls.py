@@ -1,2 +1,8 @@
+from django.urls import path
+
+from funnels import views
+
 app_name = "funnels"
-urlpatterns: list = []
+urlpatterns = [
+    path("<int:pk>/preview/", views.preview, name="preview"),
+]

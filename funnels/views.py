@@ -1,0 +1,29 @@
+from __future__ import annotations
+
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, render
+from django.utils.cache import patch_vary_headers
+from django.views.decorators.http import require_GET
+
+from funnels.forms import PreviewForm
+from funnels.models import Funnel
+from funnels.preview import build_preview
+
+
+@require_GET
+def preview(request: HttpRequest, pk: int) -> HttpResponse:
+    """Simulate N journeys through the funnel and show one sample journey's hits.
+
+    The form submits with htmx and gets only ``_preview_results.html`` back; the full
+    page includes the same partial. A GET without parameters uses the defaults."""
+    funnel = get_object_or_404(Funnel.objects.prefetch_related("steps", "presets"), pk=pk)
+    form = PreviewForm(request.GET or PreviewForm.DEFAULTS)
+    values = form.values()
+    result = build_preview(funnel, *values) if values and funnel.steps.all() else None
+    context = {"funnel": funnel, "form": form, "preview": result}
+    # A history restore asks with HX-Request too, but needs the whole page.
+    partial = bool(request.htmx) and not request.htmx.history_restore_request
+    template = "funnels/_preview_results.html" if partial else "funnels/preview.html"
+    response = render(request, template, context)
+    patch_vary_headers(response, ["HX-Request"])
+    return response
