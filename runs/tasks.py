@@ -60,19 +60,32 @@ def execute_run(run_id: int) -> str:
         return f"Run {run_id} is {run.status}; not starting another loader."
     child = subprocess.Popen(loader_command(run_id, str(token)), preexec_fn=_child_setup)  # noqa: S603
     Run.objects.filter(pk=run_id).update(loader_pid=child.pid)
-
-    # django-q2 stops workers with SIGTERM and waits; pass it on so the loader stops cleanly.
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: child.send_signal(signal.SIGTERM))
     try:
-        code = child.wait()
+        code = _wait_forwarding_sigterm(child)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if child.poll() is None:  # we are going away (error, kill): take the loader along
+            child.terminate()
+            child.wait(timeout=30)
     run.refresh_from_db()
     if run.is_active:
         # The loader ended without closing its run (crash, kill): say so instead of hanging.
         run.fail(f"The loader process exited with code {code} without finishing the run.")
         run.log(RunLog.Level.ERROR, f"Loader exited with code {code}.")
     return f"Run {run_id} ended {run.status} (loader exit code {code})."
+
+
+def _wait_forwarding_sigterm(child: subprocess.Popen) -> int:
+    """Wait for the loader; django-q2 stops workers with SIGTERM and waits for their task,
+    so pass SIGTERM on and the loader stops cleanly. Signal handlers can only be set from
+    the main thread; elsewhere the parent-death signal still ends the child."""
+    try:
+        previous = signal.signal(signal.SIGTERM, lambda signum, frame: child.send_signal(signal.SIGTERM))
+    except ValueError:
+        return child.wait()
+    try:
+        return child.wait()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def reap_stale_runs() -> int:

@@ -10,6 +10,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from targets.checks import run_check
 from targets.models import Target
+from trafficinator.validation import format_errors
 
 
 class Command(BaseCommand):
@@ -102,9 +103,3 @@ class Command(BaseCommand):
             names = ", ".join(Target.objects.values_list("name", flat=True)) or "none yet"
             raise CommandError(f"No target named “{name}”. Known targets: {names}.") from None
 
-
-def format_errors(exc: ValidationError) -> str:
-    """A ValidationError as lines of "field: message", the way the admin shows them."""
-    if hasattr(exc, "message_dict"):
-        return "\n".join(f"{field}: {message}" for field, messages in exc.message_dict.items() for message in messages)
-    return "\n".join(exc.messages)

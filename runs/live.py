@@ -1,0 +1,274 @@
+"""The live loader: paces visits in wall-clock time, hands their hits to the senders, and
+reports to the database. Runs inside ``manage.py run_loader`` / ``run_traffic`` (gevent
+monkey-patched).
+
+Greenlets:
+- the main greenlet (``LiveLoader.run``) is the only one that touches the database: it
+  starts due visits, checks for stop requests and limits every loop (at most every
+  ``TICK`` seconds, by the clock, not by a timer: under full CPU a gevent timer was seen
+  firing 12 s late), flushes telemetry every ``FLUSH_EVERY`` seconds and writes one
+  RunSample a minute;
+- one greenlet per visit in progress sleeps until each hit is due and sends it;
+- the senders' own greenlets do the HTTP (at most ``concurrency`` per target).
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
+
+import gevent
+import gevent.event
+import gevent.pool
+
+from runs.loader.sender import TargetSender
+from runs.loader.telemetry import RunTelemetry, TargetTelemetry
+from runs.models import Run, RunLog, RunSample, RunTarget
+from runs.traffic_source import TargetStream, target_streams
+
+logger = logging.getLogger(__name__)
+
+TICK = 0.2  # seconds between main-loop passes
+FLUSH_EVERY = 2.0  # seconds between DB flushes (stats + heartbeat + log)
+STOP_CHECK_EVERY = 0.5  # seconds between stop-request reads (one cheap SELECT)
+STOP_GRACE = 1.5  # seconds in-flight requests get after a stop
+REQUEST_TIMEOUT = 10.0
+
+
+@dataclass
+class TargetRuntime:
+    run_target: RunTarget
+    stream: TargetStream
+    sender: TargetSender
+    telemetry: TargetTelemetry
+
+
+class LiveLoader:
+    """Sends one run's traffic until it completes, is stopped, or fails."""
+
+    def __init__(self, run: Run, *, progress=None) -> None:
+        self.run = run
+        self.progress = progress  # optional callable(stats) for a terminal progress line
+        self.telemetry = RunTelemetry()
+        self.visits = gevent.pool.Group()
+        self.stop_event = gevent.event.Event()
+        self.stop_reason = ""
+        self.visits_started = int(run.totals.get("visits_started", 0))  # a resumed run continues
+        self.runtimes: list[TargetRuntime] = []
+        self._day_key: str | None = None
+        self._visits_today = 0
+        self._cap_logged_for: str | None = None
+
+    # --- setup ---------------------------------------------------------------------
+
+    def build(self) -> None:
+        run_targets = list(self.run.run_targets.select_related("target"))
+        streams = target_streams(self.run, run_targets, start=time.time())
+        for stream in streams:
+            rt = stream.run_target
+            telemetry = self.telemetry.add(str(rt.pk), rt.target.name)
+            sender = TargetSender(
+                rt.target.tracking_url,
+                rt.target.token_auth or None,
+                concurrency=int(self.run.profile.get("concurrency", 10)),
+                timeout=REQUEST_TIMEOUT,
+                bulk=self.run.bulk,
+                batch_size=self.run.batch_size,
+                telemetry=telemetry,
+                name=rt.target.name,
+            )
+            self.runtimes.append(TargetRuntime(rt, stream, sender, telemetry))
+            if stream.notice:
+                self.log(RunLog.Level.WARNING, stream.notice, rt)
+
+    # --- the main loop -------------------------------------------------------------
+
+    def run_loop(self) -> str:
+        """Returns the final status; the caller records it with Run.finish()."""
+        self.build()
+        started = time.monotonic()
+        deadline = started + self.run.duration_seconds if self.run.duration_seconds else None
+        heap = self._initial_heap()
+        next_flush = time.monotonic() + FLUSH_EVERY
+        next_stop_check = 0.0
+        next_sample = _next_minute(time.time())
+        self.log(RunLog.Level.INFO, f"Loader started: {self._describe_targets()}.")
+
+        while not self.stop_event.is_set():
+            now_mono = time.monotonic()
+            now = time.time()
+            if deadline is not None and now_mono >= deadline:
+                self.stop("completed", "Duration limit reached.")
+                break
+            if self._visit_limit_reached():
+                # Started visits finish their hits; then the run is complete.
+                if not len(self.visits):
+                    self.stop("completed", f"Visit limit of {self.run.max_visits} reached.")
+                    break
+            else:
+                self._start_due_visits(heap, now)
+            for runtime in self.runtimes:
+                runtime.sender.poll()
+            if now_mono >= next_stop_check:
+                next_stop_check = now_mono + STOP_CHECK_EVERY
+                if self.run.stop_was_requested():
+                    self.stop("stopped", "Stop requested.")
+                    break
+            if now_mono >= next_flush:
+                next_flush = now_mono + FLUSH_EVERY
+                self.flush()
+            if now >= next_sample:
+                self.write_sample(next_sample)
+                next_sample = _next_minute(now)
+            wait = TICK
+            if heap:
+                wait = min(wait, max(0.0, heap[0][0] - time.time()))
+            self.stop_event.wait(wait)
+
+        return self.shutdown()
+
+    def _initial_heap(self) -> list:
+        heap: list = []
+        for index in range(len(self.runtimes)):
+            self._push_next(heap, index)
+        return heap
+
+    def _push_next(self, heap: list, index: int) -> None:
+        visit = next(self.runtimes[index].stream.visits, None)
+        if visit is not None:
+            heapq.heappush(heap, (visit.start, index, visit))
+
+    def _start_due_visits(self, heap: list, now: float) -> None:
+        while heap and heap[0][0] <= now:
+            if self._visit_limit_reached():
+                return
+            _, index, visit = heapq.heappop(heap)
+            self._push_next(heap, index)
+            if self._daily_cap_reached(visit.start):
+                continue  # dropped, as a paused run would not have generated it
+            runtime = self.runtimes[index]
+            self.visits_started += 1
+            self._visits_today += 1
+            runtime.telemetry.start_visits()
+            self.visits.spawn(self._play_visit, runtime, visit)
+
+    def _visit_limit_reached(self) -> bool:
+        return bool(self.run.max_visits) and self.visits_started >= self.run.max_visits
+
+    def _daily_cap_reached(self, start: float) -> bool:
+        """Count visits per day in the run's time zone; past the cap, drop visits until
+        the next day starts (the run pauses and resumes by itself)."""
+        if not self.run.daily_cap:
+            return False
+        zone = ZoneInfo(self.runtimes[0].stream.timezone) if self.runtimes else UTC
+        day = datetime.fromtimestamp(start, zone).date().isoformat()
+        if day != self._day_key:
+            if self._cap_logged_for:
+                self.log(RunLog.Level.INFO, f"New day {day}: resuming after the daily cap.")
+                self._cap_logged_for = None
+            self._day_key, self._visits_today = day, 0
+        if self._visits_today < self.run.daily_cap:
+            return False
+        if self._cap_logged_for != day:
+            self._cap_logged_for = day
+            self.log(RunLog.Level.INFO, f"Daily cap of {self.run.daily_cap} visits reached; pausing until tomorrow.")
+        return True
+
+    def _play_visit(self, runtime: TargetRuntime, visit) -> None:
+        """Single mode: each hit at its due time, one after the other (a hit is sent only
+        after the previous one settled, so a retried hit can never be overtaken by the
+        next one of the same visitor). Bulk mode: the whole visit once its last hit is
+        due, with `cdt` so Matomo records the real times."""
+        try:
+            if runtime.sender.bulk:
+                self._sleep_until(visit.end)
+                if not self.stop_event.is_set():
+                    done = gevent.event.AsyncResult()
+                    runtime.sender.send_visit(runtime.stream.encode(visit, with_cdt=True), on_done=done.set)
+                    done.wait()
+            else:
+                for due, query in runtime.stream.encode_timed(visit):
+                    self._sleep_until(due)
+                    if self.stop_event.is_set():
+                        return
+                    done = gevent.event.AsyncResult()
+                    runtime.sender.send_hit(query, on_done=done.set)
+                    if done.get() == "abandoned":
+                        return
+        except Exception as exc:  # a sender closed under us at stop, or a bug: never silent
+            if not self.stop_event.is_set():
+                logger.exception("Visit failed")
+                runtime.telemetry.event_once(f"visit-error:{type(exc).__name__}", "error", f"Visit failed: {exc!r}")
+            return
+        runtime.telemetry.finish_visits()
+
+    def _sleep_until(self, due: float) -> None:
+        delay = due - time.time()
+        if delay > 0:
+            self.stop_event.wait(delay)
+
+    # --- stopping ------------------------------------------------------------------
+
+    def stop(self, status: str, reason: str) -> None:
+        if not self.stop_event.is_set():
+            self.final_status, self.stop_reason = status, reason
+            self.stop_event.set()
+
+    def shutdown(self) -> str:
+        """No new hits; in-flight requests get a short grace; final counters flushed."""
+        for runtime in self.runtimes:
+            runtime.sender.close(grace_seconds=STOP_GRACE, flush=False)
+        self.visits.kill(block=True, timeout=2.0)
+        status = getattr(self, "final_status", "stopped")
+        if status == "completed" and self._all_targets_failed():
+            status = "failed"
+            self.stop_reason += " Most hits failed on every target; see the log."
+        self.flush()
+        self.write_sample(_next_minute(time.time()))
+        return status
+
+    def _all_targets_failed(self) -> bool:
+        snapshot = self.telemetry.snapshot()["targets"]
+        return bool(snapshot) and all(data["sent"] and not data["accepted"] for data in snapshot.values())
+
+    # --- reporting -------------------------------------------------------------------
+
+    def flush(self) -> None:
+        """One UPDATE for stats + heartbeat, the log events since the last flush."""
+        stats = self.telemetry.snapshot()
+        self.run.heartbeat(stats)
+        by_key = {str(rt.run_target.pk): rt.run_target for rt in self.runtimes}
+        events = self.telemetry.drain_events()
+        if events:
+            RunLog.objects.bulk_create(
+                RunLog(run=self.run, level=level, message=message, target=by_key[key].target if key in by_key else None)
+                for key, level, message in events
+            )
+        if self.progress:
+            self.progress(stats)
+
+    def write_sample(self, minute_end: float) -> None:
+        sample = self.telemetry.minute_sample()
+        if not (sample["hits"] or sample["errors"]):
+            return
+        minute = datetime.fromtimestamp(minute_end - 60, UTC).replace(second=0, microsecond=0)
+        RunSample.objects.update_or_create(
+            run=self.run,
+            minute=minute,
+            defaults={k: sample[k] for k in ("hits", "accepted", "errors", "p95_ms")},
+        )
+
+    def log(self, level: str, message: str, runtime_target: RunTarget | None = None) -> None:
+        self.run.log(level, message, runtime_target.target if runtime_target else None)
+
+    def _describe_targets(self) -> str:
+        parts = [f"{rt.run_target.target.name} ({rt.stream.visits_per_day} visits/day)" for rt in self.runtimes]
+        return ", ".join(parts) or "no targets"
+
+
+def _next_minute(now: float) -> float:
+    return (int(now) // 60 + 1) * 60

@@ -1,0 +1,120 @@
+"""manage.py run_traffic: a live run in the foreground of a terminal."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import sys
+from argparse import ArgumentParser, ArgumentTypeError
+
+from django.core.exceptions import ValidationError
+from django.core.management.base import BaseCommand, CommandError
+
+from presets.models import Preset
+from runs.management.commands.run_loader import execute_loader
+from runs.models import Run
+from targets.models import Target
+from trafficinator.validation import format_errors
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> int:
+    """'30s', '10m', '2h', '1d' or plain seconds."""
+    match = _DURATION.match(text.strip().lower())
+    if not match:
+        raise ArgumentTypeError(f"“{text}” is not a duration; use e.g. 30s, 10m, 2h or 1d.")
+    seconds = round(float(match.group(1)) * _UNIT_SECONDS[match.group(2)])
+    if seconds < 1:
+        raise ArgumentTypeError("The duration must be at least 1 second.")
+    return seconds
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise ArgumentTypeError(f"“{text}” is not a whole number.") from None
+    if value < 1:
+        raise ArgumentTypeError(f"{value} must be 1 or more.")
+    return value
+
+
+def summary_line(stats: dict) -> str:
+    totals = stats.get("totals", {})
+    errors = sum(totals.get(kind, 0) for kind in ("server_errors", "network_errors", "timeouts"))
+    p95 = (totals.get("latency_ms") or {}).get("p95")
+    return (
+        f"visits={totals.get('visits_started', 0)} hits={totals.get('sent', 0)} "
+        f"accepted={totals.get('accepted', 0)} invalid={totals.get('invalid', 0)} "
+        f"rejected={totals.get('rejected', 0)} errors={errors} p95_ms={round(p95) if p95 is not None else 0}"
+    )
+
+
+class Command(BaseCommand):
+    help = "Send live traffic to one or more targets in the foreground; Ctrl-C stops cleanly."
+
+    def add_arguments(self, parser: ArgumentParser) -> None:
+        parser.add_argument("--target", action="append", required=True, help="Target name (repeat for several).")
+        parser.add_argument("--preset", required=True, help="Preset name, e.g. Light.")
+        parser.add_argument("--duration", type=parse_duration, help="Stop after this long: 30s, 10m, 2h, 1d.")
+        parser.add_argument("--visits", type=positive_int, help="Stop after this many visits.")
+        parser.add_argument("--seed", type=int, help="Seed for a reproducible stream (default: random).")
+        parser.add_argument("--bulk", action="store_true", help="Send whole visits in bulk batches.")
+        parser.add_argument("--batch-size", type=positive_int, default=100, help="Hits per bulk batch (default 100).")
+        parser.add_argument("--rate", type=positive_int, help="Visits per day over all targets (default: preset's).")
+
+    def handle(self, *args, **options) -> None:
+        run = self.create_run(options)
+        token = run.claim(pid=os.getpid(), host=socket.gethostname())
+        if token is None:  # cannot happen for a run we just created, unless someone stopped it
+            raise CommandError(f"Run {run.pk} could not be started (status {run.status}).")
+        self.stdout.write(
+            f"Run {run.pk}: {run.preset_name}, {run.visits_per_day} visits/day, seed {run.seed}. Ctrl-C stops."
+        )
+        show_progress = sys.stderr.isatty()
+        run = execute_loader(run, progress=self.progress if show_progress else None)
+        if show_progress:
+            self.stderr.write("")
+        self.stdout.write(summary_line(run.stats))
+        if run.status == Run.Status.FAILED:
+            raise CommandError(f"Run {run.pk} failed: {run.end_reason}")
+        self.stdout.write(f"Run {run.pk} {run.status}: {run.end_reason}")
+
+    def create_run(self, options) -> Run:
+        try:
+            preset = Preset.objects.get(name=options["preset"])
+        except Preset.DoesNotExist:
+            names = ", ".join(Preset.objects.values_list("name", flat=True))
+            raise CommandError(f"No preset named “{options['preset']}”. Presets: {names}.") from None
+        targets = []
+        for name in options["target"]:
+            try:
+                targets.append(Target.objects.get(name=name))
+            except Target.DoesNotExist:
+                names = ", ".join(Target.objects.values_list("name", flat=True)) or "none yet"
+                raise CommandError(f"No target named “{name}”. Known targets: {names}.") from None
+        try:
+            return Run.objects.create_run(
+                preset=preset,
+                targets=targets,
+                seed=options["seed"],
+                visits_per_day=options["rate"],
+                duration_seconds=options["duration"],
+                max_visits=options["visits"],
+                bulk=options["bulk"],
+                batch_size=options["batch_size"],
+            )
+        except ValidationError as exc:
+            raise CommandError(format_errors(exc)) from None
+
+    def progress(self, stats: dict) -> None:
+        totals = stats.get("totals", {})
+        line = (
+            f"\r{summary_line(stats)} rate={totals.get('hits_per_second', 0)}/s "
+            f"in_flight={totals.get('in_flight', 0)}   "
+        )
+        self.stderr.write(line, ending="")
+        self.stderr.flush()

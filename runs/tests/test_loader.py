@@ -1,0 +1,185 @@
+"""The live loader against the project's local Matomo: every hit accounted for."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+from django.core.management import CommandError, call_command
+from django.db import connection
+
+from conftest import TOKEN
+from runs.models import Run, RunLog, RunSample
+from runs.tasks import execute_run
+from trafficinator.testing import make_target, subprocess_env
+
+MANAGE = str(Path(settings.BASE_DIR) / "manage.py")
+
+
+def local_target(server, **fields):
+    return make_target(name=fields.pop("name", "local"), matomo_url=server.url, site_id=1, token_auth=TOKEN, **fields)
+
+
+def run_traffic(*args: str) -> str:
+    out = io.StringIO()
+    call_command("run_traffic", *args, stdout=out, stderr=io.StringIO())
+    return out.getvalue()
+
+
+def summary(output: str) -> dict[str, int]:
+    line = next(line for line in output.splitlines() if line.startswith("visits="))
+    return {key: int(value) for key, value in (part.split("=") for part in line.split())}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_single_hits_are_counted_exactly_as_matomo_recorded_them(fake_matomo, fast_preset):
+    local_target(fake_matomo)
+    output = run_traffic("--target", "local", "--preset", "Fast", "--visits", "60", "--seed", "3")
+    counts = summary(output)
+    stats = fake_matomo.stats()
+    assert counts["visits"] == 60
+    assert counts["hits"] == counts["accepted"] == stats["recorded"] == stats["hits_received"] > 60
+    assert counts["invalid"] == counts["rejected"] == counts["errors"] == 0
+    assert stats["token_in_url"] == 0 and stats["backdated"] == 0
+    assert len(fake_matomo.visits(1)) == 60  # no visit merged into another, none split
+    run = Run.objects.get()
+    assert run.status == Run.Status.COMPLETED and "Visit limit of 60" in run.end_reason
+    assert RunSample.objects.filter(run=run).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_bulk_mode_sends_whole_visits_with_cdt_and_counts_them(fake_matomo, fast_preset):
+    local_target(fake_matomo)
+    counts = summary(run_traffic("--target", "local", "--preset", "Fast", "--visits", "80", "--bulk",
+                                 "--batch-size", "50"))
+    stats = fake_matomo.stats()
+    assert stats["bulk_requests"] >= 2 and stats["single_requests"] == 0
+    assert counts["accepted"] == stats["tracked"] == stats["recorded"] == counts["hits"]
+    assert all("cdt" in hit.params for hit in fake_matomo.hits_for(1))
+    assert len(fake_matomo.visits(1)) == 80
+
+
+@pytest.mark.django_db(transaction=True)
+def test_injected_faults_lose_and_duplicate_nothing(fake_matomo, fast_preset):
+    local_target(fake_matomo)
+    fake_matomo.fail_next(5, 503)
+    fake_matomo.fail_next(3, 429, retry_after=1)
+    fake_matomo.reset_next(2)
+    output = run_traffic("--target", "local", "--preset", "Fast", "--visits", "40", "--seed", "9")
+    counts = summary(output)
+    stats = fake_matomo.stats()
+    assert counts["accepted"] == counts["hits"] == stats["recorded"]
+    assert stats["duplicates"] == 0
+    run = Run.objects.get()
+    assert run.stats["totals"]["retries"] >= 10
+    assert RunLog.objects.filter(run=run, message__contains="Backing off").exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_target_that_rejects_everything_fails_the_run_with_a_clear_reason(fake_matomo, fast_preset):
+    make_target(name="wrong-site", matomo_url=fake_matomo.url, site_id=99)  # unknown site: every hit is a 400
+    with pytest.raises(CommandError, match="failed"):
+        run_traffic("--target", "wrong-site", "--preset", "Fast", "--visits", "10")
+    run = Run.objects.get()
+    assert run.status == Run.Status.FAILED
+    assert run.stats["totals"]["rejected"] == run.stats["totals"]["sent"] > 0
+    assert run.stats["totals"]["retries"] == 0  # a 400 is not retried
+    assert RunLog.objects.filter(run=run, level="error", message__contains="Degraded").exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_one_failing_target_does_not_stop_the_others(fake_matomo, fast_preset):
+    local_target(fake_matomo, name="good")
+    make_target(name="bad", matomo_url=fake_matomo.url, site_id=99)
+    counts = summary(run_traffic("--target", "good", "--target", "bad", "--preset", "Fast", "--visits", "60"))
+    run = Run.objects.get()
+    by_name = {rt.target.name: run.stats["targets"][str(rt.pk)] for rt in run.run_targets.select_related("target")}
+    assert by_name["good"]["accepted"] > 0 and by_name["good"]["rejected"] == 0
+    assert by_name["bad"]["accepted"] == 0 and by_name["bad"]["degraded"]
+    assert run.status == Run.Status.COMPLETED
+    assert counts["accepted"] == by_name["good"]["accepted"]
+
+
+def test_run_traffic_explains_bad_arguments(db):
+    with pytest.raises(CommandError, match="No target named “nope”"):
+        run_traffic("--target", "nope", "--preset", "Light")
+    with pytest.raises(CommandError, match="not a duration"):
+        run_traffic("--target", "x", "--preset", "Light", "--duration", "soon")
+
+
+def _start_loader_task(run_id: int, monkeypatch) -> threading.Thread:
+    """What a django-q2 worker does: execute_run in its own thread of control."""
+    monkeypatch.setenv("DATABASE_URL", subprocess_env()["DATABASE_URL"])
+
+    def task() -> None:
+        try:
+            execute_run(run_id)
+        finally:
+            connection.close()  # this thread's own connection; else it outlives the test DB
+
+    thread = threading.Thread(target=task, daemon=True)
+    thread.start()
+    return thread
+
+
+def _wait_for(condition, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting")
+        time.sleep(0.1)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_stop_takes_effect_within_two_seconds_and_a_redelivered_task_starts_nothing(
+    fake_matomo, fast_preset, monkeypatch
+):
+    target = local_target(fake_matomo)
+    run = Run.objects.create_run(preset=fast_preset, targets=[target])
+    thread = _start_loader_task(run.pk, monkeypatch)
+    _wait_for(lambda: fake_matomo.stats()["recorded"] > 20)
+
+    # django-q2 delivers the task again while the first loader runs: nothing new starts.
+    assert "not starting another loader" in execute_run(run.pk)
+
+    run.request_stop("Stopped by the test.")
+    asked = time.time()
+    thread.join(timeout=15)
+    assert not thread.is_alive()
+    last_hit = max(hit.time for hit in fake_matomo.hits_for(1))
+    assert last_hit <= asked + 2.0
+    run.refresh_from_db()
+    assert run.status == Run.Status.STOPPED and run.end_reason == "Stopped by the test."
+    totals = run.stats["totals"]
+    assert totals["accepted"] == fake_matomo.stats()["recorded"]
+    assert totals["sent"] == totals["accepted"] + totals["abandoned"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_worker_path_runs_a_loader_end_to_end(fake_matomo, fast_preset):
+    """A real `qcluster` on the loaders queue picks the task up, claims the run and runs
+    `run_loader` in its own process, on whichever database the suite uses."""
+    target = local_target(fake_matomo)
+    env = subprocess_env(Q_CLUSTER_NAME="loaders", LOADER_WORKERS="1")
+    cluster = subprocess.Popen(
+        [sys.executable, MANAGE, "qcluster"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        run = Run.objects.create_run(preset=fast_preset, targets=[target], max_visits=30)
+        from runs.models import enqueue_run
+
+        enqueue_run(run)  # on_commit runs at once: this test is not inside a transaction
+        _wait_for(lambda: Run.objects.get(pk=run.pk).status == Run.Status.COMPLETED, timeout=60)
+    finally:
+        cluster.terminate()
+        cluster.wait(timeout=20)
+    run.refresh_from_db()
+    assert run.loader_pid and run.stats["totals"]["visits_started"] == 30
+    assert run.stats["totals"]["accepted"] == fake_matomo.stats()["recorded"]
+    assert len(fake_matomo.visits(1)) == 30
