@@ -1,0 +1,141 @@
+"""manage.py bench: the speed and memory figures the product promises, measured here.
+
+Everything runs against the local fake Matomo on 127.0.0.1 (started as its own process in
+count-only mode), never against a real Matomo. gevent is monkey-patched by manage.py.
+"""
+
+from __future__ import annotations
+
+import gc
+import resource
+import time
+from argparse import ArgumentParser
+from datetime import date, timedelta
+
+from django.core.management.base import BaseCommand
+
+from runs.loader.bench import _fake_call, benchmark_sender, start_fake_server
+from runs.loader.sender import TargetSender
+from runs.traffic import Profile, day_visits, encode_visit
+from runs.traffic.bench import benchmark_generation
+
+SECTIONS = ("generation", "single", "bulk", "stream", "backfill")
+
+
+def rss_mb() -> float:
+    """Peak resident set size of this process so far, in MB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def current_rss_mb() -> float:
+    """Resident set size right now (not the high-water mark earlier sections left)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return rss_mb()
+
+
+class Command(BaseCommand):
+    help = (
+        "Benchmark generation, the loader's single-hit and bulk paths, memory over a long "
+        "stream, and backfill, against a local fake Matomo. Prints one line per figure."
+    )
+
+    def add_arguments(self, parser: ArgumentParser) -> None:
+        parser.add_argument("--only", choices=SECTIONS, action="append", help="Run only these sections.")
+        parser.add_argument("--hits", type=int, default=30_000, help="Hits for the single-hit path (default 30,000).")
+        parser.add_argument("--bulk-hits", type=int, default=200_000, help="Hits for the bulk path (default 200,000).")
+        parser.add_argument("--concurrency", type=int, default=20)
+        parser.add_argument("--batch-size", type=int, default=100)
+        parser.add_argument(
+            "--visits",
+            type=int,
+            default=200_000,
+            help="Visits streamed through generation, encoding and bulk sending for the memory figure "
+            "(default 200,000; the product's promise is about 1,000,000).",
+        )
+
+    def handle(self, *args, only, hits, bulk_hits, concurrency, batch_size, visits, **options) -> None:
+        sections = only or list(SECTIONS)
+        if "generation" in sections:
+            self.generation()
+        if "single" in sections:
+            self.sender("single", hits, concurrency, batch_size)
+        if "bulk" in sections:
+            self.sender("bulk", bulk_hits, concurrency, batch_size)
+        if "stream" in sections:
+            self.stream(visits, concurrency, batch_size)
+        if "backfill" in sections:
+            self.backfill()
+
+    def line(self, text: str) -> None:
+        self.stdout.write(text)
+        self.stdout.flush()
+
+    def generation(self) -> None:
+        result = benchmark_generation(3.0)
+        self.line(
+            f"generation: {result['hits_per_second']:,.0f} hits/s ({result['visits_per_second']:,.0f} visits/s), "
+            f"with encoding {result['encoded_hits_per_second']:,.0f} hits/s, on one core (target > 20,000 hits/s)"
+        )
+
+    def sender(self, mode: str, hits: int, concurrency: int, batch_size: int) -> None:
+        result = benchmark_sender(
+            mode=mode, client="geventhttpclient", hits=hits, concurrency=concurrency, batch_size=batch_size
+        )
+        target = "5,000 hits per CPU-second" if mode == "single" else "20,000 hits/s"
+        self.line(
+            f"{mode}: {result['hits_per_second']:,.0f} hits/s, loader CPU {result['cpu_seconds_per_1k_hits']:.4f} s "
+            f"per 1,000 hits ({result['hits_per_cpu_second'] or 0:,.0f} hits per CPU-second), peak RSS "
+            f"{result['peak_rss_mb']:.0f} MB, accepted {result['accepted']:,}/{result['hits']:,} (target {target})"
+        )
+
+    def stream(self, visits: int, concurrency: int, batch_size: int) -> None:
+        """Generate, encode and bulk-send ``visits`` visits lazily; RSS must stay flat."""
+        server, url = start_fake_server()
+        try:
+            sender = TargetSender(url + "matomo.php", None, concurrency=concurrency, bulk=True, batch_size=batch_size)
+            profile = Profile(visits_per_day=visits)
+            gc.collect()
+            start_rss = current_rss_mb()
+            highest = start_rss
+            checkpoints = []
+            started = time.monotonic()
+            sent_hits = 0
+            day = date.today() - timedelta(days=2)
+            stream = day_visits(profile, day=day, count=visits, seed=1, timezone="UTC")
+            for number, visit in enumerate(stream, start=1):
+                # No cdt: these days are older than 24 h and the bench has no token.
+                entries = encode_visit(visit, cdt=None)
+                sent_hits += len(entries)
+                sender.send_visit(entries)
+                if number % 1000 == 0:
+                    highest = max(highest, current_rss_mb())
+                if number % max(1, visits // 5) == 0:
+                    checkpoints.append(f"{number:,}: {current_rss_mb():.0f} MB")
+            sender.join(timeout=120)
+            sender.close(grace_seconds=5)
+            elapsed = time.monotonic() - started
+            stats = _fake_call(url, "_fake/stats")
+        finally:
+            server.kill()
+            server.wait()
+        self.line(
+            f"stream: {visits:,} visits ({sent_hits:,} hits) generated, encoded and bulk-sent in {elapsed:.1f} s "
+            f"({sent_hits / elapsed:,.0f} hits/s), tracked {stats.get('tracked', '?'):,}; RSS "
+            f"{start_rss:.0f} MB at start, highest {highest:.0f} MB (target: flat, under 100 MB); "
+            f"checkpoints {', '.join(checkpoints)}"
+        )
+
+    def backfill(self) -> None:
+        try:
+            from backfill.bench import benchmark_backfill
+        except ImportError:
+            self.line("backfill: not available")
+            return
+        result = benchmark_backfill()
+        self.line(
+            f"backfill: {result['hits_per_second']:,.0f} hits/s for {result.get('hits', 0):,} hits "
+            "(one worker, target >= 20,000 hits/s)"
+        )
