@@ -117,3 +117,11 @@ def test_invalid_run_requests_are_refused_with_a_reason(targets_factory, message
     with pytest.raises(ValidationError, match=message.replace("(", r"\(").replace(")", r"\)")):
         Run.objects.create_run(preset=Preset.objects.get(name="Light"), targets=targets_factory())
     assert not Run.objects.exists() and not RunTarget.objects.exists()
+
+
+@pytest.mark.django_db
+def test_the_reaper_is_scheduled_every_five_minutes_after_migrate():
+    from django_q.models import Schedule
+
+    schedule = Schedule.objects.get(func="runs.tasks.reap_stale_runs")
+    assert (schedule.schedule_type, schedule.minutes, schedule.repeats) == (Schedule.MINUTES, 5, -1)
