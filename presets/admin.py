@@ -3,11 +3,13 @@ from __future__ import annotations
 from django.contrib import admin, messages
 from django.http import HttpRequest
 
+from presets.forms import PresetForm
 from presets.models import Preset
 
 
 @admin.register(Preset)
 class PresetAdmin(admin.ModelAdmin):
+    form = PresetForm
     list_display = [
         "name",
         "is_builtin",
@@ -85,7 +87,15 @@ class PresetAdmin(admin.ModelAdmin):
                 ]
             },
         ),
-        ("Content catalog", {"fields": ["catalog_overrides"], "classes": ["collapse"]}),
+        (
+            "Content catalog",
+            {
+                "fields": ["site_url", "pages_text", "pages_file", "pages_mode", "events_json", "catalog_overrides"],
+                "description": "Leave empty to use the default catalog (2,000 pages of a demo shop, search terms, "
+                "events, products, referrers, countries, browsers). Other parts can be replaced or extended in the "
+                "JSON: see README “Content catalog”.",
+            },
+        ),
         ("Time", {"fields": ["timezone"]}),
     ]
     readonly_fields = ["is_builtin"]

@@ -1,3 +1,4 @@
+import json
 from decimal import Decimal
 
 import pytest
@@ -145,3 +146,59 @@ def test_admin_duplicate_action_copies_a_builtin(client):
     )
     assert response.status_code == 200
     assert Preset.objects.filter(name="Medium (copy)", is_builtin=False).exists()
+
+
+def _custom_preset_form_data(preset: Preset, **changes) -> dict:
+    data = {f: getattr(preset, f) for f in preset.knob_values()}
+    for name in ("ecommerce_shipping_options", "device_mix", "persona_mix", "channel_mix", "catalog_overrides"):
+        data[name] = json.dumps(data[name])
+    for name in ("auto_stop_after_hours", "auto_stop_after_visits", "daily_cap"):
+        data[name] = data[name] or ""
+    data.update(name=preset.name, pages_mode="replace", page_performance="on", client_hints="on")
+    data.update(changes)
+    return data
+
+
+@pytest.mark.django_db
+def test_pasted_url_list_and_events_become_the_presets_catalog(client):
+    client.force_login(make_user(superuser=True))
+    preset = Preset.objects.get(name="Light").duplicate(name="Docs site")
+    response = client.post(
+        reverse("admin:presets_preset_change", args=[preset.pk]),
+        _custom_preset_form_data(
+            preset,
+            site_url="https://docs.example.org",
+            pages_text="https://docs.example.org/\nhttps://docs.example.org/install | Install guide",
+            events_json='[{"category": "Video", "action": "Play", "name": "Intro", "value": 1}]',
+        ),
+    )
+    assert response.status_code == 302, response.content.decode()[:3000]
+    preset.refresh_from_db()
+    catalog = preset.catalog()
+    assert [page.url for page in catalog.pages] == ["https://docs.example.org/", "https://docs.example.org/install"]
+    assert catalog.site_url.startswith("https://docs.example.org")
+    assert [(e.category, e.action) for e in catalog.events] == [("Video", "Play")]
+
+
+@pytest.mark.django_db
+def test_a_bad_url_list_is_reported_by_line_and_nothing_is_saved(client):
+    client.force_login(make_user(superuser=True))
+    preset = Preset.objects.get(name="Light").duplicate(name="Broken")
+    response = client.post(
+        reverse("admin:presets_preset_change", args=[preset.pk]),
+        _custom_preset_form_data(preset, pages_text="https://ok.example.org/\nnot a url", events_json="[{"),
+    )
+    html = response.content.decode()
+    assert response.status_code == 200
+    assert "line 2" in html
+    assert "Not valid JSON" in html
+    preset.refresh_from_db()
+    assert preset.catalog_overrides == {}
+
+
+@pytest.mark.django_db
+def test_catalog_overrides_are_validated_in_the_model_too():
+    preset = Preset(name="raw", catalog_overrides={"pages": {"mode": "sideways", "items": []}})
+    with pytest.raises(ValidationError) as info:
+        preset.full_clean()
+    assert "catalog_overrides" in info.value.message_dict
