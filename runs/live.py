@@ -57,7 +57,9 @@ class LiveLoader:
         self.visits = gevent.pool.Group()
         self.stop_event = gevent.event.Event()
         self.stop_reason = ""
-        self.visits_started = int(run.totals.get("visits_started", 0))  # a resumed run continues
+        # A resumed run continues its counters from where the lost loader left them.
+        self.previous_stats = run.stats if isinstance(run.stats, dict) else {}
+        self.visits_started = int(run.totals.get("visits_started", 0))
         self.runtimes: list[TargetRuntime] = []
         self._day_key: str | None = None
         self._visits_today = 0
@@ -237,9 +239,12 @@ class LiveLoader:
 
     # --- reporting -------------------------------------------------------------------
 
+    def snapshot(self) -> dict:
+        return carry_over(self.previous_stats, self.telemetry.snapshot())
+
     def flush(self) -> None:
         """One UPDATE for stats + heartbeat, the log events since the last flush."""
-        stats = self.telemetry.snapshot()
+        stats = self.snapshot()
         self.run.heartbeat(stats)
         by_key = {str(rt.run_target.pk): rt.run_target for rt in self.runtimes}
         events = self.telemetry.drain_events()
@@ -268,6 +273,36 @@ class LiveLoader:
     def _describe_targets(self) -> str:
         parts = [f"{rt.run_target.target.name} ({rt.stream.visits_per_day} visits/day)" for rt in self.runtimes]
         return ", ".join(parts) or "no targets"
+
+
+# Counters that describe the present, not a running total: never carried over.
+_NOT_CARRIED = {"in_flight", "events_dropped"}
+
+
+def carry_over(previous: dict, current: dict) -> dict:
+    """``current`` with the counters of a previous loader of the same run added (after a
+    resume). Rates, latency and health describe the new loader only."""
+    if not previous:
+        return current
+
+    def add(old: dict, new: dict) -> dict:
+        merged = dict(new)
+        for key, value in old.items():
+            if key in _NOT_CARRIED or isinstance(value, bool):
+                continue
+            if isinstance(value, int) and isinstance(new.get(key, 0), int):
+                merged[key] = new.get(key, 0) + value
+            elif isinstance(value, dict) and key.endswith(("_by_status", "_by_reason")):
+                merged[key] = {k: new.get(key, {}).get(k, 0) + v for k, v in value.items()} | {
+                    k: v for k, v in new.get(key, {}).items() if k not in value
+                }
+        return merged
+
+    result = {"totals": add(previous.get("totals", {}), current.get("totals", {})), "targets": {}}
+    old_targets = previous.get("targets", {})
+    for key, data in current.get("targets", {}).items():
+        result["targets"][key] = add(old_targets.get(key, {}), data)
+    return result
 
 
 def _next_minute(now: float) -> float:

@@ -56,8 +56,9 @@ def test_single_hits_are_counted_exactly_as_matomo_recorded_them(fake_matomo, fa
 @pytest.mark.django_db(transaction=True)
 def test_bulk_mode_sends_whole_visits_with_cdt_and_counts_them(fake_matomo, fast_preset):
     local_target(fake_matomo)
-    counts = summary(run_traffic("--target", "local", "--preset", "Fast", "--visits", "80", "--bulk",
-                                 "--batch-size", "50"))
+    counts = summary(
+        run_traffic("--target", "local", "--preset", "Fast", "--visits", "80", "--bulk", "--batch-size", "50")
+    )
     stats = fake_matomo.stats()
     assert stats["bulk_requests"] >= 2 and stats["single_requests"] == 0
     assert counts["accepted"] == stats["tracked"] == stats["recorded"] == counts["hits"]
@@ -183,3 +184,32 @@ def test_the_worker_path_runs_a_loader_end_to_end(fake_matomo, fast_preset):
     assert run.loader_pid and run.stats["totals"]["visits_started"] == 30
     assert run.stats["totals"]["accepted"] == fake_matomo.stats()["recorded"]
     assert len(fake_matomo.visits(1)) == 30
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_resumed_run_continues_its_counters_and_its_visit_limit(fake_matomo, fast_preset):
+    from runs.management.commands.run_loader import execute_loader
+
+    target = local_target(fake_matomo)
+    run = Run.objects.create_run(preset=fast_preset, targets=[target], max_visits=10)
+    key = str(run.run_targets.get().pk)
+    earlier = {
+        "visits_started": 4,
+        "visits_finished": 4,
+        "sent": 15,
+        "accepted": 14,
+        "rejected": 1,
+        "rejected_by_status": {"400": 1},
+        "in_flight": 3,
+    }
+    Run.objects.filter(pk=run.pk).update(stats={"totals": dict(earlier), "targets": {key: dict(earlier)}})
+    run.refresh_from_db()
+    run.claim(pid=1, host="test")
+    run = execute_loader(run)
+    totals = run.stats["totals"]
+    server = fake_matomo.stats()["recorded"]
+    assert totals["visits_started"] == 10  # 4 before the resume + 6 now
+    assert totals["accepted"] == 14 + server and totals["sent"] == 15 + server
+    assert totals["rejected_by_status"] == {"400": 1}
+    assert totals["in_flight"] == 0
+    assert run.stats["targets"][key]["accepted"] == 14 + server

@@ -41,7 +41,7 @@ def execute_loader(run: Run, *, progress=None) -> Run:
     handlers = [gevent.signal_handler(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)]
     try:
         status = loader.run_loop()
-        run.finish(status, loader.stop_reason or "Finished.", stats=loader.telemetry.snapshot())
+        run.finish(status, loader.stop_reason or "Finished.", stats=loader.snapshot())
         level = RunLog.Level.ERROR if status == Run.Status.FAILED else RunLog.Level.INFO
         run.log(level, f"Loader finished: {status}. {loader.stop_reason}".strip())
     except Exception as exc:
