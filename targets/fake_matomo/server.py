@@ -84,6 +84,9 @@ class FakeMatomo:
     * ``visit_inactivity``: seconds that end a visit in ``visits()`` (1800).
     * ``clock``: ``() -> epoch seconds``, for tests that need a fixed "now".
     * ``latency``: seconds added to every tracking and API request.
+    * ``key_limit``: how many visitors, order ids and duplicate signatures the rules
+      remember (a full map forgets its oldest entries down to 3/4 of the limit). Default:
+      unlimited when hits are kept, 1,000,000 in count-only mode (about 300 MB at most).
 
     Per-site ``record_statistics=False`` (a fake-only switch) answers single hits for that
     site with 503 and counts such entries in a bulk batch as excluded ("record_statistics").
@@ -106,6 +109,7 @@ class FakeMatomo:
         visit_inactivity: float = VISIT_INACTIVITY_SECONDS,
         clock: Callable[[], float] = time.time,
         latency: float = 0.0,
+        key_limit: int | None = None,
         reuse_port: bool = False,
         listener: Any = None,
     ) -> None:
@@ -124,8 +128,9 @@ class FakeMatomo:
             raw_data_retention_days=raw_data_retention_days,
             strict_cid_hex=strict_cid_hex,
         )
-        self.recorder = Recorder(self.sites, keep_hits=keep_hits, clock=clock)
+        self.recorder = Recorder(self.sites, keep_hits=keep_hits, clock=clock, key_limit=key_limit)
         self.fault_plan = FaultPlan()
+        self.configured_latency = latency
         if latency:
             self.fault_plan.set_latency(latency)
         self.api = ReportingApi(
@@ -229,8 +234,10 @@ class FakeMatomo:
         self.fault_plan.set_latency(seconds, jitter, seed)
 
     def clear_faults(self) -> None:
-        """Remove every fault rule and the latency."""
+        """Remove every fault rule; latency goes back to the one given to the constructor."""
         self.fault_plan.clear()
+        if self.configured_latency:
+            self.fault_plan.set_latency(self.configured_latency)
 
     @property
     def faults(self) -> list[Fault]:
@@ -240,9 +247,10 @@ class FakeMatomo:
     # -- what was recorded ----------------------------------------------------------------------
 
     def reset(self) -> None:
-        """Forget every hit, counter, API call and fault (sites and tokens stay)."""
+        """Forget every hit, counter, API call and fault (sites, tokens and the configured
+        latency stay)."""
         self.recorder.reset()
-        self.fault_plan.clear()
+        self.clear_faults()
 
     def stats(self, *, detail: bool = False) -> dict[str, Any]:
         """Counters, as ``GET /_fake/stats`` returns them."""
@@ -310,7 +318,7 @@ class FakeMatomo:
             (server.stopping if server else self._stopped).wait(seconds)
 
     def _form(self, req: Request) -> dict[str, str]:
-        if req.method == "POST" and req.body and req.headers.get("content-type", "").startswith(_FORM):
+        if req.method == "POST" and req.body and req.headers.get("content-type", "").lower().startswith(_FORM):
             return parse_query(req.body.decode("utf-8", "replace"))
         return {}
 

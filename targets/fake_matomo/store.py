@@ -11,6 +11,7 @@ so a bulk batch is all-or-nothing like Matomo's one-transaction bulk import:
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections import Counter
@@ -34,16 +35,31 @@ class CommitResult:
     recorded: int = 0
 
 
+# Count-only mode keeps at most this many visitors, order ids and duplicate signatures
+# (a full map forgets its oldest entries down to 3/4 of the limit), so memory stays
+# bounded in long benchmarks. Rules then only see the recent part of the history.
+COUNT_ONLY_KEY_LIMIT = 1_000_000  # about 300 MB when every hit is a new visitor
+
+
 class Recorder:
     """Thread-safe store of recorded hits and counters.
 
     With ``keep_hits=False`` (benchmarks) only counters, the latest time per visitor (needed
-    for the backdating rule), order ids and duplicate keys are kept."""
+    for the backdating rule), order ids and duplicate signatures are kept, each bounded by
+    ``key_limit`` (default ``COUNT_ONLY_KEY_LIMIT``)."""
 
-    def __init__(self, sites: dict[int, Site], *, keep_hits: bool = True, clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        sites: dict[int, Site],
+        *,
+        keep_hits: bool = True,
+        clock: Callable[[], float] = time.time,
+        key_limit: int | None = None,
+    ) -> None:
         self.sites = sites
         self.keep_hits = keep_hits
         self.clock = clock
+        self.key_limit = key_limit if key_limit is not None else (None if keep_hits else COUNT_ONLY_KEY_LIMIT)
         self.lock = threading.RLock()
         self.reset()
 
@@ -58,8 +74,9 @@ class Recorder:
             self.api_calls_by_method: Counter[str] = Counter()
             self.hits: dict[int, list[Hit]] = {site_id: [] for site_id in self.sites}
             self.latest: dict[tuple[int, str], float] = {}
-            self.order_ids: set[tuple[int, str]] = set()
-            self.duplicate_keys: set[int] = set()
+            # Ordered "sets" (dict keys), so the oldest can be forgotten first.
+            self.order_ids: dict[tuple[int, str], None] = {}
+            self.duplicate_keys: dict[int, None] = {}
             self.hits_by_visitor: Counter[str] = Counter()
             self.hits_by_pv_id: Counter[str] = Counter()
             self.api_calls: list[dict[str, Any]] = []
@@ -144,7 +161,7 @@ class Recorder:
                     self.excluded[outcome.reason] += 1
             counters["tracked"] += len(pending)
             counters["recorded"] += len(pending)
-            self.order_ids |= pending_orders
+            self.order_ids.update(dict.fromkeys(pending_orders))
             latest.update(pending_latest)
             keep = self.keep_hits
             for outcome in pending:
@@ -165,7 +182,7 @@ class Recorder:
                 if signature in self.duplicate_keys:
                     counters["duplicates"] += 1
                 else:
-                    self.duplicate_keys.add(signature)
+                    self.duplicate_keys[signature] = None
                 if keep:
                     self.hits.setdefault(site_id, []).append(
                         Hit(site_id, params, outcome.time, outcome.visitor_id, pv_id, bulk, self.seq)
@@ -173,7 +190,17 @@ class Recorder:
                     self.hits_by_visitor[outcome.visitor_id] += 1
                     if pv_id:
                         self.hits_by_pv_id[pv_id] += 1
+            if self.key_limit is not None:
+                self._trim(self.key_limit)
             return CommitResult(recorded=len(pending))
+
+    def _trim(self, limit: int) -> None:
+        for name in ("latest", "order_ids", "duplicate_keys"):
+            mapping = getattr(self, name)
+            if len(mapping) > limit:
+                forget = len(mapping) - limit * 3 // 4
+                setattr(self, name, dict(itertools.islice(mapping.items(), forget, None)))
+                self.counters["forgotten_keys"] += forget
 
     def snapshot(self, *, detail: bool = False) -> dict[str, Any]:
         """All counters as JSON-ready data (what ``GET /_fake/stats`` returns)."""
@@ -205,6 +232,7 @@ class Recorder:
                 "api_calls_by_method": dict(self.api_calls_by_method),
                 "invalidations": len(self.invalidations),
                 "keep_hits": self.keep_hits,
+                "forgotten_keys": c["forgotten_keys"],
             }
             if detail:
                 data["hits_by_visitor"] = dict(self.hits_by_visitor)

@@ -376,6 +376,20 @@ def test_bulk_with_a_secure_only_token_in_the_json_body_tracks_nothing_that_need
         assert bulk(http, matomo, entries, token=SECURE).json() == {"status": "success", "tracked": 3, "invalid": 0}
 
 
+def test_modern_auth_accepts_a_bearer_header(http):
+    bearer = {"Authorization": f"Bearer {SECURE}"}
+    with make_matomo(modern_auth=True) as matomo:
+        response = http.get(matomo.tracking_url, params=hit(cip="203.0.113.1"), headers=bearer, timeout=TIMEOUT)
+        assert response.status_code == 204
+        response = http.post(
+            matomo.api_url, params={"module": "API", "method": "API.getMatomoVersion"}, headers=bearer, timeout=TIMEOUT
+        )
+        assert response.json() == {"value": "5.3.0"}
+    with make_matomo() as matomo:  # Matomo 5.3 ignores the header
+        response = http.get(matomo.tracking_url, params=hit(cip="203.0.113.1"), headers=bearer, timeout=TIMEOUT)
+        assert response.status_code == 400
+
+
 def test_a_token_inside_a_bulk_entry_is_used_and_counted(matomo, http):
     response = bulk(http, matomo, [query(hit(cip="203.0.113.1", token_auth=WRITE))])
     assert response.json() == {"status": "success", "tracked": 1, "invalid": 0}
@@ -784,6 +798,15 @@ def test_count_only_mode_keeps_counters_but_no_hits(http):
         with pytest.raises(RuntimeError):
             matomo.hits_for(1)
         assert http.get(matomo.url + "_fake/hits", timeout=TIMEOUT).status_code == 409
+
+
+def test_count_only_memory_is_bounded_by_forgetting_the_oldest_visitors(http):
+    with make_matomo(keep_hits=False, key_limit=40) as matomo:
+        for start in range(0, 100, 25):
+            bulk(http, matomo, [query(hit(cid=f"{i:016x}")) for i in range(start, start + 25)])
+        stats = matomo.stats()
+        assert stats["recorded"] == 100
+        assert stats["visitors"] <= 40 and stats["forgotten_keys"] > 0
 
 
 def test_reset_forgets_hits_counters_and_faults(matomo, http):
