@@ -1,2 +1,18 @@
+from django.urls import path
+
+from runs import views
+
 app_name = "runs"
-urlpatterns: list = []
+urlpatterns = [
+    path("", views.dashboard_runs, name="dashboard"),
+    path("new/", views.start, name="start"),
+    path("new/estimate/", views.estimate, name="estimate"),
+    path("<int:pk>/", views.detail, name="detail"),
+    path("<int:pk>/summary/", views.summary, name="summary"),
+    path("<int:pk>/charts/", views.charts, name="charts"),
+    path("<int:pk>/targets/", views.targets, name="targets"),
+    path("<int:pk>/log/", views.log, name="log"),
+    path("<int:pk>/stop/", views.stop, name="stop"),
+    path("<int:pk>/resume/", views.resume, name="resume"),
+    path("<int:pk>/close/", views.close, name="close"),
+]

@@ -7,15 +7,23 @@ from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
 from presets.models import Preset
+from runs.forms import StartRunForm
+from runs.views import dashboard_context
 from targets.models import Target
 
 
 @require_GET
 def home(request: HttpRequest) -> HttpResponse:
+    """The dashboard: live runs (refreshed by runs:dashboard), the start form, configuration."""
     context = {
         "targets": Target.objects.order_by("name"),
         "presets": Preset.objects.order_by("-is_builtin", "visits_per_day", "name"),
     }
+    if request.user.has_perm("runs.view_run"):
+        context.update(dashboard_context())
+    if request.user.has_perm("runs.run_traffic"):
+        form = StartRunForm()
+        context.update(start_form=form, estimate=form.estimate())
     return render(request, "home.html", context)
 
 

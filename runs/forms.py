@@ -1,0 +1,149 @@
+"""The start-a-run form and the estimate shown beside it while the user fills it in."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from django import forms
+from django.conf import settings
+from django.core.exceptions import ValidationError
+
+from presets.models import Preset
+from targets.models import Target
+
+SECONDS_PER_DAY = 86_400
+
+# Run model fields whose validation errors belong to a differently named form field.
+_FORM_FIELD_FOR = {"duration_seconds": "duration_minutes"}
+
+
+class TargetChoiceField(forms.ModelMultipleChoiceField):
+    def label_from_instance(self, obj: Target) -> str:
+        return obj.name if obj.has_token else f"{obj.name} (no token)"
+
+
+class StartRunForm(forms.Form):
+    targets = TargetChoiceField(
+        queryset=Target.objects.enabled().order_by("name"),
+        widget=forms.CheckboxSelectMultiple,
+        error_messages={"required": "Choose at least one target."},
+    )
+    preset = forms.ModelChoiceField(queryset=Preset.objects.all(), empty_label=None)
+    visits_per_day = forms.IntegerField(
+        label="Visits per day", required=False, min_value=1, max_value=50_000_000, help_text="Blank: the preset's."
+    )
+    duration_minutes = forms.IntegerField(
+        label="Duration (minutes)",
+        required=False,
+        min_value=1,
+        max_value=settings.MAX_RUN_HOURS * 60,
+        help_text="Blank: the preset's auto-stop, or until stopped.",
+    )
+    max_visits = forms.IntegerField(
+        label="Visit limit", required=False, min_value=1, help_text="Blank: the preset's, or no limit."
+    )
+    bulk = forms.BooleanField(label="Bulk", required=False, help_text="Send whole visits in bulk batches.")
+
+    def add_model_errors(self, error: ValidationError) -> None:
+        """Show a model's ValidationError (from Run.objects.create_run) next to the fields."""
+        if not hasattr(error, "error_dict"):
+            self.add_error(None, error)
+            return
+        for name, errors in error.error_dict.items():
+            field = _FORM_FIELD_FOR.get(name, name)
+            self.add_error(field if field in self.fields else None, errors)
+
+    def run_options(self) -> dict:
+        """Keyword arguments for Run.objects.create_run from the cleaned data."""
+        data = self.cleaned_data
+        minutes = data.get("duration_minutes")
+        return {
+            "preset": data["preset"],
+            "targets": list(data["targets"]),
+            "visits_per_day": data.get("visits_per_day"),
+            "duration_seconds": minutes * 60 if minutes else None,
+            "max_visits": data.get("max_visits"),
+            "bulk": bool(data.get("bulk")),
+        }
+
+    def estimate(self) -> RunEstimate | None:
+        """What the valid part of the form would do (an unbound form: its first preset)."""
+        if self.is_bound:
+            self.is_valid()
+            data = self.cleaned_data
+        else:
+            data = {"preset": self.fields["preset"].queryset.first()}
+        preset = data.get("preset")
+        if preset is None:
+            return None
+        minutes = data.get("duration_minutes")
+        hours = preset.auto_stop_after_hours
+        return RunEstimate(
+            preset=preset,
+            targets=list(data.get("targets") or []),
+            visits_per_day=data.get("visits_per_day") or preset.visits_per_day,
+            duration_seconds=minutes * 60 if minutes else (round(hours * 3600) if hours else None),
+            max_visits=data.get("max_visits") or preset.auto_stop_after_visits,
+        )
+
+
+def expected_hits_per_visit(preset: Preset) -> float:
+    """Mean page views (a bounce views one page) plus the chance of each interaction.
+    An approximation: goals, cart updates and content impressions add a little more."""
+    mean_pages = (preset.pageviews_min + preset.pageviews_max) / 2
+    pages = preset.bounce_share + (1 - preset.bounce_share) * mean_pages
+    interactions = (
+        preset.site_search_probability
+        + preset.outlinks_probability
+        + preset.downloads_probability
+        + preset.click_events_probability
+        + preset.random_events_probability
+        + preset.ecommerce_probability
+    )
+    return pages + interactions
+
+
+@dataclass(frozen=True)
+class RunEstimate:
+    preset: Preset
+    targets: list[Target]
+    visits_per_day: int
+    duration_seconds: int | None
+    max_visits: int | None
+
+    @property
+    def hits_per_visit(self) -> float:
+        return expected_hits_per_visit(self.preset)
+
+    @property
+    def visits_per_second(self) -> float:
+        return self.visits_per_day / SECONDS_PER_DAY
+
+    @property
+    def hits_per_second(self) -> float:
+        """The day's average; the daily curve makes the busiest hours higher."""
+        return self.visits_per_second * self.hits_per_visit
+
+    @property
+    def total_visits(self) -> int | None:
+        """Visits until the run stops by itself; None when it runs until stopped."""
+        by_time = round(self.visits_per_second * self.duration_seconds) if self.duration_seconds else None
+        limits = [value for value in (by_time, self.max_visits) if value]
+        return min(limits) if limits else None
+
+    @property
+    def total_hits(self) -> int | None:
+        return round(self.total_visits * self.hits_per_visit) if self.total_visits else None
+
+    @property
+    def needs_token(self) -> bool:
+        """Visitor countries are sent as `cip`, which Matomo accepts only with a token."""
+        return self.preset.randomize_countries
+
+    @property
+    def targets_without_token(self) -> list[str]:
+        return [target.name for target in self.targets if not target.has_token]
+
+    @property
+    def targets_token_cannot_write(self) -> list[str]:
+        return [target.name for target in self.targets if target.has_token and target.token_can_write is False]

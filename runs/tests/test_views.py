@@ -1,0 +1,540 @@
+from datetime import timedelta
+
+import pytest
+from django.core.exceptions import ValidationError
+from django.test import Client
+from django.urls import reverse
+from django.utils import timezone
+
+from presets.models import Preset
+from runs.loader.telemetry import RunTelemetry
+from runs.models import HEARTBEAT_STALE_AFTER, Run, RunLog, RunSample
+from runs.views import CHART_MINUTES, Figures, minute_slots, traffic_chart
+from trafficinator.testing import make_target, make_user
+
+# Polling pauses in hidden tabs by static/js/poll-visible.js (htmx's [filter] needs eval,
+# which the Content-Security-Policy forbids).
+POLL = 'hx-trigger="every 2s"'
+
+HTMX = {"HTTP_HX_REQUEST": "true"}
+VIEWER = ("runs.view_run",)
+OPERATOR = ("runs.view_run", "runs.run_traffic")
+PANELS = ["summary", "charts", "targets", "log"]
+
+
+def make_run(targets=None, **kwargs) -> Run:
+    preset = kwargs.pop("preset", None) or Preset.objects.get(name="Light")
+    return Run.objects.create_run(preset=preset, targets=targets or [make_target()], **kwargs)
+
+
+def make_running_run(targets=None, **kwargs) -> Run:
+    run = make_run(targets, **kwargs)
+    run.claim(pid=1, host="test")
+    return run
+
+
+def fill_stats(run: Run, *, accepted: int = 90, server_errors: int = 10, degrade: str | None = None) -> dict:
+    """Write a snapshot made by the loader's own telemetry, so the keys are the real ones."""
+    telemetry = RunTelemetry()
+    for rt in run.run_targets.select_related("target"):
+        target = telemetry.add(str(rt.pk), rt.target.name)
+        target.start_visits(accepted // 3)
+        target.start_hits(accepted + server_errors)
+        for _ in range(accepted):
+            target.record_outcome("accepted", 1, latency=0.040)
+        kind = "server_errors" if degrade != rt.target.name else "rejected"
+        for _ in range(server_errors):
+            target.record_outcome(kind, 1, latency=0.200, status=500 if kind == "server_errors" else 400)
+    stats = telemetry.snapshot()
+    Run.objects.filter(pk=run.pk).update(stats=stats, heartbeat_at=timezone.now())
+    run.refresh_from_db()
+    return stats
+
+
+def make_samples(run: Run, minutes: int = 5, hits: int = 120, errors: int = 3) -> None:
+    now = timezone.now().replace(second=0, microsecond=0)
+    for ago in range(minutes):
+        RunSample.objects.create(
+            run=run,
+            minute=now - timedelta(minutes=ago),
+            hits=hits + ago,
+            accepted=hits - errors,
+            errors=errors,
+            p95_ms=50.0 + ago,
+        )
+
+
+def make_lost(run: Run) -> Run:
+    Run.objects.filter(pk=run.pk).update(heartbeat_at=timezone.now() - HEARTBEAT_STALE_AFTER - timedelta(seconds=5))
+    run.refresh_from_db()
+    return run
+
+
+def login(client: Client, perms=OPERATOR, **kwargs):
+    user = make_user(perms=perms, **kwargs)
+    client.force_login(user)
+    return user
+
+
+def panel_url(name: str, run: Run) -> str:
+    return reverse(f"runs:{name}", args=[run.pk])
+
+
+# --- dashboard ------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_dashboard_without_runs_says_so_and_offers_the_start_form(client):
+    make_target(name="shop")
+    login(client)
+    html = client.get(reverse("home")).content.decode()
+    assert "No run is active." in html and "No finished runs yet." in html
+    assert 'id="start-run"' in html and "shop (no token)" in html
+    assert 'id="run-estimate"' in html and "hits/s" in html  # the estimate of the first preset
+    assert 'id="dashboard-runs"' in html and POLL in html
+    assert "js/poll-visible.js" in html
+
+
+@pytest.mark.django_db
+def test_dashboard_shows_each_active_run_with_live_figures_per_target_and_a_chart(client):
+    run = make_running_run([make_target(name="alpha"), make_target(name="beta")], visits_per_day=43_200)
+    fill_stats(run)
+    make_samples(run)
+    login(client)
+    html = client.get(reverse("home")).content.decode()
+    assert f'id="run-card-{run.pk}"' in html and "Running" in html
+    assert 'data-figure="hits">200<' in html  # 100 hits on each of two targets
+    assert 'data-figure="success">90.0 %<' in html
+    assert "43,200" in html  # visits/day as set
+    assert "alpha" in html and "beta" in html
+    assert "<svg" in html and "<rect" in html and "<title>" in html  # per-minute bars with tooltips
+
+
+@pytest.mark.django_db
+def test_a_degraded_target_is_flagged_with_its_reason(client):
+    run = make_running_run([make_target(name="healthy"), make_target(name="sick")])
+    fill_stats(run, accepted=10, server_errors=40, degrade="sick")
+    login(client)
+    for url in (reverse("home"), panel_url("detail", run)):
+        html = client.get(url).content.decode()
+        assert "degraded" in html and "rejected with HTTP 400" in html, url
+
+
+@pytest.mark.django_db
+def test_a_lost_run_stands_out_with_resume_and_close(client):
+    run = make_lost(make_running_run())
+    login(client)
+    html = client.get(reverse("home")).content.decode()
+    assert "Loader lost" in html and "The loader of this run is lost" in html
+    assert reverse("runs:resume", args=[run.pk]) in html and reverse("runs:close", args=[run.pk]) in html
+    assert reverse("runs:stop", args=[run.pk]) not in html
+
+
+@pytest.mark.django_db
+def test_recent_finished_runs_show_their_final_figures(client):
+    run = make_running_run()
+    fill_stats(run)
+    run.finish(Run.Status.COMPLETED, "Visit limit reached.")
+    login(client)
+    html = client.get(reverse("home")).content.decode()
+    assert "Recent runs" in html and "Completed" in html and "Visit limit reached." in html
+    assert "90.0 %" in html and f'id="run-card-{run.pk}"' not in html
+
+
+@pytest.mark.django_db
+def test_the_dashboard_panel_renders_alone_for_htmx_and_redirects_a_plain_get(client):
+    make_running_run()
+    login(client)
+    partial = client.get(reverse("runs:dashboard"), **HTMX)
+    html = partial.content.decode()
+    assert html.strip().startswith('<div id="dashboard-runs"')
+    assert "<html" not in html and POLL in html
+    plain = client.get(reverse("runs:dashboard"))
+    assert plain.status_code == 302 and plain["Location"] == reverse("home")
+
+
+# --- run page -------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_the_run_page_renders_before_the_loader_reported_anything(client):
+    run = make_run()
+    login(client)
+    html = client.get(panel_url("detail", run)).content.decode()
+    assert "Queued" in html and "Waiting for a loader worker" in html
+    assert "no data yet" in html and "no samples yet" in html
+    assert "Created by" in html  # the log
+
+
+@pytest.mark.django_db
+def test_the_run_page_shows_all_figures_charts_targets_and_log(client):
+    run = make_running_run([make_target(name="alpha")])
+    fill_stats(run)
+    make_samples(run, minutes=3)
+    run.log(RunLog.Level.ERROR, "First server errors (HTTP 500)")
+    login(client)
+    html = client.get(panel_url("detail", run)).content.decode()
+    for text in (
+        "Server errors (HTTP 5xx)",
+        "Hits per minute",
+        "Errors per minute",
+        "p95 latency per minute",
+        "alpha",
+        "First server errors (HTTP 500)",
+        'data-figure="hits">100<',
+    ):
+        assert text in html, text
+    assert html.count('class="tf-chart"') == 3
+    assert html.count(POLL) == 4  # summary, charts, targets, log
+    assert "js/poll-visible.js" in html
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("name", PANELS)
+def test_a_refresh_view_renders_only_its_panel_for_htmx_and_redirects_a_plain_get(client, name):
+    run = make_running_run()
+    login(client)
+    html = client.get(panel_url(name, run), **HTMX).content.decode()
+    element_id = "run-log" if name == "log" else f"run-{name}"
+    assert f'id="{element_id}"' in html and "<html" not in html and "site-name" not in html
+    assert POLL in html and panel_url(name, run) in html
+    plain = client.get(panel_url(name, run))
+    assert plain.status_code == 302 and plain["Location"] == panel_url("detail", run)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("name", PANELS)
+def test_the_panels_of_a_finished_run_have_no_polling_attributes(client, name):
+    run = make_running_run()
+    run.finish(Run.Status.STOPPED, "Stopped.")
+    login(client)
+    html = client.get(panel_url(name, run), **HTMX).content.decode()
+    assert "hx-trigger" not in html.split(">", 1)[0] and "every 2s" not in html
+    page = client.get(panel_url("detail", run)).content.decode()
+    assert "every 2s" not in page
+
+
+@pytest.mark.django_db
+def test_a_stopping_run_keeps_polling_until_it_has_stopped(client):
+    run = make_running_run()
+    run.request_stop("Stopped by test")
+    login(client)
+    html = client.get(panel_url("summary", run), **HTMX).content.decode()
+    assert POLL in html and "stop requested" in html and "Stopped by test" in html
+
+
+@pytest.mark.django_db
+def test_the_log_filters_by_level_and_text(client):
+    run = make_run()
+    run.log(RunLog.Level.WARNING, "Backing off: 3 requests to retry")
+    run.log(RunLog.Level.ERROR, "First timeouts")
+    run.log(RunLog.Level.ERROR, "Degraded: 80% failed")
+    login(client)
+    url = panel_url("log", run)
+    errors = client.get(url, {"level": "error"}, **HTMX).content.decode()
+    assert "First timeouts" in errors and "Degraded" in errors and "Backing off" not in errors
+    both = client.get(url, {"level": "error", "q": "TIMEOUT"}, **HTMX).content.decode()
+    assert "First timeouts" in both and "Degraded" not in both
+    none = client.get(url, {"q": "nothing like this"}, **HTMX).content.decode()
+    assert "No log entries match the filter." in none
+    page = client.get(panel_url("detail", run), {"level": "warning"}).content.decode()  # works without JS too
+    assert "Backing off" in page and "First timeouts" not in page
+
+
+@pytest.mark.django_db
+def test_charts_put_each_sample_in_its_minute_and_scale_to_the_peak():
+    run = make_run()
+    end = timezone.now().replace(second=30, microsecond=0)
+    last = end.replace(second=0)
+    samples = [
+        RunSample(run=run, minute=last, hits=100, errors=50),
+        RunSample(run=run, minute=last - timedelta(minutes=10), hits=25, errors=0),
+        RunSample(run=run, minute=last - timedelta(minutes=CHART_MINUTES), hits=999, errors=0),  # too old
+    ]
+    slots = minute_slots(samples, end)
+    assert slots[-1] is samples[0] and slots[-11] is samples[1] and samples[2] not in slots
+    chart = traffic_chart(samples, end)
+    hits, errors = chart.series
+    assert chart.peak == 100
+    assert [bar.height for bar in hits.bars] == [25.0, 100.0]
+    assert [bar.height for bar in errors.bars] == [50.0]
+
+
+def test_figures_read_missing_telemetry_as_zero_and_compute_the_success_share():
+    assert Figures({}).hits_sent == 0 and Figures(None).success_share is None and Figures({}).p95_ms is None
+    figures = Figures({"sent": 10, "accepted": 6, "errors": 2, "latency_ms": {"p95": 12.5}})
+    assert figures.success_share == 0.75 and figures.p95_ms == 12.5
+
+
+# --- starting a run -------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_starting_a_run_creates_it_queues_its_loader_and_redirects_to_its_page(
+    client, django_capture_on_commit_callbacks
+):
+    target = make_target(name="shop")
+    user = login(client)
+    preset = Preset.objects.get(name="Medium")
+    data = {
+        "targets": [target.pk],
+        "preset": preset.pk,
+        "visits_per_day": "2000",
+        "duration_minutes": "30",
+        "max_visits": "500",
+        "bulk": "on",
+    }
+    with django_capture_on_commit_callbacks() as callbacks:
+        response = client.post(reverse("runs:start"), data)
+    run = Run.objects.get()
+    assert response.status_code == 302 and response["Location"] == panel_url("detail", run)
+    assert (run.visits_per_day, run.duration_seconds, run.max_visits, run.bulk) == (2000, 1800, 500, True)
+    assert run.created_by == user and run.preset_name == "Medium" and run.status == Run.Status.QUEUED
+    assert [rt.target for rt in run.run_targets.all()] == [target]
+    assert len(callbacks) == 1  # the loader task is enqueued once the run is committed
+
+
+@pytest.mark.django_db
+def test_a_run_without_overrides_takes_the_presets_values(client, django_capture_on_commit_callbacks):
+    target = make_target()
+    login(client)
+    with django_capture_on_commit_callbacks():
+        client.post(reverse("runs:start"), {"targets": [target.pk], "preset": Preset.objects.get(name="Heavy").pk})
+    run = Run.objects.get()
+    assert (run.visits_per_day, run.duration_seconds, run.max_visits, run.bulk) == (50_000, None, None, False)
+
+
+@pytest.mark.django_db
+def test_start_form_errors_are_shown_next_to_the_fields(client):
+    disabled = make_target(name="off", enabled=False)
+    login(client)
+    response = client.post(
+        reverse("runs:start"),
+        {
+            "targets": [disabled.pk],
+            "preset": Preset.objects.get(name="Light").pk,
+            "duration_minutes": "10000000",
+            "visits_per_day": "0",
+        },
+    )
+    html = response.content.decode()
+    assert response.status_code == 200 and not Run.objects.exists()
+    assert "form-row errors field-targets" in html and "Select a valid choice" in html
+    assert "form-row errors field-duration_minutes" in html
+    assert "form-row errors field-visits_per_day" in html
+    missing = client.post(reverse("runs:start"), {"preset": Preset.objects.get(name="Light").pk}).content.decode()
+    assert "Choose at least one target." in missing
+    empty = client.post(reverse("runs:start"), {}).content.decode()
+    assert "Choose at least one target." in empty and "form-row errors field-preset" in empty
+
+
+@pytest.mark.django_db
+def test_model_validation_errors_from_create_run_land_next_to_the_matching_field(client, monkeypatch):
+    target = make_target()
+    login(client)
+
+    def refuse(**kwargs):
+        raise ValidationError({"duration_seconds": "Too long for this worker.", "seed": "Bad seed."})
+
+    monkeypatch.setattr(Run.objects, "create_run", refuse)
+    html = client.post(
+        reverse("runs:start"), {"targets": [target.pk], "preset": Preset.objects.get(name="Light").pk}
+    ).content.decode()
+    assert "form-row errors field-duration_minutes" in html and "Too long for this worker." in html
+    assert 'class="errornote"' in html and "Bad seed." in html
+
+
+@pytest.mark.django_db
+def test_the_estimate_follows_the_form_and_names_targets_that_lack_a_token(client):
+    with_token = make_target(name="has-token", token_auth="secret-token-value")
+    without = make_target(name="no-token")
+    preset = Preset.objects.get(name="Light").duplicate(name="Countries")
+    preset.randomize_countries = True
+    preset.bounce_share = 0.0
+    preset.pageviews_min = preset.pageviews_max = 3
+    for name in ("site_search", "outlinks", "downloads", "click_events", "random_events", "ecommerce"):
+        setattr(preset, f"{name}_probability", 0.0)
+    preset.save()
+    login(client)
+    params = {
+        "preset": preset.pk,
+        "targets": [with_token.pk, without.pk],
+        "visits_per_day": "86400",
+        "duration_minutes": "10",
+        "csrfmiddlewaretoken": "ignored",
+    }
+    response = client.get(reverse("runs:estimate"), params, **HTMX)
+    html = response.content.decode()
+    assert html.strip().startswith('<div id="run-estimate"')
+    assert "about 3 hits/s" in html  # 1 visit/s x 3 page views
+    assert "about 600 visits" in html and "1,800 hits" in html  # 10 minutes
+    assert "<strong>No token:</strong> no-token." in html and "has-token" not in html.split("No token:")[1]
+    assert "secret-token-value" not in html
+
+
+@pytest.mark.django_db
+def test_the_start_page_works_on_its_own(client):
+    make_target(name="shop")
+    login(client)
+    html = client.get(reverse("runs:start")).content.decode()
+    assert "<h1>Start a run</h1>" in html and "shop (no token)" in html and 'id="run-estimate"' in html
+
+
+# --- stop, resume, close --------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_stop_asks_the_loader_to_stop_and_redraws_the_summary(client):
+    run = make_running_run()
+    user = login(client, username="alice")
+    response = client.post(reverse("runs:stop", args=[run.pk]), HTTP_HX_TARGET="run-summary", **HTMX)
+    run.refresh_from_db()
+    assert run.status == Run.Status.STOPPING and run.stop_requested and run.end_reason == f"Stopped by {user}"
+    html = response.content.decode()
+    assert html.strip().startswith('<section id="run-summary"') and "stop requested" in html
+    assert reverse("runs:stop", args=[run.pk]) not in html  # nothing left to stop
+    assert run.logs.filter(message="Stop requested by alice.").exists()
+
+
+@pytest.mark.django_db
+def test_stop_from_the_dashboard_redraws_the_dashboard_and_a_plain_post_redirects(client):
+    queued, running = make_run(), make_running_run()
+    login(client)
+    response = client.post(reverse("runs:stop", args=[queued.pk]), HTTP_HX_TARGET="dashboard-runs", **HTMX)
+    assert response.content.decode().strip().startswith('<div id="dashboard-runs"')
+    queued.refresh_from_db()
+    assert queued.status == Run.Status.STOPPED  # a queued run stops at once
+    plain = client.post(reverse("runs:stop", args=[running.pk]))
+    assert plain.status_code == 302 and plain["Location"] == panel_url("detail", running)
+
+
+@pytest.mark.django_db
+def test_a_lost_run_can_be_resumed(client, django_capture_on_commit_callbacks):
+    run = make_lost(make_running_run())
+    login(client)
+    with django_capture_on_commit_callbacks() as callbacks:
+        response = client.post(reverse("runs:resume", args=[run.pk]), HTTP_HX_TARGET="run-summary", **HTMX)
+    run.refresh_from_db()
+    assert run.status == Run.Status.QUEUED and len(callbacks) == 1
+    assert "Loader lost" not in response.content.decode()
+
+
+@pytest.mark.django_db
+def test_a_lost_run_can_be_closed_and_a_healthy_one_cannot(client):
+    lost, healthy = make_lost(make_running_run()), make_running_run()
+    login(client, username="bob")
+    client.post(reverse("runs:close", args=[lost.pk]), HTTP_HX_TARGET="dashboard-runs", **HTMX)
+    client.post(reverse("runs:close", args=[healthy.pk]))
+    lost.refresh_from_db(), healthy.refresh_from_db()
+    assert lost.status == Run.Status.FAILED and "Closed by bob" in lost.end_reason
+    assert healthy.status == Run.Status.RUNNING
+
+
+# --- security -------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_a_viewer_without_run_traffic_sees_no_buttons_and_is_refused_every_action(client):
+    lost, running = make_lost(make_running_run()), make_running_run()
+    login(client, perms=VIEWER)
+    home = client.get(reverse("home")).content.decode()
+    page = client.get(panel_url("detail", running)).content.decode()
+    lost_page = client.get(panel_url("detail", lost)).content.decode()
+    for html in (home, page, lost_page):
+        assert "/stop/" not in html and "/resume/" not in html and "/close/" not in html
+        assert 'id="start-run"' not in html
+    assert "Someone allowed to run traffic can resume or close it" in lost_page
+    refused = [
+        client.post(reverse("runs:stop", args=[running.pk])),
+        client.post(reverse("runs:resume", args=[lost.pk])),
+        client.post(reverse("runs:close", args=[lost.pk])),
+        client.get(reverse("runs:start")),
+        client.post(reverse("runs:start"), {}),
+        client.get(reverse("runs:estimate")),
+    ]
+    assert [response.status_code for response in refused] == [403] * len(refused)
+    running.refresh_from_db(), lost.refresh_from_db()
+    assert running.status == lost.status == Run.Status.RUNNING
+
+
+@pytest.mark.django_db
+def test_a_user_without_view_run_sees_no_runs_and_is_refused_their_pages(client):
+    run = make_running_run()
+    login(client, perms=())
+    home = client.get(reverse("home"))
+    assert home.status_code == 200 and 'id="dashboard-runs"' not in home.content.decode()
+    urls = [reverse("runs:dashboard"), panel_url("detail", run)] + [panel_url(name, run) for name in PANELS]
+    assert [client.get(url, **HTMX).status_code for url in urls] == [403] * len(urls)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("action", ["stop", "resume", "close"])
+def test_actions_change_state_only_by_post(client, action):
+    run = make_running_run()
+    login(client)
+    assert client.get(reverse(f"runs:{action}", args=[run.pk])).status_code == 405
+
+
+@pytest.mark.django_db
+def test_state_changes_need_the_csrf_token_that_htmx_sends_from_the_page():
+    run = make_running_run()
+    client = Client(enforce_csrf_checks=True)
+    login(client)
+    stop_url = reverse("runs:stop", args=[run.pk])
+    assert client.post(stop_url, **HTMX).status_code == 403
+    page = client.get(panel_url("detail", run)).content.decode()
+    token = page.split('hx-headers=\'{"X-CSRFToken": "', 1)[1].split('"', 1)[0]
+    assert client.post(stop_url, HTTP_X_CSRFTOKEN=token, HTTP_HX_TARGET="run-summary", **HTMX).status_code == 200
+    run.refresh_from_db()
+    assert run.status == Run.Status.STOPPING
+
+
+# --- cheap refreshes ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def busy_runs(db):
+    """Three active runs with two targets, stats, an hour of samples and logs, and three finished
+    runs: the query counts below must not grow with them."""
+    runs = []
+    for _ in range(3):
+        run = make_running_run([make_target(), make_target()])
+        fill_stats(run, accepted=5, server_errors=1)
+        make_samples(run, minutes=CHART_MINUTES)
+        for level in ("info", "warning", "error"):
+            run.log(level, f"{level} message")
+        runs.append(run)
+    for _ in range(3):
+        make_running_run().finish(Run.Status.COMPLETED, "done")
+    return runs
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("name", "budget"),
+    # Each budget includes the session, the user and the user's two permission queries.
+    [("dashboard", 9), ("summary", 5), ("charts", 6), ("targets", 6), ("log", 6), ("estimate", 6)],
+)
+def test_refresh_views_are_cheap(client, busy_runs, django_assert_max_num_queries, name, budget):
+    run = busy_runs[0]
+    login(client)
+    if name == "dashboard":
+        url = reverse("runs:dashboard")
+    elif name == "estimate":
+        url = reverse("runs:estimate") + f"?preset={run.preset_id}&targets={run.run_targets.first().target_id}"
+    else:
+        url = panel_url(name, run)
+    with django_assert_max_num_queries(budget):
+        response = client.get(url, **HTMX)
+    assert response.status_code == 200
+
+
+@pytest.mark.django_db
+def test_an_ended_run_shows_its_average_rate_rather_than_its_last_minute(client):
+    run = make_running_run()
+    fill_stats(run, accepted=90, server_errors=10)  # 100 hits
+    run.finish(Run.Status.COMPLETED, "Duration reached.")
+    Run.objects.filter(pk=run.pk).update(finished_at=run.started_at + timedelta(seconds=50))
+    login(client)
+    html = client.get(panel_url("detail", run)).content.decode()
+    assert "Hits/s (average)" in html and 'data-figure="hits-per-second">2.0<' in html
