@@ -198,7 +198,9 @@ def _check_with_token(client: MatomoClient, target: Target, result: CheckResult)
     except ApiError as exc:
         text = str(exc)
         lowered = text.lower()
-        if "exist" in lowered or "not found" in lowered or ("invalid" in lowered and "site" in lowered):
+        # Matomo 5 says "An unexpected website was found in the request: website id was set
+        # to '9' ." for a super user; older versions and plugins say "doesn't exist".
+        if any(phrase in lowered for phrase in ("unexpected website", "exist", "not found")):
             raise CheckFailed(f"Unknown site id {target.site_id}: Matomo says “{text}”") from None
         if "access" in lowered:
             raise CheckFailed(
