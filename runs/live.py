@@ -17,7 +17,8 @@ from __future__ import annotations
 import heapq
 import logging
 import time
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
@@ -45,6 +46,19 @@ class TargetRuntime:
     stream: TargetStream
     sender: TargetSender
     telemetry: TargetTelemetry
+    # Monotonic start times of the visits of the last minute, for the actual visits/day.
+    recent_starts: deque = field(default_factory=deque)
+
+    def visit_started(self, now: float) -> None:
+        self.recent_starts.append(now)
+        self.telemetry.start_visits()
+
+    def visits_per_day(self, now: float) -> int:
+        """Visits started in the last 60 s, scaled to a day: what the target gets now."""
+        starts = self.recent_starts
+        while starts and starts[0] < now - 60:
+            starts.popleft()
+        return len(starts) * 1440
 
 
 class LiveLoader:
@@ -155,7 +169,7 @@ class LiveLoader:
             runtime = self.runtimes[index]
             self.visits_started += 1
             self._visits_today += 1
-            runtime.telemetry.start_visits()
+            runtime.visit_started(time.monotonic())
             self.visits.spawn(self._play_visit, runtime, visit)
 
     def _visit_limit_reached(self) -> bool:
@@ -240,7 +254,13 @@ class LiveLoader:
     # --- reporting -------------------------------------------------------------------
 
     def snapshot(self) -> dict:
-        return carry_over(self.previous_stats, self.telemetry.snapshot())
+        stats = carry_over(self.previous_stats, self.telemetry.snapshot())
+        now = time.monotonic()
+        for runtime in self.runtimes:
+            rate = runtime.visits_per_day(now)
+            stats["targets"][str(runtime.run_target.pk)]["visits_per_day"] = rate
+        stats["totals"]["visits_per_day"] = sum(data.get("visits_per_day", 0) for data in stats["targets"].values())
+        return stats
 
     def flush(self) -> None:
         """One UPDATE for stats + heartbeat, the log events since the last flush."""
@@ -276,7 +296,7 @@ class LiveLoader:
 
 
 # Counters that describe the present, not a running total: never carried over.
-_NOT_CARRIED = {"in_flight", "events_dropped"}
+_NOT_CARRIED = {"in_flight", "events_dropped", "visits_per_day"}
 
 
 def carry_over(previous: dict, current: dict) -> dict:

@@ -215,3 +215,14 @@ def test_a_resumed_run_continues_its_counters_and_its_visit_limit(fake_matomo, f
     assert totals["rejected_by_status"] == {"400": 1}
     assert totals["in_flight"] == 0
     assert run.stats["targets"][key]["accepted"] == 14 + server
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_actual_visits_per_day_of_the_last_minute_is_reported(fake_matomo, fast_preset):
+    local_target(fake_matomo)
+    run_traffic("--target", "local", "--preset", "Fast", "--visits", "40")
+    run = Run.objects.get()
+    (key,) = run.stats["targets"]
+    # 40 visits started within the last minute: 40 x 1,440 a day, whatever the set rate.
+    assert run.stats["targets"][key]["visits_per_day"] == 40 * 1440
+    assert run.stats["totals"]["visits_per_day"] == 40 * 1440
