@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from targets.fake_matomo import FakeMatomo
@@ -46,3 +48,31 @@ def fast_preset(db):
 def fast_password_hashing(settings):
     """make_user() hashes a password; the default hasher costs ~0.5 s per user."""
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+# What Chromium needs on these machines: no sandbox as root, no GPU, and no background
+# connections (the network is closed; they would fail noisily).
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-dev-shm-usage"]
+
+
+@pytest.fixture
+def browser_page(live_server, monkeypatch):
+    """A page in Debian's headless Chromium, driven by Playwright, with the console errors
+    it logs collected in ``page.console_errors``."""
+    if not CHROMIUM.exists():
+        pytest.skip("needs Debian's chromium at /usr/bin/chromium (scripts/test installs it)")
+    from playwright.sync_api import sync_playwright
+
+    # Playwright's sync API runs an event loop in this thread; the test's own ORM calls are
+    # still plain synchronous code.
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(15_000)
+        page.route("**/favicon.ico", lambda route: route.fulfill(status=204))
+        page.console_errors = []
+        page.on("console", lambda message: message.type == "error" and page.console_errors.append(message.text))
+        yield page
+        browser.close()

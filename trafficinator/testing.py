@@ -8,14 +8,15 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
 
 _sequence = count(1)
+TEST_PASSWORD = "pw-for-tests-only"
 
 
 def make_user(username: str | None = None, *, superuser: bool = False, staff: bool = True, perms: tuple[str, ...] = ()):
     User = get_user_model()
     username = username or f"user{next(_sequence)}"
     if superuser:
-        return User.objects.create_superuser(username=username, password="pw-for-tests-only")
-    user = User.objects.create_user(username=username, password="pw-for-tests-only", is_staff=staff)
+        return User.objects.create_superuser(username=username, password=TEST_PASSWORD)
+    user = User.objects.create_user(username=username, password=TEST_PASSWORD, is_staff=staff)
     for perm in perms:
         app_label, codename = perm.split(".")
         user.user_permissions.add(Permission.objects.get(content_type__app_label=app_label, codename=codename))
@@ -69,3 +70,12 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env.update({"DATABASE_URL": url, **extra})
     return env
+
+
+def log_in(page, live_server, user, next_url: str = "/") -> None:
+    """Log a Playwright page in through the admin's login form."""
+    page.goto(f"{live_server.url}/admin/login/?next={next_url}")
+    page.fill("#id_username", user.username)
+    page.fill("#id_password", TEST_PASSWORD)
+    page.click("input[type=submit]")
+    page.wait_for_url(f"{live_server.url}{next_url}")

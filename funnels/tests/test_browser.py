@@ -10,42 +10,21 @@ import pytest
 
 from funnels.models import Funnel
 from funnels.tests.factories import make_funnel, make_step
-from trafficinator.testing import make_user
+from trafficinator.testing import log_in, make_user
 
-CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOTS = os.environ.get("FUNNELS_SCREENSHOTS")  # a folder, to look at the pages
 
 pytestmark = [
     pytest.mark.browser,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium"),
     pytest.mark.django_db(transaction=True, serialized_rollback=True),
 ]
 
 
 @pytest.fixture
-def page(live_server, monkeypatch):
-    from playwright.sync_api import sync_playwright
-
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM),
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-dev-shm-usage"],
-            headless=True,
-        )
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.set_default_timeout(15_000)
-        page.console_errors = []
-        page.on("console", lambda message: message.type == "error" and page.console_errors.append(message.text))
-        user = make_user(superuser=True)
-        page.goto(f"{live_server.url}/admin/login/?next=/admin/")
-        page.fill("#id_username", user.username)
-        page.fill("#id_password", "pw-for-tests-only")
-        page.click("input[type=submit]")
-        page.wait_for_url(f"{live_server.url}/admin/")
-        page.console_errors.clear()  # the browser's own /favicon.ico request is a 404
-        yield page
-        browser.close()
+def page(browser_page, live_server):
+    log_in(browser_page, live_server, make_user(superuser=True), next_url="/admin/")
+    browser_page.console_errors.clear()
+    return browser_page
 
 
 def screenshot(page, name: str) -> None:

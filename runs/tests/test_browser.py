@@ -25,50 +25,25 @@ from django.utils import timezone
 
 from runs.loader.telemetry import RunTelemetry
 from runs.models import Run, RunSample
-from trafficinator.testing import make_preset, make_target, make_user, subprocess_env
+from trafficinator.testing import log_in, make_preset, make_target, make_user, subprocess_env
 
-CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(settings.BASE_DIR) / "test-artifacts"
 PANELS = ("#run-summary", "#run-charts", "#run-targets", "#run-log")
 
 pytestmark = [
     pytest.mark.browser,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium"),
     pytest.mark.django_db(transaction=True, serialized_rollback=True),
 ]
 
 
 @pytest.fixture
-def page(live_server, monkeypatch):
-    from playwright.sync_api import sync_playwright
-
-    # Playwright's sync API runs an event loop in this thread; the test's own ORM calls are
-    # still plain synchronous code.
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+def page(browser_page):
     ARTIFACTS.mkdir(exist_ok=True)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM),
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-dev-shm-usage"],
-            headless=True,
-        )
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.set_default_timeout(15_000)
-        page.route("**/favicon.ico", lambda route: route.fulfill(status=204))
-        page.console_errors = []
-        page.on("console", lambda message: message.type == "error" and page.console_errors.append(message.text))
-        page.panel_requests = []
-        page.on("request", lambda request: page.panel_requests.append(request.url) if "/runs/" in request.url else None)
-        yield page
-        browser.close()
-
-
-def log_in(page, live_server, user) -> None:
-    page.goto(f"{live_server.url}/admin/login/?next=/")
-    page.fill("#id_username", user.username)
-    page.fill("#id_password", "pw-for-tests-only")
-    page.click("input[type=submit]")
-    page.wait_for_url(f"{live_server.url}/")
+    browser_page.panel_requests = []
+    browser_page.on(
+        "request", lambda request: browser_page.panel_requests.append(request.url) if "/runs/" in request.url else None
+    )
+    return browser_page
 
 
 def start_run_from_the_dashboard(
