@@ -27,6 +27,24 @@ class RunLogInline(admin.TabularInline):
         return False
 
 
+RECORDED_FIELDS = [
+    "preset_name",
+    "status",
+    "stop_requested",
+    "end_reason",
+    "seed",
+    "created_by",
+    "created_at",
+    "started_at",
+    "heartbeat_at",
+    "finished_at",
+    "loader_pid",
+    "loader_host",
+    "stats",
+    "profile",
+]
+
+
 @admin.register(Run)
 class RunAdmin(admin.ModelAdmin):
     list_display = ["id", "preset_name", "status_label", "visits_per_day", "created_by", "created_at", "finished_at"]
@@ -34,43 +52,18 @@ class RunAdmin(admin.ModelAdmin):
     search_fields = ["preset_name", "end_reason"]
     inlines = [RunTargetInline, RunLogInline]
     actions = ["stop_runs", "resume_lost_runs", "close_lost_runs"]
-    readonly_fields = [
-        "status",
-        "stop_requested",
-        "end_reason",
-        "seed",
-        "profile",
-        "stats",
-        "created_by",
-        "created_at",
-        "started_at",
-        "heartbeat_at",
-        "finished_at",
-        "loader_pid",
-        "loader_host",
-        "preset_name",
-    ]
+    # The run's request (editable while queued) and what the loader recorded (read-only).
     fields = [
         "preset",
-        "preset_name",
         "visits_per_day",
         "duration_seconds",
         "max_visits",
         "daily_cap",
         "bulk",
         "batch_size",
-        *readonly_fields[:3],
-        "seed",
-        "created_by",
-        "created_at",
-        "started_at",
-        "heartbeat_at",
-        "finished_at",
-        "loader_pid",
-        "loader_host",
-        "stats",
-        "profile",
+        *RECORDED_FIELDS,
     ]
+    readonly_fields = RECORDED_FIELDS
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         # Runs are started from the dashboard or `run_traffic`, which snapshot the preset.

@@ -11,6 +11,18 @@ from targets.checks import run_check
 from targets.forms import TargetForm
 from targets.models import Target
 
+# Written by the connection check only, so shown read-only.
+LEARNED_FIELDS = [
+    "site_name",
+    "site_timezone",
+    "site_currency",
+    "matomo_version",
+    "token_can_write",
+    "last_checked_at",
+    "last_check_ok",
+    "last_check_message",
+]
+
 
 @admin.register(Target)
 class TargetAdmin(admin.ModelAdmin):
@@ -22,32 +34,9 @@ class TargetAdmin(admin.ModelAdmin):
     actions = ["check_connection"]
     fieldsets = [
         (None, {"fields": ["name", "matomo_url", "site_id", "token_auth", "clear_token", "enabled"]}),
-        (
-            "Learned from Matomo",
-            {
-                "fields": [
-                    "site_name",
-                    "site_timezone",
-                    "site_currency",
-                    "matomo_version",
-                    "token_can_write",
-                    "last_checked_at",
-                    "last_check_ok",
-                    "last_check_message",
-                ]
-            },
-        ),
+        ("Learned from Matomo", {"fields": LEARNED_FIELDS}),
     ]
-    readonly_fields = [
-        "site_name",
-        "site_timezone",
-        "site_currency",
-        "matomo_version",
-        "token_can_write",
-        "last_checked_at",
-        "last_check_ok",
-        "last_check_message",
-    ]
+    readonly_fields = LEARNED_FIELDS
 
     def get_fieldsets(self, request, obj=None):
         fieldsets = super().get_fieldsets(request, obj)

@@ -125,3 +125,26 @@ def test_the_reaper_is_scheduled_every_five_minutes_after_migrate():
 
     schedule = Schedule.objects.get(func="runs.tasks.reap_stale_runs")
     assert (schedule.schedule_type, schedule.minutes, schedule.repeats) == (Schedule.MINUTES, 5, -1)
+
+
+@pytest.mark.django_db
+def test_run_admin_shows_a_run_and_its_stop_action_needs_the_run_traffic_permission(client):
+    from django.urls import reverse
+
+    run = make_run()
+    run.claim(pid=1, host="a")
+    client.force_login(make_user(superuser=True))
+    assert client.get(reverse("admin:runs_run_changelist")).status_code == 200
+    page = client.get(reverse("admin:runs_run_change", args=[run.pk]))
+    assert page.status_code == 200 and b"Created by" in page.content
+
+    viewer = make_user(perms=("runs.view_run",))
+    client.force_login(viewer)
+    client.post(reverse("admin:runs_run_changelist"), {"action": "stop_runs", "_selected_action": [run.pk]})
+    run.refresh_from_db()
+    assert run.status == Run.Status.RUNNING  # a viewer cannot stop it
+
+    client.force_login(make_user(superuser=True))
+    client.post(reverse("admin:runs_run_changelist"), {"action": "stop_runs", "_selected_action": [run.pk]})
+    run.refresh_from_db()
+    assert run.status == Run.Status.STOPPING and run.end_reason.startswith("Stopped by")
