@@ -226,3 +226,27 @@ def test_the_actual_visits_per_day_of_the_last_minute_is_reported(fake_matomo, f
     # 40 visits started within the last minute: 40 x 1,440 a day, whatever the set rate.
     assert run.stats["targets"][key]["visits_per_day"] == 40 * 1440
     assert run.stats["totals"]["visits_per_day"] == 40 * 1440
+
+
+@pytest.mark.django_db
+def test_the_daily_cap_pauses_a_run_until_the_next_local_day(fake_matomo, fast_preset):
+    from datetime import UTC, datetime
+
+    from runs.live import LiveLoader
+
+    run = Run.objects.create_run(preset=fast_preset, targets=[local_target(fake_matomo)], daily_cap=2)
+    loader = LiveLoader(run)  # not built: no targets, so days are counted in UTC
+    day_one = datetime(2026, 3, 2, 10, tzinfo=UTC).timestamp()
+    day_two = datetime(2026, 3, 3, 0, 0, 1, tzinfo=UTC).timestamp()
+
+    def admit(start: float) -> bool:
+        if loader._daily_cap_reached(start):
+            return False
+        loader._visits_today += 1  # what _start_due_visits does for an admitted visit
+        return True
+
+    assert [admit(day_one + i) for i in range(4)] == [True, True, False, False]
+    assert [admit(day_two + i) for i in range(3)] == [True, True, False]
+    messages = list(run.logs.values_list("message", flat=True))
+    assert any("Daily cap of 2 visits reached" in m for m in messages)
+    assert any("resuming after the daily cap" in m for m in messages)
