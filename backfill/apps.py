@@ -2,5 +2,5 @@ from django.apps import AppConfig
 
 
 class BackfillConfig(AppConfig):
-    default_auto_field = 'django.db.models.BigAutoField'
-    name = 'backfill'
+    default_auto_field = "django.db.models.BigAutoField"
+    name = "backfill"

@@ -1,2 +1,637 @@
+"""Backfill plans: one-off historical runs with an explicit confirm lifecycle.
 
-# Create your models here.
+A plan is draft -> confirmed -> running -> completed | failed | cancelled. A draft can be
+edited and shows an estimate; confirming freezes it (the preset's knobs, the per-day
+visit counts, the site time zones and the estimate) and is recorded with who and when.
+Finished plans are locked: "run again" clones them into a new draft. Every transition is
+a conditional UPDATE on the current status, so two processes can never both win.
+
+Progress lives on ``BackfillDay`` rows (one per target and site-local day): a worker
+claims a day with a conditional UPDATE, checkpoints after every acknowledged batch and
+fences every write with its claim token, so a cancelled plan or a worker that was taken
+over stops at its next write. See ``backfill.runner`` for the sending side.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import uuid
+from datetime import date, timedelta
+from typing import TYPE_CHECKING
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models, transaction
+from django.db.models import Exists, OuterRef, Q, Sum
+from django.utils import timezone
+
+from presets.models import Preset
+from targets.models import Target
+
+if TYPE_CHECKING:
+    from backfill.progress import PlanProgress
+
+MAX_WINDOW_DAYS = 180
+MAX_TOTAL_VISITS = 200_000_000
+# A worker writes a heartbeat at least every HEARTBEAT_SECONDS while it holds a day
+# (also while a batch is being retried); a day silent for STALE_AFTER is free to take.
+HEARTBEAT_SECONDS = 10
+STALE_AFTER = timedelta(seconds=90)
+
+
+def worker_label() -> str:
+    """``host:pid`` of this process, stored on the day it holds."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _pid_is_gone(label: str) -> bool:
+    """Whether ``label`` names a process of this host that no longer exists (a killed
+    worker), so its day can be taken over without waiting for STALE_AFTER."""
+    host, _, pid = label.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def new_seed() -> int:
+    return secrets.randbelow(2**31)
+
+
+class BackfillPlanQuerySet(models.QuerySet):
+    @transaction.atomic
+    def create_plan(
+        self,
+        *,
+        targets: list[Target],
+        preset: Preset,
+        start_date: date | None = None,
+        end_date: date | None = None,
+        last_days: int | None = None,
+        visits_per_day: int | None = None,
+        daily_cap: int | None = None,
+        total_cap: int | None = None,
+        seed: int | None = None,
+        max_requests_per_second: float | None = None,
+        batch_size: int = 400,
+        parallel_days: int = 1,
+        created_by=None,
+        today: date | None = None,
+    ) -> BackfillPlan:
+        """A validated draft. The window is explicit dates or ``last_days`` (the N fully
+        past days ending yesterday in the site's time zone). Raises ValidationError with
+        every guardrail that fails."""
+        from backfill.planning import check_plan, last_days_window, snapshot_profile
+
+        if last_days is not None:
+            if start_date or end_date:
+                raise ValidationError({"last_days": "Give either start and end dates or a number of days, not both."})
+            start_date, end_date = last_days_window(last_days, targets, preset.timezone, today)
+        if start_date is None or end_date is None:
+            raise ValidationError({"start_date": "Give the first and last day, or the number of last days."})
+        plan = self.model(
+            preset=preset,
+            preset_name=preset.name,
+            profile=snapshot_profile(preset),
+            start_date=start_date,
+            end_date=end_date,
+            visits_per_day=visits_per_day or preset.visits_per_day,
+            daily_cap=daily_cap if daily_cap is not None else preset.daily_cap,
+            total_cap=total_cap,
+            seed=seed if seed is not None else new_seed(),
+            max_requests_per_second=max_requests_per_second,
+            batch_size=batch_size,
+            parallel_days=parallel_days,
+            created_by=created_by if getattr(created_by, "pk", None) else None,
+        )
+        plan.full_clean()
+        check_plan(plan, targets, today=today)
+        plan.save()
+        plan.targets.set(targets)
+        who = getattr(created_by, "username", "") or "the command line"
+        plan.log(
+            BackfillLog.Level.INFO,
+            f"Draft created by {who}: {plan.start_date} – {plan.end_date}, preset {preset.name}, "
+            f"{plan.visits_per_day} visits/day, seed {plan.seed}.",
+        )
+        return plan
+
+    def active(self) -> BackfillPlanQuerySet:
+        """Confirmed or running: what the dashboard shows with its progress."""
+        return self.filter(status__in=BackfillPlan.ACTIVE_STATUSES)
+
+    def finished(self) -> BackfillPlanQuerySet:
+        return self.filter(status__in=BackfillPlan.FINISHED_STATUSES)
+
+
+class BackfillPlan(models.Model):
+    class Status(models.TextChoices):
+        DRAFT = "draft", "Draft"
+        CONFIRMED = "confirmed", "Confirmed"
+        RUNNING = "running", "Running"
+        COMPLETED = "completed", "Completed"
+        FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
+
+    class Invalidation(models.TextChoices):
+        NONE = "", "Not yet"
+        PENDING = "pending", "In progress"
+        DONE = "done", "Reports invalidated"
+        FAILED = "failed", "Invalidation failed"
+        NOT_NEEDED = "not_needed", "Nothing to invalidate"
+
+    ACTIVE_STATUSES = (Status.CONFIRMED, Status.RUNNING)
+    FINISHED_STATUSES = (Status.COMPLETED, Status.FAILED, Status.CANCELLED)
+
+    targets = models.ManyToManyField(Target, related_name="backfill_plans")
+    preset = models.ForeignKey(Preset, on_delete=models.SET_NULL, null=True, blank=True, related_name="backfills")
+    preset_name = models.CharField(max_length=100)
+    profile = models.JSONField(
+        default=dict, help_text="The preset's knobs; refreshed while a draft, frozen at confirmation."
+    )
+    start_date = models.DateField(help_text="First day, in the site's time zone.")
+    end_date = models.DateField(help_text="Last day (included), in the site's time zone; yesterday at the latest.")
+    visits_per_day = models.PositiveIntegerField(
+        validators=[MinValueValidator(1), MaxValueValidator(50_000_000)],
+        help_text="Average over a week; each day gets its weekday's share (the preset's weekly curve).",
+    )
+    daily_cap = models.PositiveIntegerField(
+        null=True, blank=True, validators=[MinValueValidator(1)], help_text="At most this many visits on any day."
+    )
+    total_cap = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1)],
+        help_text="At most this many visits in all; days are scaled down evenly to fit.",
+    )
+    seed = models.BigIntegerField(default=new_seed, help_text="Same seed, same visits (per day and target).")
+    max_requests_per_second = models.FloatField(
+        "requests per second limit",
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0.01), MaxValueValidator(10_000)],
+        help_text="Bulk requests per second per target (shared by its parallel days). Blank: no limit.",
+    )
+    batch_size = models.PositiveIntegerField(
+        default=400,
+        validators=[MinValueValidator(1), MaxValueValidator(5000)],
+        help_text="Hits per batch of whole visits, sent as up to 4 requests of at least 100 hits at once; "
+        "the checkpoint unit (at most one batch is repeated after a crash).",
+    )
+    parallel_days = models.PositiveSmallIntegerField(
+        default=1,
+        validators=[MinValueValidator(1), MaxValueValidator(16)],
+        help_text="Days of one target sent at once. 1 = strict date order. More: returning visitors "
+        "return only every N days (see README).",
+    )
+
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.DRAFT)
+    end_reason = models.TextField(blank=True)
+    estimate = models.JSONField(default=dict, blank=True, help_text="The estimate the user confirmed.")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    confirmed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    confirmed_by_name = models.CharField(max_length=255, blank=True, help_text="Who confirmed, as shown.")
+    confirmed_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    cloned_from = models.ForeignKey("self", on_delete=models.SET_NULL, null=True, blank=True, related_name="clones")
+
+    invalidation = models.CharField(max_length=16, choices=Invalidation.choices, default="", blank=True)
+    invalidation_message = models.TextField(blank=True)
+    invalidated_at = models.DateTimeField(null=True, blank=True)
+
+    objects = BackfillPlanQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+        permissions = [("run_backfill", "Can confirm, start and cancel backfills")]
+        indexes = [
+            # The dashboard's "active backfills" and the list page's grouping by status.
+            models.Index(fields=["status", "-created_at"], name="backfill_status_created_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"Backfill {self.pk} ({self.preset_name}, {self.start_date} – {self.end_date})"
+
+    # --- derived state -------------------------------------------------------------
+
+    @property
+    def is_draft(self) -> bool:
+        return self.status == self.Status.DRAFT
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in self.ACTIVE_STATUSES
+
+    @property
+    def is_locked(self) -> bool:
+        """Finished plans never change again; "run again" clones them."""
+        return self.status in self.FINISHED_STATUSES
+
+    def can_edit(self) -> bool:
+        return self.status == self.Status.DRAFT
+
+    def can_confirm(self) -> bool:
+        return self.status == self.Status.DRAFT
+
+    def can_cancel(self) -> bool:
+        return self.status in (self.Status.DRAFT, self.Status.CONFIRMED, self.Status.RUNNING)
+
+    @property
+    def day_count(self) -> int:
+        return (self.end_date - self.start_date).days + 1
+
+    def window(self) -> list[date]:
+        return [self.start_date + timedelta(days=offset) for offset in range(self.day_count)]
+
+    def lane_of(self, day: date) -> int:
+        """Days of one target are spread over ``parallel_days`` lanes round robin; a lane
+        sends its days in date order and has its own returning visitors."""
+        return (day - self.start_date).days % max(1, self.parallel_days)
+
+    def lane_seed(self, lane: int) -> int | str:
+        """Lane 0 uses the plan's seed as it is (so ``parallel_days=1`` gives exactly
+        ``day_visits(seed=plan.seed)``); other lanes get their own visitor pools."""
+        return self.seed if lane == 0 else f"{self.seed}:lane{lane}"
+
+    @property
+    def order_id_prefix(self) -> str:
+        # Order ids must be unique per site forever: a plan id keeps clones apart.
+        return f"bf{self.pk}"
+
+    def confirmation_phrase(self, targets: list[Target] | None = None) -> str:
+        """What the user types to confirm: the target's name (names, comma-separated)."""
+        targets = targets if targets is not None else list(self.targets.order_by("name"))
+        return ", ".join(target.name for target in targets)
+
+    def progress(self) -> PlanProgress:
+        """Days, visits and hits so far, hits/s and ETA (one aggregate query)."""
+        from backfill.progress import PlanProgress
+
+        return PlanProgress.of(self)
+
+    # --- transitions (conditional updates) -------------------------------------------
+
+    def _transition(self, from_statuses, **changes) -> bool:
+        updated = BackfillPlan.objects.filter(pk=self.pk, status__in=list(from_statuses)).update(**changes)
+        if updated:
+            self.refresh_from_db()
+        return bool(updated)
+
+    def confirm(self, by=None, *, by_name: str = "", today: date | None = None) -> bool:
+        """draft -> confirmed after the user saw the estimate: re-checks every guardrail,
+        freezes the per-day plan and the estimate, records who and when. Raises
+        ValidationError when a guardrail fails; returns False if no longer a draft."""
+        from backfill.planning import build_estimate, check_plan, planned_days
+
+        if self.status != self.Status.DRAFT:
+            return False
+        targets = list(self.targets.order_by("name"))
+        check_plan(self, targets, today=today)
+        days = planned_days(self, targets)
+        estimate = build_estimate(self, targets, days=days)
+        who = by_name or getattr(by, "username", "") or "unknown"
+        with transaction.atomic():
+            won = BackfillPlan.objects.filter(pk=self.pk, status=self.Status.DRAFT).update(
+                status=self.Status.CONFIRMED,
+                confirmed_by=by if getattr(by, "pk", None) else None,
+                confirmed_by_name=who,
+                confirmed_at=timezone.now(),
+                estimate=estimate.as_json(),
+            )
+            if not won:
+                return False
+            BackfillDay.objects.bulk_create(
+                BackfillDay(
+                    plan_id=self.pk,
+                    target=item.target,
+                    day=item.day,
+                    lane=item.lane,
+                    timezone=item.timezone,
+                    planned_visits=item.visits,
+                )
+                for item in days
+            )
+            self.refresh_from_db()
+            self.log(
+                BackfillLog.Level.INFO,
+                f"Confirmed by {who}: {estimate.summary_text()}",
+            )
+        return True
+
+    def start(self, *, enqueue: bool = True) -> bool:
+        """confirmed -> running. With ``enqueue`` the first day of every target and lane
+        goes to the workers once the transaction commits; the command runs days itself."""
+        if not self._transition([self.Status.CONFIRMED], status=self.Status.RUNNING, started_at=timezone.now()):
+            return False
+        where = "on the workers" if enqueue else "in the foreground (command line)"
+        self.log(BackfillLog.Level.INFO, f"Started {where}.")
+        if enqueue:
+            self.enqueue_next_days()
+        return True
+
+    def cancel(self, by=None, reason: str = "") -> bool:
+        """draft/confirmed/running -> cancelled. Workers stop at their next checkpoint
+        (their claims are cleared); what was sent stays in Matomo."""
+        who = getattr(by, "username", "") or str(by or "") or "the command line"
+        reason = reason or f"Cancelled by {who}."
+        with transaction.atomic():
+            if not self._transition(
+                [self.Status.DRAFT, self.Status.CONFIRMED, self.Status.RUNNING],
+                status=self.Status.CANCELLED,
+                end_reason=reason,
+                finished_at=timezone.now(),
+            ):
+                return False
+            self._stop_open_days()
+            self.log(BackfillLog.Level.WARNING, reason)
+        return True
+
+    def fail(self, reason: str) -> bool:
+        """confirmed/running -> failed; every other worker of the plan stops at its next
+        checkpoint."""
+        with transaction.atomic():
+            if not self._transition(
+                [self.Status.CONFIRMED, self.Status.RUNNING],
+                status=self.Status.FAILED,
+                end_reason=reason,
+                finished_at=timezone.now(),
+            ):
+                return False
+            self._stop_open_days()
+            self.log(BackfillLog.Level.ERROR, f"Failed: {reason}")
+        return True
+
+    def complete_if_finished(self) -> bool:
+        """running -> completed once every day is done (exactly one caller wins)."""
+        unfinished = BackfillDay.objects.filter(plan=OuterRef("pk")).exclude(status=BackfillDay.Status.DONE)
+        won = (
+            BackfillPlan.objects.filter(pk=self.pk, status=self.Status.RUNNING)
+            .filter(~Exists(unfinished))
+            .update(status=self.Status.COMPLETED, finished_at=timezone.now(), end_reason="Every day was sent.")
+        )
+        if won:
+            self.refresh_from_db()
+            totals = self.days.aggregate(
+                visits=Sum("visits_done"), hits=Sum("hits_sent"), accepted=Sum("hits_accepted")
+            )
+            self.log(
+                BackfillLog.Level.INFO,
+                f"Completed: {totals['visits'] or 0} visits, {totals['hits'] or 0} hits, "
+                f"{totals['accepted'] or 0} accepted.",
+            )
+        return bool(won)
+
+    def _stop_open_days(self) -> None:
+        self.days.filter(status__in=[BackfillDay.Status.PENDING, BackfillDay.Status.RUNNING]).update(
+            status=BackfillDay.Status.STOPPED, claim_token=None
+        )
+
+    def claim_invalidation(self) -> bool:
+        """Exactly one caller invalidates reports once the plan ended."""
+        won = BackfillPlan.objects.filter(
+            pk=self.pk, status__in=self.FINISHED_STATUSES, invalidation=self.Invalidation.NONE
+        ).update(invalidation=self.Invalidation.PENDING)
+        return bool(won)
+
+    def record_invalidation(self, status: str, message: str) -> None:
+        BackfillPlan.objects.filter(pk=self.pk).update(
+            invalidation=status, invalidation_message=message, invalidated_at=timezone.now()
+        )
+        self.refresh_from_db(fields=["invalidation", "invalidation_message", "invalidated_at"])
+
+    @transaction.atomic
+    def clone(self, by=None) -> BackfillPlan:
+        """A new draft with the same settings and a fresh seed (the same seed would send
+        the same visitors with the same times again)."""
+        from backfill.planning import snapshot_profile
+
+        copy = BackfillPlan.objects.create(
+            preset=self.preset,
+            preset_name=self.preset.name if self.preset else self.preset_name,
+            profile=snapshot_profile(self.preset) if self.preset else self.profile,
+            start_date=self.start_date,
+            end_date=self.end_date,
+            visits_per_day=self.visits_per_day,
+            daily_cap=self.daily_cap,
+            total_cap=self.total_cap,
+            seed=new_seed(),
+            max_requests_per_second=self.max_requests_per_second,
+            batch_size=self.batch_size,
+            parallel_days=self.parallel_days,
+            created_by=by if getattr(by, "pk", None) else None,
+            cloned_from=self,
+        )
+        copy.targets.set(self.targets.all())
+        who = getattr(by, "username", "") or "the command line"
+        copy.log(
+            BackfillLog.Level.INFO,
+            f"Cloned from plan {self.pk} by {who}; new seed {copy.seed} (plan {self.pk} used {self.seed}).",
+        )
+        return copy
+
+    # --- days and workers -------------------------------------------------------------
+
+    def next_days(self) -> list[BackfillDay]:
+        """For every target and lane whose days are not all done: its oldest unfinished
+        day, if nothing of the lane is held by a live worker. What to enqueue now."""
+        if self.status != self.Status.RUNNING:
+            return []
+        chosen: dict[tuple[int, int], BackfillDay] = {}
+        busy: set[tuple[int, int]] = set()
+        now = timezone.now()
+        for day in self.days.exclude(status=BackfillDay.Status.DONE).order_by("target_id", "lane", "day"):
+            key = (day.target_id, day.lane)
+            if day.status == BackfillDay.Status.RUNNING and not day.holder_is_gone(now):
+                busy.add(key)
+            if key not in chosen:
+                chosen[key] = day
+        return [day for key, day in chosen.items() if key not in busy and day.status != BackfillDay.Status.FAILED]
+
+    def enqueue_next_in_lane(self, day: BackfillDay) -> int | None:
+        """After ``day`` is done: hand its lane's next day to the workers (the chain)."""
+        from backfill.tasks import enqueue_day
+
+        if self.status != self.Status.RUNNING:
+            return None
+        following = (
+            self.days.filter(target_id=day.target_id, lane=day.lane, day__gt=day.day, status=BackfillDay.Status.PENDING)
+            .order_by("day")
+            .values_list("pk", flat=True)
+            .first()
+        )
+        if following is not None:
+            transaction.on_commit(lambda: enqueue_day(following))
+        return following
+
+    def enqueue_next_days(self) -> list[int]:
+        """Hand the next day of every free lane to the workers (after commit)."""
+        from backfill.tasks import enqueue_day
+
+        ids = [day.pk for day in self.next_days()]
+        for day_id in ids:
+            transaction.on_commit(lambda day_id=day_id: enqueue_day(day_id))
+        return ids
+
+    def resume(self, by=None) -> int:
+        """Re-enqueue the lanes of a running plan whose worker is gone (killed, restarted).
+        Returns how many days were handed to the workers."""
+        ids = self.enqueue_next_days()
+        if ids:
+            who = getattr(by, "username", "") or "the command line"
+            self.log(BackfillLog.Level.WARNING, f"Resumed by {who}: {len(ids)} day(s) handed to the workers again.")
+        return len(ids)
+
+    def log(self, level: str, message: str, *, target: Target | None = None, day: date | None = None) -> BackfillLog:
+        return BackfillLog.objects.create(plan=self, level=level, message=message, target=target, day=day)
+
+
+class BackfillDay(models.Model):
+    """One target's local day of a confirmed plan, and how far it got.
+
+    ``visits_done`` is the checkpoint: visits acknowledged by Matomo, in start order; a
+    resumed day regenerates the stream with ``skip=visits_done``. ``in_flight_visits`` is
+    the size of the batch that was on the wire at the last checkpoint: if its worker died,
+    that batch may or may not have been recorded, and is sent again (the documented
+    bound: at most one batch per worker repeated)."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        RUNNING = "running", "Sending"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed"
+        STOPPED = "stopped", "Not sent (plan ended)"
+
+    plan = models.ForeignKey(BackfillPlan, on_delete=models.CASCADE, related_name="days")
+    target = models.ForeignKey(Target, on_delete=models.PROTECT, related_name="backfill_days")
+    day = models.DateField()
+    lane = models.PositiveSmallIntegerField(default=0)
+    timezone = models.CharField(max_length=64, help_text="The site's time zone at confirmation.")
+    planned_visits = models.PositiveIntegerField()
+
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    visits_done = models.PositiveIntegerField(default=0)
+    in_flight_visits = models.PositiveIntegerField(default=0)
+    hits_sent = models.PositiveBigIntegerField(default=0)
+    hits_accepted = models.PositiveBigIntegerField(default=0)
+    hits_invalid = models.PositiveBigIntegerField(default=0)
+    hits_failed = models.PositiveBigIntegerField(default=0)
+    hits_resent = models.PositiveBigIntegerField(
+        default=0, help_text="Hits sent a second time after an interruption (at most one batch each time)."
+    )
+    active_seconds = models.FloatField(default=0.0, help_text="Time spent sending this day (for the ETA).")
+
+    claim_token = models.UUIDField(null=True, blank=True, editable=False)
+    worker = models.CharField(max_length=255, blank=True, help_text="host:pid of the worker that holds or held it.")
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    message = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["plan", "target__name", "day"]
+        constraints = [
+            models.UniqueConstraint(fields=["plan", "target", "day"], name="backfill_day_unique"),
+        ]
+        indexes = [
+            # Progress aggregates and "open days of this plan" (next_days, stalled).
+            models.Index(fields=["plan", "status"], name="backfill_day_plan_status_idx"),
+            # The lane-order guard in claim(): earlier days of the same target and lane.
+            models.Index(fields=["plan", "target", "lane", "day"], name="backfill_day_lane_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.day} ({self.get_status_display().lower()})"
+
+    @property
+    def hits_per_visit(self) -> float | None:
+        return self.hits_sent / self.visits_done if self.visits_done else None
+
+    @property
+    def percent_done(self) -> float:
+        return 100.0 * self.visits_done / self.planned_visits if self.planned_visits else 100.0
+
+    def holder_is_gone(self, now=None) -> bool:
+        """A running day whose worker stopped writing heartbeats, or is a dead process
+        of this host."""
+        if self.status != self.Status.RUNNING:
+            return False
+        now = now or timezone.now()
+        if self.heartbeat_at is None or now - self.heartbeat_at > STALE_AFTER:
+            return True
+        return _pid_is_gone(self.worker)
+
+    @classmethod
+    def claim(cls, day_id: int, worker: str | None = None) -> tuple[BackfillDay, uuid.UUID] | None:
+        """pending (or held by a gone worker) -> running for exactly one caller, and only
+        when the plan runs and every earlier day of the same target and lane is done
+        (strict date order per lane). Returns the day and its claim token, or None."""
+        worker = worker or worker_label()
+        day = cls.objects.filter(pk=day_id).first()
+        if day is None:
+            return None
+        now = timezone.now()
+        free = Q(status=cls.Status.PENDING)
+        if day.holder_is_gone(now):
+            # Compare-and-swap on what we saw, so two takers cannot both win.
+            free |= Q(status=cls.Status.RUNNING, worker=day.worker, heartbeat_at=day.heartbeat_at)
+        earlier_open = cls.objects.filter(
+            plan=OuterRef("plan"), target=OuterRef("target"), lane=OuterRef("lane"), day__lt=OuterRef("day")
+        ).exclude(status=cls.Status.DONE)
+        token = uuid.uuid4()
+        won = (
+            cls.objects.filter(free, pk=day_id, plan__status=BackfillPlan.Status.RUNNING)
+            .filter(~Exists(earlier_open))
+            .update(
+                status=cls.Status.RUNNING,
+                claim_token=token,
+                worker=worker,
+                heartbeat_at=now,
+                started_at=day.started_at or now,
+            )
+        )
+        if not won:
+            return None
+        day.refresh_from_db()
+        return day, token
+
+    def fenced(self, token: uuid.UUID) -> models.QuerySet:
+        """This day, only while ``token`` still holds it (cancel/fail/takeover clear it)."""
+        return BackfillDay.objects.filter(pk=self.pk, claim_token=token, status=self.Status.RUNNING)
+
+
+class BackfillLog(models.Model):
+    """Notable events of a plan: confirmation, start, first error of each kind, resume,
+    failure, invalidation. Never one row per hit or batch."""
+
+    class Level(models.TextChoices):
+        INFO = "info", "Info"
+        WARNING = "warning", "Warning"
+        ERROR = "error", "Error"
+
+    plan = models.ForeignKey(BackfillPlan, on_delete=models.CASCADE, related_name="logs")
+    created_at = models.DateTimeField(default=timezone.now)
+    level = models.CharField(max_length=8, choices=Level.choices, default=Level.INFO)
+    message = models.TextField()
+    target = models.ForeignKey(Target, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    day = models.DateField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["created_at", "pk"]
+        indexes = [models.Index(fields=["plan", "created_at"], name="backfill_log_plan_created_idx")]
+
+    def __str__(self) -> str:
+        return f"[{self.level}] {self.message}"

@@ -12,5 +12,6 @@ urlpatterns = [
     path("health/", views.health, name="health"),
     path("runs/", include("runs.urls")),
     path("funnels/", include("funnels.urls")),
+    path("backfill/", include("backfill.urls")),
     path("admin/", admin.site.urls),
 ]

@@ -1,0 +1,138 @@
+"""The plan form (new draft, edit draft; also the admin's) and the confirmation form."""
+
+from __future__ import annotations
+
+from django import forms
+from django.core.exceptions import ValidationError
+
+from backfill.models import BackfillLog, BackfillPlan, new_seed
+from backfill.planning import check_plan, last_days_window, snapshot_profile
+from presets.models import Preset
+from targets.models import Target
+
+
+class TargetChoiceField(forms.ModelMultipleChoiceField):
+    def label_from_instance(self, obj: Target) -> str:
+        site = f"site {obj.site_id}" + (f" “{obj.site_name}”" if obj.site_name else "")
+        zone = f", {obj.site_timezone}" if obj.site_timezone else ""
+        ready = "" if obj.has_token and obj.last_check_ok and obj.token_can_write else " (not ready: check its token)"
+        return f"{obj.name} – {site}{zone}{ready}"
+
+
+class BackfillPlanForm(forms.ModelForm):
+    """A draft's settings. Validation is the plan's guardrails (``planning.check_plan``),
+    shown next to the fields; the window is dates or "the last N days"."""
+
+    targets = TargetChoiceField(
+        queryset=Target.objects.enabled().order_by("name"),
+        widget=forms.CheckboxSelectMultiple,
+        error_messages={"required": "Choose at least one target."},
+    )
+    preset = forms.ModelChoiceField(queryset=Preset.objects.all(), empty_label=None)
+    last_days = forms.IntegerField(
+        label="Or: the last N days",
+        required=False,
+        min_value=1,
+        max_value=366,
+        help_text="Instead of dates: the N fully past days ending yesterday, in the site's time zone.",
+    )
+    start_date = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}))
+    end_date = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}))
+    visits_per_day = forms.IntegerField(
+        required=False, min_value=1, max_value=50_000_000, help_text="Blank: the preset's. Shaped by its weekly curve."
+    )
+    seed = forms.IntegerField(required=False, help_text="Blank: a random seed. Same seed, same visits.")
+
+    class Meta:
+        model = BackfillPlan
+        fields = [
+            "targets",
+            "preset",
+            "start_date",
+            "end_date",
+            "last_days",
+            "visits_per_day",
+            "daily_cap",
+            "total_cap",
+            "seed",
+            "max_requests_per_second",
+            "batch_size",
+            "parallel_days",
+        ]
+
+    def __init__(self, *args, today=None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.today = today
+        if self.instance.pk:
+            self.initial.setdefault("targets", list(self.instance.targets.all()))
+
+    def clean(self) -> dict:
+        data = super().clean()
+        preset: Preset | None = data.get("preset")
+        targets = list(data.get("targets") or [])
+        if preset is None or self.errors:
+            return data
+        last_days = data.get("last_days")
+        start, end = data.get("start_date"), data.get("end_date")
+        if last_days:
+            if start or end:
+                self.add_error("last_days", "Give either the first and last day or a number of days, not both.")
+                return data
+            start, end = last_days_window(last_days, targets, preset.timezone, self.today)
+            data["start_date"], data["end_date"] = start, end
+        elif not (start and end):
+            self.add_error("start_date", "Give the first and last day, or the number of last days.")
+            return data
+        plan = self.instance
+        plan.preset = preset
+        plan.preset_name = preset.name
+        plan.profile = snapshot_profile(preset)
+        plan.start_date, plan.end_date = start, end
+        plan.visits_per_day = data["visits_per_day"] = data.get("visits_per_day") or preset.visits_per_day
+        if data.get("seed") is None:  # blank: keep the draft's seed (a new draft's is random)
+            data["seed"] = plan.seed if plan.seed is not None else new_seed()
+        plan.seed = data["seed"]
+        try:
+            check_plan(plan, targets, today=self.today)
+        except ValidationError as exc:
+            for field, messages in exc.message_dict.items():
+                self.add_error(field if field in self.fields else None, messages)
+        return data
+
+    def save_draft(self, user=None) -> BackfillPlan:
+        """Save the draft and its targets, with a log line saying who did what."""
+        plan = self.instance
+        if plan.pk and not plan.can_edit():
+            raise ValidationError("Only drafts can be edited; run the plan again to change it.")
+        creating = plan.pk is None
+        if creating and getattr(user, "pk", None):
+            plan.created_by = user
+        plan.save()
+        plan.targets.set(self.cleaned_data["targets"])
+        who = getattr(user, "username", "") or "someone"
+        verb = "Draft created" if creating else "Draft edited"
+        plan.log(
+            BackfillLog.Level.INFO,
+            f"{verb} by {who}: {plan.start_date} – {plan.end_date}, preset {plan.preset_name}, "
+            f"{plan.visits_per_day} visits/day, seed {plan.seed}.",
+        )
+        return plan
+
+
+class ConfirmForm(forms.Form):
+    """The explicit act: type the target's name (names) to confirm."""
+
+    typed_name = forms.CharField(label="Type the target's name to confirm", max_length=1000)
+
+    def __init__(self, *args, plan: BackfillPlan, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.plan = plan
+        self.phrase = plan.confirmation_phrase()
+        if "," in self.phrase:
+            self.fields["typed_name"].label = "Type the targets' names, comma-separated, to confirm"
+
+    def clean_typed_name(self) -> str:
+        typed = " ".join(self.cleaned_data["typed_name"].split())
+        if typed != self.phrase:
+            raise ValidationError(f"That is not “{self.phrase}”. Nothing was confirmed.")
+        return typed

@@ -1,0 +1,303 @@
+"""manage.py backfill: plan, confirm and send a historical backfill from a terminal.
+
+    manage.py backfill --target shop --preset Medium --last-days 30 [--yes]
+    manage.py backfill --resume 12
+
+The days run in this process, one after the other, through the same code as the workers'
+tasks. Ctrl-C stops after the batch on the wire is answered and leaves the plan running
+and resumable (``--resume``); a second Ctrl-C stops at once.
+"""
+
+from __future__ import annotations
+
+import getpass
+import signal
+import socket
+import sys
+import time
+from argparse import ArgumentParser, ArgumentTypeError
+from datetime import date
+
+from django.core.exceptions import ValidationError
+from django.core.management.base import BaseCommand, CommandError
+from django.db.models import Sum
+
+from backfill.foreground import run_in_foreground
+from backfill.models import BackfillDay, BackfillPlan
+from backfill.planning import Estimate, build_estimate, format_duration
+from backfill.runner import DayResult, DayState
+from presets.models import Preset
+from targets.models import Target
+from trafficinator.validation import format_errors
+
+INTERRUPTED_EXIT_CODE = 130
+
+
+def iso_date(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise ArgumentTypeError(f"“{text}” is not a date; use YYYY-MM-DD.") from None
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise ArgumentTypeError(f"“{text}” is not a whole number.") from None
+    if value < 1:
+        raise ArgumentTypeError(f"{value} must be 1 or more.")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ArgumentTypeError(f"“{text}” is not a number.") from None
+    if value <= 0:
+        raise ArgumentTypeError(f"{value} must be above 0.")
+    return value
+
+
+def summary_line(plan: BackfillPlan) -> str:
+    """``days=<n> visits=<n> hits=<n> accepted=<n> invalid=<n> failed=<n>``"""
+    return plan.progress().summary_line()
+
+
+class Command(BaseCommand):
+    help = (
+        "Backfill past days into Matomo: prints the estimate, asks to confirm (or --yes), sends the days in the "
+        "foreground and ends with a summary line. --resume PLAN_ID continues an interrupted plan."
+    )
+
+    def add_arguments(self, parser: ArgumentParser) -> None:
+        parser.add_argument("--target", action="append", help="Target name (repeat for several).")
+        parser.add_argument("--preset", help="Preset name, e.g. Medium.")
+        parser.add_argument("--start", type=iso_date, help="First day, YYYY-MM-DD (site time zone).")
+        parser.add_argument("--end", type=iso_date, help="Last day, YYYY-MM-DD; yesterday at the latest.")
+        parser.add_argument("--last-days", type=positive_int, help="The N fully past days ending yesterday.")
+        parser.add_argument("--visits-per-day", type=positive_int, help="Average visits per day (default: preset's).")
+        parser.add_argument("--daily-cap", type=positive_int, help="At most this many visits on any day.")
+        parser.add_argument("--total-cap", type=positive_int, help="At most this many visits in all.")
+        parser.add_argument("--seed", type=int, help="Seed (default: random). Same seed, same visits.")
+        parser.add_argument("--rps", type=positive_float, help="At most this many bulk requests per second.")
+        parser.add_argument("--batch-size", type=positive_int, default=400, help="Hits per batch (default 400).")
+        parser.add_argument("--yes", action="store_true", help="Confirm without asking (for scripts).")
+        parser.add_argument("--resume", type=positive_int, metavar="PLAN_ID", help="Continue an interrupted plan.")
+
+    def handle(self, *args, **options) -> None:
+        self.interrupted = False
+        self.show_progress = sys.stderr.isatty()
+        plan = self.plan_to_resume(options["resume"]) if options["resume"] else self.create_and_confirm(options)
+        self.run(plan)
+
+    # --- planning and confirming ------------------------------------------------------------
+
+    def create_and_confirm(self, options) -> BackfillPlan:
+        if not options["target"] or not options["preset"]:
+            raise CommandError("Give --target NAME and --preset NAME (or --resume PLAN_ID).")
+        if options["last_days"] and (options["start"] or options["end"]):
+            raise CommandError("Give either --start and --end or --last-days, not both.")
+        if not options["last_days"] and not (options["start"] and options["end"]):
+            raise CommandError("Give the window: --start YYYY-MM-DD --end YYYY-MM-DD, or --last-days N.")
+        preset = self.preset(options["preset"])
+        targets = [self.target(name) for name in options["target"]]
+        try:
+            plan = BackfillPlan.objects.create_plan(
+                targets=targets,
+                preset=preset,
+                start_date=options["start"],
+                end_date=options["end"],
+                last_days=options["last_days"],
+                visits_per_day=options["visits_per_day"],
+                daily_cap=options["daily_cap"],
+                total_cap=options["total_cap"],
+                seed=options["seed"],
+                max_requests_per_second=options["rps"],
+                batch_size=options["batch_size"],
+            )
+        except ValidationError as exc:
+            raise CommandError(format_errors(exc)) from None
+        estimate = build_estimate(plan, targets)
+        self.print_estimate(plan, estimate)
+        if not options["yes"]:
+            self.ask_to_confirm(plan)
+        try:
+            plan.confirm(by_name=f"{getpass.getuser()}@{socket.gethostname()} (command line)")
+        except ValidationError as exc:
+            raise CommandError(format_errors(exc)) from None
+        plan.start(enqueue=False)
+        return plan
+
+    def preset(self, name: str) -> Preset:
+        try:
+            return Preset.objects.get(name=name)
+        except Preset.DoesNotExist:
+            names = ", ".join(Preset.objects.values_list("name", flat=True))
+            raise CommandError(f"No preset named “{name}”. Presets: {names}.") from None
+
+    def target(self, name: str) -> Target:
+        try:
+            return Target.objects.get(name=name)
+        except Target.DoesNotExist:
+            names = ", ".join(Target.objects.values_list("name", flat=True)) or "none yet"
+            raise CommandError(f"No target named “{name}”. Known targets: {names}.") from None
+
+    def print_estimate(self, plan: BackfillPlan, estimate: Estimate) -> None:
+        write = self.stdout.write
+        write(f"Backfill plan {plan.pk} (draft): {plan.start_date} – {plan.end_date}, preset {plan.preset_name}")
+        for target in estimate.targets:
+            write(
+                f"  → {target.name}: {target.tracking_url} site {target.site_id}"
+                f"{' “' + target.site_name + '”' if target.site_name else ''}, time zone {target.timezone}, "
+                f"hits dated {target.first_utc} – {target.last_utc}"
+            )
+        low, high = estimate.visits_per_day_range
+        write(
+            f"  {estimate.day_count} days, {estimate.total_visits:,} visits ({low:,}–{high:,} per day), "
+            f"~{estimate.total_hits:,} hits in batches of up to {plan.batch_size} hits, seed {plan.seed}"
+        )
+        write(f"  Expected duration: {format_duration(estimate.duration_seconds)}. {estimate.duration_basis}")
+        write(f"  {estimate.hits_basis}")
+        for note in estimate.notes:
+            write(f"  Note: {note}")
+        if estimate.day_count <= 14:
+            for day in estimate.days:
+                target = f" {day.target}" if len(estimate.targets) > 1 else ""
+                capped = " (capped)" if day.capped else ""
+                write(f"    {day.weekday} {day.day}{target}: {day.visits:,} visits{capped}, ~{day.hits:,} hits")
+
+    def ask_to_confirm(self, plan: BackfillPlan) -> None:
+        phrase = plan.confirmation_phrase()
+        if not sys.stdin.isatty():
+            raise CommandError(
+                f"Not confirmed: standard input is not a terminal, so nobody can confirm. Check the estimate above "
+                f"and run again with --yes to send it (plan {plan.pk} stays a draft; you can also confirm it on its "
+                "page)."
+            )
+        self.stdout.write(f"Type the target's name ({phrase}) to confirm and start; anything else cancels: ", ending="")
+        self.stdout.flush()
+        answer = " ".join(sys.stdin.readline().split())
+        if answer != phrase:
+            raise CommandError(f"Not confirmed (“{answer}” is not “{phrase}”). Plan {plan.pk} stays a draft.")
+
+    def plan_to_resume(self, plan_id: int) -> BackfillPlan:
+        plan = BackfillPlan.objects.filter(pk=plan_id).first()
+        if plan is None:
+            raise CommandError(f"No backfill plan {plan_id}.")
+        if plan.status == BackfillPlan.Status.DRAFT:
+            raise CommandError(
+                f"Plan {plan_id} is a draft: confirm it first (its page, or run the command without --resume)."
+            )
+        if plan.is_locked:
+            raise CommandError(
+                f"Plan {plan_id} is {plan.status}: finished plans are locked. "
+                "“Run again” on its page makes a new draft."
+            )
+        if plan.status == BackfillPlan.Status.CONFIRMED:
+            plan.start(enqueue=False)
+        busy = [
+            day
+            for day in plan.days.filter(status=BackfillDay.Status.RUNNING).select_related("target")
+            if not day.holder_is_gone()
+        ]
+        if busy:
+            day = busy[0]
+            raise CommandError(
+                f"Plan {plan_id} is being sent right now ({day.day} of {day.target.name} by {day.worker}). "
+                "--resume is for interrupted plans; wait, or stop that worker first."
+            )
+        progress = plan.progress()
+        self.stdout.write(
+            f"Resuming backfill plan {plan.pk} at {progress.visits_done:,} of {progress.planned_visits:,} visits "
+            f"({progress.days_done} of {progress.days} days done)."
+        )
+        return plan
+
+    # --- sending ------------------------------------------------------------------------------
+
+    def run(self, plan: BackfillPlan) -> None:
+        self.plan = plan
+        self.before = self.totals(plan)
+        self.start_hits = self.before["hits"] or 0
+        self.current: dict[int, tuple[int, int]] = {}
+        self.started = time.monotonic()
+        self.last_draw = 0.0
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+        for sig in previous:
+            signal.signal(sig, self.request_stop)
+        try:
+            ended = run_in_foreground(
+                plan,
+                should_stop=lambda: self.interrupted,
+                on_progress=self.progress if self.show_progress else None,
+                on_day=self.day_done,
+            )
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        if self.show_progress:
+            self.stderr.write("")
+        plan.refresh_from_db()
+        self.stdout.write(summary_line(plan))
+        self.finish(plan, ended)
+
+    def finish(self, plan: BackfillPlan, ended: DayResult | None) -> None:
+        if plan.status == BackfillPlan.Status.FAILED:
+            raise CommandError(f"Backfill plan {plan.pk} failed: {plan.end_reason}")
+        if plan.status == BackfillPlan.Status.CANCELLED:
+            raise CommandError(f"Backfill plan {plan.pk} was cancelled: {plan.end_reason}")
+        if ended is not None and ended.outcome == "paused":
+            raise CommandError(
+                f"Interrupted: {ended.message} Continue with: manage.py backfill --resume {plan.pk}",
+                returncode=INTERRUPTED_EXIT_CODE,
+            )
+        if ended is not None:
+            raise CommandError(f"Backfill plan {plan.pk} stopped: {ended.message}")
+        self.stdout.write(f"Backfill plan {plan.pk} {plan.status}: {plan.end_reason}")
+        if plan.invalidation_message:
+            self.stdout.write(plan.invalidation_message)
+
+    def request_stop(self, signum, frame) -> None:
+        if self.interrupted:  # the second time: stop at once, the in-flight batch stays in doubt
+            raise KeyboardInterrupt
+        self.interrupted = True
+        self.stderr.write("\nStopping after the batch on the wire is answered (Ctrl-C again to stop at once)…")
+
+    @staticmethod
+    def totals(plan: BackfillPlan) -> dict:
+        return plan.days.aggregate(
+            planned=Sum("planned_visits"),
+            visits=Sum("visits_done"),
+            hits=Sum("hits_sent"),
+            accepted=Sum("hits_accepted"),
+        )
+
+    def day_done(self, result: DayResult) -> None:
+        self.current.pop(result.day_id, None)
+        if result.outcome == "done":
+            self.before = self.totals(self.plan)
+
+    def progress(self, day: BackfillDay, state: DayState) -> None:
+        """A one-line progress bar on the terminal, redrawn at most 4 times a second."""
+        now = time.monotonic()
+        self.current[day.pk] = (state.visits_done - day.visits_done, state.hits_sent - day.hits_sent)
+        if now - self.last_draw < 0.25:
+            return
+        self.last_draw = now
+        planned = self.before["planned"] or 0
+        visits = (self.before["visits"] or 0) + sum(v for v, _ in self.current.values())
+        hits = (self.before["hits"] or 0) + sum(h for _, h in self.current.values())
+        share = visits / planned if planned else 1.0
+        filled = int(share * 30)
+        elapsed = now - self.started
+        rate = (hits - self.start_hits) / elapsed if elapsed > 0 else 0.0
+        remaining = (planned - visits) * (hits / visits if visits else 0.0)
+        eta = format_duration(remaining / rate) if rate else "–"
+        self.stderr.write(
+            f"\r[{'#' * filled}{'.' * (30 - filled)}] {share:6.1%} {day.day} visits {visits:,}/{planned:,} "
+            f"hits {hits:,} {rate:,.0f} hits/s ETA {eta}   ",
+            ending="",
+        )
+        self.stderr.flush()

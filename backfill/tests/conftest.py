@@ -1,0 +1,69 @@
+"""Fixtures for backfill tests: a target on the local fake Matomo and plan factories."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from conftest import TOKEN
+from trafficinator.testing import make_preset, make_target
+
+STOCKHOLM = ZoneInfo("Europe/Stockholm")
+
+
+def stockholm_today() -> date:
+    return datetime.now(STOCKHOLM).date()
+
+
+def days_ago(n: int) -> date:
+    return stockholm_today() - timedelta(days=n)
+
+
+def make_backfill_target(server, **fields):
+    """A target that passed the connection check against ``server`` (site 1, Stockholm)."""
+    values = {
+        "name": "shop",
+        "matomo_url": server.url,
+        "site_id": 1,
+        "token_auth": TOKEN,
+        "last_check_ok": True,
+        "token_can_write": True,
+        "site_timezone": "Europe/Stockholm",
+        "site_name": "Shop",
+    }
+    values.update(fields)
+    return make_target(**values)
+
+
+@pytest.fixture
+def small_preset(db):
+    """Realistic visits (pauses of seconds, several page views), few of them."""
+    return make_preset(name="Small", visits_per_day=120, pause_min=1.0, pause_max=20.0, daily_curve="default")
+
+
+@pytest.fixture
+def shop(fake_matomo):
+    return make_backfill_target(fake_matomo)
+
+
+def make_plan(targets, preset, **fields):
+    from backfill.models import BackfillPlan
+
+    if "start_date" not in fields and "last_days" not in fields:
+        fields["last_days"] = 2
+    fields.setdefault("seed", 7)
+    return BackfillPlan.objects.create_plan(targets=list(targets), preset=preset, **fields)
+
+
+def confirmed_plan(targets, preset, **fields):
+    plan = make_plan(targets, preset, **fields)
+    assert plan.confirm(by_name="tests")
+    return plan
+
+
+@pytest.fixture(autouse=True)
+def backfill_urls(settings):
+    """The backfill pages, whether or not the project's urls.py includes them yet."""
+    settings.ROOT_URLCONF = "backfill.tests.urls"

@@ -1,0 +1,137 @@
+"""manage.py backfill: estimate, explicit confirmation, foreground run, summary line."""
+
+from __future__ import annotations
+
+import io
+import re
+
+import pytest
+from django.core.management import CommandError, call_command
+
+from backfill import runner
+from backfill.models import BackfillDay, BackfillPlan
+from backfill.tests.conftest import days_ago, stockholm_today
+from runs.loader.sender import RetryPolicy
+
+SUMMARY = re.compile(r"\bdays=(\d+) visits=(\d+) hits=(\d+) accepted=(\d+) invalid=(\d+) failed=(\d+)$", re.M)
+
+
+class FakeStdin(io.StringIO):
+    def __init__(self, text: str, tty: bool) -> None:
+        super().__init__(text)
+        self.tty = tty
+
+    def isatty(self) -> bool:
+        return self.tty
+
+
+def backfill(*args: str) -> str:
+    out = io.StringIO()
+    call_command("backfill", *args, stdout=out, stderr=io.StringIO())
+    return out.getvalue()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_yes_runs_the_days_and_ends_with_the_summary_line(fake_matomo, shop, small_preset):
+    output = backfill("--target", "shop", "--preset", "Small", "--last-days", "2", "--seed", "4", "--yes")
+    plan = BackfillPlan.objects.get()
+    assert plan.status == BackfillPlan.Status.COMPLETED and plan.confirmed_by_name.endswith("(command line)")
+    assert "→ shop: " in output and "time zone Europe/Stockholm" in output and "generated sample" in output
+    days, visits, hits, accepted, invalid, failed = map(int, SUMMARY.search(output).groups())
+    stats = fake_matomo.stats()
+    assert (days, invalid, failed) == (2, 0, 0)
+    assert visits == sum(day.planned_visits for day in plan.days.all())
+    assert hits == accepted == stats["recorded"]
+    assert "core:archive" in output  # what to do next
+
+
+def test_without_a_terminal_and_without_yes_nothing_is_confirmed(db, fake_matomo, shop, small_preset, monkeypatch):
+    monkeypatch.setattr("sys.stdin", FakeStdin("", tty=False))
+    with pytest.raises(CommandError, match="standard input is not a terminal"):
+        backfill("--target", "shop", "--preset", "Small", "--last-days", "2")
+    assert BackfillPlan.objects.get().status == BackfillPlan.Status.DRAFT
+    assert fake_matomo.stats()["requests"] == 0
+
+
+def test_on_a_terminal_typing_the_targets_name_confirms(db, fake_matomo, shop, small_preset, monkeypatch):
+    monkeypatch.setattr("sys.stdin", FakeStdin("nope\n", tty=True))
+    with pytest.raises(CommandError, match="Not confirmed"):
+        backfill("--target", "shop", "--preset", "Small", "--last-days", "1")
+    assert fake_matomo.stats()["requests"] == 0
+    monkeypatch.setattr("sys.stdin", FakeStdin("shop\n", tty=True))
+    output = backfill("--target", "shop", "--preset", "Small", "--last-days", "1")
+    assert "Type the target's name (shop)" in output and SUMMARY.search(output)
+    assert BackfillPlan.objects.filter(status=BackfillPlan.Status.COMPLETED).count() == 1
+
+
+def test_guardrails_and_bad_arguments_are_explained(db, fake_matomo, shop, small_preset):
+    with pytest.raises(CommandError, match="Only fully past days"):
+        backfill(
+            "--target",
+            "shop",
+            "--preset",
+            "Small",
+            "--start",
+            str(days_ago(2)),
+            "--end",
+            str(stockholm_today()),
+            "--yes",
+        )
+    with pytest.raises(CommandError, match="not both"):
+        backfill("--target", "shop", "--preset", "Small", "--last-days", "2", "--start", "2025-01-01", "--yes")
+    with pytest.raises(CommandError, match="No preset named “Nope”"):
+        backfill("--target", "shop", "--preset", "Nope", "--last-days", "2")
+    with pytest.raises(CommandError, match="No target named “other”"):
+        backfill("--target", "other", "--preset", "Small", "--last-days", "2")
+    assert not BackfillPlan.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_failed_plan_exits_non_zero_after_its_summary(fake_matomo, shop, small_preset, monkeypatch):
+    monkeypatch.setattr(runner, "RETRY", RetryPolicy(max_attempts=2, backoff_base=0.01, backoff_max=0.02))
+    fake_matomo.fail_next(50, 500)
+    out = io.StringIO()
+    with pytest.raises(CommandError, match="failed: Bulk requests to shop") as exc:
+        call_command("backfill", "--target", "shop", "--preset", "Small", "--last-days", "1", "--yes", stdout=out)
+    assert exc.value.returncode == 1
+    assert SUMMARY.search(out.getvalue())
+
+
+@pytest.mark.django_db(transaction=True)
+def test_resume_continues_an_interrupted_plan_and_refuses_finished_ones(fake_matomo, shop, small_preset):
+    with pytest.raises(CommandError, match=r"Interrupted.*--resume") as exc:
+        _interrupted_run()
+    assert exc.value.returncode == 130
+    plan = BackfillPlan.objects.get()
+    assert plan.status == BackfillPlan.Status.RUNNING
+    assert plan.days.filter(status=BackfillDay.Status.PENDING, visits_done__gt=0).exists()
+
+    output = backfill("--resume", str(plan.pk))
+    plan.refresh_from_db()
+    assert "Resuming backfill plan" in output and plan.status == BackfillPlan.Status.COMPLETED
+    assert int(SUMMARY.search(output).group(4)) == fake_matomo.stats()["recorded"]
+    with pytest.raises(CommandError, match="locked"):
+        backfill("--resume", str(plan.pk))
+
+
+def _interrupted_run() -> None:
+    """The command as if Ctrl-C came after the third checkpoint."""
+    from backfill.management.commands.backfill import Command
+
+    command = Command(stdout=io.StringIO(), stderr=io.StringIO())
+    original = command.run
+
+    def run(plan):
+        calls = {"n": 0}
+
+        def should_stop_after_three(*_):
+            calls["n"] += 1
+            if calls["n"] == 3:
+                command.interrupted = True
+
+        command.progress = should_stop_after_three
+        command.show_progress = True
+        return original(plan)
+
+    command.run = run
+    call_command(command, "--target", "shop", "--preset", "Small", "--last-days", "2", "--yes", "--batch-size", "30")

@@ -1,0 +1,220 @@
+"""The backfill pages, the live panels, the dashboard tag and the admin."""
+
+from __future__ import annotations
+
+import pytest
+from django.template import Context, Template
+from django.test import Client, RequestFactory
+from django.urls import reverse
+
+from backfill import tasks
+from backfill.models import BackfillDay, BackfillPlan
+from backfill.tests.conftest import confirmed_plan, make_plan
+from trafficinator.testing import make_preset, make_target, make_user
+
+POLL = 'hx-trigger="every 2s"'
+HTMX = {"HTTP_HX_REQUEST": "true"}
+READY = {"token_auth": "tok", "last_check_ok": True, "token_can_write": True, "site_timezone": "Europe/Stockholm"}
+VIEWER = ("backfill.view_backfillplan",)
+PLANNER = ("backfill.view_backfillplan", "backfill.add_backfillplan", "backfill.change_backfillplan")
+OPERATOR = (*PLANNER, "backfill.run_backfill")
+
+
+@pytest.fixture
+def target(db):
+    return make_target(name="shop", **READY)
+
+
+@pytest.fixture
+def preset(db):
+    return make_preset(name="Plain", visits_per_day=300)
+
+
+def client_for(*perms: str, superuser: bool = False) -> Client:
+    client = Client()
+    client.force_login(make_user(perms=perms, superuser=superuser))
+    return client
+
+
+def running_plan(target, preset, **fields) -> BackfillPlan:
+    plan = confirmed_plan([target], preset, **fields)
+    plan.start(enqueue=False)
+    return plan
+
+
+def test_a_new_draft_shows_its_estimate_and_sends_nothing(target, preset):
+    client = client_for(*PLANNER)
+    response = client.post(
+        reverse("backfill:new"),
+        {"targets": [target.pk], "preset": preset.pk, "last_days": 3, "batch_size": 200, "parallel_days": 1},
+    )
+    plan = BackfillPlan.objects.get()
+    assert response.status_code == 302 and response["Location"] == reverse("backfill:detail", args=[plan.pk])
+    page = client.get(response["Location"]).content.decode()
+    assert "Estimate (nothing has been sent)" in page
+    assert "generated sample" in page and "Europe/Stockholm" in page and target.tracking_url in page
+    assert "Review and confirm" not in page  # a planner without run_backfill cannot confirm
+    assert plan.status == BackfillPlan.Status.DRAFT and not plan.days.exists()
+
+
+def test_the_form_shows_guardrail_errors_next_to_the_fields(target, preset):
+    client = client_for(*PLANNER)
+    target.last_check_ok = False
+    target.save()
+    response = client.post(
+        reverse("backfill:new"),
+        {
+            "targets": [target.pk],
+            "preset": preset.pk,
+            "start_date": "2025-01-10",
+            "end_date": "2025-01-01",
+            "batch_size": 200,
+            "parallel_days": 1,
+        },
+    )
+    page = response.content.decode()
+    assert response.status_code == 200 and not BackfillPlan.objects.exists()
+    assert "failed its last connection check" in page and "must not be before the first day" in page
+
+
+def test_confirming_needs_the_targets_name_and_then_starts_the_plan(
+    target, preset, monkeypatch, django_capture_on_commit_callbacks
+):
+    queued: list[int] = []
+    monkeypatch.setattr(tasks, "enqueue_day", queued.append)
+    plan = make_plan([target], preset, last_days=2)
+    client = client_for(*OPERATOR)
+    url = reverse("backfill:confirm", args=[plan.pk])
+    page = client.get(url).content.decode()
+    assert "name to confirm" in page and "<code>shop</code>" in page and "generated sample" in page
+
+    response = client.post(url, {"typed_name": "shp"})
+    assert response.status_code == 200 and "Nothing was confirmed" in response.content.decode()
+    assert BackfillPlan.objects.get(pk=plan.pk).status == BackfillPlan.Status.DRAFT
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post(url, {"typed_name": " shop "})
+    plan.refresh_from_db()
+    assert response.status_code == 302
+    assert plan.status == BackfillPlan.Status.RUNNING and plan.confirmed_by_name == plan.confirmed_by.username
+    assert queued == [plan.days.order_by("day").first().pk]  # lane 0's first day
+
+
+def test_only_operators_may_confirm_or_cancel(target, preset):
+    plan = make_plan([target], preset)
+    client = client_for(*PLANNER)
+    assert client.get(reverse("backfill:confirm", args=[plan.pk])).status_code == 403
+    assert client.post(reverse("backfill:cancel", args=[plan.pk])).status_code == 403
+
+
+def test_a_running_plan_polls_its_panels_and_a_finished_one_stops(target, preset):
+    plan = running_plan(target, preset)
+    client = client_for(*VIEWER)
+    page = client.get(reverse("backfill:detail", args=[plan.pk])).content.decode()
+    assert page.count(POLL) == 2  # progress and days
+    panel = client.get(reverse("backfill:progress", args=[plan.pk]), **HTMX).content.decode()
+    assert POLL in panel and 'data-status="running"' in panel and "Days done" in panel
+    assert client.get(reverse("backfill:progress", args=[plan.pk])).status_code == 302  # not htmx: the page
+
+    plan.days.update(status=BackfillDay.Status.DONE, visits_done=10, hits_sent=30, hits_accepted=30)
+    plan.complete_if_finished()
+    panel = client.get(reverse("backfill:progress", args=[plan.pk]), **HTMX).content.decode()
+    days = client.get(reverse("backfill:days", args=[plan.pk]), **HTMX).content.decode()
+    assert "hx-get" not in panel and "hx-trigger" not in panel and 'data-status="completed"' in panel
+    assert "hx-get" not in days
+
+
+def test_a_plan_without_a_live_worker_says_so(target, preset):
+    plan = running_plan(target, preset)
+    BackfillPlan.objects.filter(pk=plan.pk).update(started_at=plan.started_at.replace(year=2000))
+    panel = client_for(*VIEWER).get(reverse("backfill:progress", args=[plan.pk]), **HTMX).content.decode()
+    assert 'data-state="stalled"' in panel and f"backfill --resume {plan.pk}" in panel
+
+
+def test_cancelling_a_running_plan_queues_the_invalidation(
+    target, preset, monkeypatch, django_capture_on_commit_callbacks
+):
+    ended: list[int] = []
+    monkeypatch.setattr("backfill.views.enqueue_plan_end", ended.append)
+    plan = running_plan(target, preset)
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client_for(*OPERATOR).post(reverse("backfill:cancel", args=[plan.pk]))
+    assert response.status_code == 302 and ended == [plan.pk]
+    assert BackfillPlan.objects.get(pk=plan.pk).status == BackfillPlan.Status.CANCELLED
+
+
+def test_finished_plans_cannot_be_edited_but_can_run_again(target, preset):
+    plan = running_plan(target, preset)
+    plan.cancel()
+    client = client_for(*OPERATOR)
+    response = client.post(reverse("backfill:edit", args=[plan.pk]), {"preset": preset.pk})
+    assert response.status_code == 302 and BackfillPlan.objects.count() == 1
+    response = client.post(reverse("backfill:clone", args=[plan.pk]))
+    copy = BackfillPlan.objects.exclude(pk=plan.pk).get()
+    assert response["Location"] == reverse("backfill:edit", args=[copy.pk]) and copy.is_draft
+    response = client.post(
+        response["Location"],
+        {
+            "targets": [target.pk],
+            "preset": preset.pk,
+            "last_days": 5,
+            "seed": 99,
+            "batch_size": 100,
+            "parallel_days": 1,
+        },
+    )
+    copy.refresh_from_db()
+    assert response.status_code == 302 and copy.day_count == 5 and copy.seed == 99 and copy.batch_size == 100
+
+
+def test_the_list_shows_active_drafts_and_finished_plans(target, preset):
+    draft = make_plan([target], preset)
+    running = running_plan(target, preset, seed=2)
+    page = client_for(*VIEWER).get(reverse("backfill:list")).content.decode()
+    assert f"Backfill {draft.pk}" in page and f'id="backfill-progress-{running.pk}"' in page
+
+
+def test_the_dashboard_tag_shows_active_backfills_to_those_who_may_see_them(target, preset):
+    plan = running_plan(target, preset)
+    template = Template("{% load backfill %}{% backfill_dashboard %}")
+    request = RequestFactory().get("/")
+    request.user = make_user(perms=VIEWER)
+    html = template.render(Context({"request": request}))
+    assert f'id="backfill-progress-{plan.pk}"' in html and POLL in html and "?compact=1" in html
+    request.user = make_user()
+    assert "backfill-progress" not in template.render(Context({"request": request}))
+
+
+def test_the_admin_shows_days_inline_and_keeps_confirmed_plans_read_only(target, preset):
+    plan = running_plan(target, preset)
+    client = client_for(superuser=True)
+    page = client.get(reverse("admin:backfill_backfillplan_change", args=[plan.pk])).content.decode()
+    assert "Days (progress per site-local day)" in page and "progress and eta" in page.lower()
+    assert 'name="_save"' not in page  # read-only
+    draft = make_plan([target], preset, seed=3)
+    page = client.get(reverse("admin:backfill_backfillplan_change", args=[draft.pk])).content.decode()
+    assert 'name="_save"' in page and reverse("backfill:confirm", args=[draft.pk]) in page
+
+
+def test_the_admin_add_form_applies_the_guardrails(target, preset):
+    client = client_for(superuser=True)
+    url = reverse("admin:backfill_backfillplan_add")
+    data = {
+        "targets": [target.pk],
+        "preset": preset.pk,
+        "start_date": "2020-01-01",
+        "end_date": "2021-01-01",
+        "batch_size": 200,
+        "parallel_days": 1,
+        "days-TOTAL_FORMS": 0,
+        "days-INITIAL_FORMS": 0,
+        "logs-TOTAL_FORMS": 0,
+        "logs-INITIAL_FORMS": 0,
+    }
+    response = client.post(url, data)
+    assert response.status_code == 200 and "at most 180 days" in response.content.decode()
+    data.update(start_date="", end_date="", last_days=3)
+    response = client.post(url, data)
+    assert response.status_code == 302
+    plan = BackfillPlan.objects.get()
+    assert plan.day_count == 3 and list(plan.targets.all()) == [target] and plan.profile["visits_per_day"] == 300
