@@ -22,7 +22,7 @@ from zoneinfo import ZoneInfo
 from backfill.foreground import run_in_foreground
 from backfill.models import BackfillPlan
 from presets.models import Preset
-from runs.loader.bench import _fake_call, start_fake_server
+from runs.loader.bench import _fake_call, start_fake_server, stop_fake_server
 from targets.models import Target
 
 BENCH_TIMEZONE = "Europe/Stockholm"
@@ -93,8 +93,7 @@ def benchmark_backfill(
             "status": plan.status,
         }
     finally:
-        process.kill()
-        process.wait(10)
+        stop_fake_server(process)
         if plan is not None:
             plan.delete()
         if target is not None:

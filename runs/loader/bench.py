@@ -31,8 +31,11 @@ if __name__ == "__main__":  # patch before anything imports socket (requests nee
     monkey.patch_all()
 
 import argparse
+import contextlib
 import json
+import os
 import resource
+import signal
 import subprocess
 import sys
 import time
@@ -78,13 +81,24 @@ def start_fake_server(extra_args: list[str] | None = None) -> tuple[subprocess.P
         cwd=PROJECT_ROOT,
         stdout=subprocess.PIPE,
         text=True,
+        # Its own process group: with --workers N it forks, and stop_fake_server must end
+        # the workers too (killing only the parent left them serving, and holding our pipes).
+        start_new_session=True,
     )
     assert process.stdout is not None
     url = process.stdout.readline().strip()
     if not url.startswith("http://127.0.0.1:"):
-        process.kill()
+        stop_fake_server(process)
         raise RuntimeError(f"fake Matomo did not start (said {url!r})")
     return process, url
+
+
+def stop_fake_server(process: subprocess.Popen) -> None:
+    """Kill the fake server and all its worker processes (nothing to save: counters are read
+    over HTTP before)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait(10)
 
 
 def _fake_call(url: str, path: str, method: str = "GET") -> dict[str, Any]:
@@ -148,8 +162,7 @@ def benchmark_sender(
         sender.close(1.0)
         server = _fake_call(url, "_fake/stats")
     finally:
-        process.kill()  # nothing to save: its counters were read above
-        process.wait(10)
+        stop_fake_server(process)
     accepted = after["accepted"] - before["accepted"]
     return {
         "mode": mode,

@@ -1,7 +1,9 @@
 """manage.py bench: the speed and memory figures the product promises, measured here.
 
 Everything runs against the local fake Matomo on 127.0.0.1 (started as its own process in
-count-only mode), never against a real Matomo. gevent is monkey-patched by manage.py.
+count-only mode), never against a real Matomo. Not monkey-patched: the backfill path runs
+that way in a django-q2 worker, and the loader's hot path (geventhttpclient) uses gevent's
+sockets either way.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from datetime import date, timedelta
 
 from django.core.management.base import BaseCommand
 
-from runs.loader.bench import _fake_call, benchmark_sender, start_fake_server
+from runs.loader.bench import _fake_call, benchmark_sender, start_fake_server, stop_fake_server
 from runs.loader.sender import TargetSender
 from runs.traffic import Profile, day_visits, encode_visit
 from runs.traffic.bench import benchmark_generation
@@ -119,8 +121,7 @@ class Command(BaseCommand):
             elapsed = time.monotonic() - started
             stats = _fake_call(url, "_fake/stats")
         finally:
-            server.kill()
-            server.wait()
+            stop_fake_server(server)
         self.line(
             f"stream: {visits:,} visits ({sent_hits:,} hits) generated, encoded and bulk-sent in {elapsed:.1f} s "
             f"({sent_hits / elapsed:,.0f} hits/s), tracked {stats.get('tracked', '?'):,}; RSS "
