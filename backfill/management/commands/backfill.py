@@ -16,7 +16,6 @@ import socket
 import sys
 import time
 from argparse import ArgumentParser, ArgumentTypeError
-from datetime import date
 
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
@@ -26,28 +25,9 @@ from backfill.foreground import run_in_foreground
 from backfill.models import BackfillDay, BackfillPlan
 from backfill.planning import Estimate, build_estimate, format_duration
 from backfill.runner import DayResult, DayState
-from presets.models import Preset
-from targets.models import Target
-from trafficinator.validation import format_errors
+from trafficinator.cli import format_errors, get_preset, get_target, iso_date, positive_int
 
 INTERRUPTED_EXIT_CODE = 130
-
-
-def iso_date(text: str) -> date:
-    try:
-        return date.fromisoformat(text)
-    except ValueError:
-        raise ArgumentTypeError(f"“{text}” is not a date; use YYYY-MM-DD.") from None
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise ArgumentTypeError(f"“{text}” is not a whole number.") from None
-    if value < 1:
-        raise ArgumentTypeError(f"{value} must be 1 or more.")
-    return value
 
 
 def positive_float(text: str) -> float:
@@ -101,8 +81,8 @@ class Command(BaseCommand):
             raise CommandError("Give either --start and --end or --last-days, not both.")
         if not options["last_days"] and not (options["start"] and options["end"]):
             raise CommandError("Give the window: --start YYYY-MM-DD --end YYYY-MM-DD, or --last-days N.")
-        preset = self.preset(options["preset"])
-        targets = [self.target(name) for name in options["target"]]
+        preset = get_preset(options["preset"])
+        targets = [get_target(name) for name in options["target"]]
         try:
             plan = BackfillPlan.objects.create_plan(
                 targets=targets,
@@ -129,20 +109,6 @@ class Command(BaseCommand):
             raise CommandError(format_errors(exc)) from None
         plan.start(enqueue=False)
         return plan
-
-    def preset(self, name: str) -> Preset:
-        try:
-            return Preset.objects.get(name=name)
-        except Preset.DoesNotExist:
-            names = ", ".join(Preset.objects.values_list("name", flat=True))
-            raise CommandError(f"No preset named “{name}”. Presets: {names}.") from None
-
-    def target(self, name: str) -> Target:
-        try:
-            return Target.objects.get(name=name)
-        except Target.DoesNotExist:
-            names = ", ".join(Target.objects.values_list("name", flat=True)) or "none yet"
-            raise CommandError(f"No target named “{name}”. Known targets: {names}.") from None
 
     def print_estimate(self, plan: BackfillPlan, estimate: Estimate) -> None:
         write = self.stdout.write

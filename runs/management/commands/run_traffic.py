@@ -11,11 +11,9 @@ from argparse import ArgumentParser, ArgumentTypeError
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
-from presets.models import Preset
 from runs.management.commands.run_loader import execute_loader
 from runs.models import Run
-from targets.models import Target
-from trafficinator.validation import format_errors
+from trafficinator.cli import format_errors, get_preset, get_target, positive_int
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -30,16 +28,6 @@ def parse_duration(text: str) -> int:
     if seconds < 1:
         raise ArgumentTypeError("The duration must be at least 1 second.")
     return seconds
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise ArgumentTypeError(f"“{text}” is not a whole number.") from None
-    if value < 1:
-        raise ArgumentTypeError(f"{value} must be 1 or more.")
-    return value
 
 
 def summary_line(stats: dict) -> str:
@@ -84,18 +72,8 @@ class Command(BaseCommand):
         self.stdout.write(f"Run {run.pk} {run.status}: {run.end_reason}")
 
     def create_run(self, options) -> Run:
-        try:
-            preset = Preset.objects.get(name=options["preset"])
-        except Preset.DoesNotExist:
-            names = ", ".join(Preset.objects.values_list("name", flat=True))
-            raise CommandError(f"No preset named “{options['preset']}”. Presets: {names}.") from None
-        targets = []
-        for name in options["target"]:
-            try:
-                targets.append(Target.objects.get(name=name))
-            except Target.DoesNotExist:
-                names = ", ".join(Target.objects.values_list("name", flat=True)) or "none yet"
-                raise CommandError(f"No target named “{name}”. Known targets: {names}.") from None
+        preset = get_preset(options["preset"])
+        targets = [get_target(name) for name in options["target"]]
         try:
             return Run.objects.create_run(
                 preset=preset,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from argparse import ArgumentParser, ArgumentTypeError
+from argparse import ArgumentParser
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 
@@ -13,15 +13,9 @@ from funnels.models import Funnel
 from presets.models import Preset
 from runs.traffic import TrafficConfigError, Visit, day_visits, live_visits, visits_for_day_count
 from runs.traffic.clock import resolve_timezone
+from trafficinator.cli import get_preset, iso_date
 
 MAX_DAYS = 366
-
-
-def iso_date(text: str) -> date:
-    try:
-        return date.fromisoformat(text)
-    except ValueError:
-        raise ArgumentTypeError(f"“{text}” is not a date; use YYYY-MM-DD.") from None
 
 
 def split_count(total: int, weights: list[int]) -> list[int]:
@@ -73,11 +67,7 @@ class Command(BaseCommand):
             raise CommandError(f"--days must be between 1 and {MAX_DAYS}.")
         if site_id < 1:
             raise CommandError("--site-id must be 1 or more.")
-        try:
-            chosen = Preset.objects.get(name=preset)
-        except Preset.DoesNotExist:
-            names = ", ".join(Preset.objects.values_list("name", flat=True))
-            raise CommandError(f"No preset named “{preset}”. Presets: {names}.") from None
+        chosen = get_preset(preset)
         visits = self.visits(chosen, count, seed, start, days, site_id, token)
         try:
             for number, visit in enumerate(visits, start=1):

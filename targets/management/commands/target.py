@@ -10,7 +10,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from targets.checks import run_check
 from targets.models import Target
-from trafficinator.validation import format_errors
+from trafficinator.cli import format_errors, get_target
 
 
 class Command(BaseCommand):
@@ -83,7 +83,7 @@ class Command(BaseCommand):
     def handle_check(self, *, name: str | None, all: bool, **_) -> None:
         if all == bool(name):
             raise CommandError("Give one target name, or --all.")
-        targets = list(Target.objects.enabled()) if all else [self.get_target(name)]
+        targets = list(Target.objects.enabled()) if all else [get_target(name)]
         failed = [target for target in targets if not self.check_one(target)]
         if failed:
             raise CommandError(f"{len(failed)} of {len(targets)} check(s) failed.")
@@ -95,11 +95,3 @@ class Command(BaseCommand):
         style = self.style.SUCCESS if result.ok else self.style.ERROR
         self.stdout.write(style(f"{target.name}: {result.message}"))
         return result.ok
-
-    def get_target(self, name: str) -> Target:
-        try:
-            return Target.objects.get(name=name)
-        except Target.DoesNotExist:
-            names = ", ".join(Target.objects.values_list("name", flat=True)) or "none yet"
-            raise CommandError(f"No target named “{name}”. Known targets: {names}.") from None
-
