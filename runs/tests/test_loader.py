@@ -250,3 +250,18 @@ def test_the_daily_cap_pauses_a_run_until_the_next_local_day(fake_matomo, fast_p
     messages = list(run.logs.values_list("message", flat=True))
     assert any("Daily cap of 2 visits reached" in m for m in messages)
     assert any("resuming after the daily cap" in m for m in messages)
+
+
+@pytest.mark.django_db
+def test_run_traffic_accepts_weights_and_explicit_rates_per_target(fake_matomo):
+    from runs.management.commands.run_traffic import target_share
+
+    shop, blog = make_target(name="shop"), make_target(name="blog:eu")
+    assert target_share("shop") == (shop, 1.0, None)
+    assert target_share("shop:3") == (shop, 3.0, None)
+    assert target_share("shop=5000") == (shop, 1.0, 5000)
+    assert target_share("blog:eu") == (blog, 1.0, None)  # a name with a colon still works
+    with pytest.raises(CommandError, match="not a number"):
+        target_share("shop:lots")
+    with pytest.raises(CommandError, match="must be above 0"):
+        target_share("shop=0")

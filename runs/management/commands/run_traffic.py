@@ -13,6 +13,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from runs.management.commands.run_loader import execute_loader
 from runs.models import Run
+from targets.models import Target
 from trafficinator.cli import format_errors, get_preset, get_target, positive_int
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
@@ -30,6 +31,25 @@ def parse_duration(text: str) -> int:
     return seconds
 
 
+def target_share(spec: str) -> tuple:
+    """``NAME``, ``NAME:WEIGHT`` or ``NAME=VISITS_PER_DAY`` -> (target, weight, visits per day).
+    A name that itself contains ':' or '=' still works when it matches a target exactly."""
+    if not Target.objects.filter(name=spec).exists():
+        for separator in (":", "="):
+            name, found, amount = spec.rpartition(separator)
+            if not found:
+                continue
+            try:
+                value = float(amount) if separator == ":" else int(amount)
+            except ValueError:
+                raise CommandError(f"“{amount}” in --target {spec} is not a number.") from None
+            if value <= 0:
+                raise CommandError(f"--target {spec}: the {'weight' if separator == ':' else 'rate'} must be above 0.")
+            target = get_target(name)
+            return (target, value, None) if separator == ":" else (target, 1.0, value)
+    return (get_target(spec), 1.0, None)
+
+
 def summary_line(stats: dict) -> str:
     totals = stats.get("totals", {})
     errors = sum(totals.get(kind, 0) for kind in ("server_errors", "network_errors", "timeouts"))
@@ -45,7 +65,14 @@ class Command(BaseCommand):
     help = "Send live traffic to one or more targets in the foreground; Ctrl-C stops cleanly."
 
     def add_arguments(self, parser: ArgumentParser) -> None:
-        parser.add_argument("--target", action="append", required=True, help="Target name (repeat for several).")
+        parser.add_argument(
+            "--target",
+            action="append",
+            required=True,
+            metavar="NAME[:WEIGHT|=VISITS_PER_DAY]",
+            help="A target; repeat for several. NAME:3 gives it a weight of 3 (share of the rate), "
+            "NAME=5000 its own 5,000 visits per day. Default weight 1.",
+        )
         parser.add_argument("--preset", required=True, help="Preset name, e.g. Light.")
         parser.add_argument("--duration", type=parse_duration, help="Stop after this long: 30s, 10m, 2h, 1d.")
         parser.add_argument("--visits", type=positive_int, help="Stop after this many visits.")
@@ -73,7 +100,7 @@ class Command(BaseCommand):
 
     def create_run(self, options) -> Run:
         preset = get_preset(options["preset"])
-        targets = [get_target(name) for name in options["target"]]
+        targets = [target_share(spec) for spec in options["target"]]
         try:
             return Run.objects.create_run(
                 preset=preset,
