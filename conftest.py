@@ -8,6 +8,20 @@ import pytest
 
 from targets.fake_matomo import FakeMatomo
 
+
+def pytest_collection_modifyitems(items):
+    """Every transactional test restores the migrations' data (built-in presets, content
+    types, the reaper schedule) the same way: with serialized_rollback. Mixing would break:
+    a flush without it re-creates content types with new ids through post_migrate, and the
+    next serialized test's restore then collides with them (seen as IntegrityError on
+    django_content_type, depending on test order)."""
+    for item in items:
+        marker = item.get_closest_marker("django_db")
+        if marker and marker.kwargs.get("transaction") and not marker.kwargs.get("serialized_rollback"):
+            serialized = pytest.mark.django_db(*marker.args, **marker.kwargs, serialized_rollback=True)
+            item.add_marker(serialized, append=False)
+
+
 TOKEN = "test-token-0123456789abcdef"  # noqa: S105 - the fake server's token
 
 
