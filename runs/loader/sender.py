@@ -346,6 +346,19 @@ class TargetSender:
         settled = done == len(hits) and "abandoned" not in results
         self._notify(on_done, _settled_outcome(results, done) if settled else "abandoned")
 
+    def _post(self, body: bytes, content_type: str) -> tuple[int, bytes, str | None, tuple[str, str, str] | None]:
+        """One request: (status, data, Retry-After, None) when an answer came, else
+        (0, b"", None, (kind, retry reason, message)) for a timeout or a network error."""
+        try:
+            status, data, retry_after = self._transport.post(body, content_type)
+        except TransportTimeout as exc:
+            return 0, b"", None, ("timeouts", "timeout", str(exc))
+        except TransportError as exc:
+            return 0, b"", None, ("network_errors", "network", str(exc))
+        except Exception as exc:  # anything else from the HTTP stack: no answer either
+            return 0, b"", None, ("network_errors", "network", _scrub(f"{type(exc).__name__}: {exc}", self._token))
+        return status, data, retry_after, None
+
     def _send_single(self, query: str) -> str:
         """Send one hit until it is settled; returns its telemetry outcome."""
         telemetry = self.telemetry
@@ -356,15 +369,9 @@ class TargetSender:
         attempt = 1
         while True:
             start = time.perf_counter()
-            try:
-                status, data, retry_after = self._transport.post(body, FORM)
-            except TransportTimeout as exc:
-                kind, status, reason, message, retry_after = "timeouts", 0, "timeout", str(exc), None
-            except TransportError as exc:
-                kind, status, reason, message, retry_after = "network_errors", 0, "network", str(exc), None
-            except Exception as exc:  # anything else from the HTTP stack: no answer either
-                kind, status, reason, retry_after = "network_errors", 0, "network", None
-                message = _scrub(f"{type(exc).__name__}: {exc}", self._token)
+            status, data, retry_after, failure = self._post(body, FORM)
+            if failure:
+                kind, reason, message = failure
             else:
                 latency = time.perf_counter() - start
                 if status < 300:
@@ -429,15 +436,9 @@ class TargetSender:
         while True:
             start = time.perf_counter()
             message = ""
-            try:
-                status, data, retry_after = self._transport.post(body, JSON)
-            except TransportTimeout as exc:
-                kind, status, reason, message, retry_after = "timeouts", 0, "timeout", str(exc), None
-            except TransportError as exc:
-                kind, status, reason, message, retry_after = "network_errors", 0, "network", str(exc), None
-            except Exception as exc:  # anything else from the HTTP stack: no answer either
-                kind, status, reason, retry_after = "network_errors", 0, "network", None
-                message = _scrub(f"{type(exc).__name__}: {exc}", self._token)
+            status, data, retry_after, failure = self._post(body, JSON)
+            if failure:
+                kind, reason, message = failure
             else:
                 latency = time.perf_counter() - start
                 if status < 300:
