@@ -297,9 +297,11 @@ class Estimate:
 
 
 def format_duration(seconds: float | None) -> str:
-    """ "2 h 05 min", "3 min 07 s", "12 s"."""
+    """ "2 h 05 min", "3 min 07 s", "12 s", "under 1 s"."""
     if seconds is None:
         return "–"
+    if 0 < seconds < 1:
+        return "under 1 s"  # "0 s" would read as "done" on a plan that has not started
     seconds = max(0, round(seconds))
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)
