@@ -56,9 +56,10 @@ def run_funnels(run: Run) -> list:
 
 
 def stream_seed(run: Run, run_target: RunTarget) -> str:
-    """Each target gets its own deterministic stream; a resumed run (new claim) continues
-    with fresh visitors and order ids instead of replaying the first ones."""
-    return hashlib.sha256(f"{run.seed}:{run_target.pk}".encode()).hexdigest()[:16]
+    """Each target gets its own stream, the same for the same seed and target in every run
+    (so --seed reproduces a run). A resumed run starts its stream at a new time, which gives
+    it new arrivals, and its order ids carry the new claim, so nothing is replayed."""
+    return hashlib.sha256(f"{run.seed}:{run_target.target_id}".encode()).hexdigest()[:16]
 
 
 def target_streams(run: Run, run_targets: list[RunTarget], *, start: float) -> list[TargetStream]:

@@ -88,7 +88,8 @@ def test_injected_faults_lose_and_duplicate_nothing(fake_matomo, fast_preset):
 def test_a_target_that_rejects_everything_fails_the_run_with_a_clear_reason(fake_matomo, fast_preset):
     make_target(name="wrong-site", matomo_url=fake_matomo.url, site_id=99)  # unknown site: every hit is a 400
     with pytest.raises(CommandError, match="failed"):
-        run_traffic("--target", "wrong-site", "--preset", "Fast", "--visits", "10")
+        # Degraded needs at least 20 answered hits; 30 visits with this seed send more.
+        run_traffic("--target", "wrong-site", "--preset", "Fast", "--visits", "30", "--seed", "5")
     run = Run.objects.get()
     assert run.status == Run.Status.FAILED
     assert run.stats["totals"]["rejected"] == run.stats["totals"]["sent"] > 0
@@ -100,7 +101,9 @@ def test_a_target_that_rejects_everything_fails_the_run_with_a_clear_reason(fake
 def test_one_failing_target_does_not_stop_the_others(fake_matomo, fast_preset):
     local_target(fake_matomo, name="good")
     make_target(name="bad", matomo_url=fake_matomo.url, site_id=99)
-    counts = summary(run_traffic("--target", "good", "--target", "bad", "--preset", "Fast", "--visits", "60"))
+    counts = summary(
+        run_traffic("--target", "good", "--target", "bad", "--preset", "Fast", "--visits", "80", "--seed", "6")
+    )
     run = Run.objects.get()
     by_name = {rt.target.name: run.stats["targets"][str(rt.pk)] for rt in run.run_targets.select_related("target")}
     assert by_name["good"]["accepted"] > 0 and by_name["good"]["rejected"] == 0
@@ -265,3 +268,20 @@ def test_run_traffic_accepts_weights_and_explicit_rates_per_target(fake_matomo):
         target_share("shop:lots")
     with pytest.raises(CommandError, match="must be above 0"):
         target_share("shop=0")
+
+
+@pytest.mark.django_db
+def test_the_same_seed_gives_the_same_stream_in_another_run(fast_preset):
+    from itertools import islice
+
+    from runs.traffic_source import target_streams
+
+    target = make_target()
+    first, second = (Run.objects.create_run(preset=fast_preset, targets=[target], seed=42) for _ in range(2))
+    other = Run.objects.create_run(preset=fast_preset, targets=[target], seed=43)
+
+    def visitors(run):
+        (stream,) = target_streams(run, list(run.run_targets.select_related("target")), start=1_767_225_600)
+        return [(visit.cid, visit.start) for visit in islice(stream.visits, 20)]
+
+    assert visitors(first) == visitors(second) != visitors(other)
