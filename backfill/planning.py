@@ -20,7 +20,8 @@ from django.core.exceptions import ValidationError
 from django.db.models import Sum
 
 from backfill.models import MAX_TOTAL_VISITS, MAX_WINDOW_DAYS, BackfillDay, BackfillPlan
-from presets.models import Preset
+from funnels.models import Funnel
+from presets.models import Preset, catalog_with_overrides, profile_from_knobs
 from runs.traffic import Catalog, Profile, day_visits, visits_for_day_count
 from runs.traffic.clock import local_day_bounds
 from targets.models import Target
@@ -47,26 +48,18 @@ def snapshot_profile(preset: Preset) -> dict:
 
 
 def plan_profile(plan: BackfillPlan) -> Profile:
-    values = {name: value for name, value in plan.profile.items() if name in Profile.field_names()}
-    values["visits_per_day"] = plan.visits_per_day
-    return Profile(**values)
+    return profile_from_knobs(plan.profile, visits_per_day=plan.visits_per_day)
 
 
 def plan_catalog(plan: BackfillPlan) -> Catalog:
-    overrides = plan.profile.get("catalog_overrides") or {}
-    base = Catalog.load_default()
-    return base.with_overrides(overrides) if overrides else base
+    return catalog_with_overrides(plan.profile.get("catalog_overrides"))
 
 
 def plan_funnels(plan: BackfillPlan) -> list:
     """The funnels of the plan's preset as traffic-model specs (read when a day starts)."""
-    try:
-        from funnels.models import Funnel
-    except ImportError:  # pragma: no cover - the funnels app is always installed
+    if plan.preset is None:
         return []
-    if plan.preset is None or not hasattr(Funnel.objects, "for_preset"):
-        return []
-    return [funnel.to_spec() for funnel in Funnel.objects.for_preset(plan.preset)]
+    return Funnel.objects.specs_for_preset(plan.preset)
 
 
 def target_timezone(target: Target, plan: BackfillPlan) -> str:

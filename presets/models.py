@@ -70,6 +70,20 @@ def default_channel_mix() -> dict[str, float]:
     return {"search": 0.55, "social": 0.15, "websites": 0.15, "campaign": 0.15}
 
 
+def profile_from_knobs(knobs: dict, **overrides) -> Profile:
+    """The traffic model's Profile from a preset's knobs: a live preset's, or the snapshot a
+    run or a backfill plan took of them."""
+    values = {name: value for name, value in knobs.items() if name in Profile.field_names()}
+    values.update(overrides)
+    return Profile(**values)
+
+
+def catalog_with_overrides(overrides: dict | None) -> Catalog:
+    """The default content catalog with a preset's overrides applied (raises CatalogError)."""
+    base = Catalog.load_default()
+    return base.with_overrides(overrides) if overrides else base
+
+
 class PresetQuerySet(models.QuerySet):
     def builtin(self) -> PresetQuerySet:
         return self.filter(is_builtin=True)
@@ -288,14 +302,11 @@ class Preset(models.Model):
 
     def to_profile(self, **overrides) -> Profile:
         """The traffic model's view of this preset (plain Python, no Django)."""
-        values = {name: value for name, value in self.knob_values().items() if name in Profile.field_names()}
-        values.update(overrides)
-        return Profile(**values)
+        return profile_from_knobs(self.knob_values(), **overrides)
 
     def catalog(self) -> Catalog:
         """The default content catalog with this preset's overrides applied."""
-        base = Catalog.load_default()
-        return base.with_overrides(self.catalog_overrides) if self.catalog_overrides else base
+        return catalog_with_overrides(self.catalog_overrides)
 
     def can_edit(self) -> bool:
         return not self.is_builtin

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from funnels.models import Funnel
+from presets.models import catalog_with_overrides, profile_from_knobs
 from runs.models import Run, RunTarget
 from runs.traffic import Catalog, Profile, Visit, encode_visit, live_visits
 from runs.traffic.encoding import encode_params
@@ -37,15 +38,11 @@ class TargetStream:
 
 
 def run_profile(run: Run, visits_per_day: int) -> Profile:
-    values = {name: value for name, value in run.profile.items() if name in Profile.field_names()}
-    values["visits_per_day"] = max(1, visits_per_day)
-    return Profile(**values)
+    return profile_from_knobs(run.profile, visits_per_day=max(1, visits_per_day))
 
 
 def run_catalog(run: Run) -> Catalog:
-    overrides = run.profile.get("catalog_overrides") or {}
-    base = Catalog.load_default()
-    return base.with_overrides(overrides) if overrides else base
+    return catalog_with_overrides(run.profile.get("catalog_overrides"))
 
 
 def run_funnels(run: Run) -> list:
