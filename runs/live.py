@@ -71,6 +71,7 @@ class LiveLoader:
         self.visits = gevent.pool.Group()
         self.stop_event = gevent.event.Event()
         self.stop_reason = ""
+        self.final_status = "stopped"  # until stop() says why the loop ended
         # A resumed run continues its counters from where the lost loader left them.
         self.previous_stats = run.stats if isinstance(run.stats, dict) else {}
         self.visits_started = int(run.totals.get("visits_started", 0))
@@ -239,7 +240,7 @@ class LiveLoader:
         for runtime in self.runtimes:
             runtime.sender.close(grace_seconds=STOP_GRACE, flush=False)
         self.visits.kill(block=True, timeout=2.0)
-        status = getattr(self, "final_status", "stopped")
+        status = self.final_status
         if status == "completed" and self._all_targets_failed():
             status = "failed"
             self.stop_reason += " Most hits failed on every target; see the log."
