@@ -22,9 +22,9 @@ from django.db.models import Sum
 from backfill.models import MAX_TOTAL_VISITS, MAX_WINDOW_DAYS, BackfillDay, BackfillPlan
 from funnels.models import Funnel
 from presets.models import Preset, catalog_with_overrides, profile_from_knobs
-from runs.traffic import Catalog, Profile, day_visits, visits_for_day_count
-from runs.traffic.clock import local_day_bounds
 from targets.models import Target
+from trafficinator.traffic import Catalog, Profile, day_visits, visits_for_day_count
+from trafficinator.traffic.clock import local_day_bounds
 
 SAMPLE_VISITS = 400
 # A batch travels as up to this many bulk requests at once, split by visitor, each of at

@@ -50,10 +50,10 @@ from django.utils import timezone
 
 from backfill.models import HEARTBEAT_SECONDS, BackfillDay, BackfillLog, BackfillPlan
 from backfill.planning import MIN_PART_HITS, REQUESTS_PER_BATCH, plan_catalog, plan_funnels, plan_profile
-from runs.loader.sender import RetryPolicy, TargetSender
-from runs.loader.telemetry import OUTCOMES, describe_failure, failure_hint
-from runs.traffic import TrafficConfigError, day_visits, encode_visit
-from runs.traffic.visit import Visit
+from trafficinator.sending.sender import RetryPolicy, TargetSender
+from trafficinator.sending.telemetry import OUTCOMES, describe_failure, failure_hint
+from trafficinator.traffic import TrafficConfigError, day_visits, encode_visit
+from trafficinator.traffic.visit import Visit
 
 logger = logging.getLogger(__name__)
 

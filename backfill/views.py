@@ -21,7 +21,7 @@ from backfill.forms import BackfillPlanForm, ConfirmForm
 from backfill.models import BackfillPlan
 from backfill.planning import Estimate, build_estimate
 from backfill.tasks import enqueue_plan_end
-from runs.traffic import CatalogError, TrafficConfigError
+from trafficinator.traffic import CatalogError, TrafficConfigError
 
 RECENT_PLANS = 20
 LOG_LIMIT = 200

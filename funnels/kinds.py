@@ -3,7 +3,7 @@
 A step is one hit. Its kind decides which of the step's columns mean something; the
 others are cleared on validation. Each parameter has three names: the model column, the
 key in exported JSON (short, per kind: an event's ``category`` is the column
-``event_category``), and the parameter name of ``runs.traffic.funnels.FunnelStep``.
+``event_category``), and the parameter name of ``trafficinator.traffic.funnels.FunnelStep``.
 """
 
 from __future__ import annotations

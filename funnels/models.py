@@ -1,6 +1,6 @@
 """Funnels: ordered journeys that a fixed share of a preset's visits follows.
 
-The traffic model (``runs.traffic.funnels``) does the sampling; these models hold what
+The traffic model (``trafficinator.traffic.funnels``) does the sampling; these models hold what
 the user configured, validate it with messages a person can act on, and convert it with
 ``Funnel.to_spec()``.
 """
@@ -19,9 +19,9 @@ from django.db.models import Exists, OuterRef, Q
 
 from funnels.kinds import DETAIL_COLUMNS, KIND_PARAMS, StepKind, columns_for
 from presets.models import Preset
-from runs.traffic.funnels import MAX_DELAY_SECONDS, FunnelSpec, parse_items
-from runs.traffic.funnels import FunnelStep as TrafficStep
-from runs.traffic.rules import is_absolute_url
+from trafficinator.traffic.funnels import MAX_DELAY_SECONDS, FunnelSpec, parse_items
+from trafficinator.traffic.funnels import FunnelStep as TrafficStep
+from trafficinator.traffic.rules import is_absolute_url
 
 ONE = Decimal(1)
 # Money in step parameters: at least a cent, at most what a DecimalField(12, 2) holds.

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from funnels.models import Funnel
-from runs.traffic import hit_kind, sample_funnel_visit, simulate_funnel
+from trafficinator.traffic import hit_kind, sample_funnel_visit, simulate_funnel
 
 CHART_BAR_WIDTH = 28
 CHART_GAP = 36  # between steps

@@ -8,7 +8,7 @@ import json
 from django import forms
 
 from presets.models import Preset
-from runs.traffic import Catalog, CatalogError
+from trafficinator.traffic import Catalog, CatalogError
 
 MAX_UPLOAD_BYTES = 2_000_000
 

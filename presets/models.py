@@ -10,7 +10,7 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models, transaction
 
 from presets.currencies import ISO_4217
-from runs.traffic import Catalog, CatalogError, Profile
+from trafficinator.traffic import Catalog, CatalogError, Profile
 
 
 def probability_field(verbose_name: str, default: float, help_text: str = "") -> models.FloatField:
@@ -97,7 +97,7 @@ class BuiltinPresetError(ValidationError):
 
 
 class Preset(models.Model):
-    """A traffic profile. Field names match ``runs.traffic.Profile`` so a run can
+    """A traffic profile. Field names match ``trafficinator.traffic.Profile`` so a run can
     snapshot a preset into the traffic model without a translation table."""
 
     class DailyCurve(models.TextChoices):

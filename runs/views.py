@@ -40,7 +40,7 @@ def _number(key: str) -> property:
 
 class Figures:
     """One telemetry snapshot for templates: ``Run.stats["totals"]`` or one target's entry
-    in ``Run.stats["targets"]`` (keys from runs.loader.telemetry). Missing keys read as 0,
+    in ``Run.stats["targets"]`` (keys from trafficinator.sending.telemetry). Missing keys read as 0,
     so a run whose loader has not reported yet renders too."""
 
     visits_started = _number("visits_started")

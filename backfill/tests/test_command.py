@@ -11,7 +11,7 @@ from django.core.management import CommandError, call_command
 from backfill import runner
 from backfill.models import BackfillDay, BackfillPlan
 from backfill.tests.conftest import days_ago, stockholm_today
-from runs.loader.sender import RetryPolicy
+from trafficinator.sending.sender import RetryPolicy
 
 SUMMARY = re.compile(r"\bdays=(\d+) visits=(\d+) hits=(\d+) accepted=(\d+) invalid=(\d+) failed=(\d+)$", re.M)
 

@@ -20,8 +20,8 @@ from backfill.foreground import run_in_foreground
 from backfill.models import BackfillDay, BackfillLog, BackfillPlan
 from backfill.runner import iter_batches, run_day
 from backfill.tests.conftest import STOCKHOLM, confirmed_plan, days_ago, make_backfill_target
-from runs.loader.sender import RetryPolicy
 from targets.fake_matomo import FakeMatomo, Token
+from trafficinator.sending.sender import RetryPolicy
 from trafficinator.testing import subprocess_env
 
 MANAGE = str(Path(settings.BASE_DIR) / "manage.py")

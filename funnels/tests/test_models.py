@@ -6,8 +6,8 @@ from django.core.exceptions import ValidationError
 from funnels.kinds import KIND_PARAMS, StepKind
 from funnels.models import Funnel, FunnelStep
 from funnels.tests.factories import make_funnel, make_step
-from runs.traffic.funnels import STEP_KINDS
 from trafficinator.testing import make_preset
+from trafficinator.traffic.funnels import STEP_KINDS
 
 pytestmark = pytest.mark.django_db
 

@@ -9,8 +9,8 @@ import pytest
 
 from funnels.models import Funnel
 from funnels.tests.factories import make_funnel, make_step
-from runs.traffic import Profile, day_visits, hit_kind, sample_funnel_visit, simulate_funnel
 from trafficinator.testing import make_preset
+from trafficinator.traffic import Profile, day_visits, hit_kind, sample_funnel_visit, simulate_funnel
 
 pytestmark = pytest.mark.django_db
 

@@ -23,8 +23,8 @@ from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 
-from runs.loader.telemetry import RunTelemetry
 from runs.models import Run, RunSample
+from trafficinator.sending.telemetry import RunTelemetry
 from trafficinator.testing import log_in, make_preset, make_target, make_user, subprocess_env
 
 ARTIFACTS = Path(settings.BASE_DIR) / "test-artifacts"

@@ -193,7 +193,7 @@ def test_the_worker_path_runs_a_loader_end_to_end(fake_matomo, fast_preset):
 
 @pytest.mark.django_db(transaction=True)
 def test_a_resumed_run_continues_its_counters_and_its_visit_limit(fake_matomo, fast_preset):
-    from runs.management.commands.run_loader import execute_loader
+    from runs.loader import execute_loader
 
     target = local_target(fake_matomo)
     run = Run.objects.create_run(preset=fast_preset, targets=[target], max_visits=10)
@@ -235,7 +235,7 @@ def test_the_actual_visits_per_day_of_the_last_minute_is_reported(fake_matomo, f
 def test_the_daily_cap_pauses_a_run_until_the_next_local_day(fake_matomo, fast_preset):
     from datetime import UTC, datetime
 
-    from runs.live import LiveLoader
+    from runs.loader import LiveLoader
 
     run = Run.objects.create_run(preset=fast_preset, targets=[local_target(fake_matomo)], daily_cap=2)
     loader = LiveLoader(run)  # not built: no targets, so days are counted in UTC
@@ -274,7 +274,7 @@ def test_run_traffic_accepts_weights_and_explicit_rates_per_target(fake_matomo):
 def test_the_same_seed_gives_the_same_stream_in_another_run(fast_preset):
     from itertools import islice
 
-    from runs.traffic_source import target_streams
+    from runs.loader import target_streams
 
     target = make_target()
     first, second = (Run.objects.create_run(preset=fast_preset, targets=[target], seed=42) for _ in range(2))

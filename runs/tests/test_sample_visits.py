@@ -6,7 +6,7 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from runs.management.commands.sample_visits import split_count
-from runs.traffic import validate_hit
+from trafficinator.traffic import validate_hit
 
 
 def sample(*args: str) -> list[dict]:

@@ -7,9 +7,9 @@ from django.urls import reverse
 from django.utils import timezone
 
 from presets.models import Preset
-from runs.loader.telemetry import RunTelemetry
 from runs.models import HEARTBEAT_STALE_AFTER, Run, RunLog, RunSample
 from runs.views import CHART_MINUTES, Figures, minute_slots, traffic_chart
+from trafficinator.sending.telemetry import RunTelemetry
 from trafficinator.testing import make_target, make_user
 
 # Polling pauses in hidden tabs by static/js/poll-visible.js (htmx's [filter] needs eval,

@@ -4,14 +4,12 @@ gevent is monkey-patched by manage.py before Django loads (see GEVENT_COMMANDS t
 
 from __future__ import annotations
 
-import signal
 from argparse import ArgumentParser
 
-import gevent
 from django.core.management.base import BaseCommand, CommandError
 
-from runs.live import LiveLoader
-from runs.models import Run, RunLog
+from runs.loader import execute_loader
+from runs.models import Run
 
 
 class Command(BaseCommand):
@@ -29,27 +27,3 @@ class Command(BaseCommand):
             # Another loader owns this run (or it ended): never send a second copy of its traffic.
             raise CommandError(f"Run {run_id} is not claimed by this loader (status {run.status}).")
         execute_loader(run)
-
-
-def execute_loader(run: Run, *, progress=None) -> Run:
-    """Run the loop, stop cleanly on SIGTERM/SIGINT, and record how the run ended."""
-    loader = LiveLoader(run, progress=progress)
-
-    def on_signal() -> None:
-        loader.stop("stopped", "Stopped: the loader process was asked to exit.")
-
-    handlers = [gevent.signal_handler(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)]
-    try:
-        status = loader.run_loop()
-        run.finish(status, loader.stop_reason or "Finished.", stats=loader.snapshot())
-        level = RunLog.Level.ERROR if status == Run.Status.FAILED else RunLog.Level.INFO
-        run.log(level, f"Loader finished: {status}. {loader.stop_reason}".strip())
-    except Exception as exc:
-        run.fail(f"The loader failed: {exc!r}")
-        run.log(RunLog.Level.ERROR, f"Loader crashed: {exc!r}")
-        raise
-    finally:
-        for handler in handlers:
-            handler.cancel()
-    run.refresh_from_db()
-    return run

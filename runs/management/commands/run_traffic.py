@@ -11,7 +11,7 @@ from argparse import ArgumentParser, ArgumentTypeError
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
-from runs.management.commands.run_loader import execute_loader
+from runs.loader import execute_loader
 from runs.models import Run
 from targets.models import Target
 from trafficinator.cli import format_errors, get_preset, get_target, positive_int

@@ -11,9 +11,9 @@ from django.core.management.base import BaseCommand, CommandError
 
 from funnels.models import Funnel
 from presets.models import Preset
-from runs.traffic import TrafficConfigError, Visit, day_visits, live_visits, visits_for_day_count
-from runs.traffic.clock import resolve_timezone
 from trafficinator.cli import get_preset, iso_date
+from trafficinator.traffic import TrafficConfigError, Visit, day_visits, live_visits, visits_for_day_count
+from trafficinator.traffic.clock import resolve_timezone
 
 MAX_DAYS = 366
 

@@ -7,8 +7,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from runs.traffic import Profile, day_visits, resolve_timezone, visits_for_day_count
-from runs.traffic.clock import local_day_bounds
+from trafficinator.traffic import Profile, day_visits, resolve_timezone, visits_for_day_count
+from trafficinator.traffic.clock import local_day_bounds
 
 from .conftest import make_day, make_profile
 

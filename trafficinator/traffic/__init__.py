@@ -3,7 +3,7 @@
 Plain Python, no Django and no I/O beyond reading its own data files, so live runs,
 backfills, previews and tests all use the same code. Start here:
 
-    from runs.traffic import Profile, Catalog, day_visits, encode_visit
+    from trafficinator.traffic import Profile, Catalog, day_visits, encode_visit
 
     for visit in day_visits(Profile(), day=date(2025, 3, 3), count=1000, seed=7):
         bodies = encode_visit(visit, cdt="datetime")

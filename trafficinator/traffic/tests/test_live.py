@@ -11,9 +11,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from runs.traffic import live_visits, resolve_timezone
-from runs.traffic.clock import local_day_bounds
-from runs.traffic.curves import ArrivalProcess, hour_weights
+from trafficinator.traffic import live_visits, resolve_timezone
+from trafficinator.traffic.clock import local_day_bounds
+from trafficinator.traffic.curves import ArrivalProcess, hour_weights
 
 from .conftest import make_profile
 

@@ -16,10 +16,11 @@ from datetime import date, timedelta
 
 from django.core.management.base import BaseCommand
 
-from runs.loader.bench import _fake_call, benchmark_sender, start_fake_server, stop_fake_server
-from runs.loader.sender import TargetSender
-from runs.traffic import Profile, day_visits, encode_visit
-from runs.traffic.bench import benchmark_generation
+from targets.fake_matomo.process import fake_call, start_fake_server, stop_fake_server
+from trafficinator.bench.generation import benchmark_generation
+from trafficinator.bench.sending import benchmark_sender
+from trafficinator.sending.sender import TargetSender
+from trafficinator.traffic import Profile, day_visits, encode_visit
 
 SECTIONS = ("generation", "single", "bulk", "stream", "backfill")
 
@@ -119,7 +120,7 @@ class Command(BaseCommand):
             sender.join(timeout=120)
             sender.close(grace_seconds=5)
             elapsed = time.monotonic() - started
-            stats = _fake_call(url, "_fake/stats")
+            stats = fake_call(url, "_fake/stats")
         finally:
             stop_fake_server(server)
         self.line(
@@ -131,7 +132,7 @@ class Command(BaseCommand):
 
     def backfill(self) -> None:
         try:
-            from backfill.bench import benchmark_backfill
+            from trafficinator.bench.backfill import benchmark_backfill
         except ImportError:
             self.line("backfill: not available")
             return

@@ -5,7 +5,7 @@ Both answer ``post(body, content_type) -> (status, body, retry_after)`` and rais
 (where the token is).
 
 Measured on the loader's hot path (single hits, one core, loopback fake Matomo in another
-process; see ``runs.loader.bench``): geventhttpclient used ~0.11-0.15 s of loader CPU
+process; see ``trafficinator.bench.sending``): geventhttpclient used ~0.11-0.15 s of loader CPU
 per 1,000 hits, requests with a shared Session under gevent ~1.0-1.25 s, about eight
 times more. So geventhttpclient is the default; requests stays selectable for comparison
 only, and needs a monkey-patched process (its sockets are the standard library's).

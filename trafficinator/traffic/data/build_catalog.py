@@ -2,7 +2,7 @@
 
 Run once after changing the vocabulary below, and commit the output:
 
-    python runs/traffic/data/build_catalog.py
+    python trafficinator/traffic/data/build_catalog.py
 
 The site is an outdoor shop with a magazine: 10 sections x 5 subsections x 40 pages,
 plus the home page and one index page per section and subsection. Pages of "product"

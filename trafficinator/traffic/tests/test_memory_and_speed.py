@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from runs.traffic import encode_visit, encoding, live_visits
-from runs.traffic.bench import benchmark_generation
+from trafficinator.bench.generation import benchmark_generation
+from trafficinator.traffic import encode_visit, encoding, live_visits
 
 from .conftest import make_profile
 
@@ -48,7 +48,7 @@ def test_memory_does_not_grow_with_the_length_of_the_stream():
 
 
 def test_day_visits_is_lazy():
-    from runs.traffic import day_visits
+    from trafficinator.traffic import day_visits
 
     stream = day_visits(make_profile(), day=START.date(), count=10_000_000, seed=1)
     first = next(stream)  # ten million visits would not fit; the first comes at once

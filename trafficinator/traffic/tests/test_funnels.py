@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from runs.traffic import (
+from trafficinator.traffic import (
     FunnelSpec,
     FunnelStep,
     sample_funnel_visit,
@@ -15,7 +15,7 @@ from runs.traffic import (
     validate_funnels,
     validate_visit,
 )
-from runs.traffic.funnels import FunnelPartition
+from trafficinator.traffic.funnels import FunnelPartition
 
 from .conftest import make_day
 

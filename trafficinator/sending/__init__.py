@@ -2,5 +2,6 @@
 
 Plain Python: nothing here imports Django, so a loader process can import it right
 after gevent's monkey-patching. Import the modules you need explicitly
-(``runs.loader.sender``, ``runs.loader.telemetry``, ``runs.loader.bench``).
+(``trafficinator.sending.sender``, ``trafficinator.sending.telemetry``,
+``trafficinator.sending.clients``).
 """

@@ -15,7 +15,8 @@ import urllib.request
 import gevent
 import pytest
 
-from runs.loader.sender import (
+from targets.fake_matomo import FakeMatomo
+from trafficinator.sending.sender import (
     RetryPolicy,
     SenderClosed,
     TargetSender,
@@ -23,8 +24,7 @@ from runs.loader.sender import (
     needs_token,
     parse_retry_after,
 )
-from runs.loader.telemetry import OUTCOMES, LatencyHistogram, RunTelemetry, TargetTelemetry
-from targets.fake_matomo import FakeMatomo
+from trafficinator.sending.telemetry import OUTCOMES, LatencyHistogram, RunTelemetry, TargetTelemetry
 
 TOKEN = "c0ffee0123456789abcdef0123456789"
 SECURE_TOKEN = "5ecure0123456789abcdef0123456789"

@@ -1,7 +1,7 @@
 """Benchmark the sender against a fake Matomo in another process (count-only mode).
 
-    python -m runs.loader.bench                      # the whole matrix, JSON lines
-    python -m runs.loader.bench --mode bulk --hits 200000 --batch-size 100
+    python -m trafficinator.bench.sending                      # the whole matrix, JSON lines
+    python -m trafficinator.bench.sending --mode bulk --hits 200000 --batch-size 100
 
 Only the loader process is measured (CPU time, peak RSS); the fake server runs in its own
 process, so on a two-core machine each gets a core. Hits are pre-encoded before the clock
@@ -31,19 +31,15 @@ if __name__ == "__main__":  # patch before anything imports socket (requests nee
     monkey.patch_all()
 
 import argparse
-import contextlib
 import json
-import os
 import resource
-import signal
-import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
-from .sender import RetryPolicy, TargetSender
+from targets.fake_matomo.process import fake_call, start_fake_server, stop_fake_server
+from trafficinator.sending.sender import RetryPolicy, TargetSender
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 WARMUP_HITS = 500
@@ -74,40 +70,6 @@ def make_hits(count: int, hits_per_visit: int = 5) -> list[list[str]]:
     return visits
 
 
-def start_fake_server(extra_args: list[str] | None = None) -> tuple[subprocess.Popen, str]:
-    """``python -m targets.fake_matomo --count-only`` on a free loopback port."""
-    process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-        [sys.executable, "-m", "targets.fake_matomo", "--count-only", "--host", "127.0.0.1", *(extra_args or [])],
-        cwd=PROJECT_ROOT,
-        stdout=subprocess.PIPE,
-        text=True,
-        # Its own process group: with --workers N it forks, and stop_fake_server must end
-        # the workers too (killing only the parent left them serving, and holding our pipes).
-        start_new_session=True,
-    )
-    assert process.stdout is not None
-    url = process.stdout.readline().strip()
-    if not url.startswith("http://127.0.0.1:"):
-        stop_fake_server(process)
-        raise RuntimeError(f"fake Matomo did not start (said {url!r})")
-    return process, url
-
-
-def stop_fake_server(process: subprocess.Popen) -> None:
-    """Kill the fake server and all its worker processes (nothing to save: counters are read
-    over HTTP before)."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)
-    process.wait(10)
-
-
-def _fake_call(url: str, path: str, method: str = "GET") -> dict[str, Any]:
-    data = b"" if method == "POST" else None
-    request = urllib.request.Request(url + path, method=method, data=data)  # noqa: S310 - loopback only
-    with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - loopback only
-        return json.loads(response.read())
-
-
 def benchmark_sender(
     mode: str = "single",
     client: str = "geventhttpclient",
@@ -126,7 +88,9 @@ def benchmark_sender(
         from gevent import monkey
 
         if not monkey.is_module_patched("socket"):
-            raise RuntimeError("the requests client needs gevent monkey-patching: run python -m runs.loader.bench")
+            raise RuntimeError(
+                "the requests client needs gevent monkey-patching: run python -m trafficinator.bench.sending"
+            )
     visits = make_hits(hits)
     warmup = make_hits(WARMUP_HITS)
     process, url = start_fake_server()
@@ -145,7 +109,7 @@ def benchmark_sender(
         # Warm-up: open the connections before the clock starts.
         _send_all(sender, warmup, mode)
         sender.join()
-        _fake_call(url, "_fake/reset", "POST")
+        fake_call(url, "_fake/reset", "POST")
         before = sender.telemetry.counts()
 
         usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -160,7 +124,7 @@ def benchmark_sender(
 
         after = sender.telemetry.counts()
         sender.close(1.0)
-        server = _fake_call(url, "_fake/stats")
+        server = fake_call(url, "_fake/stats")
     finally:
         stop_fake_server(process)
     accepted = after["accepted"] - before["accepted"]
@@ -198,7 +162,9 @@ def _send_all(sender: TargetSender, visits: list[list[str]], mode: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m runs.loader.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m trafficinator.bench.sending",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--mode", choices=["single", "bulk"], help="default: the whole matrix")
     parser.add_argument("--client", choices=["geventhttpclient", "requests"])

@@ -6,7 +6,7 @@ from datetime import date
 
 import pytest
 
-from runs.traffic import Profile, day_visits
+from trafficinator.traffic import Profile, day_visits
 
 # A Wednesday in winter (CET, no DST change).
 DAY = date(2025, 3, 5)

@@ -5,8 +5,8 @@ from collections import Counter
 
 import pytest
 
-from runs.traffic import Catalog, CatalogError, parse_url_list
-from runs.traffic.rules import BOT_NETWORKS, bot_word_in
+from trafficinator.traffic import Catalog, CatalogError, parse_url_list
+from trafficinator.traffic.rules import BOT_NETWORKS, bot_word_in
 
 MATOMO_BOT_RANGES = [
     "66.249.64.0/19",

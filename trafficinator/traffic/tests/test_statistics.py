@@ -9,7 +9,7 @@ from statistics import mean
 
 import pytest
 
-from runs.traffic.curves import hour_weights
+from trafficinator.traffic.curves import hour_weights
 
 from .conftest import SAMPLE_VISITS, make_day, make_profile
 

@@ -15,7 +15,7 @@ scheduler that outpaces the target slows down instead of piling up greenlets. Th
 counts hits; visits are the caller's to count (``telemetry.start_visits()`` /
 ``finish_visits()``), because only the scheduler knows when a live visit starts and ends.
 
-Every request gets a final classification (see ``runs.loader.telemetry.OUTCOMES``);
+Every request gets a final classification (see ``trafficinator.sending.telemetry.OUTCOMES``);
 429/408/502/503/504, network errors and timeouts (and 500 in bulk, where Matomo rolled
 the whole batch back) are retried with exponential backoff and jitter, honouring
 ``Retry-After``. A retried hit counts once. The token travels only in POST bodies and

@@ -10,10 +10,10 @@ import time
 import tracemalloc
 from datetime import UTC, datetime
 
-from .encoding import encode_visit
-from .profile import Profile
-from .site_model import compile_site
-from .stream import live_visits
+from trafficinator.traffic.encoding import encode_visit
+from trafficinator.traffic.profile import Profile
+from trafficinator.traffic.site_model import compile_site
+from trafficinator.traffic.stream import live_visits
 
 _START = datetime(2025, 1, 6, tzinfo=UTC)
 _MEMORY_VISITS = 2_000

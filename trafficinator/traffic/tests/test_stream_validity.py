@@ -9,13 +9,13 @@ from urllib.parse import parse_qsl
 
 import pytest
 
-from runs.traffic import (
+from trafficinator.traffic import (
     Profile,
     encode_visit,
     live_visits,
     validate_visit,
 )
-from runs.traffic.rules import bot_word_in, is_bot_ip
+from trafficinator.traffic.rules import bot_word_in, is_bot_ip
 
 from .conftest import DAY, make_day, make_profile
 
@@ -118,7 +118,7 @@ def test_no_token_ever_appears_in_encoded_hits(token_sample):
 
 
 def test_an_invalid_profile_is_refused_before_any_traffic():
-    from runs.traffic import TrafficConfigError, day_visits
+    from trafficinator.traffic import TrafficConfigError, day_visits
 
     with pytest.raises(TrafficConfigError) as error:
         day_visits(Profile(pageviews_min=9, pageviews_max=2), day=DAY, count=10)

@@ -4,7 +4,7 @@ from decimal import Decimal
 
 import pytest
 
-from runs.traffic import Profile, resolve_timezone
+from trafficinator.traffic import Profile, resolve_timezone
 
 
 def fields_of(problems):

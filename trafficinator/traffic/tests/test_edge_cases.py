@@ -7,9 +7,9 @@ from random import Random
 
 import pytest
 
-from runs.traffic import Catalog, FunnelSpec, FunnelStep, Profile, validate_visit
-from runs.traffic.ecommerce import OrderPlanner
-from runs.traffic.site_model import compile_site
+from trafficinator.traffic import Catalog, FunnelSpec, FunnelStep, Profile, validate_visit
+from trafficinator.traffic.ecommerce import OrderPlanner
+from trafficinator.traffic.site_model import compile_site
 
 from .conftest import make_day
 

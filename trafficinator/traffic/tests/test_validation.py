@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from runs.traffic import validate_hit
+from trafficinator.traffic import validate_hit
 
 CID = "0123456789abcdef"
 

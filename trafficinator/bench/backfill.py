@@ -1,6 +1,6 @@
 """How fast one worker backfills: a real plan against a fake Matomo in another process.
 
-    from backfill.bench import benchmark_backfill
+    from trafficinator.bench.backfill import benchmark_backfill
     benchmark_backfill(days=3, visits_per_day=20_000)
 
 Everything a worker does is measured: generating the visits, encoding them, sending bulk
@@ -22,7 +22,7 @@ from zoneinfo import ZoneInfo
 from backfill.foreground import run_in_foreground
 from backfill.models import BackfillPlan
 from presets.models import Preset
-from runs.loader.bench import _fake_call, start_fake_server, stop_fake_server
+from targets.fake_matomo.process import fake_call, start_fake_server, stop_fake_server
 from targets.models import Target
 
 BENCH_TIMEZONE = "Europe/Stockholm"
@@ -75,7 +75,7 @@ def benchmark_backfill(
         usage = resource.getrusage(resource.RUSAGE_SELF)
         cpu = usage.ru_utime + usage.ru_stime - cpu_start
         progress = plan.progress()
-        server = _fake_call(url, "_fake/stats")
+        server = fake_call(url, "_fake/stats")
         plan.refresh_from_db()
         return {
             "days": progress.days,

@@ -1,0 +1,63 @@
+"""The engine (traffic model and sending layer) is plain Python below every app."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+ENGINE = [ROOT / "trafficinator" / "traffic", ROOT / "trafficinator" / "sending"]
+APPS = ["targets", "presets", "funnels", "backfill", "runs"]
+
+
+def _imported_modules(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+def _engine_sources() -> list[Path]:
+    return [path for package in ENGINE for path in package.rglob("*.py") if "tests" not in path.parts]
+
+
+def test_engine_modules_import_neither_django_nor_an_app():
+    offenders = []
+    for path in _engine_sources():
+        for module in _imported_modules(path):
+            top = module.split(".")[0]
+            if top == "django" or top in APPS:
+                offenders.append(f"{path.relative_to(ROOT)} imports {module}")
+    assert offenders == []
+
+
+def test_engine_imports_without_django_settings():
+    """Importing the engine's public API in a fresh interpreter loads no Django module."""
+    code = (
+        "import sys, trafficinator.traffic, trafficinator.sending.sender, trafficinator.sending.telemetry;"
+        "sys.exit(1 if any(name == 'django' or name.startswith('django.') for name in sys.modules) else 0)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+
+
+def test_apps_use_only_the_public_api_of_other_apps():
+    """No app imports another app's private names (a leading underscore)."""
+    offenders = []
+    for app in APPS:
+        for path in (ROOT / app).rglob("*.py"):
+            tree = ast.parse(path.read_text(), filename=str(path))
+            for node in ast.walk(tree):
+                if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                    top = node.module.split(".")[0]
+                    if top in APPS and top != app:
+                        private = [alias.name for alias in node.names if alias.name.startswith("_")]
+                        if private:
+                            offenders.append(f"{path.relative_to(ROOT)}: {node.module} {private}")
+    assert offenders == []
