@@ -84,8 +84,11 @@ class RunQuerySet(models.QuerySet):
         for target, weight, rate in entries:
             RunTarget.objects.create(run=run, target=target, weight=weight, visits_per_day=rate)
         who = getattr(created_by, "username", None) or "the command line"
-        run.log(RunLog.Level.INFO, f"Created by {who}: preset {preset.name}, {run.visits_per_day} visits/day, "
-                f"{len(entries)} target(s), seed {run.seed}{', bulk' if bulk else ''}.")
+        run.log(
+            RunLog.Level.INFO,
+            f"Created by {who}: preset {preset.name}, {run.visits_per_day} visits/day, "
+            f"{len(entries)} target(s), seed {run.seed}{', bulk' if bulk else ''}.",
+        )
         return run
 
     def active(self) -> RunQuerySet:
