@@ -27,7 +27,14 @@ What it emulates (Matomo 5, checked against its sources; see ``rules.py`` for th
   URL query string is counted in ``stats()["token_in_url"]``.
 * Backdating: a hit older than the visitor's latest recorded hit fails with 500; in a bulk
   the whole batch is rolled back (Matomo's bulk import is one transaction).
-* Faults on demand (``Fault``; ``fail_next``, ``hang_next``, ``reset_next``, latency).
+* Faults on demand (``Fault``; ``fail_next``, ``hang_next``, ``reset_next``, latency), and
+  the "500 but stored" answer to a bulk request that starts a site-day (``Fault(kind=
+  "stored_500")``), which follows matomo-tracking.md's measurement on Matomo 5.0.2 with
+  MariaDB (see ``faults.Fault``).
+* Capacity mode (``capacity=N``, ``service_time_per_hit``, ``service_time_per_request``;
+  ``--capacity``, ``--hit-ms``, ``--request-ms``): a fixed number of "PHP workers", each
+  busy for a time per request and per hit, so a sender that leaves workers idle is
+  visibly slower, as against a real Matomo.
 * Reporting API: API.getMatomoVersion, SitesManager.getSiteFromId and the
   getSitesId*/getSites* access lists, UsersManager.hasSuperUserAccess /
   getSitesAccessFromUser, CoreAdminHome.invalidateArchivedReports, VisitsSummary.get.

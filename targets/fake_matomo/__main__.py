@@ -85,6 +85,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="accept secure-only tokens in JSON bulk bodies and Authorization: Bearer",
     )
     parser.add_argument("--record-statistics-off", action="store_true", help="Matomo's record_statistics = 0")
+    parser.add_argument(
+        "--capacity",
+        type=int,
+        default=None,
+        metavar="WORKERS",
+        help="capacity mode: serve at most WORKERS tracking requests at once, like a Matomo's PHP workers",
+    )
+    parser.add_argument(
+        "--hit-ms", type=float, default=0.0, help="capacity mode: milliseconds of a worker's time per hit"
+    )
+    parser.add_argument(
+        "--request-ms", type=float, default=0.0, help="capacity mode: milliseconds of a worker's time per request"
+    )
     parser.add_argument("--threads", action="store_true", help="use OS threads instead of gevent")
     parser.add_argument(
         "--workers",
@@ -110,6 +123,12 @@ def make_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     options.setdefault("latency", args.latency)
     options.setdefault("modern_auth", args.modern_auth)
     options.setdefault("record_statistics", not args.record_statistics_off)
+    if args.capacity is not None:
+        if args.capacity < 1:
+            raise SystemExit("--capacity must be at least 1")
+        options.setdefault("capacity", args.capacity)
+        options.setdefault("service_time_per_hit", args.hit_ms / 1000)
+        options.setdefault("service_time_per_request", args.request_ms / 1000)
     return {"sites": sites, "tokens": tokens, "version": args.matomo_version, **options}
 
 

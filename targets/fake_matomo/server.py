@@ -87,6 +87,11 @@ class FakeMatomo:
     * ``key_limit``: how many visitors, order ids and duplicate signatures the rules
       remember (a full map forgets its oldest entries down to 3/4 of the limit). Default:
       unlimited when hits are kept, 1,000,000 in count-only mode (about 300 MB at most).
+    * ``capacity``: capacity mode, like a real Matomo's fixed pool of PHP workers: at most
+      this many tracking requests are served at once (the others queue), and each holds
+      its worker for ``service_time_per_request`` + ``service_time_per_hit`` x its hits
+      (seconds). A sender that leaves workers idle is then visibly slower, as against a
+      real Matomo. None (default) = no limit and no service time.
 
     Per-site ``record_statistics=False`` (a fake-only switch) answers single hits for that
     site with 503 and counts such entries in a bulk batch as excluded ("record_statistics").
@@ -112,6 +117,9 @@ class FakeMatomo:
         key_limit: int | None = None,
         reuse_port: bool = False,
         listener: Any = None,
+        capacity: int | None = None,
+        service_time_per_hit: float = 0.0,
+        service_time_per_request: float = 0.0,
     ) -> None:
         self.sites: dict[int, Site] = make_sites(sites)
         self.tokens: dict[str, Token] = make_tokens(tokens)
@@ -141,6 +149,16 @@ class FakeMatomo:
             hits_for=self.hits_for,
             on_invalidate=self.recorder.record_invalidation,
         )
+        if capacity is not None and capacity < 1:
+            raise ValueError("capacity must be at least 1 worker")
+        self.capacity = capacity
+        self.service_time_per_hit = max(0.0, float(service_time_per_hit))
+        self.service_time_per_request = max(0.0, float(service_time_per_request))
+        # Capacity mode: the "PHP workers" (a real semaphore, or gevent's when patched).
+        self._workers = threading.BoundedSemaphore(capacity) if capacity else None
+        # Site-days that requests being served now start (see the stored_500 fault).
+        self._starting: Counter[tuple[int, Any]] = Counter()
+        self._starting_lock = threading.Lock()
         self._reuse_port = reuse_port
         self._listener = listener
         self._server: HTTPServer | None = None
@@ -362,12 +380,62 @@ class FakeMatomo:
             return self._fault_response(fault, is_bulk)
         if fault and fault.kind == "reset" and not fault.processed:
             return RESET
-        response = self._bulk(req) if is_bulk else self._single(req, query)
+        workers = self._workers
+        if workers is not None:
+            workers.acquire()
+        started = time.monotonic()
+        starting: set[tuple[int, Any]] = set()
+        try:
+            if is_bulk:
+                response, hits, starting = self._bulk(req)
+            else:
+                response, hits = self._single(req, query), 1
+            if workers is not None:
+                service = self.service_time_per_request + self.service_time_per_hit * hits
+                self._wait(service - (time.monotonic() - started))
+        finally:
+            if starting:
+                self._end_site_days(starting)
+            if workers is not None:
+                workers.release()
         if fault and fault.kind == "reset":
             return RESET
         if response.status >= 400:
             recorder.count_rejected(response.status)
         return response
+
+    # -- site-days (the stored_500 fault) ----------------------------------------------------
+
+    def _begin_site_days(self, outcomes: list[Outcome]) -> tuple[set[tuple[int, Any]], bool]:
+        """The site-days this request starts (nothing recorded on them yet, or another
+        request being served starts them too), registered as in progress; and whether
+        another request is starting one of them (the contended case)."""
+        now = self.clock()
+        days: set[tuple[int, Any]] = set()
+        memo: dict[tuple[int, int], Any] = {}
+        for outcome in outcomes:
+            if outcome.kind != "record" or outcome.site_id not in self.sites:
+                continue
+            when = outcome.time if outcome.explicit_time else now
+            slot = (outcome.site_id, int(when) // 900)  # every UTC offset is a multiple of 15 min
+            day = memo.get(slot)
+            if day is None:
+                day = memo[slot] = self.sites[outcome.site_id].local_date(when)
+            days.add((outcome.site_id, day))
+        known = self.recorder.site_days
+        with self._starting_lock:
+            starting = {day for day in days if day not in known or self._starting[day]}
+            contended = any(self._starting[day] for day in starting)
+            for day in starting:
+                self._starting[day] += 1
+        return starting, contended
+
+    def _end_site_days(self, starting: set[tuple[int, Any]]) -> None:
+        with self._starting_lock:
+            for day in starting:
+                self._starting[day] -= 1
+                if not self._starting[day]:
+                    del self._starting[day]
 
     def _fault_response(self, fault: Fault, is_bulk: bool) -> Response:
         headers = [("Retry-After", str(fault.retry_after))] if fault.retry_after is not None else []
@@ -435,18 +503,24 @@ class FakeMatomo:
             header_language=headers.get("accept-language", ""),
         )
 
-    def _bulk(self, req: Request) -> Response:
+    def _bulk(self, req: Request) -> tuple[Response, int, set[tuple[int, Any]]]:
+        """The answer, the number of entries (for the service time), and the site-days it
+        started (registered while a ``stored_500`` rule is active; the caller ends them)."""
         try:
             data = json.loads(req.body)
         except (ValueError, UnicodeDecodeError):
             data = None
         if not isinstance(data, dict):
             data = {}
-        if not self.record_statistics:
-            return Response(200, _json_bytes({"status": "success", "tracked": 0, "invalid": 0}), _JSON)
         entries = data.get("requests")
         if not isinstance(entries, list):
             entries = []
+        if not self.record_statistics:
+            return (
+                Response(200, _json_bytes({"status": "success", "tracked": 0, "invalid": 0}), _JSON),
+                len(entries),
+                set(),
+            )
         json_value = data.get("token_auth") if isinstance(data.get("token_auth"), str) else ""
         bearer = self._bearer(req)
         # Matomo 5.3: a secure-only token in the JSON body is not "sent securely" (fixed by
@@ -482,8 +556,23 @@ class FakeMatomo:
             with self.recorder.lock:
                 self.recorder.counters["dropped_bulk_entries"] += dropped
                 self.recorder.counters["token_in_bulk_entry"] += in_entry
+        starting: set[tuple[int, Any]] = set()
+        contended = False
+        if self.fault_plan.has_stored_500():
+            starting, contended = self._begin_site_days(outcomes)
         result = self.recorder.commit(outcomes, bulk=True)
         show_indices = json_token is not None and json_token.superuser
+        if result.conflict is None and starting:
+            with self.recorder.lock:
+                self.recorder.site_days.update(starting)
+            fault = self.fault_plan.pick("bulk", starts_site_day=True, contended=contended)
+            if fault is not None:
+                # Recorded in full, answered like Matomo 5.0.2 after a swallowed deadlock.
+                self.recorder.count_fault(fault.kind)
+                invalid = sum(1 for o in outcomes if o.kind == "invalid")
+                body = {"status": "error", "tracked": len(outcomes) - invalid, "invalid": invalid}
+                headers = [("X-Fake-Matomo-Reason", "site-day deadlock: stored, then the commit failed")]
+                return Response(500, _json_bytes(body), _JSON, headers), len(entries), starting
         if result.conflict is not None:
             before = outcomes[: result.conflict]
             body: dict[str, Any] = {
@@ -493,14 +582,15 @@ class FakeMatomo:
             }
             if show_indices:
                 body["invalid_indices"] = [i for i, o in enumerate(before) if o.kind == "invalid"]
-            return Response(500, _json_bytes(body), _JSON, [("X-Fake-Matomo-Reason", "backdated")])
+            response = Response(500, _json_bytes(body), _JSON, [("X-Fake-Matomo-Reason", "backdated")])
+            return response, len(entries), starting
         invalid_indices = [i for i, o in enumerate(outcomes) if o.kind == "invalid"]
         if str(data.get("send_image", "1")) == "0":
-            return Response(204, b"", "")
+            return Response(204, b"", ""), len(entries), starting
         body = {"status": "success", "tracked": len(outcomes) - len(invalid_indices), "invalid": len(invalid_indices)}
         if show_indices:
             body["invalid_indices"] = invalid_indices
-        return Response(200, _json_bytes(body), _JSON)
+        return Response(200, _json_bytes(body), _JSON), len(entries), starting
 
     # -- Reporting API ------------------------------------------------------------------------
 

@@ -81,6 +81,9 @@ class Recorder:
             self.hits_by_pv_id: Counter[str] = Counter()
             self.api_calls: list[dict[str, Any]] = []
             self.invalidations: list[dict[str, Any]] = []
+            # (site id, local date) that received hits, kept while a stored_500 fault
+            # rule is active (see FakeMatomo._begin_site_days).
+            self.site_days: set[tuple[int, Any]] = set()
             self.seq = 0
 
     def count(self, name: str, amount: int = 1) -> None:

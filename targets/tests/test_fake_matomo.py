@@ -964,3 +964,59 @@ def test_worker_processes_share_the_port_counters_and_fault_budgets(http):
     finally:
         stop_cli(process)
     assert process.returncode == 0
+
+
+# -- capacity mode and the "500 but stored" fault --------------------------------------------------
+
+
+def test_capacity_mode_serves_at_most_its_workers_at_once_for_a_time_per_hit(http):
+    with make_matomo(capacity=2, service_time_per_hit=0.02) as matomo:
+        entries = [query(hit(cid=f"{n:016x}", rand=n)) for n in range(5)]  # 5 hits: 0.1 s of a worker each
+        started = time.monotonic()
+        with ThreadPoolExecutor(4) as pool:
+            statuses = list(pool.map(lambda _: bulk(http, matomo, entries).status_code, range(4)))
+        elapsed = time.monotonic() - started
+        assert statuses == [200] * 4
+        # Four requests of 0.1 s on two workers take two rounds; on four they would take one.
+        assert elapsed >= 0.2
+        assert matomo.stats()["recorded"] == 20
+
+
+def test_a_bulk_request_that_starts_a_site_day_is_stored_and_answered_500(matomo, http):
+    matomo.add_fault(kind="stored_500", target="bulk", count=1)
+    yesterday = int(time.time()) - 86400
+    first = [query(hit(cid=f"{n:016x}", cdt=yesterday + n)) for n in range(3)]
+    response = bulk(http, matomo, first, token=SUPER)
+    assert response.status_code == 500
+    # Matomo's BulkTracking answer after the failed commit: every entry was processed.
+    assert response.json() == {"status": "error", "tracked": 3, "invalid": 0}
+    assert matomo.stats()["recorded"] == 3
+    # The site-day has begun: the next request of the same day is not a starter.
+    matomo.add_fault(kind="stored_500", target="bulk", count=1)
+    later = [query(hit(cid="00000000000000ff", cdt=yesterday + 10))]
+    assert bulk(http, matomo, later, token=SUPER).status_code == 200
+    assert matomo.stats()["faults_fired"] == {"stored_500": 1}
+
+
+def test_the_contended_site_day_fault_fires_only_for_concurrent_starters(http):
+    with make_matomo(capacity=4, service_time_per_request=0.3) as matomo:
+        matomo.add_fault(kind="stored_500", target="bulk", count=None, contended=True)
+        day = int(time.time()) - 86400
+        alone = bulk(http, matomo, [query(hit(cid="000000000000000a", cdt=day))], token=SUPER)
+        assert alone.status_code == 200  # one starter at a time: no deadlock
+        two_days_ago = day - 86400
+        entries = [[query(hit(cid=f"{n:016x}", cdt=two_days_ago + n))] for n in range(1, 3)]
+        with ThreadPoolExecutor(2) as pool:
+            statuses = sorted(pool.map(lambda e: bulk(http, matomo, e, token=SUPER).status_code, entries))
+        assert statuses == [200, 500]
+        assert matomo.stats()["recorded"] == 3  # the 500 was stored too
+
+
+def test_the_command_line_turns_on_capacity_mode_in_milliseconds():
+    from targets.fake_matomo.__main__ import build_parser, make_kwargs
+
+    kwargs = make_kwargs(build_parser().parse_args(["--capacity", "4", "--hit-ms", "1.5", "--request-ms", "20"]))
+    assert (kwargs["capacity"], kwargs["service_time_per_hit"], kwargs["service_time_per_request"]) == (4, 0.0015, 0.02)
+    assert "capacity" not in make_kwargs(build_parser().parse_args([]))
+    with pytest.raises(SystemExit):
+        make_kwargs(build_parser().parse_args(["--capacity", "0"]))
