@@ -29,7 +29,15 @@ _REQUEST_TARGET = re.compile(r"[^\x00-\x20\x7f]+")
 
 
 class TransportError(Exception):
-    """The request got no HTTP answer: refused, reset, closed, DNS... (a network error)."""
+    """The request got no HTTP answer: refused, reset, closed, DNS... (a network error).
+
+    ``sent``: the whole request went out before it failed, so the server may have
+    processed it (a reset or a timeout while waiting for the answer). False when it
+    never left (refused, DNS, a broken connection while writing)."""
+
+    def __init__(self, message: str = "", *, sent: bool = False) -> None:
+        super().__init__(message)
+        self.sent = sent
 
 
 class TransportTimeout(TransportError):
@@ -90,25 +98,28 @@ class GeventTransport:
         # network_timeout bounds the connect and each send/recv; the deadline bounds the
         # whole request (a server trickling its answer byte by byte).
         deadline = gevent.Timeout.start_new(self.timeout, _Deadline)
+        progress = [False]  # set once the whole request is written
         try:
-            response = self._exchange(self._heads[content_type] + b"%d\r\n\r\n" % len(body) + body)
+            response = self._exchange(self._heads[content_type] + b"%d\r\n\r\n" % len(body) + body, progress)
             data = response.read()
             retry_after = response.get("retry-after")
             return response.status_code, data, retry_after if isinstance(retry_after, str) else None
         except _Deadline:
-            raise TransportTimeout(f"no complete answer within {self.timeout:g} s") from None
+            raise TransportTimeout(f"no complete answer within {self.timeout:g} s", sent=progress[0]) from None
         except TimeoutError as exc:
-            raise TransportTimeout(f"timed out after {self.timeout:g} s ({_describe(exc)})") from None
+            message = f"timed out after {self.timeout:g} s ({_describe(exc)})"
+            raise TransportTimeout(message, sent=progress[0]) from None
         except (OSError, HTTPParseError) as exc:
-            raise TransportError(_describe(exc)) from None
+            raise TransportError(_describe(exc), sent=progress[0]) from None
         finally:
             deadline.close()
 
-    def _exchange(self, request: bytes) -> HTTPSocketPoolResponse:
+    def _exchange(self, request: bytes, progress: list[bool]) -> HTTPSocketPoolResponse:
         pool = self._pool
         sock = pool.get_socket()
         try:
             sock.sendall(request)
+            progress[0] = True
         except OSError as exc:
             if exc.errno not in (errno.ECONNRESET, errno.EPIPE):
                 pool.release_socket(sock)
@@ -148,10 +159,14 @@ class RequestsTransport:
             response = self._session.post(
                 self.url, data=body, headers=self._headers[content_type], timeout=self.timeouts, allow_redirects=False
             )
-        except requests.Timeout as exc:
+        except requests.ConnectTimeout as exc:
             raise TransportTimeout(type(exc).__name__) from None
+        except requests.Timeout as exc:  # a read timeout: the request was sent
+            raise TransportTimeout(type(exc).__name__, sent=True) from None
         except (requests.RequestException, OSError) as exc:
-            raise TransportError(type(exc).__name__) from None
+            # requests does not say whether the body went out: assume it may have.
+            sent = not isinstance(exc, requests.exceptions.ConnectionError) or "Connection refused" not in str(exc)
+            raise TransportError(type(exc).__name__, sent=sent) from None
         return response.status_code, response.content, response.headers.get("Retry-After")
 
     def close(self) -> None:

@@ -16,13 +16,33 @@ counts hits; visits are the caller's to count (``telemetry.start_visits()`` /
 ``finish_visits()``), because only the scheduler knows when a live visit starts and ends.
 
 Every request gets a final classification (see ``trafficinator.sending.telemetry.OUTCOMES``);
-429/408/502/503/504, network errors and timeouts (and 500 in bulk, where Matomo rolled
-the whole batch back) are retried with exponential backoff and jitter, honouring
+429/408/502/503/504, network errors and timeouts (and in bulk a 500 that Matomo rolled
+back, see below) are retried with exponential backoff and jitter, honouring
 ``Retry-After``. A retried hit counts once. The token travels only in POST bodies and
 never appears in a URL, a log message or an exception.
 
-Delivery is at least once for timeouts and resets after the server processed a request:
-Matomo may have recorded a hit whose answer we never got, and the retry records it again.
+Ambiguous answers are settled, not guessed:
+
+* A bulk error answer (HTTP 500, or a 2xx "error") whose ``tracked + invalid`` counts
+  every entry was processed in full: only Matomo's final commit failed. Measured on
+  Matomo 5.0.2 (matomo-tracking.md, "Bulk tracking"): requests that start a site-day
+  together deadlock on the option table, the rest is stored in autocommit, and the answer
+  is 500 with the counts. It is counted as Matomo reports it and never resent.
+* A bulk 500 that counts fewer entries was rolled back by Matomo's bulk handler (it rolls
+  its transaction back on an exception) and is resent.
+* A request that went out whole and got no answer (reset, timeout) may have been
+  recorded. A bulk resend then judges it: Matomo refuses a resend of visits it holds as
+  older than the visitors' last actions (500), so a 500 while Matomo answers a harmless
+  probe (an entry without ``rec``) means "already recorded": counted once as accepted
+  (``already_recorded``). A resend that is accepted proves nothing was recorded, except
+  for visitors whose hits in the request all share one second (or carry no cdt): Matomo
+  would accept those again, so their hits are counted ``possibly_duplicated``. A single
+  hit (live, no cdt) accepted on a resend after a lost answer is counted
+  ``possibly_duplicated``.
+* The bound: Matomo holds a hit twice only where ``possibly_duplicated`` counted it (and
+  only if the lost answer's request had been recorded). A request refused as already
+  recorded after Matomo had stored only part of it (a 5.0.2 deadlock mid-request) has its
+  missing hits counted accepted: at most the hits of requests counted ``already_recorded``.
 """
 
 from __future__ import annotations
@@ -52,6 +72,9 @@ CDT_WITHOUT_TOKEN_SECONDS = 86400
 # Characters a JSON string cannot hold as they are.
 _JSON_UNSAFE = re.compile(r'[\x00-\x1f"\\]')
 
+_IDSITE = re.compile(r"(?:^|[?&])idsite=(\d+)")
+_VISITOR = re.compile(r"(?:^|[?&])(?:cid|_id)=([0-9A-Fa-f]{16})")
+
 # What a visit's on_done receives.
 VISIT_OUTCOMES = ("accepted", "partial", "rejected", "failed", "abandoned")
 
@@ -71,7 +94,8 @@ class RetryPolicy:
     backoff_max: float = 30.0
     retry_after_max: float = 120.0
     statuses: frozenset[int] = frozenset({408, 429, 502, 503, 504})
-    # Bulk: Matomo rolled the whole batch back on a 500, so resending it is safe.
+    # Bulk: a 500 that does not count every entry was rolled back by Matomo's bulk
+    # handler, so it is resent (one that counts every entry was stored: never resent).
     bulk_statuses: frozenset[int] = frozenset({408, 429, 500, 502, 503, 504})
 
     def delay(self, attempt: int, retry_after: str | None = None) -> float:
@@ -103,6 +127,68 @@ def parse_retry_after(value: str | None) -> float | None:
 
 class SenderClosed(RuntimeError):
     pass
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A request that got no answer: its telemetry kind, retry reason, a message, and
+    whether it went out whole (then Matomo may have processed it)."""
+
+    kind: str
+    reason: str
+    message: str
+    sent: bool
+
+
+def _bulk_counts(data: bytes) -> tuple[bool, int, int] | None:
+    """(status is "success", tracked, invalid) of a bulk answer, or None without counts."""
+    if not data:
+        return None
+    try:
+        answer = json.loads(data)
+        return answer.get("status") == "success", int(answer["tracked"]), int(answer.get("invalid", 0))
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return None
+
+
+def cdt_epoch(query: str) -> float | None:
+    """A hit's ``cdt`` as UNIX seconds, or None when it has none (or an unreadable one)."""
+    match = _CDT_PARAM.search(query)
+    if not match:
+        return None
+    value = unquote_plus(match.group(1)).strip()
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        parsed = datetime.fromisoformat(value.replace("T", " ", 1))
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.timestamp()
+
+
+def visitor_of(query: str) -> str:
+    """The visitor id (``cid``, else ``_id``) of an encoded hit, "" if it has none."""
+    match = _VISITOR.search(query)
+    return match.group(1).lower() if match else ""
+
+
+def _hits_a_resend_cannot_judge(entries: Sequence[str]) -> int:
+    """Hits of the visitors whose hits in ``entries`` all share one second or carry no
+    cdt: a resend of them is accepted even when Matomo holds them already."""
+    seconds: dict[str, set[int | None]] = {}
+    hits: dict[str, int] = {}
+    for query in entries:
+        visitor = visitor_of(query)
+        epoch = cdt_epoch(query)
+        seconds.setdefault(visitor, set()).add(None if epoch is None else int(epoch))
+        hits[visitor] = hits.get(visitor, 0) + 1
+    return sum(
+        hits[visitor] for visitor, stamps in seconds.items() if None in stamps or len(stamps) == 1 or not visitor
+    )
 
 
 def _failure_kind(status: int) -> str:
@@ -346,17 +432,18 @@ class TargetSender:
         settled = done == len(hits) and "abandoned" not in results
         self._notify(on_done, _settled_outcome(results, done) if settled else "abandoned")
 
-    def _post(self, body: bytes, content_type: str) -> tuple[int, bytes, str | None, tuple[str, str, str] | None]:
+    def _post(self, body: bytes, content_type: str) -> tuple[int, bytes, str | None, Failure | None]:
         """One request: (status, data, Retry-After, None) when an answer came, else
-        (0, b"", None, (kind, retry reason, message)) for a timeout or a network error."""
+        (0, b"", None, Failure) for a timeout or a network error."""
         try:
             status, data, retry_after = self._transport.post(body, content_type)
         except TransportTimeout as exc:
-            return 0, b"", None, ("timeouts", "timeout", str(exc))
+            return 0, b"", None, Failure("timeouts", "timeout", str(exc), exc.sent)
         except TransportError as exc:
-            return 0, b"", None, ("network_errors", "network", str(exc))
+            return 0, b"", None, Failure("network_errors", "network", str(exc), exc.sent)
         except Exception as exc:  # anything else from the HTTP stack: no answer either
-            return 0, b"", None, ("network_errors", "network", _scrub(f"{type(exc).__name__}: {exc}", self._token))
+            message = _scrub(f"{type(exc).__name__}: {exc}", self._token)
+            return 0, b"", None, Failure("network_errors", "network", message, True)
         return status, data, retry_after, None
 
     def _send_single(self, query: str) -> str:
@@ -367,15 +454,21 @@ class TargetSender:
         body = query.encode("utf-8") + self._single_suffix
         policy = self.retry
         attempt = 1
+        # Set once a request went out and got no answer: Matomo may have recorded the hit,
+        # and a live single hit (no cdt) that is sent again would be recorded again.
+        maybe_recorded = False
         while True:
             start = time.perf_counter()
             status, data, retry_after, failure = self._post(body, FORM)
             if failure:
-                kind, reason, message = failure
+                kind, reason, message = failure.kind, failure.reason, failure.message
+                maybe_recorded = maybe_recorded or failure.sent
             else:
                 latency = time.perf_counter() - start
                 if status < 300:
                     telemetry.record_outcome("accepted", 1, latency=latency)
+                    if maybe_recorded:
+                        telemetry.record_possibly_duplicated(1)
                     return "accepted"
                 kind, reason, message = _failure_kind(status), str(status), ""
                 if status not in policy.statuses:
@@ -427,30 +520,52 @@ class TargetSender:
         for _, on_done in batch:
             self._notify(on_done, outcome)
 
-    def _send_batch(self, body: bytes, entries: list[str]) -> str:
-        """Send one batch until settled; returns the visits' outcome."""
+    def _send_batch(self, body: bytes, entries: list[str], *, resend: bool = False) -> str:
+        """Send one batch until settled; returns the visits' outcome.
+
+        An answer that does not settle the batch is not guessed at (see the module
+        docstring, "Ambiguous answers"): an error answer that counts every entry
+        (``tracked + invalid``) was stored; a lost answer (reset or timeout after the
+        body went out) makes the resend the judge: refused while Matomo answers a
+        harmless probe means already recorded, accepted means it was not (but for the
+        visitors a resend cannot tell, counted "possibly duplicated"). ``resend``: the
+        batch may have been recorded before (a resumed backfill's in-flight batch)."""
         telemetry = self.telemetry
         total = len(entries)
         policy = self.retry
         attempt = 1
+        maybe_recorded = resend
         while True:
             start = time.perf_counter()
             message = ""
             status, data, retry_after, failure = self._post(body, JSON)
+            latency = time.perf_counter() - start
             if failure:
-                kind, reason, message = failure
+                kind, reason, message = failure.kind, failure.reason, failure.message
+                maybe_recorded = maybe_recorded or failure.sent
             else:
-                latency = time.perf_counter() - start
-                if status < 300:
-                    return self._settle_batch(status, data, entries, latency)
-                kind, reason = _failure_kind(status), str(status)
+                counts = _bulk_counts(data)
+                if status < 300 and (counts is None or counts[0]):
+                    outcome = self._settle_batch(status, data, entries, latency, counts)
+                    if maybe_recorded and outcome != "failed":
+                        self._count_possible_duplicates(entries)
+                    return outcome
+                # A 2xx "error" is Matomo's failure too, like a 500.
+                kind = "server_errors" if status < 300 else _failure_kind(status)
+                reason = str(status)
+                if counts is not None and counts[1] + counts[2] == total and (status == 500 or status < 300):
+                    outcome = self._settle_stored_error(status, entries, latency, counts)
+                    if maybe_recorded:
+                        self._count_possible_duplicates(entries)
+                    return outcome
                 if telemetry.is_new_failure(kind, status):
                     message = self._status_message(status, data)
+                if maybe_recorded and status == 500 and self._matomo_answers(entries):
+                    return self._settle_already_recorded(total, latency)
                 if status not in policy.bulk_statuses:
                     # A 400 (or other refusal) rolled the whole batch back: each hit is rejected.
                     telemetry.record_outcome(kind, total, latency=latency, status=status, message=message)
                     return "rejected" if kind == "rejected" else "failed"
-            latency = time.perf_counter() - start
             if attempt >= policy.max_attempts or self._stop.is_set():
                 telemetry.record_outcome(kind, total, latency=latency, status=status, message=message)
                 return "rejected" if kind == "rejected" else "failed"
@@ -461,7 +576,10 @@ class TargetSender:
                 return "abandoned"
             attempt += 1
 
-    def _settle_batch(self, status: int, data: bytes, entries: list[str], latency: float) -> str:
+    def _settle_batch(
+        self, status: int, data: bytes, entries: list[str], latency: float, counts: tuple[bool, int, int] | None
+    ) -> str:
+        """A 2xx answer: count what Matomo says it tracked and refused."""
         telemetry = self.telemetry
         total = len(entries)
         if status == 204 or not data:
@@ -471,12 +589,7 @@ class TargetSender:
             )
             telemetry.record_outcome("accepted", total, latency=latency)
             return "accepted"
-        try:
-            answer = json.loads(data)
-            tracked = int(answer["tracked"])
-            invalid = int(answer.get("invalid", 0))
-            ok = answer.get("status") == "success"
-        except (ValueError, TypeError, KeyError, AttributeError):
+        if counts is None:
             telemetry.event_once(
                 "bulk-unparsable",
                 "error",
@@ -485,12 +598,11 @@ class TargetSender:
             )
             telemetry.record_outcome("unaccounted", total, latency=latency)
             return "partial"
-        if not ok:
-            # A 2xx "error" still rolled the batch back in Matomo: count it like a 500.
-            telemetry.record_outcome(
-                "server_errors", total, latency=latency, status=status, message=_excerpt(data, self._token)
-            )
-            return "failed"
+        return self._count_tracked(entries, latency, counts[1], counts[2])
+
+    def _count_tracked(self, entries: list[str], latency: float, tracked: int, invalid: int) -> str:
+        telemetry = self.telemetry
+        total = len(entries)
         accepted = max(0, min(tracked, total))
         invalid = max(0, min(invalid, total - accepted))
         unaccounted = total - accepted - invalid
@@ -501,6 +613,62 @@ class TargetSender:
         if unaccounted:
             telemetry.record_outcome("unaccounted", unaccounted)
         return "accepted" if accepted == total else "partial"
+
+    def _settle_stored_error(
+        self, status: int, entries: list[str], latency: float, counts: tuple[bool, int, int]
+    ) -> str:
+        """An error answer that accounts for every entry: Matomo processed the whole
+        request and only its final commit failed. Measured on Matomo 5.0.2: concurrent
+        requests that start a site-day deadlock on the option table, the rest of the
+        request is stored in autocommit, and the answer is HTTP 500 with the counts.
+        Resending would store it twice, so it is counted as Matomo reports it."""
+        self.telemetry.event_once(
+            f"bulk-stored-error:{status}",
+            "warning",
+            f"Bulk request answered HTTP {status} although Matomo processed all its {len(entries)} entries "
+            f"(tracked {counts[1]}, invalid {counts[2]}): counted as recorded and not resent, as a resend would "
+            "record it twice (Matomo 5.0.2 answers so when requests starting a site-day deadlock; its log says "
+            "'There is no active transaction')",
+        )
+        return self._count_tracked(entries, latency, counts[1], counts[2])
+
+    def _settle_already_recorded(self, total: int, latency: float) -> str:
+        """A resend of a batch whose answer was lost is refused while Matomo answers a
+        probe: Matomo holds these visits already (their hits are older than the
+        visitors' last actions). Counted once, as accepted."""
+        telemetry = self.telemetry
+        telemetry.record_outcome("accepted", total, latency=latency)
+        telemetry.record_already_recorded(total)
+        telemetry.event_once(
+            "bulk-already-recorded",
+            "info",
+            "Matomo refused a resent bulk request as older than what it holds while answering other requests: "
+            "it had recorded the first attempt, whose answer was lost. Counted once, as accepted.",
+        )
+        return "accepted"
+
+    def _count_possible_duplicates(self, entries: list[str]) -> None:
+        """A batch that may have been recorded before was accepted again. A resend of
+        visits Matomo holds is refused as a whole when any of its visitors has hits in
+        two different seconds (the first is then older than the recorded last), so only
+        visitors whose hits here all share one second (or carry no cdt) can have been
+        recorded twice: their hits are counted "possibly duplicated"."""
+        hits = _hits_a_resend_cannot_judge(entries)
+        if hits:
+            self.telemetry.record_possibly_duplicated(hits)
+
+    def _matomo_answers(self, entries: list[str]) -> bool:
+        """A harmless bulk request (one entry without ``rec``: Matomo answers it as
+        tracked and records nothing) for the site of ``entries``: does Matomo work?"""
+        match = _IDSITE.search(entries[0]) if entries else None
+        if match is None:
+            return False
+        probe = b"".join((self._bulk_head, b'["?idsite=' + match.group(1).encode() + b'&rec=0"]', self._bulk_tail))
+        status, data, _, failure = self._post(probe, JSON)
+        if failure or status >= 300:
+            return False
+        counts = _bulk_counts(data)
+        return counts is not None and counts[0]
 
     def _check_secure_only(self, entries: list[str], invalid: int) -> None:
         """Bulk hits that need a token came back invalid although a token is set: the
@@ -563,18 +731,5 @@ def needs_token(query: str) -> bool:
     """Whether a hit carries a parameter that Matomo accepts only with a valid token."""
     if _TOKEN_PARAM.search(query):
         return True
-    match = _CDT_PARAM.search(query)
-    if not match:
-        return False
-    value = unquote_plus(match.group(1)).strip()
-    try:
-        timestamp = float(value)
-    except ValueError:
-        try:
-            parsed = datetime.fromisoformat(value.replace("T", " ", 1))
-        except ValueError:
-            return False
-        if parsed.tzinfo is None:
-            parsed = parsed.replace(tzinfo=UTC)
-        timestamp = parsed.timestamp()
-    return time.time() - timestamp >= CDT_WITHOUT_TOKEN_SECONDS
+    timestamp = cdt_epoch(query)
+    return timestamp is not None and time.time() - timestamp >= CDT_WITHOUT_TOKEN_SECONDS

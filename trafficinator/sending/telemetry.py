@@ -9,6 +9,13 @@ once as accepted; the retries are counted on their own), so at any time::
 ``unsent`` counts hits handed to a sender that never went out because it was closed
 (the rest of a visit, or buffered bulk visits closed without a flush).
 
+Two counters qualify accepted hits (they are not outcomes of their own):
+``already_recorded`` counts hits of a resent bulk request that Matomo refused because it
+held them already (the first attempt's answer was lost), and ``possibly_duplicated``
+counts accepted hits that may have been recorded twice: sent again after an attempt
+whose answer was lost, in a form Matomo cannot refuse as already recorded (see the
+sender's "Ambiguous answers").
+
 The loader's DB greenlet reads ``snapshot()`` every ~2 s (one UPDATE), ``minute_sample()``
 once a minute (one chart row) and ``drain_events()`` for the run log. Every method takes
 one short lock, so it is safe from greenlets and from real threads alike (the DB writer
@@ -259,7 +266,18 @@ class TargetTelemetry:
         self._lock = _Lock()
         now = clock()
         self._counts: dict[str, int] = dict.fromkeys(
-            ("visits_started", "visits_finished", "sent", "requests", "retries", *OUTCOMES, "unsent"), 0
+            (
+                "visits_started",
+                "visits_finished",
+                "sent",
+                "requests",
+                "retries",
+                *OUTCOMES,
+                "unsent",
+                "already_recorded",
+                "possibly_duplicated",
+            ),
+            0,
         )
         self._rejected_by_status: Counter[int] = Counter()
         self._server_errors_by_status: Counter[int] = Counter()
@@ -294,6 +312,16 @@ class TargetTelemetry:
         """``hits`` go out for the first time (retries are not counted here)."""
         with self._lock:
             self._counts["sent"] += hits
+
+    def record_already_recorded(self, hits: int) -> None:
+        """Accepted ``hits`` were found already recorded when they were sent again."""
+        with self._lock:
+            self._counts["already_recorded"] += hits
+
+    def record_possibly_duplicated(self, hits: int) -> None:
+        """Accepted ``hits`` may have been recorded twice (an earlier attempt's answer was lost)."""
+        with self._lock:
+            self._counts["possibly_duplicated"] += hits
 
     def record_unsent(self, hits: int) -> None:
         """Hits handed to the sender that never went out because it was closed."""

@@ -308,6 +308,108 @@ def test_bulk_500_resends_the_whole_batch_and_400_rejects_it(matomo, make_sender
     assert outcomes == ["accepted", "accepted", "rejected", "rejected"]
 
 
+def make_dated_visits(count: int, hits: int = 3, *, first: int = 0, start: float | None = None) -> list[list[str]]:
+    """Visits with a cdt per hit, 10 s apart (a bulk request's form): Matomo refuses a
+    resend of them once it holds them, as older than the visitor's last action."""
+    start = time.time() - 3600 if start is None else start
+    return [
+        [make_hit(first + v, step, extra=f"&cdt={int(start) + v + 10 * step}") for step in range(hits)]
+        for v in range(count)
+    ]
+
+
+def test_a_bulk_500_that_counts_every_entry_was_stored_and_is_not_resent(matomo, make_sender):
+    matomo.add_fault(kind="stored_500", target="bulk", count=1)
+    sender = make_sender(bulk=True, batch_size=9)
+    outcomes = []
+    for visit in make_dated_visits(3):
+        sender.send_visit(visit, outcomes.append)
+    assert sender.join(5)
+
+    counts = assert_settled(sender.telemetry)
+    stats = matomo.stats()
+    assert stats["faults_fired"] == {"stored_500": 1}
+    assert counts["accepted"] == stats["recorded"] == 9  # each hit once
+    assert stats["duplicates"] == 0 and stats["bulk_requests"] == 1
+    assert counts["retries"] == counts["server_errors"] == counts["possibly_duplicated"] == 0
+    assert outcomes == ["accepted"] * 3
+    assert any("processed all its 9 entries" in m for _, m in sender.telemetry.drain_events())
+
+
+def test_a_bulk_resend_refused_as_already_recorded_counts_once_as_accepted(matomo, make_sender):
+    # The answer is lost after Matomo stored the batch: the resend is refused as older
+    # than what Matomo holds, and a probe shows Matomo works.
+    matomo.reset_next(1, processed=True, target="bulk")
+    sender = make_sender(bulk=True, batch_size=9)
+    outcomes = []
+    for visit in make_dated_visits(3):
+        sender.send_visit(visit, outcomes.append)
+    assert sender.join(5)
+
+    counts = assert_settled(sender.telemetry)
+    stats = matomo.stats()
+    assert counts["accepted"] == stats["recorded"] == 9
+    assert counts["already_recorded"] == 9 and counts["possibly_duplicated"] == 0
+    assert counts["server_errors"] == counts["network_errors"] == 0
+    assert stats["duplicates"] == 0
+    assert outcomes == ["accepted"] * 3
+    assert not sender.degraded
+
+
+def test_a_bulk_resend_after_a_lost_answer_counts_visits_it_cannot_judge_as_possibly_duplicated(matomo, make_sender):
+    # Nothing was stored (the reset came first); the resend is accepted. A one-hit visit
+    # would have been accepted again even if Matomo had held it: possibly duplicated.
+    matomo.reset_next(1, target="bulk")
+    sender = make_sender(bulk=True, batch_size=7)
+    visits = make_dated_visits(2) + make_dated_visits(1, hits=1, first=50)
+    for visit in visits:
+        sender.send_visit(visit)
+    assert sender.join(5)
+
+    counts = assert_settled(sender.telemetry)
+    assert counts["accepted"] == matomo.stats()["recorded"] == 7
+    assert counts["possibly_duplicated"] == 1
+    assert counts["already_recorded"] == counts["network_errors"] == 0
+
+
+def test_a_bulk_500_that_does_not_count_every_entry_is_resent_and_never_taken_for_recorded(matomo, make_sender):
+    # Matomo's bulk handler rolled the request back: the resend is a plain retry, and a
+    # request refused every time fails instead of being counted as recorded.
+    sender = make_sender(bulk=True, batch_size=3, retry=RetryPolicy(max_attempts=3, backoff_base=0.005))
+    (visit,) = make_dated_visits(1)
+    sender.send_visit(visit)
+    assert sender.join(5)
+    later = [make_hit(0, 9, extra=f"&cdt={int(time.time()) - 7200}")]  # older than the visit above
+    outcomes = []
+    sender.send_visit(later, outcomes.append)
+    assert sender.join(5)
+
+    counts = assert_settled(sender.telemetry)
+    assert outcomes == ["failed"]
+    assert counts["server_errors"] == 1 and counts["already_recorded"] == 0
+    assert matomo.stats()["recorded"] == 3
+
+
+def test_a_single_hit_resent_after_a_lost_answer_is_counted_possibly_duplicated(matomo, make_sender):
+    matomo.reset_next(1, processed=True, target="single")
+    sender = make_sender()
+    sender.send_hit(make_hit(1, 0))
+    assert sender.join(5)
+
+    counts = assert_settled(sender.telemetry)
+    assert counts["accepted"] == 1 and counts["possibly_duplicated"] == 1
+    assert counts["network_errors"] == 0
+    assert matomo.stats()["recorded"] == 2  # what the counter warns about: Matomo has it twice
+
+
+def test_a_refused_connection_is_not_taken_for_a_possible_duplicate(make_sender):
+    sender = make_sender(url="http://127.0.0.1:9/matomo.php", retry=RetryPolicy(max_attempts=2, backoff_base=0.005))
+    sender.send_hit(make_hit(1, 0))
+    assert sender.join(5)
+    counts = assert_settled(sender.telemetry)
+    assert counts["network_errors"] == 1 and counts["possibly_duplicated"] == 0
+
+
 def test_secure_only_token_in_bulk_is_detected_and_the_sender_falls_back_to_single_hits(matomo, make_sender):
     sender = make_sender(token=SECURE_TOKEN, bulk=True, batch_size=6)
     for visit in make_visits(2, 3, extra="&cip=10.1.2.3"):
