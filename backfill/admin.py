@@ -4,6 +4,8 @@ read-only, with per-day progress inline."""
 
 from __future__ import annotations
 
+from functools import partial
+
 from django.contrib import admin, messages
 from django.db import transaction
 from django.http import HttpRequest
@@ -20,7 +22,7 @@ class BackfillDayInline(admin.TabularInline):
     extra = 0
     can_delete = False
     ordering = ["day", "target__name"]
-    fields = [
+    fields = readonly_fields = (
         "day",
         "target",
         "status",
@@ -35,8 +37,7 @@ class BackfillDayInline(admin.TabularInline):
         "worker",
         "heartbeat_at",
         "message",
-    ]
-    readonly_fields = fields
+    )
     verbose_name = "day"
     verbose_name_plural = "Days (progress per site-local day)"
 
@@ -58,8 +59,7 @@ class BackfillLogInline(admin.TabularInline):
     model = BackfillLog
     extra = 0
     can_delete = False
-    fields = ["created_at", "level", "target", "day", "message"]
-    readonly_fields = fields
+    fields = readonly_fields = ("created_at", "level", "target", "day", "message")
     ordering = ["-created_at", "-pk"]
 
     def has_add_permission(self, request, obj=None) -> bool:
@@ -196,7 +196,7 @@ class BackfillPlanAdmin(admin.ModelAdmin):
                 if plan.cancel(by=request.user):
                     cancelled += 1
                     if was_running:
-                        transaction.on_commit(lambda plan_id=plan.pk: enqueue_plan_end(plan_id))
+                        transaction.on_commit(partial(enqueue_plan_end, plan.pk))
         self.message_user(request, f"{cancelled} plan(s) cancelled.", messages.SUCCESS if cancelled else messages.INFO)
 
     @admin.action(description="Run again (copy into a new draft)", permissions=["add"])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django import forms
 from django.core.exceptions import ValidationError
 
@@ -66,8 +68,9 @@ class BackfillPlanForm(forms.ModelForm):
         if self.instance.pk:
             self.initial.setdefault("targets", list(self.instance.targets.all()))
 
-    def clean(self) -> dict:
-        data = super().clean()
+    def clean(self) -> dict[str, Any]:
+        super().clean()
+        data = self.cleaned_data
         preset: Preset | None = data.get("preset")
         targets = list(data.get("targets") or [])
         if preset is None or self.errors:

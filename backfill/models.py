@@ -19,6 +19,7 @@ import secrets
 import socket
 import uuid
 from datetime import date, timedelta
+from functools import partial
 from typing import TYPE_CHECKING
 
 from django.conf import settings
@@ -66,7 +67,7 @@ def new_seed() -> int:
     return secrets.randbelow(2**31)
 
 
-class BackfillPlanQuerySet(models.QuerySet):
+class BackfillPlanQuerySet(models.QuerySet["BackfillPlan"]):
     @transaction.atomic
     def create_plan(
         self,
@@ -483,7 +484,7 @@ class BackfillPlan(models.Model):
 
         ids = [day.pk for day in self.next_days()]
         for day_id in ids:
-            transaction.on_commit(lambda day_id=day_id: enqueue_day(day_id))
+            transaction.on_commit(partial(enqueue_day, day_id))
         return ids
 
     def resume(self, by=None) -> int:

@@ -227,8 +227,10 @@ def run_day(
     claimed = BackfillDay.claim(day_id, worker)
     if claimed is None:
         day = BackfillDay.objects.filter(pk=day_id).first()
-        held = day is not None and day.status == BackfillDay.Status.RUNNING
-        why = f"held by {day.worker}" if held else "not pending, or an earlier day of its lane is not done"
+        if day is not None and day.status == BackfillDay.Status.RUNNING:
+            why = f"held by {day.worker}"
+        else:
+            why = "not pending, or an earlier day of its lane is not done"
         return DayResult(day_id, "busy", f"Day {day_id} is not available ({why}).")
     day, token = claimed
     sender = DaySender(day, token, deadline_seconds=deadline_seconds, should_stop=should_stop, on_progress=on_progress)
@@ -261,8 +263,8 @@ class DaySender:
         self.next_request_at = -math.inf
         self.last_beat = time.monotonic()
         self.session_hits = 0
-        self.sender: TargetSender | None = None
-        self.counts: dict[str, int] = {}
+        self.sender = self._make_sender()
+        self.counts = self.sender.telemetry.counts()
 
     # --- the loop ------------------------------------------------------------------------
 
@@ -271,8 +273,6 @@ class DaySender:
         in_doubt = day.in_flight_visits if day.visits_done < day.planned_visits else 0
         try:
             batches = iter_batches(day_stream(self.plan, day), self.plan.batch_size)
-            self.sender = self._make_sender()
-            self.counts = self.sender.telemetry.counts()
             if day.visits_done < day.planned_visits:
                 self._preflight()
             pending: Batch | None = None
@@ -299,8 +299,7 @@ class DaySender:
         except TrafficConfigError as exc:
             return self._fail(f"The preset or its funnels cannot generate traffic: {exc}")
         finally:
-            if self.sender is not None:
-                self.sender.close(grace_seconds=0.0, flush=False)
+            self.sender.close(grace_seconds=0.0, flush=False)
 
     def _make_sender(self) -> TargetSender:
         return TargetSender(
@@ -465,7 +464,7 @@ class DaySender:
         kind = max(_FAILED_OUTCOMES, key=lambda k: delta.get(k, 0))
         snapshot = self.sender.telemetry.snapshot()
         by_status = snapshot.get(f"{kind}_by_status") or {}
-        key = f"{kind}:{max(by_status, key=by_status.get)}" if by_status else kind
+        key = f"{kind}:{max(by_status, key=lambda status: by_status[status])}" if by_status else kind
         hint = failure_hint(key)
         attempts = self.sender.retry.max_attempts
         return (

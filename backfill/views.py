@@ -12,7 +12,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import permission_required
 from django.core.exceptions import ValidationError
 from django.db import transaction
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
@@ -21,6 +21,7 @@ from backfill.forms import BackfillPlanForm, ConfirmForm
 from backfill.models import BackfillPlan
 from backfill.planning import Estimate, build_estimate
 from backfill.tasks import enqueue_plan_end
+from trafficinator.http import HtmxHttpRequest
 from trafficinator.traffic import CatalogError, TrafficConfigError
 
 RECENT_PLANS = 20
@@ -59,7 +60,7 @@ def days_context(plan: BackfillPlan) -> dict:
 
 @permission_required("backfill.view_backfillplan", raise_exception=True)
 @require_GET
-def plan_list(request: HttpRequest) -> HttpResponse:
+def plan_list(request: HtmxHttpRequest) -> HttpResponse:
     plans = BackfillPlan.objects.select_related("created_by").prefetch_related("targets")
     return render(
         request,
@@ -74,7 +75,7 @@ def plan_list(request: HttpRequest) -> HttpResponse:
 
 @permission_required("backfill.add_backfillplan", raise_exception=True)
 @require_http_methods(["GET", "POST"])
-def plan_new(request: HttpRequest) -> HttpResponse:
+def plan_new(request: HtmxHttpRequest) -> HttpResponse:
     form = BackfillPlanForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         with transaction.atomic():
@@ -86,7 +87,7 @@ def plan_new(request: HttpRequest) -> HttpResponse:
 
 @permission_required("backfill.change_backfillplan", raise_exception=True)
 @require_http_methods(["GET", "POST"])
-def plan_edit(request: HttpRequest, pk: int) -> HttpResponse:
+def plan_edit(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     plan = _plan(pk)
     if not plan.can_edit():
         messages.error(request, f"Plan {plan.pk} is {plan.get_status_display().lower()}: only drafts can be edited.")
@@ -101,7 +102,7 @@ def plan_edit(request: HttpRequest, pk: int) -> HttpResponse:
 
 @permission_required("backfill.view_backfillplan", raise_exception=True)
 @require_GET
-def plan_detail(request: HttpRequest, pk: int) -> HttpResponse:
+def plan_detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     plan = _plan(pk)
     estimate, estimate_error = plan_estimate(plan)
     context = {
@@ -117,7 +118,7 @@ def plan_detail(request: HttpRequest, pk: int) -> HttpResponse:
 
 @permission_required("backfill.run_backfill", raise_exception=True)
 @require_http_methods(["GET", "POST"])
-def plan_confirm(request: HttpRequest, pk: int) -> HttpResponse:
+def plan_confirm(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     """Restate the estimate; typing the target's name confirms and starts the plan."""
     plan = _plan(pk)
     if not plan.can_confirm():
@@ -148,7 +149,7 @@ def plan_confirm(request: HttpRequest, pk: int) -> HttpResponse:
 
 @permission_required("backfill.run_backfill", raise_exception=True)
 @require_POST
-def plan_cancel(request: HttpRequest, pk: int) -> HttpResponse:
+def plan_cancel(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     plan = _plan(pk)
     was_running = plan.status == BackfillPlan.Status.RUNNING
     with transaction.atomic():
@@ -163,7 +164,7 @@ def plan_cancel(request: HttpRequest, pk: int) -> HttpResponse:
 
 @permission_required("backfill.run_backfill", raise_exception=True)
 @require_POST
-def plan_resume(request: HttpRequest, pk: int) -> HttpResponse:
+def plan_resume(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     plan = _plan(pk)
     with transaction.atomic():
         count = plan.resume(by=request.user)
@@ -176,7 +177,7 @@ def plan_resume(request: HttpRequest, pk: int) -> HttpResponse:
 
 @permission_required("backfill.add_backfillplan", raise_exception=True)
 @require_POST
-def plan_clone(request: HttpRequest, pk: int) -> HttpResponse:
+def plan_clone(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     plan = _plan(pk)
     copy = plan.clone(by=request.user)
     messages.success(request, f"Plan {copy.pk} is a new draft copied from plan {plan.pk}, with a new seed.")
@@ -188,7 +189,7 @@ def plan_clone(request: HttpRequest, pk: int) -> HttpResponse:
 
 @permission_required("backfill.view_backfillplan", raise_exception=True)
 @require_GET
-def plan_progress(request: HttpRequest, pk: int) -> HttpResponse:
+def plan_progress(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     """The progress panel alone (the plan page and the dashboard poll it)."""
     plan = _plan(pk)
     if not request.htmx:
@@ -198,7 +199,7 @@ def plan_progress(request: HttpRequest, pk: int) -> HttpResponse:
 
 @permission_required("backfill.view_backfillplan", raise_exception=True)
 @require_GET
-def plan_days(request: HttpRequest, pk: int) -> HttpResponse:
+def plan_days(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     plan = _plan(pk)
     if not request.htmx:
         return redirect(_plan_url(plan))

@@ -64,7 +64,7 @@ class FunnelAdmin(admin.ModelAdmin):
 
     @admin.display(description="steps", ordering="step_total")
     def step_count(self, obj: Funnel) -> int:
-        return obj.step_total
+        return obj.step_total  # type: ignore[attr-defined]  # annotated by get_queryset()
 
     @admin.display(description="preview")
     def preview_link(self, obj: Funnel) -> str:

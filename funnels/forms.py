@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+from typing import Any
+
 from django import forms
 from django.core.exceptions import ValidationError
+from django.forms.formsets import DELETION_FIELD_NAME
 from django.forms.models import BaseInlineFormSet
 
 from funnels.kinds import DETAIL_COLUMNS
@@ -17,8 +20,9 @@ class FunnelForm(forms.ModelForm):
         fields = ["name", "description", "enabled", "share", "priority", "all_presets", "presets"]
         widgets = {"presets": forms.CheckboxSelectMultiple, "description": forms.Textarea(attrs={"rows": 2})}
 
-    def clean(self):
-        cleaned = super().clean()
+    def clean(self) -> dict[str, Any]:
+        super().clean()
+        cleaned = self.cleaned_data
         # The model judges share totals with the presets being saved, not the old ones.
         self.instance.set_pending_presets(cleaned.get("presets") or [])
         return cleaned
@@ -49,7 +53,7 @@ class FunnelStepFormSet(BaseInlineFormSet):
         steps = [
             form.instance
             for form in self.forms
-            if form.cleaned_data and not self._should_delete_form(form) and form.cleaned_data.get("kind")
+            if form.cleaned_data and not form.cleaned_data.get(DELETION_FIELD_NAME) and form.cleaned_data.get("kind")
         ]
         try:
             Funnel.validate_steps(steps)
@@ -86,8 +90,9 @@ class ImportForm(forms.Form):
         help_text="Otherwise a name that exists already is an error.",
     )
 
-    def clean(self):
-        cleaned = super().clean()
+    def clean(self) -> dict[str, Any]:
+        super().clean()
+        cleaned = self.cleaned_data
         upload, text = cleaned.get("file"), cleaned.get("text", "")
         if upload and text.strip():
             raise ValidationError("Upload a file or paste JSON, not both.")

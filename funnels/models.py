@@ -25,7 +25,7 @@ from trafficinator.traffic.rules import is_absolute_url
 
 ONE = Decimal(1)
 # Money in step parameters: at least a cent, at most what a DecimalField(12, 2) holds.
-MONEY = {"max_digits": 12, "decimal_places": 2, "null": True, "blank": True}
+MONEY: dict[str, Any] = {"max_digits": 12, "decimal_places": 2, "null": True, "blank": True}
 
 
 def percent(share: Decimal | float) -> str:
@@ -74,10 +74,9 @@ def share_overflows(
         total = sum((c.share for c in members), Decimal(0))
         if None in preset_ids:
             where = "every preset"
-        elif len(preset_ids) == 1:
-            where = f"preset “{preset_names[preset_ids[0]]}”"
         else:
-            where = "presets " + ", ".join(f"“{preset_names[pk]}”" for pk in preset_ids)
+            names = [preset_names[pk] for pk in preset_ids if pk is not None]
+            where = f"preset “{names[0]}”" if len(names) == 1 else "presets " + ", ".join(f"“{n}”" for n in names)
         listing = ", ".join(f"“{c.name}” {percent(c.share)}" for c in members)
         messages.append(
             (
@@ -89,7 +88,7 @@ def share_overflows(
     return messages
 
 
-class FunnelQuerySet(models.QuerySet):
+class FunnelQuerySet(models.QuerySet["Funnel"]):
     def enabled(self) -> FunnelQuerySet:
         return self.filter(enabled=True)
 
@@ -407,6 +406,7 @@ class FunnelStep(models.Model):
         for column in DETAIL_COLUMNS:
             if column not in used:
                 field = self._meta.get_field(column)
+                assert isinstance(field, models.Field)  # a concrete column, not a relation
                 setattr(self, column, field.get_default() if not field.null else None)
 
     def _required_message(self, column: str) -> str:
@@ -420,7 +420,7 @@ class FunnelStep(models.Model):
             return {
                 StepKind.OUTLINK: "Enter the external URL the visitor leaves to.",
                 StepKind.DOWNLOAD: "Enter the URL of the downloaded file.",
-            }.get(self.kind, "Enter the page URL.")
+            }.get(StepKind(self.kind), "Enter the page URL.")
         return _REQUIRED_MESSAGES.get(column, "This field is required.")
 
     def _check_locations(self, add) -> None:

@@ -121,7 +121,8 @@ def build_preview(funnel: Funnel, journeys: int, seed: int) -> Preview:
 
 def _bars(reach: list[StepReach]) -> tuple[list[Bar], list[Bar]]:
     """Two bars per step (expected, simulated), heights as the share reaching the step."""
-    expected, simulated = [], []
+    expected: list[Bar] = []
+    simulated: list[Bar] = []
     for index, step in enumerate(reach):
         x = CHART_GAP + index * (2 * CHART_BAR_WIDTH + CHART_GAP)
         for bars, share, offset in ((expected, step.expected, 0), (simulated, step.simulated, CHART_BAR_WIDTH)):

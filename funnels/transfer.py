@@ -234,9 +234,11 @@ def _plan_funnel(
         else:
             setattr(funnel, key, value)
     share = entry.get("share", Funnel._meta.get_field("share").default)
-    funnel.share = _money(share)
-    if funnel.share is None:
+    money = _money(share)
+    if money is None:
         problems.append(f"{where}.share: must be a number from 0 to 1")
+    else:
+        funnel.share = money
     preset_ids = _preset_ids(entry.get("presets", []), presets, f"{where}.presets", problems)
     all_presets = entry.get("all_presets", not preset_ids)
     if not isinstance(all_presets, bool):
@@ -359,7 +361,7 @@ def _money(value: Any) -> Decimal | None:
 
 
 def _paths(where: str, exc: ValidationError, key_of) -> list[str]:
-    lines = []
+    lines: list[str] = []
     for column, messages in exc.message_dict.items():
         path = where if column == NON_FIELD_ERRORS else f"{where}.{key_of(column)}"
         lines.extend(f"{path}: {message}" for message in messages)

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, render
 from django.utils.cache import patch_vary_headers
 from django.views.decorators.http import require_GET
@@ -8,10 +8,11 @@ from django.views.decorators.http import require_GET
 from funnels.forms import PreviewForm
 from funnels.models import Funnel
 from funnels.preview import build_preview
+from trafficinator.http import HtmxHttpRequest
 
 
 @require_GET
-def preview(request: HttpRequest, pk: int) -> HttpResponse:
+def preview(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     """Simulate N journeys through the funnel and show one sample journey's hits.
 
     The form submits with htmx and gets only ``_preview_results.html`` back; the full

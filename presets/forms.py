@@ -4,6 +4,7 @@ site address, events as JSON) on top of the raw ``catalog_overrides`` JSON."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from django import forms
 
@@ -77,8 +78,9 @@ class PresetForm(forms.ModelForm):
         except json.JSONDecodeError as exc:
             raise forms.ValidationError(f"Not valid JSON (line {exc.lineno}, column {exc.colno}): {exc.msg}.") from None
 
-    def clean(self):
-        cleaned = super().clean()
+    def clean(self) -> dict[str, Any]:
+        super().clean()
+        cleaned = self.cleaned_data
         overrides = dict(cleaned.get("catalog_overrides") or {})
         sources = {"site": "site_url", "pages": "pages_text", "events": "events_json"}
         if cleaned.get("site_url"):

@@ -84,7 +84,7 @@ def catalog_with_overrides(overrides: dict | None) -> Catalog:
     return base.with_overrides(overrides) if overrides else base
 
 
-class PresetQuerySet(models.QuerySet):
+class PresetQuerySet(models.QuerySet["Preset"]):
     def builtin(self) -> PresetQuerySet:
         return self.filter(is_builtin=True)
 

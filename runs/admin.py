@@ -18,8 +18,7 @@ class RunTargetInline(admin.TabularInline):
 class RunLogInline(admin.TabularInline):
     model = RunLog
     extra = 0
-    fields = ["created_at", "level", "target", "message"]
-    readonly_fields = fields
+    fields = readonly_fields = ("created_at", "level", "target", "message")
     can_delete = False
     ordering = ["-created_at"]
 

@@ -72,7 +72,7 @@ class StartRunForm(forms.Form):
             self.is_valid()
             data = self.cleaned_data
         else:
-            data = {"preset": self.fields["preset"].queryset.first()}
+            data = {"preset": Preset.objects.first()}
         preset = data.get("preset")
         if preset is None:
             return None

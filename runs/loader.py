@@ -38,7 +38,7 @@ from presets.models import catalog_with_overrides, profile_from_knobs
 from runs.models import Run, RunLog, RunSample, RunTarget
 from trafficinator.sending.sender import TargetSender
 from trafficinator.sending.telemetry import RunTelemetry, TargetTelemetry
-from trafficinator.traffic import Catalog, Profile, Visit, encode_visit, live_visits
+from trafficinator.traffic import Catalog, CdtFormat, Profile, Visit, encode_visit, live_visits
 from trafficinator.traffic.encoding import encode_params
 
 logger = logging.getLogger(__name__)
@@ -184,7 +184,8 @@ class LiveLoader:
             self.visits.spawn(self._play_visit, runtime, visit)
 
     def _visit_limit_reached(self) -> bool:
-        return bool(self.run.max_visits) and self.visits_started >= self.run.max_visits
+        limit = self.run.max_visits
+        return bool(limit and self.visits_started >= limit)
 
     def _daily_cap_reached(self, start: float) -> bool:
         """Count visits per day in the run's time zone; past the cap, drop visits until
@@ -214,7 +215,7 @@ class LiveLoader:
             if runtime.sender.bulk:
                 self._sleep_until(visit.end)
                 if not self.stop_event.is_set():
-                    done = gevent.event.AsyncResult()
+                    done: gevent.event.AsyncResult[object] = gevent.event.AsyncResult()
                     runtime.sender.send_visit(runtime.stream.encode(visit, with_cdt=True), on_done=done.set)
                     done.wait()
             else:
@@ -352,7 +353,7 @@ class TargetStream:
     visits_per_day: int
     timezone: str
     notice: str = ""
-    cdt_format: str = "datetime"
+    cdt_format: CdtFormat = "datetime"
 
     def encode(self, visit: Visit, *, with_cdt: bool) -> list[str]:
         """Bulk entries ("?idsite=...") in time order, with cdt when asked."""

@@ -36,7 +36,7 @@ def _hours_to_seconds(hours: float | None) -> int | None:
     return round(hours * 3600) if hours else None
 
 
-class RunQuerySet(models.QuerySet):
+class RunQuerySet(models.QuerySet["Run"]):
     @transaction.atomic
     def create_run(
         self,

@@ -18,7 +18,7 @@ from django.contrib.auth.decorators import permission_required
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import Prefetch
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils import timezone
@@ -26,6 +26,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from runs.forms import StartRunForm
 from runs.models import Run, RunLog, RunSample, RunTarget, enqueue_run
+from trafficinator.http import HtmxHttpRequest
 
 CHART_MINUTES = 60
 RECENT_RUNS = 10
@@ -265,7 +266,7 @@ def _bars(slots: list[RunSample | None], field: str, peak: float, unit: str) -> 
     bars = []
     for index, slot in enumerate(slots):
         value = getattr(slot, field) if slot else None
-        if value:
+        if slot and value:
             height = max(1.0, _scaled(value, peak))
             title = f"{timezone.localtime(slot.minute):%H:%M}: {value:g} {unit}"
             bars.append(Bar(round(index * SLOT_WIDTH + 1, 1), round(CHART_HEIGHT - height, 1), height, title))
@@ -372,7 +373,7 @@ def _run_url(run: Run) -> str:
 
 @permission_required("runs.view_run", raise_exception=True)
 @require_GET
-def dashboard_runs(request: HttpRequest) -> HttpResponse:
+def dashboard_runs(request: HtmxHttpRequest) -> HttpResponse:
     """The dashboard's runs panel; a plain GET gets the whole dashboard."""
     if not request.htmx:
         return redirect("home")
@@ -381,7 +382,7 @@ def dashboard_runs(request: HttpRequest) -> HttpResponse:
 
 @permission_required("runs.view_run", raise_exception=True)
 @require_GET
-def detail(request: HttpRequest, pk: int) -> HttpResponse:
+def detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     run = _run(pk)
     context = {"run": run}
     for panel in (summary_context(run), charts_context(run), targets_context(run), log_context(run, request.GET)):
@@ -389,7 +390,7 @@ def detail(request: HttpRequest, pk: int) -> HttpResponse:
     return render(request, "runs/detail.html", context)
 
 
-def _panel(request: HttpRequest, pk: int, template: str, build) -> HttpResponse:
+def _panel(request: HtmxHttpRequest, pk: int, template: str, build) -> HttpResponse:
     run = _run(pk)
     if not request.htmx:
         return redirect(_run_url(run))
@@ -398,25 +399,25 @@ def _panel(request: HttpRequest, pk: int, template: str, build) -> HttpResponse:
 
 @permission_required("runs.view_run", raise_exception=True)
 @require_GET
-def summary(request: HttpRequest, pk: int) -> HttpResponse:
+def summary(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     return _panel(request, pk, "runs/partials/run_summary.html", summary_context)
 
 
 @permission_required("runs.view_run", raise_exception=True)
 @require_GET
-def targets(request: HttpRequest, pk: int) -> HttpResponse:
+def targets(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     return _panel(request, pk, "runs/partials/run_targets.html", targets_context)
 
 
 @permission_required("runs.view_run", raise_exception=True)
 @require_GET
-def charts(request: HttpRequest, pk: int) -> HttpResponse:
+def charts(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     return _panel(request, pk, "runs/partials/run_charts.html", charts_context)
 
 
 @permission_required("runs.view_run", raise_exception=True)
 @require_GET
-def log(request: HttpRequest, pk: int) -> HttpResponse:
+def log(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     return _panel(request, pk, "runs/partials/run_log.html", lambda run: log_context(run, request.GET))
 
 
@@ -425,7 +426,7 @@ def log(request: HttpRequest, pk: int) -> HttpResponse:
 
 @permission_required("runs.run_traffic", raise_exception=True)
 @require_http_methods(["GET", "POST"])
-def start(request: HttpRequest) -> HttpResponse:
+def start(request: HtmxHttpRequest) -> HttpResponse:
     form = StartRunForm(request.POST if request.method == "POST" else None)
     if request.method == "POST" and form.is_valid():
         try:
@@ -441,7 +442,7 @@ def start(request: HttpRequest) -> HttpResponse:
 
 @permission_required("runs.run_traffic", raise_exception=True)
 @require_GET
-def estimate(request: HttpRequest) -> HttpResponse:
+def estimate(request: HtmxHttpRequest) -> HttpResponse:
     form = StartRunForm(request.GET)
     return render(request, "runs/partials/estimate.html", {"estimate": form.estimate()})
 
@@ -449,7 +450,7 @@ def estimate(request: HttpRequest) -> HttpResponse:
 # --- stop, resume, close --------------------------------------------------------------------
 
 
-def _after_action(request: HttpRequest, run: Run) -> HttpResponse:
+def _after_action(request: HtmxHttpRequest, run: Run) -> HttpResponse:
     """htmx gets the panel the button lives in, redrawn; a plain form post a redirect."""
     if not request.htmx:
         return redirect(_run_url(run))
@@ -461,7 +462,7 @@ def _after_action(request: HttpRequest, run: Run) -> HttpResponse:
 
 @permission_required("runs.run_traffic", raise_exception=True)
 @require_POST
-def stop(request: HttpRequest, pk: int) -> HttpResponse:
+def stop(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     run = _run(pk)
     if run.request_stop(f"Stopped by {request.user}"):
         run.log(RunLog.Level.INFO, f"Stop requested by {request.user}.")
@@ -470,7 +471,7 @@ def stop(request: HttpRequest, pk: int) -> HttpResponse:
 
 @permission_required("runs.run_traffic", raise_exception=True)
 @require_POST
-def resume(request: HttpRequest, pk: int) -> HttpResponse:
+def resume(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     run = _run(pk)
     run.resume()
     return _after_action(request, run)
@@ -478,7 +479,7 @@ def resume(request: HttpRequest, pk: int) -> HttpResponse:
 
 @permission_required("runs.run_traffic", raise_exception=True)
 @require_POST
-def close(request: HttpRequest, pk: int) -> HttpResponse:
+def close(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     run = _run(pk)
     if run.close_lost(f"Closed by {request.user} after the loader was lost."):
         run.log(RunLog.Level.WARNING, f"Closed by {request.user} after the loader was lost.")

@@ -12,7 +12,7 @@ from targets.forms import TargetForm
 from targets.models import Target
 
 # Written by the connection check only, so shown read-only.
-LEARNED_FIELDS = [
+LEARNED_FIELDS = (
     "site_name",
     "site_timezone",
     "site_currency",
@@ -21,7 +21,7 @@ LEARNED_FIELDS = [
     "last_checked_at",
     "last_check_ok",
     "last_check_message",
-]
+)
 
 
 @admin.register(Target)

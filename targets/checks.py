@@ -11,6 +11,7 @@ import socket
 import ssl
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlparse
 
 import requests
 
@@ -55,7 +56,7 @@ def _causes(exc: BaseException) -> list[BaseException]:
 
 def describe_network_error(exc: requests.RequestException, url: str) -> str:
     """A specific, human sentence for a failed request (DNS, refused, timeout, TLS, ...)."""
-    host = requests.utils.urlparse(url).hostname or url
+    host = urlparse(url).hostname or url
     causes = _causes(exc)
     if isinstance(exc, requests.exceptions.SSLError) or any(isinstance(c, ssl.SSLError) for c in causes):
         detail = next((str(c) for c in causes if isinstance(c, ssl.SSLError)), str(exc))

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 from django import forms
 
 from targets.models import Target
@@ -40,8 +42,9 @@ class TargetForm(forms.ModelForm):
             raise forms.ValidationError("A token has no spaces or line breaks; paste it again.")
         return value
 
-    def clean(self):
-        cleaned = super().clean()
+    def clean(self) -> dict[str, Any]:
+        super().clean()
+        cleaned = self.cleaned_data
         if self.instance.pk and not cleaned.get("token_auth") and not cleaned.get("clear_token"):
             # Blank on edit keeps the old token.
             cleaned["token_auth"] = (

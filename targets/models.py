@@ -49,7 +49,7 @@ def normalize_matomo_url(raw: str) -> str:
     return urlunsplit((parts.scheme.lower(), parts.netloc.lower(), path, "", ""))
 
 
-class TargetQuerySet(models.QuerySet):
+class TargetQuerySet(models.QuerySet["Target"]):
     def enabled(self) -> TargetQuerySet:
         return self.filter(enabled=True)
 

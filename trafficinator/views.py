@@ -1,5 +1,7 @@
 """The base views: the home page and a health check for load balancers."""
 
+from typing import Any
+
 from django.contrib.auth.decorators import login_not_required
 from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
@@ -15,7 +17,7 @@ from targets.models import Target
 @require_GET
 def home(request: HttpRequest) -> HttpResponse:
     """The dashboard: live runs (refreshed by runs:dashboard), the start form, configuration."""
-    context = {
+    context: dict[str, Any] = {
         "targets": Target.objects.order_by("name"),
         "presets": Preset.objects.order_by("-is_builtin", "visits_per_day", "name"),
     }

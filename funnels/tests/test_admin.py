@@ -18,7 +18,7 @@ def admin_client(client):
 
 
 def funnel_post(steps: list[dict], **fields) -> dict:
-    data = {
+    data: dict[str, object] = {
         "name": "Checkout",
         "description": "",
         "enabled": "on",

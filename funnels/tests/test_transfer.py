@@ -4,7 +4,7 @@ from decimal import Decimal
 import pytest
 from django.core.management import CommandError, call_command
 
-from funnels.models import Funnel
+from funnels.models import Funnel, FunnelStep
 from funnels.tests.factories import make_funnel, make_step
 from funnels.transfer import FunnelImportError, export_queryset, import_funnels
 from trafficinator.testing import make_preset
@@ -49,7 +49,7 @@ def export_all() -> str:
 
 def snapshot() -> list:
     return list(Funnel.objects.values_list("pk", "name", "share", "updated_at")) + list(
-        Funnel.steps.rel.related_model.objects.values_list("pk", "funnel_id", "position", "kind", "url")
+        FunnelStep.objects.values_list("pk", "funnel_id", "position", "kind", "url")
     )
 
 

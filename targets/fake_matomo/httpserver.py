@@ -234,7 +234,7 @@ class HTTPServer:
             path, _, query = target.partition("?")
             query = query.partition("#")[0]
             response = self.app(Request(method.upper(), path, query, headers, body, client_ip))
-            if response is RESET:
+            if not isinstance(response, Response):  # RESET: drop the connection unanswered
                 reset_connection(conn)
                 return
             self._send(conn, response, keep_alive, method.upper() == "HEAD")
@@ -323,11 +323,9 @@ def reset_connection(conn: socket.socket) -> None:
 def run_in_background(function: Callable[[], object]) -> None:
     """Run ``function`` soon without blocking the caller, even from a signal handler under
     gevent (which runs in the event loop, where starting a thread would block)."""
-    try:
-        from gevent import monkey
-    except ImportError:  # pragma: no cover - gevent is a project dependency
-        monkey = None
-    if monkey is not None and monkey.is_module_patched("threading"):
+    from gevent import monkey
+
+    if monkey.is_module_patched("threading"):
         import gevent
 
         gevent.spawn(function)

@@ -371,9 +371,9 @@ def group_visits(hits: Iterable[Hit], site: Site, *, inactivity: float = VISIT_I
             new = (
                 current is None or hit.time - current.end > inactivity or local_day(hit.time) != local_day(current.end)
             )
-            if not new and not is_ping:
+            if current is not None and not new and not is_ping:
                 new = hit.params.get("new_visit") == "1" or (campaign is not None and campaign != current.campaign)
-            if new:
+            if new or current is None:
                 if is_ping:
                     continue
                 current = Visit(site_id=site.id, visitor_id=visitor_id, hits=[hit], campaign=campaign)

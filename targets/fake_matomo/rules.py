@@ -17,7 +17,7 @@ import ipaddress
 import re
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from urllib.parse import unquote_plus
 
@@ -210,7 +210,7 @@ class Outcome:
     site_id: int = 0
     time: float = 0.0
     visitor_id: str = ""
-    params: dict | None = None
+    params: dict[str, str] = field(default_factory=dict)  # the request's parameters, for "record"
     # False: no accepted cdt, the hit is timed on arrival (set again when it is recorded, so
     # concurrent hits of one visitor can never look backdated).
     explicit_time: bool = False

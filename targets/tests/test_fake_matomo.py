@@ -14,6 +14,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import urlencode
 
 import pytest
 import requests
@@ -53,10 +54,10 @@ def make_matomo(**kwargs) -> FakeMatomo:
         "tokens",
         [
             Token(SUPER, login="root", superuser=True),
-            Token(WRITE, login="writer", write={1}),
-            Token(SECURE, login="careful", write={1}, secure_only=True),
-            Token(VIEW, login="viewer", view={1}),
-            Token(ADMIN, login="boss", admin={2}),
+            Token(WRITE, login="writer", write=frozenset({1})),
+            Token(SECURE, login="careful", write=frozenset({1}), secure_only=True),
+            Token(VIEW, login="viewer", view=frozenset({1})),
+            Token(ADMIN, login="boss", admin=frozenset({2})),
         ],
     )
     return FakeMatomo(**kwargs)
@@ -97,7 +98,7 @@ def bulk(http, matomo, entries, token=None, **extra):
 
 
 def query(params: dict) -> str:
-    return "?" + requests.models.RequestEncodingMixin._encode_params(params)
+    return "?" + urlencode(params, doseq=True)
 
 
 def days_ago(days: float) -> int:
@@ -899,6 +900,7 @@ def start_cli(*args: str) -> tuple[subprocess.Popen, str]:
         stderr=subprocess.PIPE,
         text=True,
     )
+    assert process.stdout is not None and process.stderr is not None
     url = process.stdout.readline().strip()
     assert url.startswith("http://127.0.0.1:"), process.stderr.read()
     return process, url

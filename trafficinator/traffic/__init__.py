@@ -11,7 +11,7 @@ backfills, previews and tests all use the same code. Start here:
 
 from .catalog import Catalog, CatalogError, parse_url_list
 from .clock import resolve_timezone
-from .encoding import encode_params, encode_visit
+from .encoding import CdtFormat, encode_params, encode_visit
 from .funnels import (
     FunnelSimulation,
     FunnelSpec,
@@ -28,6 +28,7 @@ from .visit import Hit, Visit, hit_kind
 __all__ = [
     "Catalog",
     "CatalogError",
+    "CdtFormat",
     "FunnelSimulation",
     "FunnelSpec",
     "FunnelStep",

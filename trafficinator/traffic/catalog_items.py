@@ -12,7 +12,7 @@ import ipaddress
 import json
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from decimal import Decimal, InvalidOperation
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -225,17 +225,23 @@ def title_from_url(url: str) -> str:
 # ---------------------------------------------------------------- item readers
 
 
+# The class attributes of a slots dataclass are slot descriptors, not the defaults.
+_SITE_DEFAULTS: dict[str, str] = {f.name: f.default for f in fields(Site) if isinstance(f.default, str)}
+
+
 def read_site(raw: Any) -> Site:
     values = _fields(raw, ("url", "search_url", "cart_url", "checkout_url", "confirmation_url"), 1)
     url = _absolute(_text(values, "url"), "url ").rstrip("/")
-    search_url = _text(values, "search_url", Site.search_url)
+    search_url = _text(values, "search_url", _SITE_DEFAULTS["search_url"])
     if "{keyword}" not in search_url:
         raise ItemError("search_url must contain {keyword}")
     paths = {
         "search_url": _location(search_url.replace("{keyword}", "k"), "search_url ") and search_url,
-        "cart_url": _location(_text(values, "cart_url", Site.cart_url), "cart_url "),
-        "checkout_url": _location(_text(values, "checkout_url", Site.checkout_url), "checkout_url "),
-        "confirmation_url": _location(_text(values, "confirmation_url", Site.confirmation_url), "confirmation_url "),
+        "cart_url": _location(_text(values, "cart_url", _SITE_DEFAULTS["cart_url"]), "cart_url "),
+        "checkout_url": _location(_text(values, "checkout_url", _SITE_DEFAULTS["checkout_url"]), "checkout_url "),
+        "confirmation_url": _location(
+            _text(values, "confirmation_url", _SITE_DEFAULTS["confirmation_url"]), "confirmation_url "
+        ),
     }
     return Site(url=url, **paths)
 

@@ -57,8 +57,9 @@ def local_day_bounds(day: date, tz: tzinfo) -> tuple[float, float]:
 
 def utc_offset_at(epoch: float, tz: tzinfo) -> float:
     """The zone's offset from UTC in seconds at the instant ``epoch``."""
-    local = datetime.fromtimestamp(epoch, tz)
-    return local.utcoffset().total_seconds()
+    offset = datetime.fromtimestamp(epoch, tz).utcoffset()
+    assert offset is not None  # an aware datetime always has one
+    return offset.total_seconds()
 
 
 def to_datetime(epoch: float) -> datetime:

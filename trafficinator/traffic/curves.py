@@ -19,7 +19,7 @@ from datetime import date, datetime, tzinfo
 from itertools import accumulate
 from random import Random
 
-from .clock import local_day_bounds
+from .clock import local_day_bounds, utc_offset_at
 
 # Hour 0..23, relative; peak/trough >= 3 for every curve except 'flat'.
 _DAILY = {
@@ -155,7 +155,7 @@ class DaySchedule:
         while t < self.end:
             local = datetime.fromtimestamp(t, tz)
             self.slot_starts.append(t)
-            self.slot_offsets.append(local.utcoffset().total_seconds())
+            self.slot_offsets.append(utc_offset_at(t, tz))
             length = min(3600.0, self.end - t)
             slot_weights.append(weights[local.hour] * length / 3600.0)
             t += 3600.0
@@ -216,7 +216,7 @@ class ArrivalProcess:
         into_hour = local.minute * 60 + local.second + local.microsecond / 1e6
         self.segment_end = t - into_hour + 3600.0
         self.rate = self.per_second * self.hours[local.hour] * self.weekdays[local.weekday()]
-        self.offset = local.utcoffset().total_seconds()
+        self.offset = utc_offset_at(t, self.tz)
         if getattr(self, "_day", None) != local.date():
             self._day = local.date()
             self.day_end = local_day_bounds(local.date(), self.tz)[1]

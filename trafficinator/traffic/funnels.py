@@ -124,7 +124,7 @@ class FunnelStep:
         label = f"Step {number} ({self.kind})"
         if self.kind not in STEP_KINDS:
             return [(f"{where}.kind", f"Step {number}: unknown kind {self.kind!r}; use one of {', '.join(STEP_KINDS)}")]
-        problems = []
+        problems: list[tuple[str, str]] = []
         add = problems.append
         required, optional = STEP_KINDS[self.kind]
         if not isinstance(self.params, Mapping):

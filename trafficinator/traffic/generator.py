@@ -108,7 +108,7 @@ class Generator:
             entries = [(t * scale, params) for t, params in entries]
 
         entries[0][1]["new_visit"] = "1"
-        hits = []
+        hits: list[Hit] = []
         append = hits.append
         getrandbits = rng.getrandbits
         clock = _CLOCK

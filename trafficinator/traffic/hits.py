@@ -27,7 +27,7 @@ _DEVICE_SLOWDOWN = {"desktop": 1.0, "mobile": 1.6, "tablet": 1.3}
 _QUANTILES = 256
 
 
-def _performance_tables() -> dict[str, list[tuple[str, str]]]:
+def _performance_tables() -> dict[str, list[tuple[str, list[str]]]]:
     """Per device, 256 precomputed quantiles per metric: one getrandbits per value."""
     normal = NormalDist()
     z = [normal.inv_cdf((i + 0.5) / _QUANTILES) for i in range(_QUANTILES)]

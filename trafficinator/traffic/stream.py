@@ -24,7 +24,7 @@ from datetime import UTC, date, datetime, tzinfo
 from random import Random
 
 from .catalog import Catalog
-from .clock import resolve_timezone
+from .clock import resolve_timezone, utc_offset_at
 from .curves import ArrivalProcess, DaySchedule
 from .curves import visits_for_day_count as _visits_for_day_count
 from .funnels import FunnelSpec
@@ -151,7 +151,7 @@ def sample_funnel_visit(
     )
     rng = Random(derive_seed("preview", seed, spec.name))
     epoch = start.timestamp()
-    offset = start.astimezone(tz).utcoffset().total_seconds()
+    offset = utc_offset_at(epoch, tz)
     # A preview is not squeezed before midnight: the limit is a day away.
     return generator.visit(rng, 0, epoch, offset, epoch + 86400.0)
 

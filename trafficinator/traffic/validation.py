@@ -169,9 +169,9 @@ def validate_hit(params: dict[str, str], token_present: bool, now: float | None 
     if "pv_id" in params and not _PV_ID.match(params["pv_id"]):
         add(f"pv_id must be 6 alphanumeric characters, got {params['pv_id']!r}")
     for name, high in (("h", 23), ("m", 59), ("s", 59)):
-        value = get(name)
-        if value is not None and not (value.isdigit() and int(value) <= high):
-            add(f"{name} must be 0..{high}, got {value!r}")
+        time_part = get(name)
+        if time_part is not None and not (time_part.isdigit() and int(time_part) <= high):
+            add(f"{name} must be 0..{high}, got {time_part!r}")
 
     for name in TOKEN_ONLY:
         if name in params and not token_present:
@@ -290,7 +290,7 @@ def _check_ecommerce(params: dict[str, str], kind: str, add) -> None:
 
 def validate_visit(visit: Visit, token_present: bool, now: float | None = None) -> list[str]:
     """Problems of every hit, plus order, pv_id links and bounce rules of the visit."""
-    problems = []
+    problems: list[str] = []
     if not visit.hits:
         return ["a visit needs at least one hit"]
     previous = visit.hits[0].due

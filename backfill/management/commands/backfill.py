@@ -130,9 +130,9 @@ class Command(BaseCommand):
             write(f"  Note: {note}")
         if estimate.day_count <= 14:
             for day in estimate.days:
-                target = f" {day.target}" if len(estimate.targets) > 1 else ""
+                where = f" {day.target}" if len(estimate.targets) > 1 else ""
                 capped = " (capped)" if day.capped else ""
-                write(f"    {day.weekday} {day.day}{target}: {day.visits:,} visits{capped}, ~{day.hits:,} hits")
+                write(f"    {day.weekday} {day.day}{where}: {day.visits:,} visits{capped}, ~{day.hits:,} hits")
 
     def ask_to_confirm(self, plan: BackfillPlan) -> None:
         phrase = plan.confirmation_phrase()

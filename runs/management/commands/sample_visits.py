@@ -6,6 +6,7 @@ import json
 from argparse import ArgumentParser
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
@@ -78,7 +79,7 @@ class Command(BaseCommand):
     def visits(
         self, preset: Preset, count: int, seed: int, start: date | None, days: int, site_id: int, token: bool
     ) -> Iterator[Visit]:
-        common = {
+        common: dict[str, Any] = {
             "catalog": preset.catalog(),
             "funnels": Funnel.objects.specs_for_preset(preset),
             "seed": seed,

@@ -83,7 +83,7 @@ class Command(BaseCommand):
     def handle_check(self, *, name: str | None, all: bool, **_) -> None:
         if all == bool(name):
             raise CommandError("Give one target name, or --all.")
-        targets = list(Target.objects.enabled()) if all else [get_target(name)]
+        targets = [get_target(name)] if name else list(Target.objects.enabled())
         failed = [target for target in targets if not self.check_one(target)]
         if failed:
             raise CommandError(f"{len(failed)} of {len(targets)} check(s) failed.")

@@ -17,6 +17,7 @@ import re
 from decimal import Decimal
 from pathlib import Path
 from random import Random
+from typing import Any
 
 HERE = Path(__file__).parent
 PAGES_PER_SUBSECTION = 40
@@ -71,7 +72,7 @@ STORY_PATTERNS = ["Chasing {s}", "Remembering {s}", "Notes from {s}", "Photos: {
 NEWS_PATTERNS = ["New: {s}", "{S} is here", "Behind the scenes of {s}", "{S}: what changes", "Your questions about {s}"]
 
 # (section, [(subsection, kind, product noun | (patterns, subjects), price range)])
-SECTIONS = [
+SECTIONS: list[tuple[str, list[tuple[Any, ...]]]] = [
     (
         "Hiking",
         [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import date
+from typing import Any
 
 import pytest
 
@@ -14,7 +15,7 @@ SAMPLE_VISITS = 12_000
 
 
 def make_profile(**changes) -> Profile:
-    values = {"visits_per_day": SAMPLE_VISITS}
+    values: dict[str, Any] = {"visits_per_day": SAMPLE_VISITS}
     values.update(changes)
     return Profile(**values)
 

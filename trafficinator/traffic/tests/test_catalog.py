@@ -6,6 +6,7 @@ from collections import Counter
 import pytest
 
 from trafficinator.traffic import Catalog, CatalogError, parse_url_list
+from trafficinator.traffic.catalog_items import Site, read_site
 from trafficinator.traffic.rules import BOT_NETWORKS, bot_word_in
 
 MATOMO_BOT_RANGES = [
@@ -152,3 +153,11 @@ def test_url_list_parser_titles_pages_from_their_path():
 
 def test_default_catalog_is_loaded_once(catalog):
     assert Catalog.load_default() is catalog
+
+
+def test_a_site_given_only_its_url_gets_the_default_paths():
+    # Site is a slots dataclass: Site.search_url is a slot descriptor, not the default
+    # (read_site once passed the descriptor on and refused the site as "not text").
+    site = read_site({"url": "https://shop.example.com/"})
+    assert site == Site(url="https://shop.example.com")
+    assert site.search_url == "/search?q={keyword}"
