@@ -570,12 +570,12 @@ class FakeMatomo:
                 # Recorded in full, answered like Matomo 5.0.2 after a swallowed deadlock.
                 self.recorder.count_fault(fault.kind)
                 invalid = sum(1 for o in outcomes if o.kind == "invalid")
-                body = {"status": "error", "tracked": len(outcomes) - invalid, "invalid": invalid}
+                body: dict[str, Any] = {"status": "error", "tracked": len(outcomes) - invalid, "invalid": invalid}
                 headers = [("X-Fake-Matomo-Reason", "site-day deadlock: stored, then the commit failed")]
                 return Response(500, _json_bytes(body), _JSON, headers), len(entries), starting
         if result.conflict is not None:
             before = outcomes[: result.conflict]
-            body: dict[str, Any] = {
+            body = {
                 "status": "error",
                 "tracked": sum(1 for o in before if o.kind != "invalid"),
                 "invalid": sum(1 for o in before if o.kind == "invalid"),
