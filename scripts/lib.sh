@@ -1,5 +1,5 @@
 # Shared by scripts/run and scripts/test: a virtual environment that matches the pinned requirements.
-# Sourced, not run. Needs only python3 (3.10 or newer) on the machine.
+# Sourced, not run. Needs only python3 (3.11 or newer) on the machine.
 
 PYTHON="${PYTHON:-python3}"
 VENV=".venv"
@@ -7,11 +7,11 @@ VENV=".venv"
 ensure_venv() {
     local requirements="$1"
     if ! command -v "$PYTHON" >/dev/null 2>&1; then
-        echo "error: $PYTHON not found; install Python 3.10 or newer." >&2
+        echo "error: $PYTHON not found; install Python 3.11 or newer." >&2
         exit 1
     fi
-    if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 10))'; then
-        echo "error: Python 3.10 or newer is needed ($("$PYTHON" --version) found)." >&2
+    if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+        echo "error: Python 3.11 or newer is needed ($("$PYTHON" --version) found)." >&2
         exit 1
     fi
     if [ ! -x "$VENV/bin/python" ]; then
