@@ -61,9 +61,3 @@ def confirmed_plan(targets, preset, **fields):
     plan = make_plan(targets, preset, **fields)
     assert plan.confirm(by_name="tests")
     return plan
-
-
-@pytest.fixture(autouse=True)
-def backfill_urls(settings):
-    """The backfill pages, whether or not the project's urls.py includes them yet."""
-    settings.ROOT_URLCONF = "backfill.tests.urls"

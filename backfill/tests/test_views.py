@@ -218,3 +218,9 @@ def test_the_admin_add_form_applies_the_guardrails(target, preset):
     assert response.status_code == 302
     plan = BackfillPlan.objects.get()
     assert plan.day_count == 3 and list(plan.targets.all()) == [target] and plan.profile["visits_per_day"] == 300
+
+
+def test_a_plan_page_loads_the_polling_script_once(target, preset):
+    plan = running_plan(target, preset)
+    page = client_for(*VIEWER).get(reverse("backfill:detail", args=[plan.pk])).content.decode()
+    assert page.count("js/poll-visible.js") == 1
