@@ -226,7 +226,8 @@ CONTENT_SECURITY_POLICY = env_str(
     "connect-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'self'; object-src 'none'",
 )
 
-# django-q2. The default queue runs short tasks (checks, backfill days, reaper); loaders
+# django-q2. The default queue runs short tasks (backfill days, report invalidation, the
+# reaper; connection checks run in the request, not here); loaders
 # go to the "loaders" queue whose timeout exceeds the longest allowed run and whose retry
 # exceeds the timeout, tried once: django-q2 re-delivers a task not acknowledged within
 # `retry` seconds, and a run longer than that was measured running three times.

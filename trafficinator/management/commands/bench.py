@@ -17,6 +17,7 @@ from datetime import date, timedelta
 from django.core.management.base import BaseCommand
 
 from targets.fake_matomo.process import fake_call, start_fake_server, stop_fake_server
+from trafficinator.bench.backfill import benchmark_backfill
 from trafficinator.bench.generation import benchmark_generation
 from trafficinator.bench.sending import benchmark_sender
 from trafficinator.sending.sender import TargetSender
@@ -131,11 +132,6 @@ class Command(BaseCommand):
         )
 
     def backfill(self) -> None:
-        try:
-            from trafficinator.bench.backfill import benchmark_backfill
-        except ImportError:
-            self.line("backfill: not available")
-            return
         result = benchmark_backfill()
         self.line(
             f"backfill: {result['hits_per_second']:,.0f} hits/s for {result.get('hits', 0):,} hits "
