@@ -114,11 +114,6 @@ class PlanProgress:
         last = self.last_heartbeat or plan.started_at
         return last is None or (self.now or timezone.now()) - last > STALE_AFTER
 
-    @property
-    def is_live(self) -> bool:
-        """Whether pages showing it should keep polling."""
-        return self.plan.is_active
-
     def summary_line(self) -> str:
         return (
             f"days={self.days} visits={self.visits_done} hits={self.hits_sent} accepted={self.hits_accepted} "

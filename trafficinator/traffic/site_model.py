@@ -12,7 +12,6 @@ from functools import lru_cache
 from urllib.parse import quote_plus, urlsplit
 
 from .catalog import Catalog
-from .catalog_items import Product
 from .sampling import Weighted, stable_shuffle, zipf_weights
 
 # Share of landings on the home page, on index pages (paths ending in '/'), and on leaves.
@@ -101,9 +100,6 @@ class SiteModel:
 
     def search_url_for(self, keyword: str) -> str:
         return self.absolute(self.search_url_template.replace("{keyword}", quote_plus(keyword)))
-
-    def product_url(self, product: Product) -> str:
-        return self.absolute(product.url) if product.url else f"{self.base}/product/{quote_plus(product.sku)}"
 
     def campaign_query(self, campaign, style: str) -> str:
         keys = _CAMPAIGN_KEYS[style]

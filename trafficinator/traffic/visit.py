@@ -68,16 +68,8 @@ class Visit:
         self.hits = hits  # list[Hit], in time order
 
     @property
-    def start_datetime(self):
-        return to_datetime(self.start)
-
-    @property
     def end(self) -> float:
         return self.hits[-1].due
-
-    @property
-    def end_datetime(self):
-        return to_datetime(self.end)
 
     @property
     def is_bounce(self) -> bool:
