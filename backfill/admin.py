@@ -4,8 +4,6 @@ read-only, with per-day progress inline."""
 
 from __future__ import annotations
 
-from functools import partial
-
 from django.contrib import admin, messages
 from django.db import transaction
 from django.http import HttpRequest
@@ -14,7 +12,6 @@ from django.utils.html import format_html
 
 from backfill.forms import BackfillPlanForm
 from backfill.models import BackfillDay, BackfillLog, BackfillPlan
-from backfill.tasks import enqueue_plan_end
 
 
 class BackfillDayInline(admin.TabularInline):
@@ -189,14 +186,7 @@ class BackfillPlanAdmin(admin.ModelAdmin):
 
     @admin.action(description="Cancel selected plans", permissions=["run_backfill"])
     def cancel_plans(self, request: HttpRequest, queryset) -> None:
-        cancelled = 0
-        for plan in queryset:
-            was_running = plan.status == BackfillPlan.Status.RUNNING
-            with transaction.atomic():
-                if plan.cancel(by=request.user):
-                    cancelled += 1
-                    if was_running:
-                        transaction.on_commit(partial(enqueue_plan_end, plan.pk))
+        cancelled = sum(plan.cancel(by=request.user) for plan in queryset)
         self.message_user(request, f"{cancelled} plan(s) cancelled.", messages.SUCCESS if cancelled else messages.INFO)
 
     @admin.action(description="Run again (copy into a new draft)", permissions=["add"])

@@ -11,6 +11,7 @@ from backfill.models import BackfillLog, BackfillPlan, new_seed
 from backfill.planning import check_plan, last_days_window, snapshot_profile
 from presets.models import Preset
 from targets.models import Target
+from trafficinator.lifecycle import actor
 
 
 class TargetChoiceField(forms.ModelMultipleChoiceField):
@@ -112,7 +113,7 @@ class BackfillPlanForm(forms.ModelForm):
             plan.created_by = user
         plan.save()
         plan.targets.set(self.cleaned_data["targets"])
-        who = getattr(user, "username", "") or "someone"
+        who = actor(user, default="someone")
         verb = "Draft created" if creating else "Draft edited"
         plan.log(
             BackfillLog.Level.INFO,

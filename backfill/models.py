@@ -31,6 +31,7 @@ from django.utils import timezone
 
 from presets.models import Preset
 from targets.models import Target
+from trafficinator.lifecycle import LogEntry, actor, transition
 
 if TYPE_CHECKING:
     from backfill.progress import PlanProgress
@@ -117,10 +118,9 @@ class BackfillPlanQuerySet(models.QuerySet["BackfillPlan"]):
         check_plan(plan, targets, today=today)
         plan.save()
         plan.targets.set(targets)
-        who = getattr(created_by, "username", "") or "the command line"
         plan.log(
             BackfillLog.Level.INFO,
-            f"Draft created by {who}: {plan.start_date} – {plan.end_date}, preset {preset.name}, "
+            f"Draft created by {actor(created_by)}: {plan.start_date} – {plan.end_date}, preset {preset.name}, "
             f"{plan.visits_per_day} visits/day, seed {plan.seed}.",
         )
         return plan
@@ -287,10 +287,7 @@ class BackfillPlan(models.Model):
     # --- transitions (conditional updates) -------------------------------------------
 
     def _transition(self, from_statuses, **changes) -> bool:
-        updated = BackfillPlan.objects.filter(pk=self.pk, status__in=list(from_statuses)).update(**changes)
-        if updated:
-            self.refresh_from_db()
-        return bool(updated)
+        return transition(self, from_statuses, **changes)
 
     def confirm(self, by=None, *, by_name: str = "", today: date | None = None) -> bool:
         """draft -> confirmed after the user saw the estimate: re-checks every guardrail,
@@ -304,7 +301,7 @@ class BackfillPlan(models.Model):
         check_plan(self, targets, today=today)
         days = planned_days(self, targets)
         estimate = build_estimate(self, targets, days=days)
-        who = by_name or getattr(by, "username", "") or "unknown"
+        who = actor(by_name or by, default="unknown")
         with transaction.atomic():
             won = BackfillPlan.objects.filter(pk=self.pk, status=self.Status.DRAFT).update(
                 status=self.Status.CONFIRMED,
@@ -346,16 +343,16 @@ class BackfillPlan(models.Model):
 
     def cancel(self, by=None, reason: str = "") -> bool:
         """draft/confirmed/running -> cancelled. Workers stop at their next checkpoint
-        (their claims are cleared); what was sent stays in Matomo."""
-        who = getattr(by, "username", "") or str(by or "") or "the command line"
-        reason = reason or f"Cancelled by {who}."
+        (their claims are cleared); what was sent stays in Matomo, so a plan that was
+        running gets the reports of its dates invalidated (a task, after commit)."""
+        from backfill.tasks import enqueue_plan_end
+
+        reason = reason or f"Cancelled by {actor(by)}."
+        changes = {"status": self.Status.CANCELLED, "end_reason": reason, "finished_at": timezone.now()}
         with transaction.atomic():
-            if not self._transition(
-                [self.Status.DRAFT, self.Status.CONFIRMED, self.Status.RUNNING],
-                status=self.Status.CANCELLED,
-                end_reason=reason,
-                finished_at=timezone.now(),
-            ):
+            if self._transition([self.Status.RUNNING], **changes):
+                transaction.on_commit(partial(enqueue_plan_end, self.pk))
+            elif not self._transition([self.Status.DRAFT, self.Status.CONFIRMED], **changes):
                 return False
             self._stop_open_days()
             self.log(BackfillLog.Level.WARNING, reason)
@@ -437,10 +434,9 @@ class BackfillPlan(models.Model):
             cloned_from=self,
         )
         copy.targets.set(self.targets.all())
-        who = getattr(by, "username", "") or "the command line"
         copy.log(
             BackfillLog.Level.INFO,
-            f"Cloned from plan {self.pk} by {who}; new seed {copy.seed} (plan {self.pk} used {self.seed}).",
+            f"Cloned from plan {self.pk} by {actor(by)}; new seed {copy.seed} (plan {self.pk} used {self.seed}).",
         )
         return copy
 
@@ -492,8 +488,9 @@ class BackfillPlan(models.Model):
         Returns how many days were handed to the workers."""
         ids = self.enqueue_next_days()
         if ids:
-            who = getattr(by, "username", "") or "the command line"
-            self.log(BackfillLog.Level.WARNING, f"Resumed by {who}: {len(ids)} day(s) handed to the workers again.")
+            self.log(
+                BackfillLog.Level.WARNING, f"Resumed by {actor(by)}: {len(ids)} day(s) handed to the workers again."
+            )
         return len(ids)
 
     def log(self, level: str, message: str, *, target: Target | None = None, day: date | None = None) -> BackfillLog:
@@ -614,25 +611,13 @@ class BackfillDay(models.Model):
         return BackfillDay.objects.filter(pk=self.pk, claim_token=token, status=self.Status.RUNNING)
 
 
-class BackfillLog(models.Model):
+class BackfillLog(LogEntry):
     """Notable events of a plan: confirmation, start, first error of each kind, resume,
     failure, invalidation. Never one row per hit or batch."""
 
-    class Level(models.TextChoices):
-        INFO = "info", "Info"
-        WARNING = "warning", "Warning"
-        ERROR = "error", "Error"
-
     plan = models.ForeignKey(BackfillPlan, on_delete=models.CASCADE, related_name="logs")
-    created_at = models.DateTimeField(default=timezone.now)
-    level = models.CharField(max_length=8, choices=Level.choices, default=Level.INFO)
-    message = models.TextField()
     target = models.ForeignKey(Target, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
     day = models.DateField(null=True, blank=True)
 
-    class Meta:
-        ordering = ["created_at", "pk"]
+    class Meta(LogEntry.Meta):
         indexes = [models.Index(fields=["plan", "created_at"], name="backfill_log_plan_created_idx")]
-
-    def __str__(self) -> str:
-        return f"[{self.level}] {self.message}"

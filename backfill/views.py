@@ -20,7 +20,6 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from backfill.forms import BackfillPlanForm, ConfirmForm
 from backfill.models import BackfillPlan
 from backfill.planning import Estimate, build_estimate
-from backfill.tasks import enqueue_plan_end
 from trafficinator.http import HtmxHttpRequest
 from trafficinator.traffic import CatalogError, TrafficConfigError
 
@@ -151,14 +150,10 @@ def plan_confirm(request: HtmxHttpRequest, pk: int) -> HttpResponse:
 @require_POST
 def plan_cancel(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     plan = _plan(pk)
-    was_running = plan.status == BackfillPlan.Status.RUNNING
-    with transaction.atomic():
-        if plan.cancel(by=request.user):
-            if was_running:
-                transaction.on_commit(lambda: enqueue_plan_end(plan.pk))
-            messages.success(request, f"Plan {plan.pk} cancelled. What was sent stays in Matomo.")
-        else:
-            messages.error(request, f"Plan {plan.pk} is {plan.get_status_display().lower()}: nothing to cancel.")
+    if plan.cancel(by=request.user):
+        messages.success(request, f"Plan {plan.pk} cancelled. What was sent stays in Matomo.")
+    else:
+        messages.error(request, f"Plan {plan.pk} is {plan.get_status_display().lower()}: nothing to cancel.")
     return redirect(_plan_url(plan))
 
 

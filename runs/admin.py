@@ -85,7 +85,7 @@ class RunAdmin(admin.ModelAdmin):
     def stop_runs(self, request: HttpRequest, queryset) -> None:
         if not self._check_permission(request):
             return
-        stopped = sum(run.request_stop(f"Stopped by {request.user.get_username()}.") for run in queryset)
+        stopped = sum(run.request_stop(by=request.user) for run in queryset)
         self.message_user(request, f"Asked {stopped} run(s) to stop.", messages.SUCCESS)
 
     @admin.action(description="Resume selected lost runs")
@@ -99,6 +99,5 @@ class RunAdmin(admin.ModelAdmin):
     def close_lost_runs(self, request: HttpRequest, queryset) -> None:
         if not self._check_permission(request):
             return
-        reason = f"Closed by {request.user.get_username()} after the loader was lost."
-        closed = sum(run.close_lost(reason) for run in queryset)
+        closed = sum(run.close_lost(by=request.user) for run in queryset)
         self.message_user(request, f"Closed {closed} lost run(s).", messages.SUCCESS)

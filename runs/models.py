@@ -20,6 +20,7 @@ from django.utils import timezone
 
 from presets.models import Preset
 from targets.models import Target
+from trafficinator.lifecycle import LogEntry, actor, transition
 
 # A loader flushes every ~2 s; missing this many seconds of heartbeats means it is gone.
 HEARTBEAT_STALE_AFTER = timedelta(seconds=30)
@@ -83,10 +84,9 @@ class RunQuerySet(models.QuerySet["Run"]):
         run.save()
         for target, weight, rate in entries:
             RunTarget.objects.create(run=run, target=target, weight=weight, visits_per_day=rate)
-        who = getattr(created_by, "username", None) or "the command line"
         run.log(
             RunLog.Level.INFO,
-            f"Created by {who}: preset {preset.name}, {run.visits_per_day} visits/day, "
+            f"Created by {actor(created_by)}: preset {preset.name}, {run.visits_per_day} visits/day, "
             f"{len(entries)} target(s), seed {run.seed}{', bulk' if bulk else ''}.",
         )
         return run
@@ -184,10 +184,7 @@ class Run(models.Model):
     # --- transitions (conditional updates) -------------------------------------------
 
     def _transition(self, from_statuses, **changes) -> bool:
-        updated = Run.objects.filter(pk=self.pk, status__in=list(from_statuses)).update(**changes)
-        if updated:
-            self.refresh_from_db()
-        return bool(updated)
+        return transition(self, from_statuses, **changes)
 
     def claim(self, *, pid: int, host: str) -> uuid.UUID | None:
         """queued -> running for exactly one caller; returns the claim token or None."""
@@ -204,20 +201,23 @@ class Run(models.Model):
         )
         return token if won else None
 
-    def request_stop(self, reason: str = "Stopped by the user.") -> bool:
+    def request_stop(self, reason: str = "", *, by=None) -> bool:
         """A queued run stops at once; a running one is asked to stop (the loader sees it
-        within ~1 s and finishes as 'stopped')."""
-        if self._transition(
+        within ~1 s and finishes as 'stopped'). Logs who asked."""
+        who = actor(by, default="the user")
+        reason = reason or f"Stopped by {who}."
+        stopped = self._transition(
             [self.Status.QUEUED],
             status=self.Status.STOPPED,
             stop_requested=True,
             end_reason=reason,
             finished_at=timezone.now(),
-        ):
-            return True
-        return self._transition(
+        ) or self._transition(
             [self.Status.RUNNING], status=self.Status.STOPPING, stop_requested=True, end_reason=reason
         )
+        if stopped:
+            self.log(RunLog.Level.INFO, f"Stop requested by {who}.")
+        return stopped
 
     def finish(self, status: str, reason: str, stats: dict | None = None) -> bool:
         """running/stopping -> completed | stopped | failed, with final counters."""
@@ -235,10 +235,15 @@ class Run(models.Model):
         changes = {"status": self.Status.FAILED, "finished_at": timezone.now(), "end_reason": reason}
         return self._transition([self.Status.QUEUED, self.Status.RUNNING, self.Status.STOPPING], **changes)
 
-    def close_lost(self, reason: str = "Closed by the user after the loader was lost.") -> bool:
+    def close_lost(self, reason: str = "", *, by=None) -> bool:
+        """A lost run ends as failed, keeping its figures so far; logged with who closed it."""
         if not self.is_lost():
             return False
-        return self.fail(reason)
+        reason = reason or f"Closed by {actor(by, default='the user')} after the loader was lost."
+        if not self.fail(reason):
+            return False
+        self.log(RunLog.Level.WARNING, reason)
+        return True
 
     def resume(self) -> bool:
         """A lost run goes back to the queue; the new loader continues its counters."""
@@ -316,26 +321,14 @@ class RunSample(models.Model):
         return f"Run {self.run_id} at {self.minute:%H:%M}: {self.hits} hits"
 
 
-class RunLog(models.Model):
+class RunLog(LogEntry):
     """Notable events only (start, stop, first error of each kind, backoff, degraded)."""
 
-    class Level(models.TextChoices):
-        INFO = "info", "Info"
-        WARNING = "warning", "Warning"
-        ERROR = "error", "Error"
-
     run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="logs")
-    created_at = models.DateTimeField(default=timezone.now)
-    level = models.CharField(max_length=8, choices=Level.choices, default=Level.INFO)
-    message = models.TextField()
     target = models.ForeignKey(Target, on_delete=models.SET_NULL, null=True, blank=True)
 
-    class Meta:
-        ordering = ["created_at", "pk"]
+    class Meta(LogEntry.Meta):
         indexes = [models.Index(fields=["run", "created_at"], name="runlog_run_created_idx")]
-
-    def __str__(self) -> str:
-        return f"[{self.level}] {self.message}"
 
 
 def enqueue_run(run: Run) -> None:

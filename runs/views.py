@@ -464,8 +464,7 @@ def _after_action(request: HtmxHttpRequest, run: Run) -> HttpResponse:
 @require_POST
 def stop(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     run = _run(pk)
-    if run.request_stop(f"Stopped by {request.user}"):
-        run.log(RunLog.Level.INFO, f"Stop requested by {request.user}.")
+    run.request_stop(by=request.user)
     return _after_action(request, run)
 
 
@@ -481,6 +480,5 @@ def resume(request: HtmxHttpRequest, pk: int) -> HttpResponse:
 @require_POST
 def close(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     run = _run(pk)
-    if run.close_lost(f"Closed by {request.user} after the loader was lost."):
-        run.log(RunLog.Level.WARNING, f"Closed by {request.user} after the loader was lost.")
+    run.close_lost(by=request.user)
     return _after_action(request, run)

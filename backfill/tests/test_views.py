@@ -135,12 +135,29 @@ def test_cancelling_a_running_plan_queues_the_invalidation(
     target, preset, monkeypatch, django_capture_on_commit_callbacks
 ):
     ended: list[int] = []
-    monkeypatch.setattr("backfill.views.enqueue_plan_end", ended.append)
+    monkeypatch.setattr("backfill.tasks.enqueue_plan_end", ended.append)
     plan = running_plan(target, preset)
     with django_capture_on_commit_callbacks(execute=True):
         response = client_for(*OPERATOR).post(reverse("backfill:cancel", args=[plan.pk]))
     assert response.status_code == 302 and ended == [plan.pk]
     assert BackfillPlan.objects.get(pk=plan.pk).status == BackfillPlan.Status.CANCELLED
+
+
+def test_the_admin_cancel_action_queues_the_invalidation_of_running_plans_only(
+    target, preset, monkeypatch, django_capture_on_commit_callbacks
+):
+    # The side effect lives in BackfillPlan.cancel(), so the admin gets it too.
+    ended: list[int] = []
+    monkeypatch.setattr("backfill.tasks.enqueue_plan_end", ended.append)
+    running, confirmed = running_plan(target, preset), confirmed_plan([target], preset)
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client_for(superuser=True).post(
+            reverse("admin:backfill_backfillplan_changelist"),
+            {"action": "cancel_plans", "_selected_action": [running.pk, confirmed.pk]},
+        )
+    assert response.status_code == 302 and ended == [running.pk]
+    statuses = set(BackfillPlan.objects.values_list("status", flat=True))
+    assert statuses == {BackfillPlan.Status.CANCELLED}
 
 
 def test_finished_plans_cannot_be_edited_but_can_run_again(target, preset):

@@ -148,3 +148,5 @@ def test_run_admin_shows_a_run_and_its_stop_action_needs_the_run_traffic_permiss
     client.post(reverse("admin:runs_run_changelist"), {"action": "stop_runs", "_selected_action": [run.pk]})
     run.refresh_from_db()
     assert run.status == Run.Status.STOPPING and run.end_reason.startswith("Stopped by")
+    # The model logs who asked, so a stop from the admin shows in the run's log too.
+    assert run.logs.filter(message__startswith="Stop requested by").exists()

@@ -389,7 +389,7 @@ def test_stop_asks_the_loader_to_stop_and_redraws_the_summary(client):
     user = login(client, username="alice")
     response = client.post(reverse("runs:stop", args=[run.pk]), HTTP_HX_TARGET="run-summary", **HTMX)
     run.refresh_from_db()
-    assert run.status == Run.Status.STOPPING and run.stop_requested and run.end_reason == f"Stopped by {user}"
+    assert run.status == Run.Status.STOPPING and run.stop_requested and run.end_reason == f"Stopped by {user}."
     html = response.content.decode()
     assert html.strip().startswith('<section id="run-summary"') and "stop requested" in html
     assert reverse("runs:stop", args=[run.pk]) not in html  # nothing left to stop
