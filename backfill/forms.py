@@ -8,8 +8,8 @@ from django import forms
 from django.core.exceptions import ValidationError
 
 from backfill.models import BackfillLog, BackfillPlan, new_seed
-from backfill.planning import check_plan, last_days_window, snapshot_profile
-from presets.models import Preset
+from backfill.planning import check_plan, last_days_window
+from presets.models import Preset, PresetSnapshot
 from targets.models import Target
 from trafficinator.lifecycle import actor
 
@@ -90,7 +90,7 @@ class BackfillPlanForm(forms.ModelForm):
         plan = self.instance
         plan.preset = preset
         plan.preset_name = preset.name
-        plan.profile = snapshot_profile(preset)
+        plan.profile = PresetSnapshot.of(preset).as_json()
         plan.start_date, plan.end_date = start, end
         plan.visits_per_day = data["visits_per_day"] = data.get("visits_per_day") or preset.visits_per_day
         if data.get("seed") is None:  # blank: keep the draft's seed (a new draft's is random)

@@ -29,7 +29,7 @@ from django.db import models, transaction
 from django.db.models import Exists, OuterRef, Q, Sum
 from django.utils import timezone
 
-from presets.models import Preset
+from presets.models import Preset, PresetSnapshot
 from targets.models import Target
 from trafficinator.lifecycle import LogEntry, actor, transition
 
@@ -91,7 +91,7 @@ class BackfillPlanQuerySet(models.QuerySet["BackfillPlan"]):
         """A validated draft. The window is explicit dates or ``last_days`` (the N fully
         past days ending yesterday in the site's time zone). Raises ValidationError with
         every guardrail that fails."""
-        from backfill.planning import check_plan, last_days_window, snapshot_profile
+        from backfill.planning import check_plan, last_days_window
 
         if last_days is not None:
             if start_date or end_date:
@@ -102,7 +102,7 @@ class BackfillPlanQuerySet(models.QuerySet["BackfillPlan"]):
         plan = self.model(
             preset=preset,
             preset_name=preset.name,
-            profile=snapshot_profile(preset),
+            profile=PresetSnapshot.of(preset).as_json(),
             start_date=start_date,
             end_date=end_date,
             visits_per_day=visits_per_day or preset.visits_per_day,
@@ -278,6 +278,11 @@ class BackfillPlan(models.Model):
         targets = targets if targets is not None else list(self.targets.order_by("name"))
         return ", ".join(target.name for target in targets)
 
+    @property
+    def snapshot(self) -> PresetSnapshot:
+        """The preset's knobs as they were when the draft was last saved."""
+        return PresetSnapshot(self.profile)
+
     def progress(self) -> PlanProgress:
         """Days, visits and hits so far, hits/s and ETA (one aggregate query)."""
         from backfill.progress import PlanProgress
@@ -415,12 +420,10 @@ class BackfillPlan(models.Model):
     def clone(self, by=None) -> BackfillPlan:
         """A new draft with the same settings and a fresh seed (the same seed would send
         the same visitors with the same times again)."""
-        from backfill.planning import snapshot_profile
-
         copy = BackfillPlan.objects.create(
             preset=self.preset,
             preset_name=self.preset.name if self.preset else self.preset_name,
-            profile=snapshot_profile(self.preset) if self.preset else self.profile,
+            profile=PresetSnapshot.of(self.preset).as_json() if self.preset else self.profile,
             start_date=self.start_date,
             end_date=self.end_date,
             visits_per_day=self.visits_per_day,

@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 from django.core.exceptions import ValidationError
@@ -21,9 +20,8 @@ from django.db.models import Sum
 
 from backfill.models import MAX_TOTAL_VISITS, MAX_WINDOW_DAYS, BackfillDay, BackfillPlan
 from funnels.models import Funnel
-from presets.models import Preset, catalog_with_overrides, profile_from_knobs
 from targets.models import Target
-from trafficinator.traffic import Catalog, Profile, day_visits, visits_for_day_count
+from trafficinator.traffic import Profile, day_visits, visits_for_day_count
 from trafficinator.traffic.clock import local_day_bounds
 
 SAMPLE_VISITS = 400
@@ -42,17 +40,8 @@ ASSUMED_HITS_PER_SECOND = 800.0
 # --- the traffic model's inputs ---------------------------------------------------------
 
 
-def snapshot_profile(preset: Preset) -> dict:
-    """The preset's knobs as JSON (decimals as exact strings)."""
-    return {key: str(value) if isinstance(value, Decimal) else value for key, value in preset.knob_values().items()}
-
-
 def plan_profile(plan: BackfillPlan) -> Profile:
-    return profile_from_knobs(plan.profile, visits_per_day=plan.visits_per_day)
-
-
-def plan_catalog(plan: BackfillPlan) -> Catalog:
-    return catalog_with_overrides(plan.profile.get("catalog_overrides"))
+    return plan.snapshot.profile(visits_per_day=plan.visits_per_day)
 
 
 def plan_funnels(plan: BackfillPlan) -> list:
@@ -63,7 +52,7 @@ def plan_funnels(plan: BackfillPlan) -> list:
 
 
 def target_timezone(target: Target, plan: BackfillPlan) -> str:
-    return target.effective_timezone(plan.profile.get("timezone") or "UTC")
+    return target.effective_timezone(plan.snapshot.timezone)
 
 
 def site_today(timezone_name: str, now: datetime | None = None) -> date:
@@ -148,7 +137,7 @@ def check_plan(plan: BackfillPlan, targets: list[Target], *, today: date | None 
                 f"A backfill covers at most {MAX_WINDOW_DAYS} days; this window has {plan.day_count}. "
                 "Split it into several plans.",
             )
-        zones = {target_timezone(target, plan) for target in targets} or {plan.profile.get("timezone") or "UTC"}
+        zones = {target_timezone(target, plan) for target in targets} or {plan.snapshot.timezone}
         for zone in sorted(zones):
             current = today or site_today(zone)
             if plan.end_date >= current:
@@ -328,7 +317,7 @@ def sample_hits(plan: BackfillPlan, target: Target | None, first_day: date, visi
     zone = target_timezone(target, plan) if target else profile.timezone
     stream = day_visits(
         profile,
-        plan_catalog(plan),
+        plan.snapshot.catalog(),
         plan_funnels(plan),
         seed=plan.lane_seed(0),
         site_id=target.site_id if target else 1,

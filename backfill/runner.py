@@ -49,7 +49,7 @@ import gevent
 from django.utils import timezone
 
 from backfill.models import HEARTBEAT_SECONDS, BackfillDay, BackfillLog, BackfillPlan
-from backfill.planning import MIN_PART_HITS, REQUESTS_PER_BATCH, plan_catalog, plan_funnels, plan_profile
+from backfill.planning import MIN_PART_HITS, REQUESTS_PER_BATCH, plan_funnels, plan_profile
 from trafficinator.sending.sender import RetryPolicy, TargetSender
 from trafficinator.sending.telemetry import OUTCOMES, describe_failure, failure_hint
 from trafficinator.traffic import TrafficConfigError, day_visits, encode_visit
@@ -151,7 +151,7 @@ def day_stream(plan: BackfillPlan, day: BackfillDay, *, skip: int | None = None)
     """The day's visits, exactly as every attempt generates them."""
     return day_visits(
         plan_profile(plan),
-        plan_catalog(plan),
+        plan.snapshot.catalog(),
         plan_funnels(plan),
         seed=plan.lane_seed(day.lane),
         site_id=day.target.site_id,

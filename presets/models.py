@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 from zoneinfo import available_timezones
 
 from django.core.exceptions import ValidationError
@@ -70,7 +73,7 @@ def default_channel_mix() -> dict[str, float]:
     return {"search": 0.55, "social": 0.15, "websites": 0.15, "campaign": 0.15}
 
 
-def profile_from_knobs(knobs: dict, **overrides) -> Profile:
+def profile_from_knobs(knobs: Mapping[str, Any], **overrides: Any) -> Profile:
     """The traffic model's Profile from a preset's knobs: a live preset's, or the snapshot a
     run or a backfill plan took of them."""
     values = {name: value for name, value in knobs.items() if name in Profile.field_names()}
@@ -82,6 +85,34 @@ def catalog_with_overrides(overrides: dict | None) -> Catalog:
     """The default content catalog with a preset's overrides applied (raises CatalogError)."""
     base = Catalog.load_default()
     return base.with_overrides(overrides) if overrides else base
+
+
+@dataclass(frozen=True)
+class PresetSnapshot:
+    """A preset's knobs as a run or a backfill plan took them when it was created, so
+    editing the preset later changes nothing that already started. Stored as JSON in
+    ``Run.profile`` and ``BackfillPlan.profile``, decimals as exact strings; a snapshot
+    taken before a knob existed gets the traffic model's default for it."""
+
+    knobs: Mapping[str, Any]
+
+    @classmethod
+    def of(cls, preset: Preset) -> PresetSnapshot:
+        values = preset.knob_values()
+        return cls({key: str(value) if isinstance(value, Decimal) else value for key, value in values.items()})
+
+    def as_json(self) -> dict[str, Any]:
+        return dict(self.knobs)
+
+    def profile(self, **overrides: Any) -> Profile:
+        return profile_from_knobs(self.knobs, **overrides)
+
+    def catalog(self) -> Catalog:
+        return catalog_with_overrides(self.knobs.get("catalog_overrides"))
+
+    @property
+    def timezone(self) -> str:
+        return self.knobs.get("timezone") or "UTC"
 
 
 class PresetQuerySet(models.QuerySet["Preset"]):

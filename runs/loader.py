@@ -34,7 +34,6 @@ import gevent.event
 import gevent.pool
 
 from funnels.models import Funnel
-from presets.models import catalog_with_overrides, profile_from_knobs
 from runs.models import Run, RunLog, RunSample, RunTarget
 from trafficinator.sending.sender import TargetSender
 from trafficinator.sending.telemetry import RunTelemetry, TargetTelemetry
@@ -367,11 +366,11 @@ class TargetStream:
 
 
 def run_profile(run: Run, visits_per_day: int) -> Profile:
-    return profile_from_knobs(run.profile, visits_per_day=max(1, visits_per_day))
+    return run.snapshot.profile(visits_per_day=max(1, visits_per_day))
 
 
 def run_catalog(run: Run) -> Catalog:
-    return catalog_with_overrides(run.profile.get("catalog_overrides"))
+    return run.snapshot.catalog()
 
 
 def run_funnels(run: Run) -> list:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import secrets
 import uuid
 from datetime import timedelta
-from decimal import Decimal
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -18,7 +17,7 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models, transaction
 from django.utils import timezone
 
-from presets.models import Preset
+from presets.models import Preset, PresetSnapshot
 from targets.models import Target
 from trafficinator.lifecycle import LogEntry, actor, transition
 
@@ -26,11 +25,6 @@ from trafficinator.lifecycle import LogEntry, actor, transition
 HEARTBEAT_STALE_AFTER = timedelta(seconds=30)
 # After this long without a heartbeat the reaper closes the run as failed.
 REAP_AFTER = timedelta(minutes=15)
-
-
-def json_safe(values: dict) -> dict:
-    """Decimals as strings so a snapshot survives JSON exactly (no float rounding)."""
-    return {key: str(value) if isinstance(value, Decimal) else value for key, value in values.items()}
 
 
 def _hours_to_seconds(hours: float | None) -> int | None:
@@ -68,7 +62,7 @@ class RunQuerySet(models.QuerySet["Run"]):
         run = self.model(
             preset=preset,
             preset_name=preset.name,
-            profile=json_safe(preset.knob_values()),
+            profile=PresetSnapshot.of(preset).as_json(),
             seed=seed if seed is not None else secrets.randbelow(2**31),
             visits_per_day=visits_per_day or preset.visits_per_day,
             duration_seconds=duration_seconds
@@ -176,6 +170,11 @@ class Run(models.Model):
         if not self.started_at:
             return None
         return (self.finished_at or timezone.now()) - self.started_at
+
+    @property
+    def snapshot(self) -> PresetSnapshot:
+        """The preset's knobs as they were when the run was created."""
+        return PresetSnapshot(self.profile)
 
     @property
     def totals(self) -> dict:

@@ -5,8 +5,9 @@ import pytest
 from django.core.exceptions import ValidationError
 from django.urls import reverse
 
-from presets.models import BuiltinPresetError, Preset
+from presets.models import BuiltinPresetError, Preset, PresetSnapshot
 from trafficinator.testing import make_preset, make_user
+from trafficinator.traffic import Profile
 
 EXPECTED_BUILTINS = {
     # name: visits/day, concurrency, pageviews, visit minutes, search, outlinks, downloads, clicks,
@@ -202,3 +203,17 @@ def test_catalog_overrides_are_validated_in_the_model_too():
     with pytest.raises(ValidationError) as info:
         preset.full_clean()
     assert "catalog_overrides" in info.value.message_dict
+
+
+@pytest.mark.django_db
+def test_a_snapshot_survives_json_and_gives_the_presets_own_profile():
+    preset = Preset.objects.get(name="Medium")
+    snapshot = PresetSnapshot(json.loads(json.dumps(PresetSnapshot.of(preset).as_json())))
+    assert snapshot.knobs["ecommerce_order_value_max"] == "299.99"  # exact, not a float
+    assert snapshot.profile() == preset.to_profile()
+    assert snapshot.timezone == preset.timezone
+
+
+def test_a_snapshot_taken_before_a_knob_existed_gets_the_models_default():
+    assert PresetSnapshot({"visits_per_day": 50}).profile() == Profile(visits_per_day=50)
+    assert PresetSnapshot({}).timezone == "UTC"
