@@ -22,6 +22,11 @@ ensure_venv() {
     local stamp="$VENV/.installed-$(basename "$requirements")"
     local wanted
     wanted="$(cat requirements*.txt | sha256sum | cut -d' ' -f1)"
+    # requirements-dev.txt includes requirements.txt: a test venv serves scripts/run too.
+    local dev_stamp="$VENV/.installed-requirements-dev.txt"
+    if [ -f "$dev_stamp" ] && [ "$(cat "$dev_stamp")" = "$wanted" ]; then
+        return
+    fi
     if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$wanted" ]; then
         echo "Installing $requirements ..."
         "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
