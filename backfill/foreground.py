@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from backfill.models import BackfillDay, BackfillPlan
-from backfill.runner import DayResult, ProgressCallback, run_day
+from backfill.runner import DayOutcome, DayResult, ProgressCallback, run_day
 from backfill.tasks import after_day, finish_plan
 
 
@@ -30,7 +30,7 @@ def run_in_foreground(
         after_day(result, enqueue=False)
         if on_day is not None:
             on_day(result)
-        if result.outcome != "done":
+        if result.outcome != DayOutcome.DONE:
             return result
     plan.refresh_from_db()
     if plan.complete_if_finished():  # e.g. resumed after the last day was done

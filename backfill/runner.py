@@ -43,6 +43,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from datetime import time as datetime_time
+from enum import StrEnum
 from zoneinfo import ZoneInfo
 
 import gevent
@@ -164,13 +165,20 @@ def day_stream(plan: BackfillPlan, day: BackfillDay, *, skip: int | None = None)
     )
 
 
+class DayOutcome(StrEnum):
+    """How a day's session ended (``DayResult.outcome``)."""
+
+    DONE = "done"
+    PAUSED = "paused"  # deadline or stop request; resumable
+    FAILED = "failed"  # the plan failed
+    LOST = "lost"  # cancelled, failed elsewhere, or taken over by another worker
+    BUSY = "busy"  # not claimed: held by another worker, or not its turn
+
+
 @dataclass
 class DayResult:
-    """``outcome``: done | paused (deadline or stop request; resumable) | failed (the
-    plan failed) | lost (cancelled, failed elsewhere or taken over) | busy (not claimed)."""
-
     day_id: int
-    outcome: str
+    outcome: DayOutcome
     message: str = ""
     hits: int = 0
 
@@ -231,7 +239,7 @@ def run_day(
             why = f"held by {day.worker}"
         else:
             why = "not pending, or an earlier day of its lane is not done"
-        return DayResult(day_id, "busy", f"Day {day_id} is not available ({why}).")
+        return DayResult(day_id, DayOutcome.BUSY, f"Day {day_id} is not available ({why}).")
     day, token = claimed
     sender = DaySender(day, token, deadline_seconds=deadline_seconds, should_stop=should_stop, on_progress=on_progress)
     return sender.run()
@@ -463,7 +471,11 @@ class DaySender:
     def _failure_reason(self, hits: int, delta: dict[str, int]) -> str:
         kind = max(_FAILED_OUTCOMES, key=lambda k: delta.get(k, 0))
         snapshot = self.sender.telemetry.snapshot()
-        by_status = snapshot.get(f"{kind}_by_status") or {}
+        statuses = {
+            "rejected": snapshot.get("rejected_by_status"),
+            "server_errors": snapshot.get("server_errors_by_status"),
+        }
+        by_status = statuses.get(kind) or {}
         key = f"{kind}:{max(by_status, key=lambda status: by_status[status])}" if by_status else kind
         hint = failure_hint(key)
         attempts = self.sender.retry.max_attempts
@@ -504,7 +516,9 @@ class DaySender:
         )
         if self.on_progress is not None:
             self.on_progress(self.day, self.state)
-        return DayResult(self.day.pk, "done", f"Day {self.day.day} of {self.target.name} done.", self.session_hits)
+        return DayResult(
+            self.day.pk, DayOutcome.DONE, f"Day {self.day.day} of {self.target.name} done.", self.session_hits
+        )
 
     def _pause(self) -> DayResult:
         """Checkpoint (nothing in flight) and give the day back, to be continued."""
@@ -518,7 +532,7 @@ class DaySender:
         )
         return DayResult(
             self.day.pk,
-            "paused",
+            DayOutcome.PAUSED,
             f"Day {self.day.day} of {self.target.name} paused at visit {self.state.visits_done:,} "
             f"of {self.day.planned_visits:,}.",
             self.session_hits,
@@ -537,13 +551,16 @@ class DaySender:
         )
         self._log_events()
         self.plan.fail(reason)
-        return DayResult(self.day.pk, "failed", reason, self.session_hits)
+        return DayResult(self.day.pk, DayOutcome.FAILED, reason, self.session_hits)
 
     def _lost(self) -> DayResult:
         plan = BackfillPlan.objects.get(pk=self.plan.pk)
         why = f"the plan is {plan.status}" if plan.status != BackfillPlan.Status.RUNNING else "another worker took it"
         return DayResult(
-            self.day.pk, "lost", f"Stopped sending {self.day.day} of {self.target.name}: {why}.", self.session_hits
+            self.day.pk,
+            DayOutcome.LOST,
+            f"Stopped sending {self.day.day} of {self.target.name}: {why}.",
+            self.session_hits,
         )
 
     def _log(self, level: str, message: str) -> None:

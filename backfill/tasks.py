@@ -16,7 +16,7 @@ from django_q.tasks import async_task
 
 from backfill.invalidation import invalidate_reports
 from backfill.models import BackfillDay, BackfillPlan
-from backfill.runner import DayResult, run_day
+from backfill.runner import DayOutcome, DayResult, run_day
 
 logger = logging.getLogger(__name__)
 
@@ -46,14 +46,14 @@ def after_day(result: DayResult, *, enqueue: bool) -> None:
     if day is None:
         return
     plan = day.plan
-    if result.outcome == "done":
+    if result.outcome == DayOutcome.DONE:
         if plan.complete_if_finished():
             finish_plan(plan.pk)
         elif enqueue:
             plan.enqueue_next_in_lane(day)
-    elif result.outcome == "paused" and enqueue:
+    elif result.outcome == DayOutcome.PAUSED and enqueue:
         enqueue_day(result.day_id)
-    elif result.outcome in ("failed", "lost"):
+    elif result.outcome in (DayOutcome.FAILED, DayOutcome.LOST):
         plan.refresh_from_db()
         if plan.is_locked and not plan.invalidation:
             finish_plan(plan.pk)

@@ -27,6 +27,7 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import cast
 from zoneinfo import ZoneInfo
 
 import gevent
@@ -36,7 +37,7 @@ import gevent.pool
 from funnels.models import Funnel
 from runs.models import Run, RunLog, RunSample, RunTarget
 from trafficinator.sending.sender import TargetSender
-from trafficinator.sending.telemetry import RunTelemetry, TargetTelemetry
+from trafficinator.sending.telemetry import RunStats, RunTelemetry, TargetTelemetry
 from trafficinator.traffic import Catalog, CdtFormat, Profile, Visit, encode_visit, live_visits
 from trafficinator.traffic.encoding import encode_params
 
@@ -80,7 +81,7 @@ class LiveLoader:
         self.visits = gevent.pool.Group()
         self.stop_event = gevent.event.Event()
         self.stop_reason = ""
-        self.final_status = "stopped"  # until stop() says why the loop ended
+        self.final_status = Run.Status.STOPPED  # until stop() says why the loop ended
         # A resumed run continues its counters from where the lost loader left them.
         self.previous_stats = run.stats if isinstance(run.stats, dict) else {}
         self.visits_started = int(run.totals.get("visits_started", 0))
@@ -113,7 +114,7 @@ class LiveLoader:
 
     # --- the main loop -------------------------------------------------------------
 
-    def run_loop(self) -> str:
+    def run_loop(self) -> Run.Status:
         """Returns the final status; the caller records it with Run.finish()."""
         self.build()
         started = time.monotonic()
@@ -128,12 +129,12 @@ class LiveLoader:
             now_mono = time.monotonic()
             now = time.time()
             if deadline is not None and now_mono >= deadline:
-                self.stop("completed", "Duration limit reached.")
+                self.stop(Run.Status.COMPLETED, "Duration limit reached.")
                 break
             if self._visit_limit_reached():
                 # Started visits finish their hits; then the run is complete.
                 if not len(self.visits):
-                    self.stop("completed", f"Visit limit of {self.run.max_visits} reached.")
+                    self.stop(Run.Status.COMPLETED, f"Visit limit of {self.run.max_visits} reached.")
                     break
             else:
                 self._start_due_visits(heap, now)
@@ -142,7 +143,7 @@ class LiveLoader:
             if now_mono >= next_stop_check:
                 next_stop_check = now_mono + STOP_CHECK_EVERY
                 if self.run.stop_was_requested():
-                    self.stop("stopped", "Stop requested.")
+                    self.stop(Run.Status.STOPPED, "Stop requested.")
                     break
             if now_mono >= next_flush:
                 next_flush = now_mono + FLUSH_EVERY
@@ -240,19 +241,20 @@ class LiveLoader:
 
     # --- stopping ------------------------------------------------------------------
 
-    def stop(self, status: str, reason: str) -> None:
+    def stop(self, status: Run.Status, reason: str) -> None:
+        """End the loop; ``status`` is the run's final status unless every target failed."""
         if not self.stop_event.is_set():
             self.final_status, self.stop_reason = status, reason
             self.stop_event.set()
 
-    def shutdown(self) -> str:
+    def shutdown(self) -> Run.Status:
         """No new hits; in-flight requests get a short grace; final counters flushed."""
         for runtime in self.runtimes:
             runtime.sender.close(grace_seconds=STOP_GRACE, flush=False)
         self.visits.kill(block=True, timeout=2.0)
         status = self.final_status
-        if status == "completed" and self._all_targets_failed():
-            status = "failed"
+        if status == Run.Status.COMPLETED and self._all_targets_failed():
+            status = Run.Status.FAILED
             self.stop_reason += " Most hits failed on every target; see the log."
         self.flush()
         self.write_sample(_next_minute(time.time()))
@@ -264,7 +266,7 @@ class LiveLoader:
 
     # --- reporting -------------------------------------------------------------------
 
-    def snapshot(self) -> dict:
+    def snapshot(self) -> RunStats:
         stats = carry_over(self.previous_stats, self.telemetry.snapshot())
         now = time.monotonic()
         for runtime in self.runtimes:
@@ -310,7 +312,7 @@ class LiveLoader:
 _NOT_CARRIED = {"in_flight", "events_dropped", "visits_per_day"}
 
 
-def carry_over(previous: dict, current: dict) -> dict:
+def carry_over(previous: dict, current: RunStats) -> RunStats:
     """``current`` with the counters of a previous loader of the same run added (after a
     resume). Rates, latency and health describe the new loader only."""
     if not previous:
@@ -329,11 +331,9 @@ def carry_over(previous: dict, current: dict) -> dict:
                 }
         return merged
 
-    result = {"totals": add(previous.get("totals", {}), current.get("totals", {})), "targets": {}}
     old_targets = previous.get("targets", {})
-    for key, data in current.get("targets", {}).items():
-        result["targets"][key] = add(old_targets.get(key, {}), data)
-    return result
+    targets = {key: add(old_targets.get(key, {}), dict(data)) for key, data in current["targets"].items()}
+    return cast(RunStats, {"totals": add(previous.get("totals", {}), dict(current["totals"])), "targets": targets})
 
 
 def _next_minute(now: float) -> float:
@@ -425,7 +425,7 @@ def execute_loader(run: Run, *, progress=None) -> Run:
     loader = LiveLoader(run, progress=progress)
 
     def on_signal() -> None:
-        loader.stop("stopped", "Stopped: the loader process was asked to exit.")
+        loader.stop(Run.Status.STOPPED, "Stopped: the loader process was asked to exit.")
 
     handlers = [gevent.signal_handler(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)]
     try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import secrets
 import uuid
 from datetime import timedelta
+from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -20,6 +21,7 @@ from django.utils import timezone
 from presets.models import Preset, PresetSnapshot
 from targets.models import Target
 from trafficinator.lifecycle import LogEntry, actor, transition
+from trafficinator.sending.telemetry import RunStats, RunTotals
 
 # A loader flushes every ~2 s; missing this many seconds of heartbeats means it is gone.
 HEARTBEAT_STALE_AFTER = timedelta(seconds=30)
@@ -177,7 +179,7 @@ class Run(models.Model):
         return PresetSnapshot(self.profile)
 
     @property
-    def totals(self) -> dict:
+    def totals(self) -> RunTotals:
         return self.stats.get("totals", {}) if isinstance(self.stats, dict) else {}
 
     # --- transitions (conditional updates) -------------------------------------------
@@ -218,10 +220,10 @@ class Run(models.Model):
             self.log(RunLog.Level.INFO, f"Stop requested by {who}.")
         return stopped
 
-    def finish(self, status: str, reason: str, stats: dict | None = None) -> bool:
+    def finish(self, status: Run.Status, reason: str, stats: RunStats | None = None) -> bool:
         """running/stopping -> completed | stopped | failed, with final counters."""
         assert status in (self.Status.COMPLETED, self.Status.STOPPED, self.Status.FAILED)
-        changes = {"status": status, "finished_at": timezone.now(), "heartbeat_at": timezone.now()}
+        changes: dict[str, Any] = {"status": status, "finished_at": timezone.now(), "heartbeat_at": timezone.now()}
         if stats is not None:
             changes["stats"] = stats
         current = Run.objects.filter(pk=self.pk).values_list("end_reason", "stop_requested").first()
@@ -258,7 +260,7 @@ class Run(models.Model):
             enqueue_run(self)
         return bool(updated)
 
-    def heartbeat(self, stats: dict) -> bool:
+    def heartbeat(self, stats: RunStats) -> bool:
         """The loader's periodic write: stats and heartbeat in one UPDATE. Returns whether
         a stop was requested (read in the same round trip budget: one SELECT)."""
         Run.objects.filter(pk=self.pk).update(stats=stats, heartbeat_at=timezone.now())

@@ -9,7 +9,7 @@ from django.utils import timezone
 from presets.models import Preset
 from runs.models import HEARTBEAT_STALE_AFTER, Run, RunLog, RunSample
 from runs.views import CHART_MINUTES, Figures, minute_slots, traffic_chart
-from trafficinator.sending.telemetry import RunTelemetry
+from trafficinator.sending.telemetry import RunStats, RunTelemetry
 from trafficinator.testing import make_target, make_user
 
 # Polling pauses in hidden tabs by static/js/poll-visible.js (htmx's [filter] needs eval,
@@ -33,7 +33,7 @@ def make_running_run(targets=None, **kwargs) -> Run:
     return run
 
 
-def fill_stats(run: Run, *, accepted: int = 90, server_errors: int = 10, degrade: str | None = None) -> dict:
+def fill_stats(run: Run, *, accepted: int = 90, server_errors: int = 10, degrade: str | None = None) -> RunStats:
     """Write a snapshot made by the loader's own telemetry, so the keys are the real ones."""
     telemetry = RunTelemetry()
     for rt in run.run_targets.select_related("target"):

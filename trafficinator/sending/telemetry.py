@@ -28,7 +28,7 @@ import math
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, TypedDict, cast
 
 try:  # A real OS lock even under monkey-patching: the DB writer may be a real thread.
     from gevent.monkey import get_original
@@ -51,6 +51,71 @@ OUTCOMES = (
 )
 # Outcomes that say something about the target's health (abandoned is our own doing).
 FAILURES = frozenset(OUTCOMES) - {"accepted", "abandoned"}
+
+
+# --- The shape of a snapshot, i.e. of Run.stats -------------------------------------------
+# Written by the loader, read by the dashboard, the commands and reports. Every key may be
+# missing in a run written by an older loader (total=False), so readers use .get().
+
+
+class LatencySummary(TypedDict):
+    """Milliseconds (None before the first answer); ``count`` answers measured."""
+
+    p50: float | None
+    p95: float | None
+    p99: float | None
+    max: float | None
+    mean: float | None
+    count: int
+
+
+class TargetStats(TypedDict, total=False):
+    """One target's figures: ``TargetTelemetry.snapshot()``, ``Run.stats["targets"][key]``."""
+
+    visits_started: int
+    visits_finished: int
+    sent: int
+    requests: int
+    retries: int
+    accepted: int
+    invalid: int
+    unaccounted: int
+    rejected: int
+    server_errors: int
+    network_errors: int
+    timeouts: int
+    abandoned: int
+    unsent: int
+    already_recorded: int
+    possibly_duplicated: int
+    in_flight: int
+    errors: int
+    rejected_by_status: dict[str, int]
+    server_errors_by_status: dict[str, int]
+    retries_by_reason: dict[str, int]
+    latency_ms: LatencySummary
+    hits_per_second: float
+    accepted_per_second: float
+    degraded: bool
+    degraded_reason: str | None
+    mode: str
+    secure_only_token: bool
+    events_dropped: int
+    visits_per_day: int  # added by the live loader: the target's current rate
+
+
+class RunTotals(TargetStats, total=False):
+    """The run's figures: counters summed over targets, latency merged exactly."""
+
+    degraded_targets: list[str]
+
+
+class RunStats(TypedDict):
+    """``RunTelemetry.snapshot()``: what ``Run.stats`` holds."""
+
+    totals: RunTotals
+    targets: dict[str, TargetStats]
+
 
 EVENT_QUEUE_SIZE = 200
 BACKOFF_EVENT_EVERY_SECONDS = 60.0
@@ -110,7 +175,7 @@ class LatencyHistogram:
                 return min(low * math.sqrt(self.GROWTH), self.max)
         return self.max  # pragma: no cover - unreachable, ranks never exceed the count
 
-    def summary_ms(self) -> dict[str, float | None]:
+    def summary_ms(self) -> LatencySummary:
         def ms(value: float | None) -> float | None:
             return None if value is None else round(value * 1000, 2)
 
@@ -456,12 +521,12 @@ class TargetTelemetry:
         counts = self._counts
         return counts["sent"] - sum(counts[kind] for kind in OUTCOMES)
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> TargetStats:
         """Everything as JSON-ready data (ints, floats, strings, small dicts)."""
         with self._lock:
             return self._snapshot_locked()
 
-    def _snapshot_locked(self) -> dict[str, Any]:
+    def _snapshot_locked(self) -> TargetStats:
         counts = self._counts
         hits_per_second, accepted_per_second = self._rate.rates(self._clock())
         done = sum(counts[kind] for kind in OUTCOMES)
@@ -481,7 +546,7 @@ class TargetTelemetry:
             secure_only_token=self.secure_only_token,
             events_dropped=self.events_dropped,
         )
-        return data
+        return cast(TargetStats, data)  # the counter keys are TargetStats' int fields
 
     def minute_sample(self) -> dict[str, Any]:
         """Hits, accepted, errors and p95 latency (ms) since the previous call; resets them."""
@@ -525,8 +590,8 @@ class RunTelemetry:
     def __getitem__(self, key: str) -> TargetTelemetry:
         return self.targets[str(key)]
 
-    def snapshot(self) -> dict[str, Any]:
-        targets: dict[str, Any] = {}
+    def snapshot(self) -> RunStats:
+        targets: dict[str, TargetStats] = {}
         latency = LatencyHistogram()
         for key, telemetry in self.targets.items():
             with telemetry._lock:
@@ -547,7 +612,7 @@ class RunTelemetry:
         totals["degraded_targets"] = [key for key, data in targets.items() if data["degraded"]]
         for name in ("hits_per_second", "accepted_per_second"):
             totals[name] = round(totals.get(name, 0.0), 1)
-        return {"totals": totals, "targets": targets}
+        return {"totals": cast(RunTotals, totals), "targets": targets}
 
     def minute_sample(self) -> dict[str, Any]:
         """One chart row for the run: hits, accepted, errors summed; p95 over all targets."""

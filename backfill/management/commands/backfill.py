@@ -24,7 +24,7 @@ from django.db.models import Sum
 from backfill.foreground import run_in_foreground
 from backfill.models import BackfillDay, BackfillPlan
 from backfill.planning import Estimate, build_estimate, format_duration
-from backfill.runner import DayResult, DayState
+from backfill.runner import DayOutcome, DayResult, DayState
 from trafficinator.cli import format_errors, get_preset, get_target, iso_date, positive_int
 
 INTERRUPTED_EXIT_CODE = 130
@@ -214,7 +214,7 @@ class Command(BaseCommand):
             raise CommandError(f"Backfill plan {plan.pk} failed: {plan.end_reason}")
         if plan.status == BackfillPlan.Status.CANCELLED:
             raise CommandError(f"Backfill plan {plan.pk} was cancelled: {plan.end_reason}")
-        if ended is not None and ended.outcome == "paused":
+        if ended is not None and ended.outcome == DayOutcome.PAUSED:
             raise CommandError(
                 f"Interrupted: {ended.message} Continue with: manage.py backfill --resume {plan.pk}",
                 returncode=INTERRUPTED_EXIT_CODE,
@@ -242,7 +242,7 @@ class Command(BaseCommand):
 
     def day_done(self, result: DayResult) -> None:
         self.current.pop(result.day_id, None)
-        if result.outcome == "done":
+        if result.outcome == DayOutcome.DONE:
             self.before = self.totals(self.plan)
 
     def progress(self, day: BackfillDay, state: DayState) -> None:
