@@ -8,7 +8,7 @@ from django.utils import timezone
 
 from presets.models import Preset
 from runs.models import HEARTBEAT_STALE_AFTER, Run, RunLog, RunSample
-from runs.views import CHART_MINUTES, Figures, minute_slots, traffic_chart
+from runs.presentation import CHART_MINUTES, Figures, minute_slots, traffic_chart
 from trafficinator.sending.telemetry import RunStats, RunTelemetry
 from trafficinator.testing import make_target, make_user
 
