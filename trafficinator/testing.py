@@ -1,17 +1,37 @@
-"""Plain factories for tests (no factory library): make_* returns a saved object."""
+"""What tests share: plain factories (no factory library; make_* returns a saved object),
+the permission sets of the app's personas, logging a client or a browser page in, and
+waiting on a condition instead of a fixed sleep."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable, Iterable
+from decimal import Decimal
 from itertools import count
+from typing import TYPE_CHECKING, Any
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
 
+if TYPE_CHECKING:
+    from django.test import Client
+
+    from backfill.models import BackfillPlan
+    from funnels.models import Funnel, FunnelStep
+    from runs.models import Run
+
 _sequence = count(1)
 TEST_PASSWORD = "pw-for-tests-only"
 
+# The personas' permissions (a superuser has them all).
+RUN_VIEWER = ("runs.view_run",)
+RUN_OPERATOR = (*RUN_VIEWER, "runs.run_traffic")
+BACKFILL_VIEWER = ("backfill.view_backfillplan",)
+BACKFILL_PLANNER = (*BACKFILL_VIEWER, "backfill.add_backfillplan", "backfill.change_backfillplan")
+BACKFILL_OPERATOR = (*BACKFILL_PLANNER, "backfill.run_backfill")
 
-def make_user(username: str | None = None, *, superuser: bool = False, staff: bool = True, perms: tuple[str, ...] = ()):
+
+def make_user(username: str | None = None, *, superuser: bool = False, staff: bool = True, perms: Iterable[str] = ()):
     User = get_user_model()
     username = username or f"user{next(_sequence)}"
     if superuser:
@@ -79,3 +99,84 @@ def log_in(page, live_server, user, next_url: str = "/") -> None:
     page.fill("#id_password", TEST_PASSWORD)
     page.click("input[type=submit]")
     page.wait_for_url(f"{live_server.url}{next_url}")
+
+
+def make_run(targets: list | None = None, **fields: Any) -> Run:
+    """A queued run of the built-in Light preset (or ``preset=``) on a new target (or ``targets``)."""
+    from presets.models import Preset
+    from runs.models import Run
+
+    preset = fields.pop("preset", None) or Preset.objects.get(name="Light")
+    return Run.objects.create_run(preset=preset, targets=targets or [make_target()], **fields)
+
+
+def make_step(kind: str = "pageview", **fields: Any) -> FunnelStep:
+    """An unsaved, valid-looking funnel step; pageviews get a URL unless one is given."""
+    from funnels.models import FunnelStep
+
+    if kind == "pageview":
+        fields.setdefault("url", f"/page-{next(_sequence)}")
+    return FunnelStep(kind=kind, **fields)
+
+
+def make_funnel(*, steps: list[FunnelStep] | None = None, presets: Iterable[Any] = (), **fields: Any) -> Funnel:
+    """A saved, validated funnel (three page views unless ``steps``) for all presets or ``presets``."""
+    from funnels.models import Funnel
+
+    presets = list(presets)
+    values: dict[str, Any] = {"name": f"funnel-{next(_sequence)}", "share": Decimal("0.05"), "all_presets": not presets}
+    values.update(fields)
+    if isinstance(values["share"], (str, float, int)):
+        values["share"] = Decimal(str(values["share"]))
+    funnel = Funnel(**values)
+    funnel.set_pending_presets(presets)
+    funnel.full_clean()
+    funnel.save()
+    funnel.presets.set(presets)
+    steps = steps if steps is not None else [make_step(), make_step(), make_step()]
+    for position, step in enumerate(steps, start=1):
+        step.funnel = funnel
+        step.position = step.position or position
+        step.full_clean()
+        step.save()
+    return funnel
+
+
+def make_plan(targets: Iterable[Any], preset: Any, **fields: Any) -> BackfillPlan:
+    """A draft backfill plan (the last two days unless dates are given, seed 7)."""
+    from backfill.models import BackfillPlan
+
+    if "start_date" not in fields and "last_days" not in fields:
+        fields["last_days"] = 2
+    fields.setdefault("seed", 7)
+    return BackfillPlan.objects.create_plan(targets=list(targets), preset=preset, **fields)
+
+
+def confirmed_plan(targets: Iterable[Any], preset: Any, **fields: Any) -> BackfillPlan:
+    plan = make_plan(targets, preset, **fields)
+    assert plan.confirm(by_name="tests")
+    return plan
+
+
+def log_in_client(client: Client, perms: Iterable[str] = (), **user_fields: Any) -> Client:
+    """Log a Django test client in as a new user with ``perms`` (e.g. RUN_OPERATOR)."""
+    client.force_login(make_user(perms=perms, **user_fields))
+    return client
+
+
+def wait_until(
+    condition: Callable[[], object],
+    timeout: float = 20.0,
+    *,
+    what: str = "the condition",
+    sleep: Callable[[float], object] = time.sleep,
+) -> None:
+    """Poll ``condition`` until it is true; fail after ``timeout`` seconds saying ``what``
+    did not happen. The timeout is generous on purpose: it bounds a hang, it is not a
+    speed requirement (a loaded machine runs timers seconds late). Pass
+    ``sleep=gevent.sleep`` where greenlets must run meanwhile."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        sleep(0.02)

@@ -46,18 +46,3 @@ def small_preset(db):
 @pytest.fixture
 def shop(fake_matomo):
     return make_backfill_target(fake_matomo)
-
-
-def make_plan(targets, preset, **fields):
-    from backfill.models import BackfillPlan
-
-    if "start_date" not in fields and "last_days" not in fields:
-        fields["last_days"] = 2
-    fields.setdefault("seed", 7)
-    return BackfillPlan.objects.create_plan(targets=list(targets), preset=preset, **fields)
-
-
-def confirmed_plan(targets, preset, **fields):
-    plan = make_plan(targets, preset, **fields)
-    assert plan.confirm(by_name="tests")
-    return plan

@@ -10,8 +10,7 @@ from django.utils import timezone
 
 from backfill.models import STALE_AFTER, BackfillDay, BackfillLog, BackfillPlan
 from backfill.planning import build_estimate
-from backfill.tests.conftest import confirmed_plan, make_plan
-from trafficinator.testing import make_preset, make_target, make_user
+from trafficinator.testing import confirmed_plan, make_plan, make_preset, make_target, make_user
 
 READY = {"token_auth": "tok", "last_check_ok": True, "token_can_write": True, "site_timezone": "Europe/Stockholm"}
 

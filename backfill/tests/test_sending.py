@@ -19,10 +19,10 @@ from backfill import runner, tasks
 from backfill.foreground import run_in_foreground
 from backfill.models import BackfillDay, BackfillLog, BackfillPlan
 from backfill.runner import iter_batches, run_day
-from backfill.tests.conftest import STOCKHOLM, confirmed_plan, days_ago, make_backfill_target
+from backfill.tests.conftest import STOCKHOLM, days_ago, make_backfill_target
 from targets.fake_matomo import FakeMatomo, Token
 from trafficinator.sending.sender import RetryPolicy
-from trafficinator.testing import subprocess_env
+from trafficinator.testing import confirmed_plan, subprocess_env
 
 MANAGE = str(Path(settings.BASE_DIR) / "manage.py")
 CDT = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}$")

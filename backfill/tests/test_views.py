@@ -9,15 +9,21 @@ from django.urls import reverse
 
 from backfill import tasks
 from backfill.models import BackfillDay, BackfillPlan
-from backfill.tests.conftest import confirmed_plan, make_plan
-from trafficinator.testing import make_preset, make_target, make_user
+from trafficinator.testing import (
+    BACKFILL_OPERATOR,
+    BACKFILL_PLANNER,
+    BACKFILL_VIEWER,
+    confirmed_plan,
+    log_in_client,
+    make_plan,
+    make_preset,
+    make_target,
+    make_user,
+)
 
 POLL = 'hx-trigger="every 2s"'
 HTMX = {"HTTP_HX_REQUEST": "true"}
 READY = {"token_auth": "tok", "last_check_ok": True, "token_can_write": True, "site_timezone": "Europe/Stockholm"}
-VIEWER = ("backfill.view_backfillplan",)
-PLANNER = ("backfill.view_backfillplan", "backfill.add_backfillplan", "backfill.change_backfillplan")
-OPERATOR = (*PLANNER, "backfill.run_backfill")
 
 
 @pytest.fixture
@@ -30,12 +36,6 @@ def preset(db):
     return make_preset(name="Plain", visits_per_day=300)
 
 
-def client_for(*perms: str, superuser: bool = False) -> Client:
-    client = Client()
-    client.force_login(make_user(perms=perms, superuser=superuser))
-    return client
-
-
 def running_plan(target, preset, **fields) -> BackfillPlan:
     plan = confirmed_plan([target], preset, **fields)
     plan.start(enqueue=False)
@@ -43,7 +43,7 @@ def running_plan(target, preset, **fields) -> BackfillPlan:
 
 
 def test_a_new_draft_shows_its_estimate_and_sends_nothing(target, preset):
-    client = client_for(*PLANNER)
+    client = log_in_client(Client(), BACKFILL_PLANNER)
     response = client.post(
         reverse("backfill:new"),
         {"targets": [target.pk], "preset": preset.pk, "last_days": 3, "batch_size": 200, "parallel_days": 1},
@@ -58,7 +58,7 @@ def test_a_new_draft_shows_its_estimate_and_sends_nothing(target, preset):
 
 
 def test_the_form_shows_guardrail_errors_next_to_the_fields(target, preset):
-    client = client_for(*PLANNER)
+    client = log_in_client(Client(), BACKFILL_PLANNER)
     target.last_check_ok = False
     target.save()
     response = client.post(
@@ -83,7 +83,7 @@ def test_confirming_needs_the_targets_name_and_then_starts_the_plan(
     queued: list[int] = []
     monkeypatch.setattr(tasks, "enqueue_day", queued.append)
     plan = make_plan([target], preset, last_days=2)
-    client = client_for(*OPERATOR)
+    client = log_in_client(Client(), BACKFILL_OPERATOR)
     url = reverse("backfill:confirm", args=[plan.pk])
     page = client.get(url).content.decode()
     assert "name to confirm" in page and "<code>shop</code>" in page and "generated sample" in page
@@ -102,14 +102,14 @@ def test_confirming_needs_the_targets_name_and_then_starts_the_plan(
 
 def test_only_operators_may_confirm_or_cancel(target, preset):
     plan = make_plan([target], preset)
-    client = client_for(*PLANNER)
+    client = log_in_client(Client(), BACKFILL_PLANNER)
     assert client.get(reverse("backfill:confirm", args=[plan.pk])).status_code == 403
     assert client.post(reverse("backfill:cancel", args=[plan.pk])).status_code == 403
 
 
 def test_a_running_plan_polls_its_panels_and_a_finished_one_stops(target, preset):
     plan = running_plan(target, preset)
-    client = client_for(*VIEWER)
+    client = log_in_client(Client(), BACKFILL_VIEWER)
     page = client.get(reverse("backfill:detail", args=[plan.pk])).content.decode()
     assert page.count(POLL) == 2  # progress and days
     panel = client.get(reverse("backfill:progress", args=[plan.pk]), **HTMX).content.decode()
@@ -127,7 +127,11 @@ def test_a_running_plan_polls_its_panels_and_a_finished_one_stops(target, preset
 def test_a_plan_without_a_live_worker_says_so(target, preset):
     plan = running_plan(target, preset)
     BackfillPlan.objects.filter(pk=plan.pk).update(started_at=plan.started_at.replace(year=2000))
-    panel = client_for(*VIEWER).get(reverse("backfill:progress", args=[plan.pk]), **HTMX).content.decode()
+    panel = (
+        log_in_client(Client(), BACKFILL_VIEWER)
+        .get(reverse("backfill:progress", args=[plan.pk]), **HTMX)
+        .content.decode()
+    )
     assert 'data-state="stalled"' in panel and f"backfill --resume {plan.pk}" in panel
 
 
@@ -138,7 +142,7 @@ def test_cancelling_a_running_plan_queues_the_invalidation(
     monkeypatch.setattr("backfill.tasks.enqueue_plan_end", ended.append)
     plan = running_plan(target, preset)
     with django_capture_on_commit_callbacks(execute=True):
-        response = client_for(*OPERATOR).post(reverse("backfill:cancel", args=[plan.pk]))
+        response = log_in_client(Client(), BACKFILL_OPERATOR).post(reverse("backfill:cancel", args=[plan.pk]))
     assert response.status_code == 302 and ended == [plan.pk]
     assert BackfillPlan.objects.get(pk=plan.pk).status == BackfillPlan.Status.CANCELLED
 
@@ -151,7 +155,7 @@ def test_the_admin_cancel_action_queues_the_invalidation_of_running_plans_only(
     monkeypatch.setattr("backfill.tasks.enqueue_plan_end", ended.append)
     running, confirmed = running_plan(target, preset), confirmed_plan([target], preset)
     with django_capture_on_commit_callbacks(execute=True):
-        response = client_for(superuser=True).post(
+        response = log_in_client(Client(), superuser=True).post(
             reverse("admin:backfill_backfillplan_changelist"),
             {"action": "cancel_plans", "_selected_action": [running.pk, confirmed.pk]},
         )
@@ -163,7 +167,7 @@ def test_the_admin_cancel_action_queues_the_invalidation_of_running_plans_only(
 def test_finished_plans_cannot_be_edited_but_can_run_again(target, preset):
     plan = running_plan(target, preset)
     plan.cancel()
-    client = client_for(*OPERATOR)
+    client = log_in_client(Client(), BACKFILL_OPERATOR)
     response = client.post(reverse("backfill:edit", args=[plan.pk]), {"preset": preset.pk})
     assert response.status_code == 302 and BackfillPlan.objects.count() == 1
     response = client.post(reverse("backfill:clone", args=[plan.pk]))
@@ -187,7 +191,7 @@ def test_finished_plans_cannot_be_edited_but_can_run_again(target, preset):
 def test_the_list_shows_active_drafts_and_finished_plans(target, preset):
     draft = make_plan([target], preset)
     running = running_plan(target, preset, seed=2)
-    page = client_for(*VIEWER).get(reverse("backfill:list")).content.decode()
+    page = log_in_client(Client(), BACKFILL_VIEWER).get(reverse("backfill:list")).content.decode()
     assert f"Backfill {draft.pk}" in page and f'id="backfill-progress-{running.pk}"' in page
 
 
@@ -195,7 +199,7 @@ def test_the_dashboard_tag_shows_active_backfills_to_those_who_may_see_them(targ
     plan = running_plan(target, preset)
     template = Template("{% load backfill %}{% backfill_dashboard %}")
     request = RequestFactory().get("/")
-    request.user = make_user(perms=VIEWER)
+    request.user = make_user(perms=BACKFILL_VIEWER)
     html = template.render(Context({"request": request}))
     assert f'id="backfill-progress-{plan.pk}"' in html and POLL in html and "?compact=1" in html
     request.user = make_user()
@@ -204,7 +208,7 @@ def test_the_dashboard_tag_shows_active_backfills_to_those_who_may_see_them(targ
 
 def test_the_admin_shows_days_inline_and_keeps_confirmed_plans_read_only(target, preset):
     plan = running_plan(target, preset)
-    client = client_for(superuser=True)
+    client = log_in_client(Client(), superuser=True)
     page = client.get(reverse("admin:backfill_backfillplan_change", args=[plan.pk])).content.decode()
     assert "Days (progress per site-local day)" in page and "progress and eta" in page.lower()
     assert 'name="_save"' not in page  # read-only
@@ -214,7 +218,7 @@ def test_the_admin_shows_days_inline_and_keeps_confirmed_plans_read_only(target,
 
 
 def test_the_admin_add_form_applies_the_guardrails(target, preset):
-    client = client_for(superuser=True)
+    client = log_in_client(Client(), superuser=True)
     url = reverse("admin:backfill_backfillplan_add")
     data = {
         "targets": [target.pk],
@@ -239,5 +243,5 @@ def test_the_admin_add_form_applies_the_guardrails(target, preset):
 
 def test_a_plan_page_loads_the_polling_script_once(target, preset):
     plan = running_plan(target, preset)
-    page = client_for(*VIEWER).get(reverse("backfill:detail", args=[plan.pk])).content.decode()
+    page = log_in_client(Client(), BACKFILL_VIEWER).get(reverse("backfill:detail", args=[plan.pk])).content.decode()
     assert page.count("js/poll-visible.js") == 1

@@ -5,8 +5,7 @@ from django.urls import reverse
 
 from funnels.library import templates
 from funnels.models import Funnel
-from funnels.tests.factories import make_funnel, make_step
-from trafficinator.testing import make_preset, make_user
+from trafficinator.testing import make_funnel, make_preset, make_step, make_user
 
 pytestmark = pytest.mark.django_db
 

@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 
 from funnels.models import Funnel
-from funnels.tests.factories import make_funnel, make_step
-from trafficinator.testing import log_in, make_user
+from trafficinator.testing import log_in, make_funnel, make_step, make_user
 
 SCREENSHOTS = os.environ.get("FUNNELS_SCREENSHOTS")  # a folder, to look at the pages
 

@@ -4,8 +4,7 @@ import pytest
 from django.urls import reverse
 
 from funnels.preview import build_preview
-from funnels.tests.factories import make_funnel, make_step
-from trafficinator.testing import make_user
+from trafficinator.testing import make_funnel, make_step, make_user
 
 pytestmark = pytest.mark.django_db
 

@@ -8,8 +8,7 @@ from decimal import Decimal
 import pytest
 
 from funnels.models import Funnel
-from funnels.tests.factories import make_funnel, make_step
-from trafficinator.testing import make_preset
+from trafficinator.testing import make_funnel, make_preset, make_step
 from trafficinator.traffic import Profile, day_visits, hit_kind, sample_funnel_visit, simulate_funnel
 
 pytestmark = pytest.mark.django_db

@@ -5,9 +5,8 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from funnels.models import Funnel, FunnelStep
-from funnels.tests.factories import make_funnel, make_step
 from funnels.transfer import FunnelImportError, export_queryset, import_funnels
-from trafficinator.testing import make_preset
+from trafficinator.testing import make_funnel, make_preset, make_step
 
 pytestmark = pytest.mark.django_db
 

@@ -7,13 +7,7 @@ from django.utils import timezone
 from presets.models import Preset
 from runs.models import HEARTBEAT_STALE_AFTER, Run, RunTarget
 from runs.tasks import reap_stale_runs
-from trafficinator.testing import make_target, make_user
-
-
-def make_run(**kwargs) -> Run:
-    preset = kwargs.pop("preset", None) or Preset.objects.get(name="Light")
-    targets = kwargs.pop("targets", None) or [make_target()]
-    return Run.objects.create_run(preset=preset, targets=targets, **kwargs)
+from trafficinator.testing import make_run, make_target, make_user
 
 
 @pytest.mark.django_db

@@ -10,21 +10,14 @@ from presets.models import Preset
 from runs.models import HEARTBEAT_STALE_AFTER, Run, RunLog, RunSample
 from runs.presentation import CHART_MINUTES, Figures, minute_slots, traffic_chart
 from trafficinator.sending.telemetry import RunStats, RunTelemetry
-from trafficinator.testing import make_target, make_user
+from trafficinator.testing import RUN_OPERATOR, RUN_VIEWER, log_in_client, make_run, make_target
 
 # Polling pauses in hidden tabs by static/js/poll-visible.js (htmx's [filter] needs eval,
 # which the Content-Security-Policy forbids).
 POLL = 'hx-trigger="every 2s"'
 
 HTMX = {"HTTP_HX_REQUEST": "true"}
-VIEWER = ("runs.view_run",)
-OPERATOR = ("runs.view_run", "runs.run_traffic")
 PANELS = ["summary", "charts", "targets", "log"]
-
-
-def make_run(targets=None, **kwargs) -> Run:
-    preset = kwargs.pop("preset", None) or Preset.objects.get(name="Light")
-    return Run.objects.create_run(preset=preset, targets=targets or [make_target()], **kwargs)
 
 
 def make_running_run(targets=None, **kwargs) -> Run:
@@ -70,12 +63,6 @@ def make_lost(run: Run) -> Run:
     return run
 
 
-def login(client: Client, perms=OPERATOR, **kwargs):
-    user = make_user(perms=perms, **kwargs)
-    client.force_login(user)
-    return user
-
-
 def panel_url(name: str, run: Run) -> str:
     return reverse(f"runs:{name}", args=[run.pk])
 
@@ -86,7 +73,7 @@ def panel_url(name: str, run: Run) -> str:
 @pytest.mark.django_db
 def test_dashboard_without_runs_says_so_and_offers_the_start_form(client):
     make_target(name="shop")
-    login(client)
+    log_in_client(client, RUN_OPERATOR)
     html = client.get(reverse("home")).content.decode()
     assert "No run is active." in html and "No finished runs yet." in html
     assert 'id="start-run"' in html and "shop (no token)" in html
@@ -100,7 +87,7 @@ def test_dashboard_shows_each_active_run_with_live_figures_per_target_and_a_char
     run = make_running_run([make_target(name="alpha"), make_target(name="beta")], visits_per_day=43_200)
     fill_stats(run)
     make_samples(run)
-    login(client)
+    log_in_client(client, RUN_OPERATOR)
     html = client.get(reverse("home")).content.decode()
     assert f'id="run-card-{run.pk}"' in html and "Running" in html
     assert 'data-figure="hits">200<' in html  # 100 hits on each of two targets
@@ -114,7 +101,7 @@ def test_dashboard_shows_each_active_run_with_live_figures_per_target_and_a_char
 def test_a_degraded_target_is_flagged_with_its_reason(client):
     run = make_running_run([make_target(name="healthy"), make_target(name="sick")])
     fill_stats(run, accepted=10, server_errors=40, degrade="sick")
-    login(client)
+    log_in_client(client, RUN_OPERATOR)
     for url in (reverse("home"), panel_url("detail", run)):
         html = client.get(url).content.decode()
         assert "degraded" in html and "rejected with HTTP 400" in html, url
@@ -123,7 +110,7 @@ def test_a_degraded_target_is_flagged_with_its_reason(client):
 @pytest.mark.django_db
 def test_a_lost_run_stands_out_with_resume_and_close(client):
     run = make_lost(make_running_run())
-    login(client)
+    log_in_client(client, RUN_OPERATOR)
     html = client.get(reverse("home")).content.decode()
     assert "Loader lost" in html and "The loader of this run is lost" in html
     assert reverse("runs:resume", args=[run.pk]) in html and reverse("runs:close", args=[run.pk]) in html
@@ -135,7 +122,7 @@ def test_recent_finished_runs_show_their_final_figures(client):
     run = make_running_run()
     fill_stats(run)
     run.finish(Run.Status.COMPLETED, "Visit limit reached.")
-    login(client)
+    log_in_client(client, RUN_OPERATOR)
     html = client.get(reverse("home")).content.decode()
     assert "Recent runs" in html and "Completed" in html and "Visit limit reached." in html
     assert "90.0 %" in html and f'id="run-card-{run.pk}"' not in html
@@ -144,7 +131,7 @@ def test_recent_finished_runs_show_their_final_figures(client):
 @pytest.mark.django_db
 def test_the_dashboard_panel_renders_alone_for_htmx_and_redirects_a_plain_get(client):
     make_running_run()
-    login(client)
+    log_in_client(client, RUN_OPERATOR)
     partial = client.get(reverse("runs:dashboard"), **HTMX)
     html = partial.content.decode()
     assert html.strip().startswith('<div id="dashboard-runs"')
@@ -159,7 +146,7 @@ def test_the_dashboard_panel_renders_alone_for_htmx_and_redirects_a_plain_get(cl
 @pytest.mark.django_db
 def test_the_run_page_renders_before_the_loader_reported_anything(client):
     run = make_run()
-    login(client)
+    log_in_client(client, RUN_OPERATOR)
     html = client.get(panel_url("detail", run)).content.decode()
     assert "Queued" in html and "Waiting for a loader worker" in html
     assert "no data yet" in html and "no samples yet" in html
@@ -172,7 +159,7 @@ def test_the_run_page_shows_all_figures_charts_targets_and_log(client):
     fill_stats(run)
     make_samples(run, minutes=3)
     run.log(RunLog.Level.ERROR, "First server errors (HTTP 500)")
-    login(client)
+    log_in_client(client, RUN_OPERATOR)
     html = client.get(panel_url("detail", run)).content.decode()
     for text in (
         "Server errors (HTTP 5xx)",
@@ -193,7 +180,7 @@ def test_the_run_page_shows_all_figures_charts_targets_and_log(client):
 @pytest.mark.parametrize("name", PANELS)
 def test_a_refresh_view_renders_only_its_panel_for_htmx_and_redirects_a_plain_get(client, name):
     run = make_running_run()
-    login(client)
+    log_in_client(client, RUN_OPERATOR)
     html = client.get(panel_url(name, run), **HTMX).content.decode()
     element_id = "run-log" if name == "log" else f"run-{name}"
     assert f'id="{element_id}"' in html and "<html" not in html and "site-name" not in html
@@ -207,7 +194,7 @@ def test_a_refresh_view_renders_only_its_panel_for_htmx_and_redirects_a_plain_ge
 def test_the_panels_of_a_finished_run_have_no_polling_attributes(client, name):
     run = make_running_run()
     run.finish(Run.Status.STOPPED, "Stopped.")
-    login(client)
+    log_in_client(client, RUN_OPERATOR)
     html = client.get(panel_url(name, run), **HTMX).content.decode()
     assert "hx-trigger" not in html.split(">", 1)[0] and "every 2s" not in html
     page = client.get(panel_url("detail", run)).content.decode()
@@ -218,7 +205,7 @@ def test_the_panels_of_a_finished_run_have_no_polling_attributes(client, name):
 def test_a_stopping_run_keeps_polling_until_it_has_stopped(client):
     run = make_running_run()
     run.request_stop("Stopped by test")
-    login(client)
+    log_in_client(client, RUN_OPERATOR)
     html = client.get(panel_url("summary", run), **HTMX).content.decode()
     assert POLL in html and "stop requested" in html and "Stopped by test" in html
 
@@ -229,7 +216,7 @@ def test_the_log_filters_by_level_and_text(client):
     run.log(RunLog.Level.WARNING, "Backing off: 3 requests to retry")
     run.log(RunLog.Level.ERROR, "First timeouts")
     run.log(RunLog.Level.ERROR, "Degraded: 80% failed")
-    login(client)
+    log_in_client(client, RUN_OPERATOR)
     url = panel_url("log", run)
     errors = client.get(url, {"level": "error"}, **HTMX).content.decode()
     assert "First timeouts" in errors and "Degraded" in errors and "Backing off" not in errors
@@ -274,7 +261,7 @@ def test_starting_a_run_creates_it_queues_its_loader_and_redirects_to_its_page(
     client, django_capture_on_commit_callbacks
 ):
     target = make_target(name="shop")
-    user = login(client)
+    log_in_client(client, RUN_OPERATOR, username="starter")
     preset = Preset.objects.get(name="Medium")
     data = {
         "targets": [target.pk],
@@ -289,7 +276,7 @@ def test_starting_a_run_creates_it_queues_its_loader_and_redirects_to_its_page(
     run = Run.objects.get()
     assert response.status_code == 302 and response["Location"] == panel_url("detail", run)
     assert (run.visits_per_day, run.duration_seconds, run.max_visits, run.bulk) == (2000, 1800, 500, True)
-    assert run.created_by == user and run.preset_name == "Medium" and run.status == Run.Status.QUEUED
+    assert run.created_by.username == "starter" and run.preset_name == "Medium" and run.status == Run.Status.QUEUED
     assert [rt.target for rt in run.run_targets.all()] == [target]
     assert len(callbacks) == 1  # the loader task is enqueued once the run is committed
 
@@ -297,7 +284,7 @@ def test_starting_a_run_creates_it_queues_its_loader_and_redirects_to_its_page(
 @pytest.mark.django_db
 def test_a_run_without_overrides_takes_the_presets_values(client, django_capture_on_commit_callbacks):
     target = make_target()
-    login(client)
+    log_in_client(client, RUN_OPERATOR)
     with django_capture_on_commit_callbacks():
         client.post(reverse("runs:start"), {"targets": [target.pk], "preset": Preset.objects.get(name="Heavy").pk})
     run = Run.objects.get()
@@ -307,7 +294,7 @@ def test_a_run_without_overrides_takes_the_presets_values(client, django_capture
 @pytest.mark.django_db
 def test_start_form_errors_are_shown_next_to_the_fields(client):
     disabled = make_target(name="off", enabled=False)
-    login(client)
+    log_in_client(client, RUN_OPERATOR)
     response = client.post(
         reverse("runs:start"),
         {
@@ -331,7 +318,7 @@ def test_start_form_errors_are_shown_next_to_the_fields(client):
 @pytest.mark.django_db
 def test_model_validation_errors_from_create_run_land_next_to_the_matching_field(client, monkeypatch):
     target = make_target()
-    login(client)
+    log_in_client(client, RUN_OPERATOR)
 
     def refuse(**kwargs):
         raise ValidationError({"duration_seconds": "Too long for this worker.", "seed": "Bad seed."})
@@ -355,7 +342,7 @@ def test_the_estimate_follows_the_form_and_names_targets_that_lack_a_token(clien
     for name in ("site_search", "outlinks", "downloads", "click_events", "random_events", "ecommerce"):
         setattr(preset, f"{name}_probability", 0.0)
     preset.save()
-    login(client)
+    log_in_client(client, RUN_OPERATOR)
     params = {
         "preset": preset.pk,
         "targets": [with_token.pk, without.pk],
@@ -375,7 +362,7 @@ def test_the_estimate_follows_the_form_and_names_targets_that_lack_a_token(clien
 @pytest.mark.django_db
 def test_the_start_page_works_on_its_own(client):
     make_target(name="shop")
-    login(client)
+    log_in_client(client, RUN_OPERATOR)
     html = client.get(reverse("runs:start")).content.decode()
     assert "<h1>Start a run</h1>" in html and "shop (no token)" in html and 'id="run-estimate"' in html
 
@@ -386,10 +373,10 @@ def test_the_start_page_works_on_its_own(client):
 @pytest.mark.django_db
 def test_stop_asks_the_loader_to_stop_and_redraws_the_summary(client):
     run = make_running_run()
-    user = login(client, username="alice")
+    log_in_client(client, RUN_OPERATOR, username="alice")
     response = client.post(reverse("runs:stop", args=[run.pk]), HTTP_HX_TARGET="run-summary", **HTMX)
     run.refresh_from_db()
-    assert run.status == Run.Status.STOPPING and run.stop_requested and run.end_reason == f"Stopped by {user}."
+    assert run.status == Run.Status.STOPPING and run.stop_requested and run.end_reason == "Stopped by alice."
     html = response.content.decode()
     assert html.strip().startswith('<section id="run-summary"') and "stop requested" in html
     assert reverse("runs:stop", args=[run.pk]) not in html  # nothing left to stop
@@ -399,7 +386,7 @@ def test_stop_asks_the_loader_to_stop_and_redraws_the_summary(client):
 @pytest.mark.django_db
 def test_stop_from_the_dashboard_redraws_the_dashboard_and_a_plain_post_redirects(client):
     queued, running = make_run(), make_running_run()
-    login(client)
+    log_in_client(client, RUN_OPERATOR)
     response = client.post(reverse("runs:stop", args=[queued.pk]), HTTP_HX_TARGET="dashboard-runs", **HTMX)
     assert response.content.decode().strip().startswith('<div id="dashboard-runs"')
     queued.refresh_from_db()
@@ -411,7 +398,7 @@ def test_stop_from_the_dashboard_redraws_the_dashboard_and_a_plain_post_redirect
 @pytest.mark.django_db
 def test_a_lost_run_can_be_resumed(client, django_capture_on_commit_callbacks):
     run = make_lost(make_running_run())
-    login(client)
+    log_in_client(client, RUN_OPERATOR)
     with django_capture_on_commit_callbacks() as callbacks:
         response = client.post(reverse("runs:resume", args=[run.pk]), HTTP_HX_TARGET="run-summary", **HTMX)
     run.refresh_from_db()
@@ -422,7 +409,7 @@ def test_a_lost_run_can_be_resumed(client, django_capture_on_commit_callbacks):
 @pytest.mark.django_db
 def test_a_lost_run_can_be_closed_and_a_healthy_one_cannot(client):
     lost, healthy = make_lost(make_running_run()), make_running_run()
-    login(client, username="bob")
+    log_in_client(client, RUN_OPERATOR, username="bob")
     client.post(reverse("runs:close", args=[lost.pk]), HTTP_HX_TARGET="dashboard-runs", **HTMX)
     client.post(reverse("runs:close", args=[healthy.pk]))
     lost.refresh_from_db(), healthy.refresh_from_db()
@@ -436,7 +423,7 @@ def test_a_lost_run_can_be_closed_and_a_healthy_one_cannot(client):
 @pytest.mark.django_db
 def test_a_viewer_without_run_traffic_sees_no_buttons_and_is_refused_every_action(client):
     lost, running = make_lost(make_running_run()), make_running_run()
-    login(client, perms=VIEWER)
+    log_in_client(client, RUN_VIEWER)
     home = client.get(reverse("home")).content.decode()
     page = client.get(panel_url("detail", running)).content.decode()
     lost_page = client.get(panel_url("detail", lost)).content.decode()
@@ -460,7 +447,7 @@ def test_a_viewer_without_run_traffic_sees_no_buttons_and_is_refused_every_actio
 @pytest.mark.django_db
 def test_a_user_without_view_run_sees_no_runs_and_is_refused_their_pages(client):
     run = make_running_run()
-    login(client, perms=())
+    log_in_client(client)
     home = client.get(reverse("home"))
     assert home.status_code == 200 and 'id="dashboard-runs"' not in home.content.decode()
     urls = [reverse("runs:dashboard"), panel_url("detail", run)] + [panel_url(name, run) for name in PANELS]
@@ -471,7 +458,7 @@ def test_a_user_without_view_run_sees_no_runs_and_is_refused_their_pages(client)
 @pytest.mark.parametrize("action", ["stop", "resume", "close"])
 def test_actions_change_state_only_by_post(client, action):
     run = make_running_run()
-    login(client)
+    log_in_client(client, RUN_OPERATOR)
     assert client.get(reverse(f"runs:{action}", args=[run.pk])).status_code == 405
 
 
@@ -479,7 +466,7 @@ def test_actions_change_state_only_by_post(client, action):
 def test_state_changes_need_the_csrf_token_that_htmx_sends_from_the_page():
     run = make_running_run()
     client = Client(enforce_csrf_checks=True)
-    login(client)
+    log_in_client(client, RUN_OPERATOR)
     stop_url = reverse("runs:stop", args=[run.pk])
     assert client.post(stop_url, **HTMX).status_code == 403
     page = client.get(panel_url("detail", run)).content.decode()
@@ -517,7 +504,7 @@ def busy_runs(db):
 )
 def test_refresh_views_are_cheap(client, busy_runs, django_assert_max_num_queries, name, budget):
     run = busy_runs[0]
-    login(client)
+    log_in_client(client, RUN_OPERATOR)
     if name == "dashboard":
         url = reverse("runs:dashboard")
     elif name == "estimate":
@@ -535,6 +522,6 @@ def test_an_ended_run_shows_its_average_rate_rather_than_its_last_minute(client)
     fill_stats(run, accepted=90, server_errors=10)  # 100 hits
     run.finish(Run.Status.COMPLETED, "Duration reached.")
     Run.objects.filter(pk=run.pk).update(finished_at=run.started_at + timedelta(seconds=50))
-    login(client)
+    log_in_client(client, RUN_OPERATOR)
     html = client.get(panel_url("detail", run)).content.decode()
     assert "Hits/s (average)" in html and 'data-figure="hits-per-second">2.0<' in html
