@@ -5,7 +5,7 @@ import sys
 
 # Commands that send traffic run on gevent and must be monkey-patched before anything
 # else (Django, sockets, threading) is imported. Only these: patching the web server or a
-# qcluster breaks Django's DB connections (see design.md, Processes).
+# qcluster breaks Django's DB connections (docs/architecture.md, "Processes").
 GEVENT_COMMANDS = {"run_loader", "run_traffic"}
 if len(sys.argv) > 1 and sys.argv[1] in GEVENT_COMMANDS:
     from gevent import monkey

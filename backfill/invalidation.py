@@ -1,7 +1,7 @@
 """After a backfill: make Matomo rebuild the reports of the dates it received.
 
 Matomo archives past days once; new raw data for them shows only after their archives
-are invalidated and ``core:archive`` runs again (matomo-tracking.md, "After a backfill").
+are invalidated and ``core:archive`` runs again (docs/matomo-tracking.md, "After a backfill").
 ``CoreAdminHome.invalidateArchivedReports`` needs admin access to the site; with a token
 that only writes, we tell the user the console commands instead. Either way the result
 is recorded on the plan and in its log.

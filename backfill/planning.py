@@ -33,7 +33,7 @@ SAMPLE_VISITS = 400
 REQUESTS_PER_BATCH = 4
 MIN_PART_HITS = 100
 # Without a rate limit or a measured speed: what a small Matomo ingests in bulk
-# (matomo-tracking.md, "Ingestion speed"). Always labelled as an assumption.
+# (docs/matomo-tracking.md, "How fast a real Matomo ingests"). Always labelled as an assumption.
 ASSUMED_HITS_PER_SECOND = 800.0
 
 

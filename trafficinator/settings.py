@@ -90,7 +90,7 @@ def database_from_url(url: str) -> dict:
 def sqlite_database(path: Path) -> dict:
     """SQLite tuned for web + q2 cluster + loader writing at once: WAL lets readers run
     beside a writer, IMMEDIATE takes the write lock at BEGIN (no upgrade deadlocks) and the
-    20 s timeout waits for it. Measured (design.md): zero "database is locked" with all three."""
+    20 s timeout waits for it. Measured (docs/architecture.md, "Storage"): zero "database is locked" with all three."""
     return {
         "ENGINE": "django.db.backends.sqlite3",
         "NAME": path,

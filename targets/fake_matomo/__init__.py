@@ -29,7 +29,7 @@ What it emulates (Matomo 5, checked against its sources; see ``rules.py`` for th
   the whole batch is rolled back (Matomo's bulk import is one transaction).
 * Faults on demand (``Fault``; ``fail_next``, ``hang_next``, ``reset_next``, latency), and
   the "500 but stored" answer to a bulk request that starts a site-day (``Fault(kind=
-  "stored_500")``), which follows matomo-tracking.md's measurement on Matomo 5.0.2 with
+  "stored_500")``), which follows docs/matomo-tracking.md's measurement on Matomo 5.0.2 with
   MariaDB (see ``faults.Fault``).
 * Capacity mode (``capacity=N``, ``service_time_per_hit``, ``service_time_per_request``;
   ``--capacity``, ``--hit-ms``, ``--request-ms``): a fixed number of "PHP workers", each
@@ -46,7 +46,7 @@ Where it deliberately differs from a real Matomo 5.3 (each is a documented choic
 * A backdated hit is a 500 whenever its ``cdt`` is before the visitor's latest recorded hit
   (whole seconds). Matomo fails only when the backdated hit matches a later visit, and its
   single-hit answer may end up as 400 (``Response::outputResponse`` re-sends 400 when nothing
-  was logged); the project's notes saw a database error, so the fake answers 500.
+  was logged); docs/matomo-tracking.md records a database error, so the fake answers 500.
 * ``record_statistics`` per site is fake-only (Matomo's switch is global).
 * Reporting API errors other than access errors answer 200, access errors 401; only
   ``format=json`` is produced.
@@ -56,7 +56,7 @@ Where it deliberately differs from a real Matomo 5.3 (each is a documented choic
 * Bot detection knows DeviceDetector's generic rule plus common words and names, not its
   full list of hundreds of named bots.
 
-Matomo details the project's notes simplify, followed here as Matomo does them:
+Matomo details docs/matomo-tracking.md simplifies, followed here as Matomo does them:
 
 * A bare ``GET matomo.php`` answers 200 with the "This resource is part of Matomo" text;
   a request with parameters that tracked nothing (or an empty POST) answers 400 with it.

@@ -33,7 +33,7 @@ class Fault:
       * ``stored_500``: only for a bulk request that starts a site-day (it holds a hit of a
         site and local day on which nothing was recorded before it): the request is
         recorded in full, then answered HTTP 500 ``{"status":"error","tracked":N,
-        "invalid":M}`` with N + M = its entries. This follows what matomo-tracking.md
+        "invalid":M}`` with N + M = its entries. This follows what docs/matomo-tracking.md
         ("Bulk tracking") reports as measured on Matomo 5.0.2 with MariaDB: concurrent
         bulk requests that start a site-day deadlock on the option table, Matomo swallows
         the deadlock, stores the rest of the request in autocommit, and the final commit

@@ -29,7 +29,7 @@ CDT_WITHOUT_TOKEN_SECONDS = 86400
 _CDT_MAX_AGE_SECONDS = 20 * 365 * 86400
 
 # Matomo's DeviceDetector "Generic Bot" rule (regexes/bots.yml), plus the words the
-# project's notes list (monitor, probe, scanner, script, fetcher, uptime...) and a few named
+# docs/matomo-tracking.md lists (monitor, probe, scanner, script, fetcher, uptime...) and a few named
 # bots. A real Matomo knows hundreds of named bots on top; synthetic traffic must avoid all
 # of them. HTTP libraries (curl, python-requests, Wget) are "libraries" to DeviceDetector,
 # not bots: Matomo records their hits, so the fake does too.

@@ -25,7 +25,7 @@ Ambiguous answers are settled, not guessed:
 
 * A bulk error answer (HTTP 500, or a 2xx "error") whose ``tracked + invalid`` counts
   every entry was processed in full: only Matomo's final commit failed. Measured on
-  Matomo 5.0.2 (matomo-tracking.md, "Bulk tracking"): requests that start a site-day
+  Matomo 5.0.2 (docs/matomo-tracking.md, "Bulk tracking"): requests that start a site-day
   together deadlock on the option table, the rest is stored in autocommit, and the answer
   is 500 with the counts. It is counted as Matomo reports it and never resent.
 * A bulk 500 that counts fewer entries was rolled back by Matomo's bulk handler (it rolls
@@ -65,7 +65,7 @@ from gevent import GreenletExit
 from .clients import FORM, JSON, TransportError, TransportTimeout, make_transport
 from .telemetry import TargetTelemetry
 
-# Parameters that need a token (see matomo-tracking.md); cdt only when older than 24 h.
+# Parameters that need a token (docs/matomo-tracking.md); cdt only when older than 24 h.
 _TOKEN_PARAM = re.compile(r"(?:^|[?&])(?:cip|country|region|city|lat|long)=[^&]")
 _CDT_PARAM = re.compile(r"(?:^|[?&])cdt=([^&]*)")
 CDT_WITHOUT_TOKEN_SECONDS = 86400

@@ -5,7 +5,7 @@
 * ``ArrivalProcess``: an endless non-homogeneous arrival stream whose rate is
   ``visits_per_day`` shaped by hour of day and day of week. Arrivals come in small
   bursts (a compound Poisson process: Poisson bursts x geometric visits each), which is
-  how real per-second counts behave (shared/realism.md).
+  how real per-second counts behave (docs/realism.md).
 
 Curves are in local time of the site's time zone. Hour weights are normalised to a mean
 of 1 and weekday factors to a mean of 1, so a week averages ``visits_per_day``.

@@ -86,7 +86,7 @@ class Profile:
     currency: str = "SEK"
     timezone: str = "CET"
 
-    # Beyond the original tool. Defaults follow shared/realism.md.
+    # Beyond the original tool. Defaults follow docs/realism.md.
     bounce_share: float = 0.45  # ecommerce median 47%, "about half" overall
     returning_visitor_share: float = 0.35  # GA benchmark: 63% new visits
     logged_in_share: float = 0.10  # of returning visitors; they send `uid`
