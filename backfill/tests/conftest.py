@@ -37,6 +37,20 @@ def make_backfill_target(server, **fields):
     return make_target(**values)
 
 
+# A target that passed its connection check (no server behind it: for pages and plans).
+READY = {"token_auth": "tok", "last_check_ok": True, "token_can_write": True, "site_timezone": "Europe/Stockholm"}
+
+
+@pytest.fixture
+def target(db):
+    return make_target(name="shop", **READY)
+
+
+@pytest.fixture
+def preset(db):
+    return make_preset(name="Plain", visits_per_day=300)
+
+
 @pytest.fixture
 def small_preset(db):
     """Realistic visits (pauses of seconds, several page views), few of them."""

@@ -10,19 +10,7 @@ from django.utils import timezone
 
 from backfill.models import STALE_AFTER, BackfillDay, BackfillLog, BackfillPlan
 from backfill.planning import build_estimate
-from trafficinator.testing import confirmed_plan, make_plan, make_preset, make_target, make_user
-
-READY = {"token_auth": "tok", "last_check_ok": True, "token_can_write": True, "site_timezone": "Europe/Stockholm"}
-
-
-@pytest.fixture
-def target(db):
-    return make_target(name="shop", **READY)
-
-
-@pytest.fixture
-def preset(db):
-    return make_preset(name="Plain", visits_per_day=300)
+from trafficinator.testing import confirmed_plan, make_plan, make_user
 
 
 def test_a_draft_sends_nothing_and_confirming_records_who_when_and_what(fake_matomo, preset):

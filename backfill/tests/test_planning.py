@@ -11,11 +11,9 @@ from django.core.exceptions import ValidationError
 from backfill.models import BackfillDay, BackfillPlan
 from backfill.planning import build_estimate, plan_profile, planned_days
 from backfill.runner import day_stream
-from backfill.tests.conftest import days_ago, stockholm_today
+from backfill.tests.conftest import READY, days_ago, stockholm_today
 from trafficinator.testing import confirmed_plan, make_plan, make_preset, make_target
 from trafficinator.traffic import visits_for_day_count
-
-READY = {"token_auth": "tok", "last_check_ok": True, "token_can_write": True, "site_timezone": "Europe/Stockholm"}
 
 
 def ready_target(**fields):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 from django.template import Context, Template
 from django.test import Client, RequestFactory
 from django.urls import reverse
@@ -16,24 +15,11 @@ from trafficinator.testing import (
     confirmed_plan,
     log_in_client,
     make_plan,
-    make_preset,
-    make_target,
     make_user,
 )
 
 POLL = 'hx-trigger="every 2s"'
 HTMX = {"HTTP_HX_REQUEST": "true"}
-READY = {"token_auth": "tok", "last_check_ok": True, "token_can_write": True, "site_timezone": "Europe/Stockholm"}
-
-
-@pytest.fixture
-def target(db):
-    return make_target(name="shop", **READY)
-
-
-@pytest.fixture
-def preset(db):
-    return make_preset(name="Plain", visits_per_day=300)
 
 
 def running_plan(target, preset, **fields) -> BackfillPlan:
