@@ -370,16 +370,9 @@ class FakeMatomo:
             if query.get("token_auth"):
                 counters["token_in_url"] += 1
 
-        fault = self.fault_plan.pick(kind)
-        delay = self.fault_plan.next_latency() + (fault.seconds if fault else 0.0)
-        if fault:
-            recorder.count_fault(fault.kind)
-        self._wait(delay)
-        if fault and fault.kind == "status":
-            recorder.count_rejected(fault.status)
-            return self._fault_response(fault, is_bulk)
-        if fault and fault.kind == "reset" and not fault.processed:
-            return RESET
+        fault, early = self._fault_before_processing(kind, is_bulk)
+        if early is not None:
+            return early
         workers = self._workers
         if workers is not None:
             workers.acquire()
@@ -436,6 +429,21 @@ class FakeMatomo:
                 self._starting[day] -= 1
                 if not self._starting[day]:
                     del self._starting[day]
+
+    def _fault_before_processing(self, kind: str, is_bulk: bool) -> tuple[Fault | None, Response | object | None]:
+        """This request's fault (if any) and its latency: returns the fault and, for a
+        status fault or a reset before processing, the answer to give instead."""
+        fault = self.fault_plan.pick(kind)
+        delay = self.fault_plan.next_latency() + (fault.seconds if fault else 0.0)
+        if fault:
+            self.recorder.count_fault(fault.kind)
+        self._wait(delay)
+        if fault and fault.kind == "status":
+            self.recorder.count_rejected(fault.status)
+            return fault, self._fault_response(fault, is_bulk)
+        if fault and fault.kind == "reset" and not fault.processed:
+            return fault, RESET
+        return fault, None
 
     def _fault_response(self, fault: Fault, is_bulk: bool) -> Response:
         headers = [("Retry-After", str(fault.retry_after))] if fault.retry_after is not None else []
@@ -605,16 +613,9 @@ class FakeMatomo:
             recorder.counters["api_requests"] += 1
             if query.get("token_auth"):
                 recorder.counters["token_in_url"] += 1
-        fault = self.fault_plan.pick("api")
-        delay = self.fault_plan.next_latency() + (fault.seconds if fault else 0.0)
-        if fault:
-            recorder.count_fault(fault.kind)
-        self._wait(delay)
-        if fault and fault.kind == "status":
-            recorder.count_rejected(fault.status)
-            return self._fault_response(fault, False)
-        if fault and fault.kind == "reset" and not fault.processed:
-            return RESET
+        fault, early = self._fault_before_processing("api", False)
+        if early is not None:
+            return early
         status, payload = self._api_call(req, query, form, params)
         if fault and fault.kind == "reset":
             return RESET
