@@ -187,3 +187,11 @@ def test_template_creation_and_import_need_the_add_permission(client):
 
 def test_step_factory_defaults_are_valid():
     make_funnel(steps=[make_step()])
+
+
+@pytest.mark.parametrize(("name", "page_name"), [("import", "Import"), ("templates", "Templates")])
+def test_the_import_and_templates_pages_lead_back_to_the_funnel_list(admin_client, name, page_name):
+    page = admin_client.get(reverse(f"admin:funnels_funnel_{name}")).content.decode()
+    breadcrumbs = page.split('<div class="breadcrumbs">', 1)[1].split("</div>", 1)[0]
+    assert f'href="{reverse("admin:funnels_funnel_changelist")}"' in breadcrumbs
+    assert breadcrumbs.rstrip().endswith(f"&rsaquo; {page_name}")
