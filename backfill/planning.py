@@ -25,13 +25,22 @@ from trafficinator.traffic import Profile, day_visits, visits_for_day_count
 from trafficinator.traffic.clock import local_day_bounds
 
 SAMPLE_VISITS = 400
-# A batch travels as up to this many bulk requests at once, split by visitor, each of at
-# least MIN_PART_HITS hits (see backfill.runner). Several keep Matomo busy while another
-# is in transit or being answered, and still put no more than one batch on the wire per
-# worker. Measured against the fake Matomo (README "Backfill"): 4 x 250 hits ~22k hits/s,
-# 1 x 1000 ~15k.
+# A bulk request carries a quarter of a batch (the checkpoint unit), at least
+# MIN_PART_HITS hits (see backfill.runner and request_hits()).
 REQUESTS_PER_BATCH = 4
 MIN_PART_HITS = 100
+# Bulk requests a backfill worker keeps in flight all the time (continuous pipelining,
+# see backfill.runner). Measured with `manage.py bench --only matomo` against the fake
+# Matomo in capacity mode (README "Benchmarks").
+REQUESTS_IN_FLIGHT = 4
+
+
+def request_hits(batch_size: int) -> int:
+    """Hits per bulk request for a plan's batch size: a quarter of it, at least
+    MIN_PART_HITS, never more than the batch (whole visits, so a long visit may exceed it)."""
+    return min(batch_size, max(MIN_PART_HITS, batch_size // REQUESTS_PER_BATCH))
+
+
 # Without a rate limit or a measured speed: what a small Matomo ingests in bulk
 # (docs/matomo-tracking.md, "How fast a real Matomo ingests"). Always labelled as an assumption.
 ASSUMED_HITS_PER_SECOND = 800.0
@@ -338,7 +347,7 @@ def sample_hits(plan: BackfillPlan, target: Target | None, first_day: date, visi
         current += size
     if not full_batches:
         full_batches = [plan.batch_size]
-    requests = sum(max(1, min(REQUESTS_PER_BATCH, hits // MIN_PART_HITS)) for hits in full_batches)
+    requests = sum(max(1, math.ceil(hits / request_hits(plan.batch_size))) for hits in full_batches)
     return hits_per_visit, max(1.0, sum(full_batches) / requests), len(sizes)
 
 

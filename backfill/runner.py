@@ -14,23 +14,31 @@ Order and resume, per day:
    visit is recorded.
 1. The day's visits come from ``day_visits(seed=lane seed, day=..., count=planned,
    skip=visits_done)``: the same visits in the same order on every attempt.
-2. A batch is at most ``batch_size`` hits of whole visits in start order. It travels as
-   up to ``REQUESTS_PER_BATCH`` bulk requests at once, split by visitor: every visit of
-   one visitor goes into the same request, in order, so Matomo sees each visitor's hits
-   oldest first whatever order it processes the requests in. Batch N+1 goes out only
-   when every request of batch N is answered, and is generated while N is on the wire.
-3. When N is acknowledged, ONE fenced UPDATE stores the checkpoint (visits_done through
-   N, the counters, a heartbeat) and marks N+1 as in flight (``in_flight_visits``); then
-   N+1 goes out. Every write is fenced by the day's claim token, so a cancelled plan, a
-   failed sibling or a takeover stops this worker at its next write.
+2. The visits are packed, in start order, into bulk requests of whole visits of about
+   ``request_hits(batch_size)`` hits (a quarter of a batch, at least 100), the same way
+   on every attempt. Up to ``REQUESTS_IN_FLIGHT`` requests are in flight all the time:
+   the next one leaves as soon as a slot is free, not when the slowest of a group is
+   answered. The sender keeps each visitor's visits out of two requests at once, so
+   Matomo sees every visitor's hits oldest first whatever order it serves requests in,
+   and the day's first request goes alone (requests that start a site-day together
+   can deadlock Matomo 5.0.2).
+3. Answers are counted in send order: the checkpoint (``visits_done``) is the prefix of
+   requests all answered. ONE fenced UPDATE stores it (the counters, a heartbeat) and the
+   window of visits after it that may be sent before the next checkpoint
+   (``in_flight_visits``: the requests in flight plus about one batch); it is written
+   whenever the prefix advanced by a batch or the window is used up. Every write is
+   fenced by the day's claim token, so a cancelled plan, a failed sibling or a takeover
+   stops this worker at its next write.
 4. A worker that dies leaves ``visits_done`` and ``in_flight_visits``. The next worker
    (a re-delivered task, the Resume button, ``backfill --resume``) regenerates from
-   ``visits_done`` and sends the in-flight batch again, request by request. If Matomo had
-   recorded a request, it either records it again (only possible when all its hits share
-   their second with the visitor's last recorded hit, i.e. bounces) or refuses it as
-   older than the visitors' last actions (HTTP 500, rolled back); a harmless probe (one
-   excluded ``rec=0`` entry) then tells such a refusal from an outage. So: no visit is
-   lost, and at most one batch (``batch_size`` hits) per interrupted worker is repeated.
+   ``visits_done``, packs the same requests, and resends those inside the window one at
+   a time as resends: Matomo refuses a resent request it holds as older than the
+   visitors' last actions (HTTP 500) and the sender, seeing Matomo answer a harmless
+   probe, counts it once as accepted; a request it accepts was not recorded, except for
+   visitors whose hits all share one second, which Matomo records again (counted
+   "possibly duplicated"). So: no visit is lost, and at most the window (the requests in
+   flight plus one batch) per interrupted worker can be repeated, in practice only its
+   single-second visits.
 """
 
 from __future__ import annotations
@@ -39,6 +47,7 @@ import logging
 import math
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -50,7 +59,7 @@ import gevent
 from django.utils import timezone
 
 from backfill.models import HEARTBEAT_SECONDS, BackfillDay, BackfillLog, BackfillPlan
-from backfill.planning import MIN_PART_HITS, REQUESTS_PER_BATCH, plan_funnels, plan_profile
+from backfill.planning import REQUESTS_IN_FLIGHT, plan_funnels, plan_profile, request_hits
 from trafficinator.sending.sender import RetryPolicy, TargetSender
 from trafficinator.sending.telemetry import OUTCOMES, describe_failure, failure_hint
 from trafficinator.traffic import TrafficConfigError, day_visits, encode_visit
@@ -62,12 +71,9 @@ REQUEST_TIMEOUT = 30.0
 # Worst case for one batch: 5 x 30 s + 4 waits of at most ~66 s; heartbeats continue
 # meanwhile, so a slow batch never looks like a dead worker.
 RETRY = RetryPolicy(max_attempts=5, backoff_base=1.0, backoff_max=30.0, retry_after_max=60.0)
-# The batch that was in flight when a worker died: a refusal is expected if Matomo had
-# recorded it, so do not spend minutes retrying it.
-IN_DOUBT_RETRY = RetryPolicy(max_attempts=2, backoff_base=0.5, backoff_max=1.0, retry_after_max=10.0)
-# While the next batch is generated, give the greenlets sending the previous one a turn
-# this often: a big body does not fit in the socket buffer at once, and Matomo can only
-# start on a request once it has all of it.
+# While the next request is generated, give the greenlets sending the others a turn this
+# often: a big body does not fit in the socket buffer at once, and Matomo can only start
+# on a request once it has all of it.
 YIELD_EVERY_VISITS = 10
 # Abort when most answered hits are invalid (after at least this many hits).
 INVALID_SHARE_LIMIT = 0.5
@@ -82,70 +88,45 @@ _FAILED_OUTCOMES = tuple(kind for kind in OUTCOMES if kind not in ("accepted", "
 
 
 @dataclass
-class Part:
-    """One bulk request of a batch: whole visits, all visits of a visitor together."""
+class Request:
+    """One bulk request: whole visits, encoded as bulk entries ("?idsite=...&cdt=..."),
+    in start order; ``result`` is set when it is settled (outcome, hits per outcome)."""
 
     visits: list[list[str]] = field(default_factory=list)
     hits: int = 0
-    outcome: str | None = None
-
-    def settle(self, outcome: str) -> None:
-        self.outcome = outcome
-
-    @property
-    def ok(self) -> bool:
-        return self.outcome in ("accepted", "partial")
-
-
-@dataclass
-class Batch:
-    """Whole visits, encoded as bulk entries ("?idsite=...&cdt=..."), in start order,
-    with the visitor id of each (to split the batch by visitor)."""
-
-    visits: list[list[str]] = field(default_factory=list)
-    visitors: list[str] = field(default_factory=list)
-    hits: int = 0
-    parts: list[Part] = field(default_factory=list)
+    result: tuple[str, dict[str, int]] | None = None
 
     @property
     def count(self) -> int:
         return len(self.visits)
 
-    def add(self, visitor: str, entries: list[str]) -> None:
+    def add(self, entries: list[str]) -> None:
         self.visits.append(entries)
-        self.visitors.append(visitor)
         self.hits += len(entries)
 
-    def split(self, requests: int) -> list[Part]:
-        """The batch's requests (deterministic: a resumed worker splits it the same way)."""
-        count = max(1, min(requests, self.hits // MIN_PART_HITS))
-        parts = [Part() for _ in range(count)]
-        for visitor, entries in zip(self.visitors, self.visits, strict=True):
-            part = parts[int(visitor[-6:], 16) % count] if count > 1 else parts[0]
-            part.visits.append(entries)
-            part.hits += len(entries)
-        self.parts = [part for part in parts if part.hits]
-        return self.parts
+    def settle(self, outcome: str, tally: dict[str, int]) -> None:
+        self.result = (outcome, tally)
 
     @property
     def ok(self) -> bool:
-        return all(part.ok for part in self.parts)
+        return self.result is not None and self.result[0] in ("accepted", "partial")
 
 
-def iter_batches(visits: Iterator[Visit], batch_size: int) -> Iterator[Batch]:
-    """Pack visits into batches of at most ``batch_size`` hits; a visit is never split
-    (a visit longer than the batch size travels alone)."""
-    batch = Batch()
+def iter_requests(visits: Iterator[Visit], hits_per_request: int) -> Iterator[Request]:
+    """Pack visits into requests of at most ``hits_per_request`` hits; a visit is never
+    split (a visit longer than that travels alone). Deterministic: a resumed worker packs
+    the same requests from the same checkpoint."""
+    request = Request()
     for number, visit in enumerate(visits, 1):
         if number % YIELD_EVERY_VISITS == 0:
             gevent.sleep(0)
         entries = encode_visit(visit, cdt="datetime", prefix="?")
-        if batch.hits and batch.hits + len(entries) > batch_size:
-            yield batch
-            batch = Batch()
-        batch.add(visit.cid, entries)
-    if batch.hits:
-        yield batch
+        if request.hits and request.hits + len(entries) > hits_per_request:
+            yield request
+            request = Request()
+        request.add(entries)
+    if request.hits:
+        yield request
 
 
 def day_stream(plan: BackfillPlan, day: BackfillDay, *, skip: int | None = None) -> Iterator[Visit]:
@@ -272,33 +253,43 @@ class DaySender:
         self.last_beat = time.monotonic()
         self.session_hits = 0
         self.sender = self._make_sender()
-        self.counts = self.sender.telemetry.counts()
+        # The pipeline: requests in send order until counted into the checkpoint; visits
+        # sent this session (counted from ``first_visit``); the announced window's end.
+        self.pending: deque[Request] = deque()
+        self.first_visit = day.visits_done
+        self.sent = 0
+        self.window_end = 0
+        self.hits_since_checkpoint = 0
+        self.mean_visit_hits = 4.0
+        # Visits after the checkpoint that the previous worker may have sent.
+        self.in_doubt = day.in_flight_visits if day.visits_done < day.planned_visits else 0
+        self.resent_hits = 0
+        self.resent_logged = False
+        self.already_before: dict[str, int] = {}
 
     # --- the loop ------------------------------------------------------------------------
 
     def run(self) -> DayResult:
         day = self.day
-        in_doubt = day.in_flight_visits if day.visits_done < day.planned_visits else 0
         try:
-            batches = iter_batches(day_stream(self.plan, day), self.plan.batch_size)
+            requests = iter_requests(day_stream(self.plan, day), request_hits(self.plan.batch_size))
             if day.visits_done < day.planned_visits:
                 self._preflight()
-            pending: Batch | None = None
-            for batch in batches:
-                if pending is not None:
-                    self._settle(pending)
-                    pending = None
+            for request in requests:
+                self._advance()
                 if self._time_to_pause():
+                    self._drain()
                     return self._pause()
-                if in_doubt:
-                    in_doubt = 0
-                    self._send_in_doubt(batch)
+                if self.in_doubt >= request.count:
+                    self.in_doubt -= request.count
+                    self._resend(request)
                     continue
-                self._checkpoint(in_flight=batch.count)
-                self._send(batch.split(REQUESTS_PER_BATCH))
-                pending = batch
-            if pending is not None:
-                self._settle(pending)
+                # Past the window (a request that ends beyond it never went out).
+                self.in_doubt = 0
+                self._log_resent()
+                self._send(request)
+            self._drain()
+            self._log_resent()
             return self._finish()
         except ClaimLost:
             return self._lost()
@@ -313,124 +304,123 @@ class DaySender:
         return TargetSender(
             self.target.tracking_url,
             self.target.token_auth,
-            concurrency=REQUESTS_PER_BATCH,
+            concurrency=REQUESTS_IN_FLIGHT,
             timeout=REQUEST_TIMEOUT,
             bulk=True,
-            batch_size=2**31,  # batches are packed here, whole visits, and flushed explicitly
+            batch_size=2**31,  # requests are packed here, whole visits, and sent with send_request
             max_batch_delay=math.inf,
             retry=RETRY,
             fallback_to_single=False,  # a secure-only token fails the plan with advice instead
             name=self.target.name,
+            timezone=self.day.timezone,
         )
 
     def _time_to_pause(self) -> bool:
         return (self.deadline is not None and time.monotonic() >= self.deadline) or self.should_stop()
 
     def _pace(self) -> None:
-        """Keep to the requests-per-second limit (on average: a batch's requests leave
-        together, then the next batch waits for them), still writing heartbeats."""
+        """Keep to the requests-per-second limit, still writing heartbeats."""
         while True:
             wait = self.next_request_at - time.monotonic()
             if wait <= 0:
-                return
+                break
             gevent.sleep(min(wait, 1.0))
-            if time.monotonic() - self.last_beat >= HEARTBEAT_SECONDS:
-                self._heartbeat()
+            self._beat_if_due()
+        self.next_request_at = max(self.next_request_at, time.monotonic() - self.interval) + self.interval
 
-    def _send(self, parts: list[Part]) -> None:
-        self._pace()
-        self.next_request_at = time.monotonic() + self.interval * len(parts)
+    def _beat_if_due(self) -> None:
+        if time.monotonic() - self.last_beat >= HEARTBEAT_SECONDS:
+            self._heartbeat()
+
+    def _send(self, request: Request, *, resend: bool = False) -> None:
+        """Put one request in flight as soon as a slot is free and none of its visitors is
+        in flight; checkpoint first if it would leave the announced window."""
         sender = self.sender
-        for part in parts:
-            for index, entries in enumerate(part.visits):
-                sender.send_visit(entries, on_done=part.settle if index == 0 else None)
-            sender.flush()
-        # Let the requests' greenlets put them on the wire; the next batch is then
-        # generated while Matomo works on this one.
-        gevent.sleep(0)
+        if self.sent + request.count > self.window_end or self.hits_since_checkpoint >= self.plan.batch_size:
+            self._checkpoint(next_visits=request.count)
+        self._pace()
+        while not sender.ready(request.visits, 1.0):
+            self._beat_if_due()
+            self._advance()
+        sender.send_request(request.visits, request.settle, resend=resend)
+        self.pending.append(request)
+        self.sent += request.count
+        self.mean_visit_hits = 0.9 * self.mean_visit_hits + 0.1 * (request.hits / request.count)
 
-    def _wait(self) -> dict[str, int]:
-        """Wait until every request sent is answered, writing heartbeats; returns the
-        outcome counts of its hits."""
-        while not self.sender.join(timeout=1.0):
-            if time.monotonic() - self.last_beat >= HEARTBEAT_SECONDS:
-                self._heartbeat()
-        counts = self.sender.telemetry.counts()
-        delta = {kind: counts[kind] - self.counts.get(kind, 0) for kind in OUTCOMES}
-        self.counts = counts
-        return delta
-
-    def _count(self, hits: int, delta: dict[str, int]) -> None:
+    def _advance(self) -> None:
+        """Count the answered requests at the head of the send order into the checkpoint
+        state; a request that failed for good fails the plan (after its predecessors)."""
         state = self.state
-        state.hits_sent += hits
-        state.hits_accepted += delta["accepted"]
-        state.hits_invalid += delta["invalid"]
-        state.hits_failed += sum(delta[kind] for kind in _FAILED_OUTCOMES)
-        self.session_hits += hits
+        while self.pending and self.pending[0].result is not None:
+            request = self.pending.popleft()
+            tally = request.result[1]
+            state.hits_sent += request.hits
+            state.hits_accepted += tally.get("accepted", 0)
+            state.hits_invalid += tally.get("invalid", 0)
+            state.hits_failed += sum(tally.get(kind, 0) for kind in _FAILED_OUTCOMES)
+            self.session_hits += request.hits
+            if not request.ok:
+                self._log_events()
+                raise Abort(self._failure_reason(request.hits, tally))
+            state.visits_done += request.count
+            self.hits_since_checkpoint += request.hits
+        self._check_invalid()
 
-    def _settle(self, batch: Batch) -> None:
-        delta = self._wait()
+    def _drain(self) -> None:
+        """Wait until every request sent is answered (writing heartbeats), and count them."""
+        while not self.sender.join(timeout=1.0):
+            self._beat_if_due()
+            self._advance()
+        self._advance()
         self._log_events()
-        self._count(batch.hits, delta)
-        if not batch.ok:
-            raise Abort(self._failure_reason(batch.hits, delta))
-        self.state.visits_done += batch.count
-        self._check_invalid()
 
-    def _send_in_doubt(self, batch: Batch) -> None:
-        """The batch that was in flight when the previous worker stopped: its requests
-        one at a time, so each refusal can be told apart."""
-        self._log(
-            BackfillLog.Level.WARNING,
-            f"Resuming at visit {self.state.visits_done:,} of {self.day.planned_visits:,}: the batch that was in "
-            f"flight when the previous worker stopped ({batch.count} visits, {batch.hits} hits) is sent again. "
-            "If Matomo had recorded it, it refuses it or records it twice (at most this one batch).",
-        )
-        self._checkpoint(in_flight=batch.count)
-        self.sender.retry = IN_DOUBT_RETRY
-        recorded = 0
-        try:
-            for part in batch.split(REQUESTS_PER_BATCH):
-                self._send([part])
-                delta = self._wait()
-                self.sender.telemetry.drain_events()  # an expected refusal is not news
-                self.state.hits_resent += part.hits
-                if part.ok:
-                    self._count(part.hits, delta)
-                elif delta["server_errors"] == part.hits and self._matomo_answers():
-                    # Matomo works but refuses exactly these visits: it holds them already
-                    # (their first hits are older than the visitors' last actions).
-                    self._count(part.hits, dict.fromkeys(OUTCOMES, 0) | {"accepted": part.hits})
-                    recorded += len(part.visits)
-                else:
-                    self._count(part.hits, delta)
-                    raise Abort(self._failure_reason(part.hits, delta))
-        finally:
-            self.sender.retry = RETRY
-        self.state.visits_done += batch.count
-        if recorded:
+    def _resend(self, request: Request) -> None:
+        """A request inside the window of the worker that stopped: it may be recorded
+        already. Sent alone, as a resend (see the module docstring, step 4)."""
+        if not self.resent_hits:
+            self._drain()
+            self.already_before = self.sender.telemetry.counts()
             self._log(
-                BackfillLog.Level.INFO,
-                f"Matomo refused {recorded} resent visit(s) as older than what it holds while accepting other "
-                "requests: it had recorded them before the interruption. Counted as accepted.",
+                BackfillLog.Level.WARNING,
+                f"Resuming at visit {self.state.visits_done:,} of {self.day.planned_visits:,}: up to "
+                f"{self.day.in_flight_visits:,} visits that were in flight when the previous worker stopped are sent "
+                "again, one request at a time. Matomo refuses what it recorded already (counted once); visitors whose "
+                "hits share one second would be recorded twice (counted as possibly duplicated).",
             )
-        self._check_invalid()
+        self.state.hits_resent += request.hits
+        self.resent_hits += request.hits
+        self._send(request, resend=True)
+        self._drain()
+
+    def _log_resent(self) -> None:
+        if not self.resent_hits or self.resent_logged:
+            return
+        self.resent_logged = True
+        counts = self.sender.telemetry.counts()
+        before = self.already_before
+        already = counts["already_recorded"] - before.get("already_recorded", 0)
+        doubled = counts["possibly_duplicated"] - before.get("possibly_duplicated", 0)
+        self._log(
+            BackfillLog.Level.INFO,
+            f"Resent {self.resent_hits:,} hits that were in flight: Matomo held {already:,} of them already "
+            f"(counted once, as accepted); {doubled:,} possibly duplicated.",
+        )
 
     def _probe(self, epoch: float) -> int:
         """Invalid hits (0 or 1) of one excluded bulk entry dated ``epoch``: Matomo checks
         a ``cdt``'s age against the token and its raw-data retention before it excludes a
         hit without ``rec``, so this tells whether such dates are accepted, recording
         nothing either way."""
-        probe = Part()
         stamp = time.strftime("%Y-%m-%d%%20%H:%M:%S", time.gmtime(epoch))
-        probe.visits.append([f"?idsite={self.target.site_id}&rec=0&cdt={stamp}"])
-        probe.hits = 1
-        self._send([probe])
-        delta = self._wait()
+        probe = Request()
+        probe.add([f"?idsite={self.target.site_id}&rec=0&cdt={stamp}"])
+        self.sender.send_request(probe.visits, probe.settle)
+        self.sender.join()
         self.sender.telemetry.drain_events()
-        if probe.outcome not in ("accepted", "partial"):
-            raise Abort(self._failure_reason(1, delta))
-        return delta["invalid"]
+        tally = probe.result[1] if probe.result else {}
+        if not probe.ok:
+            raise Abort(self._failure_reason(1, tally))
+        return tally.get("invalid", 0)
 
     def _preflight(self) -> None:
         """Before the day's first batch: are hits of this day accepted with this token in a
@@ -446,17 +436,6 @@ class DaySender:
             "Anonymize data). Shorten the window to recent days, or change that setting."
         )
 
-    def _matomo_answers(self) -> bool:
-        """A harmless request: a bulk entry without ``rec`` is excluded by Matomo
-        (answered as tracked, recorded nowhere). Success means the tracker works."""
-        probe = Part()
-        probe.visits.append([f"?idsite={self.target.site_id}&rec=0"])
-        probe.hits = 1
-        self._send([probe])
-        self._wait()
-        self.sender.telemetry.drain_events()
-        return probe.ok
-
     def _check_invalid(self) -> None:
         sender, state = self.sender, self.state
         if sender.secure_only_token:
@@ -468,8 +447,8 @@ class DaySender:
                 f"{failure_hint('invalid')}; or the days are older than Matomo's “Delete old raw data” setting."
             )
 
-    def _failure_reason(self, hits: int, delta: dict[str, int]) -> str:
-        kind = max(_FAILED_OUTCOMES, key=lambda k: delta.get(k, 0))
+    def _failure_reason(self, hits: int, tally: dict[str, int]) -> str:
+        kind = max(_FAILED_OUTCOMES, key=lambda k: tally.get(k, 0))
         snapshot = self.sender.telemetry.snapshot()
         statuses = {
             "rejected": snapshot.get("rejected_by_status"),
@@ -494,11 +473,20 @@ class DaySender:
     def _active_seconds(self) -> float:
         return self.active_before + (time.monotonic() - self.started)
 
-    def _checkpoint(self, *, in_flight: int) -> None:
-        self.state.active_seconds = self._active_seconds()
-        self._fenced_update(**self.state.fields(), in_flight_visits=in_flight, heartbeat_at=timezone.now())
+    def _checkpoint(self, *, next_visits: int) -> None:
+        """Store the answered prefix and announce the window of visits after it that may be
+        sent before the next checkpoint: those in flight, plus about one batch."""
+        self._advance()
+        state = self.state
+        ahead = max(next_visits, math.ceil(self.plan.batch_size / max(1.0, self.mean_visit_hits)))
+        ahead = max(ahead, next_visits + self.in_doubt)  # still covering what may be recorded
+        in_flight = self.sent - (state.visits_done - self.first_visit) + ahead
+        self.window_end = self.sent + ahead
+        self.hits_since_checkpoint = 0
+        state.active_seconds = self._active_seconds()
+        self._fenced_update(**state.fields(), in_flight_visits=in_flight, heartbeat_at=timezone.now())
         if self.on_progress is not None:
-            self.on_progress(self.day, self.state)
+            self.on_progress(self.day, state)
 
     def _heartbeat(self) -> None:
         self._fenced_update(heartbeat_at=timezone.now())
@@ -521,11 +509,12 @@ class DaySender:
         )
 
     def _pause(self) -> DayResult:
-        """Checkpoint (nothing in flight) and give the day back, to be continued."""
+        """Checkpoint (nothing in flight) and give the day back, to be continued. Visits of
+        a previous worker's window not resent yet stay marked in flight."""
         self.state.active_seconds = self._active_seconds()
         self._fenced_update(
             **self.state.fields(),
-            in_flight_visits=0,
+            in_flight_visits=self.in_doubt,
             status=BackfillDay.Status.PENDING,
             claim_token=None,
             heartbeat_at=timezone.now(),

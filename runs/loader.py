@@ -107,6 +107,7 @@ class LiveLoader:
                 batch_size=self.run.batch_size,
                 telemetry=telemetry,
                 name=rt.target.name,
+                timezone=stream.timezone,
             )
             self.runtimes.append(TargetRuntime(rt, stream, sender, telemetry))
             if stream.notice:

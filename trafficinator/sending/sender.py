@@ -53,9 +53,11 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from email.utils import parsedate_to_datetime
+from typing import NamedTuple
 from urllib.parse import quote, unquote_plus
+from zoneinfo import ZoneInfo
 
 import gevent
 import gevent.event
@@ -79,6 +81,16 @@ _VISITOR = re.compile(r"(?:^|[?&])(?:cid|_id)=([0-9A-Fa-f]{16})")
 VISIT_OUTCOMES = ("accepted", "partial", "rejected", "failed", "abandoned")
 
 Callback = Callable[[str], object]
+# A request's outcome and its hits per final outcome (see TargetSender.send_request).
+RequestCallback = Callable[[str, dict[str, int]], object]
+
+
+class Visit(NamedTuple):
+    """A visit waiting in the bulk buffer or travelling in a request."""
+
+    hits: Sequence[str]
+    on_done: Callback | None
+    visitor: str
 
 
 @dataclass(frozen=True)
@@ -236,6 +248,13 @@ class TargetSender:
     * ``fallback_to_single``: when bulk hits that need a token come back ``invalid`` (a
       secure-only token, ignored by Matomo in JSON bodies), send the following visits as
       single POST hits, where such a token works.
+    * ``timezone``: the site's, to know when a request starts a new site-day (the first
+      request of a site-day goes alone; see matomo-tracking.md, "Bulk tracking").
+
+    Bulk requests are pipelined: up to ``concurrency`` are in flight all the time (a new
+    one leaves as soon as a batch is full and a slot is free), every visit is whole in one
+    request, and a visitor's visits never travel in two requests at once, so Matomo gets
+    each visitor's hits oldest first whatever order it serves the requests in.
     """
 
     def __init__(
@@ -254,6 +273,7 @@ class TargetSender:
         name: str = "",
         fallback_to_single: bool = True,
         max_batch_delay: float = 1.0,
+        timezone: str = "UTC",
     ) -> None:
         if concurrency < 1 or batch_size < 1 or timeout <= 0:
             raise ValueError("concurrency and batch_size must be >= 1 and timeout > 0")
@@ -280,11 +300,19 @@ class TargetSender:
         self._bulk_head = b'{"requests":'
         tail = (',"token_auth":' + json.dumps(self._token) if self._token else "") + "}"
         self._bulk_tail = tail.encode("utf-8")
-        self._buffer: list[tuple[Sequence[str], Callback | None]] = []
+        self._buffer: list[Visit] = []
         self._buffer_hits = 0
         self._buffer_since = 0.0
         self._unsent = 0
         self.secure_only_token = False
+        # Per-visitor order: a visitor whose visits are in a request in flight waits for
+        # it, so Matomo never gets a visitor's later hits before its earlier ones.
+        self._visitors_in_flight: dict[str, gevent.event.Event] = {}
+        # The first request of a new site-day goes alone; the others wait for its answer
+        # (Matomo 5.0.2 deadlocks when several requests start a site-day at once).
+        self._zone = ZoneInfo(timezone)
+        self._site_days: set[date] = set()
+        self._leader: gevent.event.Event | None = None
 
     # --- public API ----------------------------------------------------------------
 
@@ -316,27 +344,59 @@ class TargetSender:
         self._check_open()
         self._pool.spawn(self._run_single, (query,), on_done)
 
-    def send_visit(self, hits: Sequence[str], on_done: Callback | None = None) -> None:
+    def send_visit(self, hits: Sequence[str], on_done: Callback | None = None, *, visitor: str | None = None) -> None:
         """Send a visit's hits, oldest first: in bulk mode buffered into the next batch
         (never split across batches), else one after the other as single POSTs.
         ``on_done(outcome)`` gets one of VISIT_OUTCOMES once the visit is settled;
-        in bulk mode the outcome is the batch's ("partial" if it had invalid hits)."""
+        in bulk mode the outcome is the batch's ("partial" if it had invalid hits).
+        ``visitor``: the visit's visitor id (default: its ``cid``/``_id``); in bulk mode
+        the call waits while a request with an earlier visit of that visitor is in flight."""
         self._check_open()
         if not hits:
             return
         if not self.bulk:
             self._pool.spawn(self._run_single, hits, on_done)
             return
+        visitor = visitor_of(hits[0]) if visitor is None else visitor
+        self._wait_for_visitor(visitor)
         if self._buffer_hits and self._buffer_hits + len(hits) > self.batch_size:
             self.flush()
         if not self._buffer:
             self._buffer_since = time.monotonic()
-        self._buffer.append((hits, on_done))
+        self._buffer.append(Visit(hits, on_done, visitor))
         self._buffer_hits += len(hits)
         if self._buffer_hits >= self.batch_size:
             self.flush()
         else:
             self.poll()
+
+    def send_request(
+        self, visits: Sequence[Sequence[str]], on_done: RequestCallback | None = None, *, resend: bool = False
+    ) -> None:
+        """Send exactly these whole visits as one bulk request (for callers that pack
+        requests themselves, like the backfill). Waits while one of their visitors is in
+        a request in flight, and while ``concurrency`` requests are. ``on_done(outcome,
+        tally)`` gets the request's outcome and its hits per final outcome. ``resend``:
+        Matomo may hold these visits already (see "Ambiguous answers")."""
+        self._check_open()
+        batch = [Visit(hits, None, visitor_of(hits[0])) for hits in visits if hits]
+        if not batch:
+            return
+        for visit in batch:
+            self._wait_for_visitor(visit.visitor)
+        self._spawn_batch(batch, resend=resend, on_request=on_done)
+
+    def ready(self, visits: Sequence[Sequence[str]], timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds until ``send_request(visits)`` would not block:
+        a request slot is free and none of their visitors is in a request in flight.
+        Lets a caller that must stay responsive (heartbeats) wait in short steps."""
+        deadline = time.monotonic() + timeout
+        for hits in visits:
+            event = self._visitors_in_flight.get(visitor_of(hits[0])) if hits else None
+            if event is not None and not event.wait(max(0.0, deadline - time.monotonic())):
+                return False
+        self._pool.wait_available(timeout=max(0.0, deadline - time.monotonic()))
+        return self._pool.free_count() > 0
 
     def flush(self) -> None:
         """Send the buffered visits now (a partial batch)."""
@@ -346,10 +406,10 @@ class TargetSender:
         self._buffer = []
         self._buffer_hits = 0
         if self.bulk:
-            self._pool.spawn(self._run_batch, batch)
+            self._spawn_batch(batch)
         else:  # switched to single hits after a secure-only token was detected
-            for hits, on_done in batch:
-                self._pool.spawn(self._run_single, hits, on_done)
+            for visit in batch:
+                self._pool.spawn(self._run_single, visit.hits, visit.on_done)
 
     def poll(self) -> None:
         """Flush a batch whose oldest visit waited ``max_batch_delay``; call it from the
@@ -375,9 +435,9 @@ class TargetSender:
         self._closed = True
         if flush and self._buffer and self._pool.wait_available(timeout=grace_seconds):
             self.flush()
-        for hits, on_done in self._buffer:
-            self._add_unsent(len(hits))
-            self._notify(on_done, "abandoned")
+        for visit in self._buffer:
+            self._add_unsent(len(visit.hits))
+            self._notify(visit.on_done, "abandoned")
         self._buffer = []
         self._buffer_hits = 0
         gevent.sleep(0)  # let greenlets spawned just before close put their request on the wire
@@ -479,7 +539,10 @@ class TargetSender:
                 if telemetry.is_new_failure(kind, status):
                     message = self._status_message(status, data)
             latency = time.perf_counter() - start
-            if attempt >= policy.max_attempts or self._stop.is_set():
+            if self._stop.is_set():  # stopping: see _send_batch
+                telemetry.record_outcome("abandoned", 1)
+                return "abandoned"
+            if attempt >= policy.max_attempts:
                 telemetry.record_outcome(kind, 1, latency=latency, status=status, message=message)
                 return kind
             delay = policy.delay(attempt, retry_after)
@@ -497,30 +560,92 @@ class TargetSender:
 
     # --- bulk ----------------------------------------------------------------------------
 
-    def _run_batch(self, batch: list[tuple[Sequence[str], Callback | None]]) -> None:
+    def _wait_for_visitor(self, visitor: str) -> None:
+        """Block while a request holding an earlier visit of ``visitor`` is in flight."""
+        event = self._visitors_in_flight.get(visitor) if visitor else None
+        while event is not None and not event.is_set():
+            if self._stop.is_set():
+                raise SenderClosed("this sender is closed")
+            event.wait(0.5)
+            event = self._visitors_in_flight.get(visitor)
+
+    def _spawn_batch(
+        self, batch: list[Visit], *, resend: bool = False, on_request: RequestCallback | None = None
+    ) -> None:
+        done = gevent.event.Event()
+        visitors = {visit.visitor for visit in batch if visit.visitor}
+        for visitor in visitors:
+            self._visitors_in_flight[visitor] = done
+        wait_for = self._leader if self._leader is not None and not self._leader.is_set() else None
+        day = self._site_day(batch[0].hits[0])
+        if day not in self._site_days:
+            if len(self._site_days) > 64:
+                self._site_days.clear()
+            self._site_days.add(day)
+            self._leader = done  # later requests wait for this one's answer
+        self._pool.spawn(self._run_batch, batch, done, visitors, wait_for, resend, on_request)
+
+    def _site_day(self, query: str) -> date:
+        epoch = cdt_epoch(query)
+        return datetime.fromtimestamp(time.time() if epoch is None else epoch, self._zone).date()
+
+    def _run_batch(
+        self,
+        batch: list[Visit],
+        done: gevent.event.Event,
+        visitors: set[str],
+        wait_for: gevent.event.Event | None,
+        resend: bool,
+        on_request: RequestCallback | None,
+    ) -> None:
         telemetry = self.telemetry
-        entries = [query for hits, _ in batch for query in hits]
+        entries = [query for visit in batch for query in visit.hits]
         total = len(entries)
         outcome = "abandoned"
+        tally: dict[str, int] = {}
         started = False
         try:
-            body = b"".join((self._bulk_head, bulk_requests_json(entries), self._bulk_tail))
-            telemetry.start_hits(total)
-            started = True
-            outcome = self._send_batch(body, entries)
-            started = False
+            while wait_for is not None and not wait_for.wait(0.5):
+                if self._stop.is_set():
+                    break
+            if self._stop.is_set():
+                self._add_unsent(total)  # stopped before it went out
+            else:
+                body = b"".join((self._bulk_head, bulk_requests_json(entries), self._bulk_tail))
+                telemetry.start_hits(total)
+                started = True
+                outcome = self._send_batch(body, entries, tally, resend=resend)
+                started = False
         except GreenletExit:
             if started:
-                telemetry.record_outcome("abandoned", total)
+                self._record(tally, "abandoned", total)
+            else:  # killed at close while waiting for its turn: it never went out
+                self._add_unsent(total)
         except Exception as exc:  # a bug of ours: settle the batch, say so, never hang a caller
             if started:
-                telemetry.record_outcome("network_errors", total)
+                self._record(tally, "network_errors", total)
             outcome = "failed"
             self._internal_error(exc)
-        for _, on_done in batch:
-            self._notify(on_done, outcome)
+        finally:
+            for visitor in visitors:
+                if self._visitors_in_flight.get(visitor) is done:
+                    del self._visitors_in_flight[visitor]
+            done.set()
+        for visit in batch:
+            self._notify(visit.on_done, outcome)
+        if on_request is not None:
+            try:
+                on_request(outcome, tally)
+            except Exception as exc:  # a broken callback must not break the accounting
+                self._internal_error(exc)
 
-    def _send_batch(self, body: bytes, entries: list[str], *, resend: bool = False) -> str:
+    def _record(self, tally: dict[str, int], kind: str, hits: int, **details: object) -> None:
+        """Record a final outcome in the telemetry and in the request's own tally."""
+        self.telemetry.record_outcome(kind, hits, **details)  # type: ignore[arg-type]
+        if hits:
+            tally[kind] = tally.get(kind, 0) + hits
+
+    def _send_batch(self, body: bytes, entries: list[str], tally: dict[str, int], *, resend: bool = False) -> str:
         """Send one batch until settled; returns the visits' outcome.
 
         An answer that does not settle the batch is not guessed at (see the module
@@ -546,7 +671,7 @@ class TargetSender:
             else:
                 counts = _bulk_counts(data)
                 if status < 300 and (counts is None or counts[0]):
-                    outcome = self._settle_batch(status, data, entries, latency, counts)
+                    outcome = self._settle_batch(status, data, entries, latency, counts, tally)
                     if maybe_recorded and outcome != "failed":
                         self._count_possible_duplicates(entries)
                     return outcome
@@ -554,30 +679,41 @@ class TargetSender:
                 kind = "server_errors" if status < 300 else _failure_kind(status)
                 reason = str(status)
                 if counts is not None and counts[1] + counts[2] == total and (status == 500 or status < 300):
-                    outcome = self._settle_stored_error(status, entries, latency, counts)
+                    outcome = self._settle_stored_error(status, entries, latency, counts, tally)
                     if maybe_recorded:
                         self._count_possible_duplicates(entries)
                     return outcome
                 if telemetry.is_new_failure(kind, status):
                     message = self._status_message(status, data)
                 if maybe_recorded and status == 500 and self._matomo_answers(entries):
-                    return self._settle_already_recorded(total, latency)
+                    return self._settle_already_recorded(total, latency, tally)
                 if status not in policy.bulk_statuses:
                     # A 400 (or other refusal) rolled the whole batch back: each hit is rejected.
-                    telemetry.record_outcome(kind, total, latency=latency, status=status, message=message)
+                    self._record(tally, kind, total, latency=latency, status=status, message=message)
                     return "rejected" if kind == "rejected" else "failed"
-            if attempt >= policy.max_attempts or self._stop.is_set():
-                telemetry.record_outcome(kind, total, latency=latency, status=status, message=message)
+            if self._stop.is_set():
+                # Stopping: a request that failed now is not resent, and its fate is our
+                # doing, not the target's (no network error, no health penalty).
+                self._record(tally, "abandoned", total)
+                return "abandoned"
+            if attempt >= policy.max_attempts:
+                self._record(tally, kind, total, latency=latency, status=status, message=message)
                 return "rejected" if kind == "rejected" else "failed"
             delay = policy.delay(attempt, retry_after)
             telemetry.record_retry(reason, latency=latency, delay=delay, hits=total, message=message)
             if self._stop.wait(delay):
-                telemetry.record_outcome("abandoned", total)
+                self._record(tally, "abandoned", total)
                 return "abandoned"
             attempt += 1
 
     def _settle_batch(
-        self, status: int, data: bytes, entries: list[str], latency: float, counts: tuple[bool, int, int] | None
+        self,
+        status: int,
+        data: bytes,
+        entries: list[str],
+        latency: float,
+        counts: tuple[bool, int, int] | None,
+        tally: dict[str, int],
     ) -> str:
         """A 2xx answer: count what Matomo says it tracked and refused."""
         telemetry = self.telemetry
@@ -587,7 +723,7 @@ class TargetSender:
             telemetry.event_once(
                 "bulk-no-counts", "warning", f"Bulk answered HTTP {status} without counts; hits counted as accepted"
             )
-            telemetry.record_outcome("accepted", total, latency=latency)
+            self._record(tally, "accepted", total, latency=latency)
             return "accepted"
         if counts is None:
             telemetry.event_once(
@@ -596,26 +732,27 @@ class TargetSender:
                 f"Bulk answered HTTP {status} with an unexpected body (a proxy, or QueuedTracking without "
                 f"queuedtracking=0?): {_excerpt(data, self._token)!r}; its hits are counted unaccounted",
             )
-            telemetry.record_outcome("unaccounted", total, latency=latency)
+            self._record(tally, "unaccounted", total, latency=latency)
             return "partial"
-        return self._count_tracked(entries, latency, counts[1], counts[2])
+        return self._count_tracked(entries, latency, counts[1], counts[2], tally)
 
-    def _count_tracked(self, entries: list[str], latency: float, tracked: int, invalid: int) -> str:
-        telemetry = self.telemetry
+    def _count_tracked(
+        self, entries: list[str], latency: float, tracked: int, invalid: int, tally: dict[str, int]
+    ) -> str:
         total = len(entries)
         accepted = max(0, min(tracked, total))
         invalid = max(0, min(invalid, total - accepted))
         unaccounted = total - accepted - invalid
-        telemetry.record_outcome("accepted", accepted, latency=latency)
+        self._record(tally, "accepted", accepted, latency=latency)
         if invalid:
-            telemetry.record_outcome("invalid", invalid)
+            self._record(tally, "invalid", invalid)
             self._check_secure_only(entries, invalid)
         if unaccounted:
-            telemetry.record_outcome("unaccounted", unaccounted)
+            self._record(tally, "unaccounted", unaccounted)
         return "accepted" if accepted == total else "partial"
 
     def _settle_stored_error(
-        self, status: int, entries: list[str], latency: float, counts: tuple[bool, int, int]
+        self, status: int, entries: list[str], latency: float, counts: tuple[bool, int, int], tally: dict[str, int]
     ) -> str:
         """An error answer that accounts for every entry: Matomo processed the whole
         request and only its final commit failed. Measured on Matomo 5.0.2: concurrent
@@ -630,14 +767,14 @@ class TargetSender:
             "record it twice (Matomo 5.0.2 answers so when requests starting a site-day deadlock; its log says "
             "'There is no active transaction')",
         )
-        return self._count_tracked(entries, latency, counts[1], counts[2])
+        return self._count_tracked(entries, latency, counts[1], counts[2], tally)
 
-    def _settle_already_recorded(self, total: int, latency: float) -> str:
+    def _settle_already_recorded(self, total: int, latency: float, tally: dict[str, int]) -> str:
         """A resend of a batch whose answer was lost is refused while Matomo answers a
         probe: Matomo holds these visits already (their hits are older than the
         visitors' last actions). Counted once, as accepted."""
         telemetry = self.telemetry
-        telemetry.record_outcome("accepted", total, latency=latency)
+        self._record(tally, "accepted", total, latency=latency)
         telemetry.record_already_recorded(total)
         telemetry.event_once(
             "bulk-already-recorded",
