@@ -184,8 +184,9 @@ class BackfillPlan(models.Model):
     batch_size = models.PositiveIntegerField(
         default=400,
         validators=[MinValueValidator(1), MaxValueValidator(5000)],
-        help_text="Hits per batch of whole visits, sent as up to 4 requests of at least 100 hits at once; "
-        "the checkpoint unit (at most one batch is repeated after a crash).",
+        help_text="The checkpoint unit, in hits: visits travel in bulk requests of a quarter batch (at least "
+        "100 hits), several in flight all the time; after a crash at most the requests in flight plus about one "
+        "batch are sent again, and Matomo refuses what it already holds.",
     )
     parallel_days = models.PositiveSmallIntegerField(
         default=1,

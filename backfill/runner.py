@@ -353,7 +353,7 @@ class DaySender:
         state = self.state
         while self.pending and self.pending[0].result is not None:
             request = self.pending.popleft()
-            tally = request.result[1]
+            tally = request.result[1] if request.result else {}
             state.hits_sent += request.hits
             state.hits_accepted += tally.get("accepted", 0)
             state.hits_invalid += tally.get("invalid", 0)
