@@ -211,14 +211,16 @@ class LiveLoader:
         """Single mode: each hit at its due time, one after the other (a hit is sent only
         after the previous one settled, so a retried hit can never be overtaken by the
         next one of the same visitor). Bulk mode: the whole visit once its last hit is
-        due, with `cdt` so Matomo records the real times."""
+        due, with `cdt` so Matomo records the real times. A visit counts as delivered
+        when Matomo accepted its hits (some of them, in single mode)."""
+        delivered = False
         try:
             if runtime.sender.bulk:
                 self._sleep_until(visit.end)
                 if not self.stop_event.is_set():
                     done: gevent.event.AsyncResult[object] = gevent.event.AsyncResult()
                     runtime.sender.send_visit(runtime.stream.encode(visit, with_cdt=True), on_done=done.set)
-                    done.wait()
+                    delivered = done.get() in ("accepted", "partial")
             else:
                 for due, query in runtime.stream.encode_timed(visit):
                     self._sleep_until(due)
@@ -226,14 +228,18 @@ class LiveLoader:
                         return
                     done = gevent.event.AsyncResult()
                     runtime.sender.send_hit(query, on_done=done.set)
-                    if done.get() == "abandoned":
+                    outcome = done.get()
+                    if outcome == "abandoned":
                         return
+                    delivered = delivered or outcome == "accepted"
         except Exception as exc:  # a sender closed under us at stop, or a bug: never silent
             if not self.stop_event.is_set():
                 logger.exception("Visit failed")
                 runtime.telemetry.event_once(f"visit-error:{type(exc).__name__}", "error", f"Visit failed: {exc!r}")
             return
         runtime.telemetry.finish_visits()
+        if delivered:
+            runtime.telemetry.deliver_visits()
 
     def _sleep_until(self, due: float) -> None:
         delay = due - time.time()

@@ -36,11 +36,11 @@ Ambiguous answers are settled, not guessed:
   probe (an entry without ``rec``) means "already recorded": counted once as accepted
   (``already_recorded``). A resend that is accepted proves nothing was recorded, except
   for visitors whose hits in the request all share one second (or carry no cdt): Matomo
-  would accept those again, so their hits are counted ``possibly_duplicated``. A single
-  hit (live, no cdt) accepted on a resend after a lost answer is counted
-  ``possibly_duplicated``.
-* The bound: Matomo holds a hit twice only where ``possibly_duplicated`` counted it (and
-  only if the lost answer's request had been recorded). A request refused as already
+  would accept those again, so their hits are counted ``possibly_duplicated`` (once per
+  earlier attempt whose answer was lost). A single hit (live, no cdt) accepted on a
+  resend after lost answers is counted ``possibly_duplicated`` once per lost answer.
+* The bound: Matomo holds more copies of hits than were counted accepted by at most
+  ``possibly_duplicated`` (exactly that when every lost answer's request was recorded). A request refused as already
   recorded after Matomo had stored only part of it (a 5.0.2 deadlock mid-request) has its
   missing hits counted accepted: at most the hits of requests counted ``already_recorded``.
 """
@@ -514,21 +514,21 @@ class TargetSender:
         body = query.encode("utf-8") + self._single_suffix
         policy = self.retry
         attempt = 1
-        # Set once a request went out and got no answer: Matomo may have recorded the hit,
-        # and a live single hit (no cdt) that is sent again would be recorded again.
-        maybe_recorded = False
+        # Attempts that went out and got no answer: Matomo may have recorded the hit each
+        # time, and a live single hit (no cdt) that is sent again is recorded again.
+        maybe_recorded = 0
         while True:
             start = time.perf_counter()
             status, data, retry_after, failure = self._post(body, FORM)
             if failure:
                 kind, reason, message = failure.kind, failure.reason, failure.message
-                maybe_recorded = maybe_recorded or failure.sent
+                maybe_recorded += failure.sent
             else:
                 latency = time.perf_counter() - start
                 if status < 300:
                     telemetry.record_outcome("accepted", 1, latency=latency)
                     if maybe_recorded:
-                        telemetry.record_possibly_duplicated(1)
+                        telemetry.record_possibly_duplicated(maybe_recorded)
                     return "accepted"
                 kind, reason, message = _failure_kind(status), str(status), ""
                 if status not in policy.statuses:
@@ -659,7 +659,8 @@ class TargetSender:
         total = len(entries)
         policy = self.retry
         attempt = 1
-        maybe_recorded = resend
+        # Attempts (or an earlier worker's send) that may have been recorded unanswered.
+        maybe_recorded = int(resend)
         while True:
             start = time.perf_counter()
             message = ""
@@ -667,13 +668,13 @@ class TargetSender:
             latency = time.perf_counter() - start
             if failure:
                 kind, reason, message = failure.kind, failure.reason, failure.message
-                maybe_recorded = maybe_recorded or failure.sent
+                maybe_recorded += failure.sent
             else:
                 counts = _bulk_counts(data)
                 if status < 300 and (counts is None or counts[0]):
                     outcome = self._settle_batch(status, data, entries, latency, counts, tally)
                     if maybe_recorded and outcome != "failed":
-                        self._count_possible_duplicates(entries)
+                        self._count_possible_duplicates(entries, maybe_recorded)
                     return outcome
                 # A 2xx "error" is Matomo's failure too, like a 500.
                 kind = "server_errors" if status < 300 else _failure_kind(status)
@@ -681,7 +682,7 @@ class TargetSender:
                 if counts is not None and counts[1] + counts[2] == total and (status == 500 or status < 300):
                     outcome = self._settle_stored_error(status, entries, latency, counts, tally)
                     if maybe_recorded:
-                        self._count_possible_duplicates(entries)
+                        self._count_possible_duplicates(entries, maybe_recorded)
                     return outcome
                 if telemetry.is_new_failure(kind, status):
                     message = self._status_message(status, data)
@@ -784,15 +785,16 @@ class TargetSender:
         )
         return "accepted"
 
-    def _count_possible_duplicates(self, entries: list[str]) -> None:
-        """A batch that may have been recorded before was accepted again. A resend of
-        visits Matomo holds is refused as a whole when any of its visitors has hits in
-        two different seconds (the first is then older than the recorded last), so only
-        visitors whose hits here all share one second (or carry no cdt) can have been
-        recorded twice: their hits are counted "possibly duplicated"."""
+    def _count_possible_duplicates(self, entries: list[str], copies: int) -> None:
+        """A batch that may have been recorded ``copies`` times before was accepted again.
+        A resend of visits Matomo holds is refused as a whole when any of its visitors has
+        hits in two different seconds (the first is then older than the recorded last), so
+        only visitors whose hits here all share one second (or carry no cdt) can have been
+        recorded more than once: their hits, once per earlier copy, are counted "possibly
+        duplicated"."""
         hits = _hits_a_resend_cannot_judge(entries)
         if hits:
-            self.telemetry.record_possibly_duplicated(hits)
+            self.telemetry.record_possibly_duplicated(hits * copies)
 
     def _matomo_answers(self, entries: list[str]) -> bool:
         """A harmless bulk request (one entry without ``rec``: Matomo answers it as

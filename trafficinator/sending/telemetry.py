@@ -334,6 +334,7 @@ class TargetTelemetry:
             (
                 "visits_started",
                 "visits_finished",
+                "visits_delivered",
                 "sent",
                 "requests",
                 "retries",
@@ -372,6 +373,12 @@ class TargetTelemetry:
     def finish_visits(self, count: int = 1) -> None:
         with self._lock:
             self._counts["visits_finished"] += count
+
+    def deliver_visits(self, count: int = 1) -> None:
+        """Visits whose hits Matomo accepted (started visits may end undelivered: stopped,
+        failed, or still queued when the run ended)."""
+        with self._lock:
+            self._counts["visits_delivered"] += count
 
     def start_hits(self, hits: int) -> None:
         """``hits`` go out for the first time (retries are not counted here)."""

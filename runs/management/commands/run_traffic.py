@@ -55,9 +55,11 @@ def summary_line(stats: dict) -> str:
     errors = sum(totals.get(kind, 0) for kind in ("server_errors", "network_errors", "timeouts"))
     p95 = (totals.get("latency_ms") or {}).get("p95")
     return (
-        f"visits={totals.get('visits_started', 0)} hits={totals.get('sent', 0)} "
+        f"visits_started={totals.get('visits_started', 0)} visits_delivered={totals.get('visits_delivered', 0)} "
+        f"hits={totals.get('sent', 0)} "
         f"accepted={totals.get('accepted', 0)} invalid={totals.get('invalid', 0)} "
-        f"rejected={totals.get('rejected', 0)} errors={errors} p95_ms={round(p95) if p95 is not None else 0}"
+        f"rejected={totals.get('rejected', 0)} errors={errors} p95_ms={round(p95) if p95 is not None else 0} "
+        f"possibly_duplicated={totals.get('possibly_duplicated', 0)}"
     )
 
 
