@@ -23,7 +23,7 @@ from trafficinator.bench.sending import benchmark_sender
 from trafficinator.sending.sender import TargetSender
 from trafficinator.traffic import Profile, day_visits, encode_visit
 
-SECTIONS = ("generation", "single", "bulk", "stream", "backfill")
+SECTIONS = ("generation", "single", "bulk", "stream", "backfill", "matomo")
 
 
 def rss_mb() -> float:
@@ -60,6 +60,18 @@ class Command(BaseCommand):
             "(default 200,000; the product's promise is about 1,000,000).",
         )
 
+        matomo = parser.add_argument_group("--only matomo: against a fake Matomo in capacity mode")
+        matomo.add_argument("--matomo-workers", type=int, default=4, help="The fake's PHP workers (default 4).")
+        matomo.add_argument("--hit-ms", type=float, default=4.0, help="A worker's time per hit (default 4 ms).")
+        matomo.add_argument(
+            "--request-ms", type=float, default=10.0, help="A worker's time per request (default 10 ms)."
+        )
+        matomo.add_argument(
+            "--in-flight", type=int, default=None, help="Requests the backfill and bare keep in flight (default: ours)."
+        )
+        matomo.add_argument("--matomo-visits", type=int, default=5000, help="Visits of the backfilled day.")
+        matomo.add_argument("--live-seconds", type=float, default=20.0, help="Duration of the live bulk run.")
+
     def handle(self, *args, only, hits, bulk_hits, concurrency, batch_size, visits, **options) -> None:
         sections = only or list(SECTIONS)
         if "generation" in sections:
@@ -72,6 +84,8 @@ class Command(BaseCommand):
             self.stream(visits, concurrency, batch_size)
         if "backfill" in sections:
             self.backfill()
+        if "matomo" in sections:
+            self.matomo(options)
 
     def line(self, text: str) -> None:
         self.stdout.write(text)
@@ -137,3 +151,36 @@ class Command(BaseCommand):
             f"backfill: {result['hits_per_second']:,.0f} hits/s for {result.get('hits', 0):,} hits "
             "(one worker, target >= 20,000 hits/s)"
         )
+
+    def matomo(self, options: dict) -> None:
+        from trafficinator.bench.matomo import benchmark_matomo
+
+        result = benchmark_matomo(
+            visits=options["matomo_visits"],
+            workers=options["matomo_workers"],
+            hit_ms=options["hit_ms"],
+            request_ms=options["request_ms"],
+            in_flight=options["in_flight"],
+            live_seconds=options["live_seconds"],
+        )
+        settings = result["settings"]
+        self.line(
+            f"matomo: fake Matomo in capacity mode, {settings['workers']} workers x ({settings['request_ms']} ms per "
+            f"request + {settings['hit_ms']} ms per hit); bulk requests of {settings['request_hits']} hits, "
+            f"{settings['in_flight']} in flight"
+        )
+        bare = result["bare"]
+        for name in ("bare", "backfill", "live"):
+            data = result[name]
+            extra = ""
+            if name != "bare":
+                cpu_ratio = data["cpu_per_1k"] / bare["cpu_per_1k"] if bare["cpu_per_1k"] else 0.0
+                extra = f", ratio to bare {data['ratio']:.2f} (goal >= 0.95), CPU {cpu_ratio:.2f}x bare's"
+            if name == "live":
+                extra += f", offered {data['offered_hits_per_second']:,.0f} hits/s; {data['summary']}"
+            per_cpu = 1000 / data["cpu_per_1k"] if data["cpu_per_1k"] else 0.0
+            self.line(
+                f"matomo {name}: {data['hits_per_second']:,.0f} hits/s over {data['seconds']:.1f} s, "
+                f"{data['hits']:,} hits, CPU {data['cpu_per_1k']:.4f} s per 1,000 hits ({per_cpu:,.0f} hits per "
+                f"CPU-second){extra}"
+            )

@@ -1,0 +1,314 @@
+"""Backfill and live bulk against a Matomo-sized fake, next to a bare bulk sender.
+
+    manage.py bench --only matomo [--matomo-workers 4 --hit-ms 4 --request-ms 10 --in-flight 4]
+
+The fake Matomo runs in its own process in capacity mode: a fixed number of "PHP workers",
+each busy for a time per request and per hit, so a sender that leaves workers idle is
+visibly slower, as it is against a real Matomo (issue: the old batch-then-wait backfill
+left a third of a real 2-core Matomo idle).
+
+Three senders push the same kind of traffic into it:
+
+* **bare**: the yardstick, written for this benchmark. The hits are encoded into bulk
+  bodies before the clock starts; ``in_flight`` greenlets each POST the next body over
+  their own keep-alive connection (geventhttpclient) as soon as the previous answer came
+  back. No accounting, no retries, no database: as fast as the fake takes bulk requests.
+* **backfill**: a real one-day plan run in this process with the workers' code (packing,
+  pipelining, checkpoints in the database, telemetry). The bare sender sends exactly the
+  backfill's requests (same visits, same packing), into a fresh fake.
+* **live bulk**: ``manage.py run_traffic --bulk`` in its own process, offered about twice
+  what the fake takes, for a fixed duration; hits/s counts what the fake recorded.
+
+Each prints hits/s (wall), CPU seconds per 1,000 hits of the sending process (this process
+for bare and backfill, the loader process for live) and the ratio to bare.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import secrets
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import gevent
+from geventhttpclient import HTTPClient
+from geventhttpclient.url import URL
+
+from targets.fake_matomo.process import fake_call, start_fake_server, stop_fake_server
+from trafficinator.sending.sender import bulk_requests_json
+
+BENCH_TIMEZONE = "Europe/Stockholm"
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+def cpu_seconds(who: int = resource.RUSAGE_SELF) -> float:
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
+
+
+def process_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of a running process and its waited-for children
+    (/proc/PID/stat), or None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    ticks = os.sysconf("SC_CLK_TCK")
+    return sum(int(value) for value in fields[11:15]) / ticks
+
+
+def capacity_args(workers: int, hit_ms: float, request_ms: float, token: str) -> list[str]:
+    return [
+        "--sites",
+        f"1:{BENCH_TIMEZONE}",
+        "--token",
+        token,
+        "--capacity",
+        str(workers),
+        "--hit-ms",
+        str(hit_ms),
+        "--request-ms",
+        str(request_ms),
+    ]
+
+
+def bare_bulk(url: str, token: str, requests: list[list[str]], in_flight: int) -> dict[str, Any]:
+    """POST pre-encoded bulk bodies with ``in_flight`` connections, each sending its next
+    body as soon as its previous answer is read. Returns hits/s and CPU per 1,000 hits."""
+    tail = f',"token_auth":"{token}"}}'.encode()
+    bodies = [(b'{"requests":' + bulk_requests_json(entries) + tail, len(entries)) for entries in requests]
+    address = URL(url + "matomo.php")
+    clients = [HTTPClient.from_url(address, concurrency=1, network_timeout=60) for _ in range(in_flight)]
+    headers = {"Content-Type": "application/json"}
+    queue = iter(bodies)
+    statuses: list[int] = []
+
+    def worker(client: HTTPClient) -> None:
+        for body, _ in queue:
+            response = client.post(address.request_uri, body=body, headers=headers)
+            response.read()
+            statuses.append(response.status_code)
+
+    cpu_start = cpu_seconds()
+    started = time.perf_counter()
+    gevent.joinall([gevent.spawn(worker, client) for client in clients], raise_error=True)
+    wall = time.perf_counter() - started
+    cpu = cpu_seconds() - cpu_start
+    for client in clients:
+        client.close()
+    hits = sum(count for _, count in bodies)
+    return {
+        "hits": hits,
+        "requests": len(bodies),
+        "ok": statuses.count(200),
+        "seconds": wall,
+        "hits_per_second": hits / wall,
+        "cpu_per_1k": cpu / hits * 1000,
+    }
+
+
+def benchmark_matomo(
+    *,
+    visits: int = 5000,
+    workers: int = 4,
+    hit_ms: float = 4.0,
+    request_ms: float = 10.0,
+    in_flight: int | None = None,
+    batch_size: int = 400,
+    live_seconds: float = 20.0,
+) -> dict[str, dict[str, Any]]:
+    """Run bare, backfill and live bulk against the fake in capacity mode; see the module
+    docstring. ``in_flight``: requests the backfill (and bare) keep in flight (default:
+    the backfill's default)."""
+    from backfill import planning
+
+    in_flight = in_flight or planning.REQUESTS_IN_FLIGHT
+    results: dict[str, dict[str, Any]] = {}
+    token = secrets.token_hex(16)
+    process, url = start_fake_server(capacity_args(workers, hit_ms, request_ms, token))
+    try:
+        results["backfill"], requests = _backfill(url, token, visits, batch_size, in_flight)
+        fake_call(url, "_fake/reset", "POST")
+        results["bare"] = bare_bulk(url, token, requests, in_flight)
+        results["bare"]["recorded"] = fake_call(url, "_fake/stats")["recorded"]
+        fake_call(url, "_fake/reset", "POST")
+        offered = 2 * results["bare"]["hits_per_second"]
+        results["live"] = _live(url, token, offered, live_seconds)
+    finally:
+        stop_fake_server(process)
+    for name in ("backfill", "live"):
+        results[name]["ratio"] = results[name]["hits_per_second"] / results["bare"]["hits_per_second"]
+    results["settings"] = {
+        "workers": workers,
+        "hit_ms": hit_ms,
+        "request_ms": request_ms,
+        "in_flight": in_flight,
+        "batch_size": batch_size,
+        "request_hits": planning.request_hits(batch_size),
+    }
+    return results
+
+
+def _make_target(url: str, token: str):
+    from targets.models import Target
+
+    return Target.objects.create(
+        name=f"bench-{secrets.token_hex(4)}",
+        matomo_url=url,
+        site_id=1,
+        token_auth=token,
+        last_check_ok=True,
+        token_can_write=True,
+        site_timezone=BENCH_TIMEZONE,
+        site_name="Benchmark",
+    )
+
+
+def _backfill(
+    url: str, token: str, visits: int, batch_size: int, in_flight: int
+) -> tuple[dict[str, Any], list[list[str]]]:
+    from backfill import planning, runner
+    from backfill.foreground import run_in_foreground
+    from backfill.models import BackfillPlan
+    from presets.models import Preset
+
+    target = plan = None
+    saved = planning.REQUESTS_IN_FLIGHT, runner.REQUESTS_IN_FLIGHT
+    planning.REQUESTS_IN_FLIGHT = runner.REQUESTS_IN_FLIGHT = in_flight
+    try:
+        target = _make_target(url, token)
+        yesterday = datetime.now(UTC).astimezone(ZoneInfo(BENCH_TIMEZONE)).date() - timedelta(days=1)
+        plan = BackfillPlan.objects.create_plan(
+            targets=[target],
+            preset=Preset.objects.get(name="Medium"),
+            start_date=yesterday,
+            end_date=yesterday,
+            visits_per_day=visits,
+            daily_cap=None,
+            batch_size=batch_size,
+        )
+        plan.confirm(by_name="benchmark")
+        day = plan.days.get()
+        requests = [
+            [entry for visit in request.visits for entry in visit]
+            for request in runner.iter_requests(runner.day_stream(plan, day, skip=0), planning.request_hits(batch_size))
+        ]
+        plan.start(enqueue=False)
+        cpu_start = cpu_seconds()
+        started = time.perf_counter()
+        run_in_foreground(plan)
+        wall = time.perf_counter() - started
+        cpu = cpu_seconds() - cpu_start
+        progress = plan.progress()
+        server = fake_call(url, "_fake/stats")
+        plan.refresh_from_db()
+        hits = progress.hits_sent
+        return {
+            "hits": hits,
+            "accepted": progress.hits_accepted,
+            "recorded": server["recorded"],
+            "requests": server["bulk_requests"],
+            "status": plan.status,
+            "seconds": wall,
+            "hits_per_second": hits / wall,
+            "cpu_per_1k": cpu / hits * 1000 if hits else 0.0,
+        }, requests
+    finally:
+        planning.REQUESTS_IN_FLIGHT, runner.REQUESTS_IN_FLIGHT = saved
+        if plan is not None:
+            plan.delete()
+        if target is not None:
+            target.delete()
+
+
+def _live(url: str, token: str, offered_hits_per_second: float, seconds: float) -> dict[str, Any]:
+    """``manage.py run_traffic --bulk`` in its own process, offered about
+    ``offered_hits_per_second`` for ``seconds``; hits/s is what the fake recorded."""
+    from presets.models import Preset
+    from targets.models import Target
+    from trafficinator.testing import make_preset
+
+    target: Target | None = None
+    preset: Preset | None = None
+    try:
+        target = _make_target(url, token)
+        # Short visits (well under a second), flat curve: the offered rate is the rate.
+        preset = make_preset(
+            name=f"bench-live-{secrets.token_hex(4)}",
+            visits_per_day=1000,
+            daily_curve="flat",
+            pause_min=0.0,
+            pause_max=0.1,
+            visit_duration_min=0.0,
+            visit_duration_max=0.01,
+            concurrency=8,
+        )
+        visits_per_day = min(100_000_000, int(offered_hits_per_second / 3.0 * 86400))  # ~3 hits a visit
+        loader = subprocess.Popen(  # noqa: S603 - our own interpreter and command
+            [
+                sys.executable,
+                str(PROJECT_ROOT / "manage.py"),
+                "run_traffic",
+                "--target",
+                target.name,
+                "--preset",
+                preset.name,
+                "--bulk",
+                "--batch-size",
+                "100",
+                "--rate",
+                str(visits_per_day),
+                "--duration",
+                f"{int(seconds)}s",
+                "--seed",
+                "1",
+            ],
+            cwd=PROJECT_ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        # Measure the sending itself: from the second poll after traffic began to the
+        # last poll before the loader ended (start-up and shut-down excluded).
+        samples: list[tuple[float, float, int]] = []  # (time, loader CPU s, recorded)
+        deadline = time.monotonic() + seconds + 120
+        while loader.poll() is None and time.monotonic() < deadline:
+            cpu = process_cpu_seconds(loader.pid)
+            recorded = fake_call(url, "_fake/stats")["recorded"]
+            if cpu is not None and (recorded or samples):
+                samples.append((time.perf_counter(), cpu, recorded))
+            time.sleep(0.5)
+        if loader.poll() is None:
+            loader.kill()
+        output, errors = loader.communicate(timeout=30)
+        lines = output.strip().splitlines() + errors.strip().splitlines()[-3:]
+        server = fake_call(url, "_fake/stats")
+        if len(samples) < 3:
+            raise RuntimeError(f"the live loader sent nothing measurable: {lines[-1:]}")
+        (t0, cpu0, hits0), (t1, cpu1, hits1) = samples[1], samples[-1]
+        hits = hits1 - hits0
+        return {
+            "hits": hits,
+            "recorded": server["recorded"],
+            "requests": server["bulk_requests"],
+            "offered_hits_per_second": offered_hits_per_second,
+            "seconds": t1 - t0,
+            "hits_per_second": hits / (t1 - t0),
+            "cpu_per_1k": (cpu1 - cpu0) / hits * 1000 if hits else 0.0,
+            "summary": next((line for line in reversed(lines) if line.startswith("visits_started=")), ""),
+        }
+    finally:
+        from runs.models import Run
+
+        if target is not None:
+            Run.objects.filter(run_targets__target=target).delete()
+            target.delete()
+        if preset is not None:
+            preset.delete()
