@@ -27,7 +27,8 @@ class Figures:
     so a run whose loader has not reported yet renders too."""
 
     visits_started = _number("visits_started")
-    visits_finished = _number("visits_finished")
+    visits_delivered = _number("visits_delivered")
+    possibly_duplicated = _number("possibly_duplicated")
     hits_sent = _number("sent")
     accepted = _number("accepted")
     invalid = _number("invalid")

@@ -74,6 +74,7 @@ class TargetStats(TypedDict, total=False):
 
     visits_started: int
     visits_finished: int
+    visits_delivered: int
     sent: int
     requests: int
     retries: int
