@@ -249,7 +249,7 @@ class TargetSender:
       secure-only token, ignored by Matomo in JSON bodies), send the following visits as
       single POST hits, where such a token works.
     * ``timezone``: the site's, to know when a request starts a new site-day (the first
-      request of a site-day goes alone; see matomo-tracking.md, "Bulk tracking").
+      request of a site-day goes alone; see docs/matomo-tracking.md, "Bulk tracking").
 
     Bulk requests are pipelined: up to ``concurrency`` are in flight all the time (a new
     one leaves as soon as a batch is full and a slot is free), every visit is whole in one
