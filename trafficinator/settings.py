@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 import secrets
 from pathlib import Path
-from urllib.parse import parse_qsl, unquote, urlsplit
 
+import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -58,33 +58,29 @@ def env_list(name: str, default: list[str]) -> list[str]:
 
 
 def database_from_url(url: str) -> dict:
-    """Turn ``postgres://user:pass@host:port/name?sslmode=require`` (or ``sqlite:///path``)
-    into a Django DATABASES entry. Only the two engines we support are accepted."""
-    parts = urlsplit(url)
-    options = dict(parse_qsl(parts.query))
-    if parts.scheme in ("postgres", "postgresql"):
-        name = unquote(parts.path.lstrip("/"))
-        if not name:
+    """Turn ``DATABASE_URL`` into a Django DATABASES entry with dj-database-url, which
+    knows every form (``postgres://user:p%40ss@host:5432/name?sslmode=require``, the
+    unix-socket form ``postgres://%2Fvar%2Frun%2Fpostgresql/name``, ``sqlite:////abs.db``).
+    Only the two engines we test on are accepted, and each mistake is named."""
+    try:
+        parsed = dj_database_url.parse(url, conn_max_age=60, conn_health_checks=True)
+    except ValueError as exc:  # UnknownSchemeError and malformed URLs
+        raise ImproperlyConfigured(f"DATABASE_URL could not be read: {exc}") from None
+    engine = parsed["ENGINE"]
+    if engine == "django.db.backends.postgresql":
+        if not parsed["NAME"]:
             raise ImproperlyConfigured("DATABASE_URL has no database name (postgres://user@host:5432/NAME).")
-        return {
-            "ENGINE": "django.db.backends.postgresql",
-            "NAME": name,
-            "USER": unquote(parts.username or ""),
-            "PASSWORD": unquote(parts.password or ""),
-            "HOST": parts.hostname or "",
-            "PORT": str(parts.port or ""),
-            "OPTIONS": options,
-            # Persistent connections: web and workers reuse them between requests/tasks.
-            "CONN_MAX_AGE": 60,
-            "CONN_HEALTH_CHECKS": True,
-        }
-    if parts.scheme == "sqlite":
-        # sqlite:///relative.db and sqlite:////absolute/path.db, as everywhere else.
-        path = unquote(parts.path)[1:]
-        if not path:
+        # CONN_MAX_AGE/CONN_HEALTH_CHECKS: web and workers reuse connections between
+        # requests/tasks and notice a connection the server closed.
+        return dict(parsed)
+    if engine == "django.db.backends.sqlite3":
+        # sqlite:///relative.db and sqlite:////absolute/path.db; bare sqlite:// would be
+        # an in-memory database that the workers and loaders could never share.
+        if parsed["NAME"] in ("", ":memory:"):
             raise ImproperlyConfigured("DATABASE_URL sqlite:// needs a file path, e.g. sqlite:////srv/traffic.db.")
-        return sqlite_database(Path(path))
-    raise ImproperlyConfigured(f"DATABASE_URL scheme {parts.scheme!r} is not supported; use postgres:// or sqlite://.")
+        return sqlite_database(Path(parsed["NAME"]))
+    scheme = url.split("://", 1)[0]
+    raise ImproperlyConfigured(f"DATABASE_URL scheme {scheme!r} is not supported; use postgres:// or sqlite://.")
 
 
 def sqlite_database(path: Path) -> dict:

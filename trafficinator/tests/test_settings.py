@@ -47,7 +47,7 @@ def test_env_list_splits_on_commas_and_drops_blanks(monkeypatch):
 def test_database_url_for_postgres_is_parsed_completely():
     db = database_from_url("postgres://user:p%40ss@db.internal:6543/traffic?sslmode=require")
     assert db["ENGINE"] == "django.db.backends.postgresql"
-    assert (db["NAME"], db["USER"], db["PASSWORD"], db["HOST"], db["PORT"]) == (
+    assert (db["NAME"], db["USER"], db["PASSWORD"], db["HOST"], str(db["PORT"])) == (
         "traffic",
         "user",
         "p@ss",
@@ -55,6 +55,13 @@ def test_database_url_for_postgres_is_parsed_completely():
         "6543",
     )
     assert db["OPTIONS"] == {"sslmode": "require"}
+    assert db["CONN_MAX_AGE"] == 60 and db["CONN_HEALTH_CHECKS"] is True
+
+
+def test_database_url_for_a_postgres_unix_socket_is_understood():
+    """The percent-encoded socket directory form that the hand-written parser got wrong."""
+    db = database_from_url("postgres://traffic@%2Fvar%2Frun%2Fpostgresql/traffic")
+    assert (db["HOST"], db["NAME"], db["USER"]) == ("/var/run/postgresql", "traffic", "traffic")
 
 
 def test_database_url_for_sqlite_keeps_wal_and_immediate_transactions():
@@ -70,6 +77,8 @@ def test_database_url_for_sqlite_keeps_wal_and_immediate_transactions():
         ("mysql://root@localhost/x", "not supported"),
         ("postgres://user@host:5432/", "no database name"),
         ("sqlite://", "needs a file path"),
+        ("sqlite://:memory:", "needs a file path"),
+        ("traffic.example.com/db", "could not be read"),
     ],
 )
 def test_database_url_mistakes_are_explained(url, message):
