@@ -1,4 +1,5 @@
-"""Security headers that Django 5.2 does not set by itself."""
+"""Security headers that Django 5.2 does not set by itself, and health checks that answer
+whatever Host a probe sends."""
 
 from django.conf import settings
 
@@ -18,3 +19,25 @@ class ContentSecurityPolicyMiddleware:
         if self.policy and "Content-Security-Policy" not in response:
             response["Content-Security-Policy"] = self.policy
         return response
+
+
+class HealthCheckMiddleware:
+    """Answer /health/ and /health/web/ before host validation and the https redirect.
+
+    Container health checks and Kubernetes probes call the process directly, by IP and
+    over plain http: with ALLOWED_HOSTS set to the public name and SECURE_SSL_REDIRECT on,
+    Django would answer them 400 or 301. The replies build no URL from the Host header,
+    so skipping its validation here is safe. Placed first in MIDDLEWARE."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        from trafficinator import views
+
+        if request.method == "GET":
+            if request.path_info == "/health/":
+                return views.health(request)
+            if request.path_info == "/health/web/":
+                return views.health_web(request)
+        return self.get_response(request)

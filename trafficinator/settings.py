@@ -15,6 +15,8 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from trafficinator.logs import logging_config
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -145,7 +147,13 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First: /health/ answers load balancers and probes whatever Host header they send
+    # and without the https redirect (they talk to the container, not the proxy).
+    "trafficinator.middleware.HealthCheckMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    # Static files from the web process itself, compressed, with far-future cache headers
+    # for hashed names: no separate file server needed behind the proxy.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "trafficinator.middleware.ContentSecurityPolicyMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -198,6 +206,32 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = Path(env_str("STATIC_ROOT", str(DATA_DIR / "static")))
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    # Production: content-hashed names (cacheable forever) and pre-compressed copies; they
+    # need `collectstatic` before start (scripts/serve and the image do it). Locally the
+    # plain storage serves files straight from static/ and the packages.
+    "staticfiles": {
+        "BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"
+        if DEBUG
+        else "whitenoise.storage.CompressedManifestStaticFilesStorage"
+    },
+}
+# Locally (DEBUG) whitenoise finds files in their source folders at each request, so an
+# edited CSS file shows at once and no collectstatic is needed (the test suite relies on it).
+WHITENOISE_USE_FINDERS = DEBUG
+WHITENOISE_AUTOREFRESH = DEBUG
+
+# A cache every process shares. django-q2 keeps its clusters' heartbeats ("Stat") in it
+# when the ORM broker is used (the Redis broker keeps them in Redis); with Django's
+# default per-process memory cache, `qinfo` and /health/ saw no cluster at all.
+# The table is created by `migrate` (trafficinator.apps) and by the test database setup.
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.db.DatabaseCache",
+        "LOCATION": "trafficinator_cache",
+    }
+}
 
 # Production switches. Each defaults to the safe value when DEBUG is off, and each can be
 # overridden (e.g. SECURE_SSL_REDIRECT=0 behind a proxy that already redirects).
@@ -248,6 +282,11 @@ Q_CLUSTER = {
             "retry": _loader_timeout + 3600,
             "max_attempts": 1,
             "ack_failures": True,
+            # A cluster takes tasks off the broker ahead of its workers (by default up to
+            # workers² of them) and holds them until a worker frees up: with several loader
+            # clusters a new run could wait behind a full one while another sits idle.
+            # 1 keeps that to the least django-q2 allows.
+            "queue_limit": 1,
         },
     },
 }
@@ -257,15 +296,10 @@ if REDIS_URL:
 else:
     Q_CLUSTER["orm"] = "default"
 
-LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()
-if LOG_LEVEL not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
-    raise ImproperlyConfigured(f"LOG_LEVEL={LOG_LEVEL!r} is not a logging level.")
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": LOG_LEVEL},
-    # SQL logging (DEBUG level) would print token values from query parameters: never.
-    "loggers": {"django.db.backends": {"level": "INFO"}},
-}
+# Logs: stdout, one line per event; LOG_FORMAT=json for log shippers (trafficinator.logs).
+LOG_LEVEL = env_str("LOG_LEVEL", "INFO").strip().upper()
+LOG_FORMAT = env_str("LOG_FORMAT", "text").strip().lower()
+try:
+    LOGGING = logging_config(LOG_FORMAT, LOG_LEVEL)
+except ValueError as exc:
+    raise ImproperlyConfigured(str(exc)) from None

@@ -10,6 +10,7 @@ admin.site.index_title = "Configuration"
 urlpatterns = [
     path("", views.home, name="home"),
     path("health/", views.health, name="health"),
+    path("health/web/", views.health_web, name="health_web"),
     path("runs/", include("runs.urls")),
     path("funnels/", include("funnels.urls")),
     path("backfill/", include("backfill.urls")),

@@ -1,9 +1,8 @@
-"""The base views: the home page and a health check for load balancers."""
+"""The base views: the home page and the health checks."""
 
 from typing import Any
 
 from django.contrib.auth.decorators import login_not_required
-from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_GET
@@ -12,6 +11,8 @@ from presets.models import Preset
 from runs.forms import StartRunForm
 from runs.views import dashboard_context
 from targets.models import Target
+from trafficinator.health import check_database
+from trafficinator.health import report as health_report
 
 
 @require_GET
@@ -32,10 +33,20 @@ def home(request: HttpRequest) -> HttpResponse:
 @login_not_required
 @require_GET
 def health(request: HttpRequest) -> JsonResponse:
-    """Answers 200 when the database answers; no login so a load balancer can call it."""
-    try:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT 1")
-    except Exception as exc:  # any DB failure means unhealthy; say which
-        return JsonResponse({"status": "error", "database": type(exc).__name__}, status=503)
-    return JsonResponse({"status": "ok"})
+    """The whole system for monitoring: database, broker, worker clusters per queue, queue
+    depth, loader slots. 503 when something a run needs is down. No login, so monitors
+    and load balancers can call it (see trafficinator.health)."""
+    healthy, body = health_report()
+    return JsonResponse(body, status=200 if healthy else 503)
+
+
+@login_not_required
+@require_GET
+def health_web(request: HttpRequest) -> JsonResponse:
+    """This web process can serve pages: it answers and reaches its database. For
+    container and Kubernetes probes, which must not restart the web because a worker is
+    down."""
+    database = check_database()
+    return JsonResponse(
+        {"status": "ok" if database["ok"] else "error", "database": database}, status=200 if database["ok"] else 503
+    )

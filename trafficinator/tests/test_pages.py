@@ -1,11 +1,13 @@
 import pytest
+from django.db import connection
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
 from trafficinator.testing import make_preset, make_target, make_user
 
 # URLs that must answer without a login, and why.
 PUBLIC = {
-    "/health/",  # load balancers
+    "/health/",  # monitoring
+    "/health/web/",  # load balancers and container probes
     "/admin/login/",  # the way in
     "/admin/logout/",  # POST-only, harmless
 }
@@ -42,9 +44,9 @@ def test_every_url_requires_a_login(client):
 
 @pytest.mark.django_db
 def test_health_answers_without_login(client):
-    response = client.get("/health/")
+    response = client.get("/health/web/")
     assert response.status_code == 200
-    assert response.json() == {"status": "ok"}
+    assert response.json() == {"status": "ok", "database": {"ok": True, "vendor": connection.vendor}}
 
 
 @pytest.mark.django_db
@@ -63,5 +65,5 @@ def test_home_shows_targets_and_presets_in_the_admin_layout(client):
 
 @pytest.mark.django_db
 def test_responses_carry_a_content_security_policy(client):
-    response = client.get("/health/")
+    response = client.get("/admin/login/")
     assert "default-src 'self'" in response["Content-Security-Policy"]
