@@ -30,7 +30,7 @@ LOADER_QUEUE = "loaders"
 
 def default_queue() -> str:
     """The short-task queue is named after the cluster (Q_CLUSTER["name"])."""
-    return settings.Q_CLUSTER["name"]
+    return str(settings.Q_CLUSTER["name"])
 
 
 class QueueStat(Stat):
@@ -121,14 +121,17 @@ def report() -> tuple[bool, dict[str, Any]]:
     body["broker"] = check_broker()
     if not body["broker"]["ok"]:
         problems.append("the task broker does not answer")
+    clusters: list[dict[str, Any]] | None
     try:
-        clusters = [describe_cluster(stat) for stat in cluster_stats()]
+        clusters = sorted(
+            (describe_cluster(stat) for stat in cluster_stats()), key=lambda c: (str(c["queue"]), c["host"], c["pid"])
+        )
     except Exception as exc:
         body["clusters"] = _failure(exc, "reading the cluster heartbeats")
         problems.append("the cluster heartbeats cannot be read")
         clusters = None
     else:
-        body["clusters"] = sorted(clusters, key=lambda c: (str(c["queue"]), c["host"], c["pid"]))
+        body["clusters"] = clusters
     queues: dict[str, Any] = {}
     for queue in (default_queue(), LOADER_QUEUE):
         serving = [c for c in clusters or [] if c["queue"] == queue]
