@@ -32,11 +32,11 @@ WORKDIR /app
 # The code belongs to root and is read-only for the app user; only /data is writable
 # (SQLite when no DATABASE_URL is set).
 COPY . /app
-# Static files are collected (hashed, compressed) at build time, and the code compiled,
-# so the container starts fast and works with a read-only root file system. The key below
-# exists only for this build step.
+# Static files are collected (hashed, compressed) at build time, and our code compiled
+# (pip compiled the packages), so the container starts fast and works with a read-only
+# root file system. The key below exists only for this build step.
 RUN SECRET_KEY=build-time-only-not-a-secret python manage.py collectstatic --noinput --verbosity 0 \
-    && python -m compileall -q /app /opt/venv
+    && python -m compileall -q /app
 
 USER 10001:10001
 EXPOSE 8000
