@@ -19,7 +19,7 @@ problem is collected and raised together as ``CatalogError``.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from functools import cache
 from pathlib import Path
@@ -143,7 +143,7 @@ def parse_url_list(text: str) -> list[Page]:
     return items
 
 
-def _numbered(source: Any, part: str, problems: list[tuple[str, str]]):
+def _numbered(source: Any, part: str, problems: list[tuple[str, str]]) -> Iterator[tuple[int, Any]]:
     if isinstance(source, str):
         for number, line in enumerate(source.splitlines(), start=1):
             stripped = line.strip()
@@ -155,7 +155,9 @@ def _numbered(source: Any, part: str, problems: list[tuple[str, str]]):
         problems.append((part, "must be a list of items or text with one item per line"))
 
 
-def _override_part(part, current, spec, problems):
+def _override_part(
+    part: str, current: Sequence[Any], spec: Any, problems: list[tuple[str, str]]
+) -> tuple[Any, ...] | None:
     mode = "replace"
     if isinstance(spec, Mapping):
         unknown = sorted(set(spec) - {"mode", "items"})
@@ -176,7 +178,7 @@ def _override_part(part, current, spec, problems):
     return tuple(items) if mode == "replace" else tuple(current) + tuple(items)
 
 
-def _override_site(current: Site, spec, problems) -> Site | None:
+def _override_site(current: Site, spec: Any, problems: list[tuple[str, str]]) -> Site | None:
     if isinstance(spec, str):
         spec = {"url": spec}
     if not isinstance(spec, Mapping):

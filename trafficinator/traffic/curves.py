@@ -18,8 +18,13 @@ from collections.abc import Iterator
 from datetime import date, datetime, tzinfo
 from itertools import accumulate
 from random import Random
+from typing import TYPE_CHECKING
 
 from .clock import local_day_bounds, utc_offset_at
+
+if TYPE_CHECKING:
+    from .profile import Profile
+
 
 # Hour 0..23, relative; peak/trough >= 3 for every curve except 'flat'.
 _DAILY = {
@@ -184,7 +189,7 @@ class DaySchedule:
             yield min(t, end - 1e-3), offsets[slot]
 
 
-def visits_for_day_count(profile, day: date, tz: tzinfo) -> int:
+def visits_for_day_count(profile: Profile, day: date, tz: tzinfo) -> int:
     """How many visits ``day`` gets: visits_per_day x weekday factor x DST length.
 
     The weekday factors average 1 over a week, so a week gets 7 x visits_per_day.

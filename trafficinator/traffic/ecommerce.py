@@ -22,8 +22,16 @@ import json
 from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Decimal
 from random import Random
+from typing import TYPE_CHECKING
 
 from .profile import Profile
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from .catalog_items import Product
+    from .sampling import Weighted
+
 
 DISCOUNT_PROBABILITY = 0.15
 _QUANTITY_CUMULATIVE = (0.80, 0.95, 1.0)  # 1, 2 or 3 units of a line
@@ -81,7 +89,7 @@ def items_json(lines: list[Line]) -> str:
 class OrderPlanner:
     """Draws orders for one profile from a catalog's products."""
 
-    def __init__(self, profile: Profile, products, product_picker):
+    def __init__(self, profile: Profile, products: Sequence[Product], product_picker: Weighted) -> None:
         self.products = products
         self.picker = product_picker
         self.low = cents(profile.ecommerce_order_value_min)

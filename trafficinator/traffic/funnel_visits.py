@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 from random import Random
+from typing import Any
 
 from .catalog_items import title_from_url
 from .ecommerce import Line, cents, order_from_lines
@@ -142,7 +143,7 @@ def random_count(rng: Random) -> int:
     return 0 if rng.random() < 0.1 else 1 + int(rng.random() * 30)
 
 
-def _lines(raw) -> list[Line]:
+def _lines(raw: Any) -> list[Line]:
     return [
         Line(sku, name, category, cents(price), quantity) for sku, name, category, price, quantity in parse_items(raw)
     ]

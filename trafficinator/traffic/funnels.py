@@ -17,7 +17,7 @@ ends the visit in Matomo.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from random import Random
@@ -59,43 +59,51 @@ class FunnelStep:
 
     # Convenience constructors; `timing` takes delay_min, delay_max, continue_probability.
     @classmethod
-    def pageview(cls, url: str, title: str = "", **timing) -> FunnelStep:
+    def pageview(cls, url: str, title: str = "", **timing: Any) -> FunnelStep:
         return cls("pageview", {"url": url, "title": title}, **timing)
 
     @classmethod
-    def search(cls, keyword: str, category: str = "", count: int | None = None, **timing):
+    def search(cls, keyword: str, category: str = "", count: int | None = None, **timing: Any) -> FunnelStep:
         return cls("search", {"keyword": keyword, "category": category, "count": count}, **timing)
 
     @classmethod
-    def event(cls, category: str, action: str, name: str = "", value: float | None = None, **timing):
+    def event(cls, category: str, action: str, name: str = "", value: float | None = None, **timing: Any) -> FunnelStep:
         return cls("event", {"category": category, "action": action, "name": name, "value": value}, **timing)
 
     @classmethod
-    def outlink(cls, url: str, **timing):
+    def outlink(cls, url: str, **timing: Any) -> FunnelStep:
         return cls("outlink", {"url": url}, **timing)
 
     @classmethod
-    def download(cls, url: str, **timing):
+    def download(cls, url: str, **timing: Any) -> FunnelStep:
         return cls("download", {"url": url}, **timing)
 
     @classmethod
-    def goal(cls, idgoal: int, revenue: Any = None, **timing):
+    def goal(cls, idgoal: int, revenue: Any = None, **timing: Any) -> FunnelStep:
         return cls("goal", {"idgoal": idgoal, "revenue": revenue}, **timing)
 
     @classmethod
-    def product_view(cls, sku: str, name: str, category: str = "", price: Any = None, url: str = "", **timing):
+    def product_view(
+        cls, sku: str, name: str, category: str = "", price: Any = None, url: str = "", **timing: Any
+    ) -> FunnelStep:
         return cls(
             "product_view", {"sku": sku, "name": name, "category": category, "price": price, "url": url}, **timing
         )
 
     @classmethod
-    def cart_update(cls, items: Sequence, **timing):
+    def cart_update(cls, items: Sequence[Any], **timing: Any) -> FunnelStep:
         return cls("cart_update", {"items": list(items)}, **timing)
 
     @classmethod
     def order(
-        cls, items: Sequence, revenue: Any = None, shipping: Any = None, tax: Any = None, discount: Any = None, **timing
-    ):
+        cls,
+        items: Sequence[Any],
+        revenue: Any = None,
+        shipping: Any = None,
+        tax: Any = None,
+        discount: Any = None,
+        **timing: Any,
+    ) -> FunnelStep:
         return cls(
             "order",
             {"items": list(items), "revenue": revenue, "shipping": shipping, "tax": tax, "discount": discount},
@@ -103,11 +111,13 @@ class FunnelStep:
         )
 
     @classmethod
-    def content_impression(cls, name: str, piece: str = "", target: str = "", **timing):
+    def content_impression(cls, name: str, piece: str = "", target: str = "", **timing: Any) -> FunnelStep:
         return cls("content_impression", {"name": name, "piece": piece, "target": target}, **timing)
 
     @classmethod
-    def content_interaction(cls, name: str, piece: str = "", target: str = "", interaction: str = "click", **timing):
+    def content_interaction(
+        cls, name: str, piece: str = "", target: str = "", interaction: str = "click", **timing: Any
+    ) -> FunnelStep:
         return cls(
             "content_interaction",
             {"name": name, "piece": piece, "target": target, "interaction": interaction},
@@ -261,11 +271,14 @@ def simulate_funnel(spec: FunnelSpec, n: int, seed: int | str = 0) -> FunnelSimu
 # ------------------------------------------------------------------ per-kind checks
 
 
+StepCheck = Callable[["FunnelStep"], str | None]
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
 
 
-def _location_check(name: str, absolute_only: bool = False):
+def _location_check(name: str, absolute_only: bool = False) -> StepCheck:
     def check(step: FunnelStep) -> str | None:
         value = step.value(name)
         if value is None:
@@ -354,7 +367,7 @@ def _order_check(step: FunnelStep) -> str | None:
     return None
 
 
-def _number_check(name: str, whole: bool = False, low: float | None = None):
+def _number_check(name: str, whole: bool = False, low: float | None = None) -> StepCheck:
     def check(step: FunnelStep) -> str | None:
         value = step.value(name)
         if value is None:
@@ -373,7 +386,7 @@ def _number_check(name: str, whole: bool = False, low: float | None = None):
     return check
 
 
-def _amount_check(name: str):
+def _amount_check(name: str) -> StepCheck:
     def check(step: FunnelStep) -> str | None:
         try:
             _amount(step.value(name))

@@ -10,9 +10,14 @@ from __future__ import annotations
 from math import exp
 from random import Random
 from statistics import NormalDist
+from typing import TYPE_CHECKING
 
 from .ecommerce import Line, Order, items_json, money
 from .sampling import derive_seed, pv_id
+
+if TYPE_CHECKING:
+    from .site_model import SiteModel
+
 
 # Page timings (ms): (median, spread) per metric, log-normal. Phones are slower.
 _PERFORMANCE = {
@@ -51,7 +56,9 @@ def _number(value: float) -> str:
 
 
 class HitFactory:
-    def __init__(self, site, page_performance: bool, order_id_prefix: str, order_tag_seed):
+    def __init__(
+        self, site: SiteModel, page_performance: bool, order_id_prefix: str, order_tag_seed: tuple[object, ...]
+    ) -> None:
         self.site = site
         self.page_performance = page_performance
         self.order_prefix = f"{order_id_prefix}-" if order_id_prefix else ""
@@ -68,7 +75,7 @@ class HitFactory:
         return params
 
     @staticmethod
-    def add_product(params: dict[str, str], sku: str, name: str, category: str, price: int | None):
+    def add_product(params: dict[str, str], sku: str, name: str, category: str, price: int | None) -> None:
         params["_pks"] = sku
         params["_pkn"] = name
         if category:
@@ -84,7 +91,7 @@ class HitFactory:
         return params
 
     @staticmethod
-    def event(url: str, pv: str, category: str, action: str, name: str, value) -> dict[str, str]:
+    def event(url: str, pv: str, category: str, action: str, name: str, value: float | None) -> dict[str, str]:
         params = {"url": url, "pv_id": pv, "e_c": category, "e_a": action}
         if name:
             params["e_n"] = name

@@ -18,6 +18,7 @@ Shape of a visit:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from operator import itemgetter
 from random import Random
 
@@ -33,6 +34,12 @@ OUTLINK_ON_LAST_PAGE = 0.6  # people often leave through an outlink
 CONTENT_INTERACTION_PROBABILITY = 0.3
 ABANDONED_CART_VISITS_CART = 0.5
 _FIRST = itemgetter(0)
+
+
+Params = dict[str, str]
+ProductShown = tuple[str, str, str, int]  # sku, name, category, price in cents
+PageShown = tuple[str, str, ProductShown | None]  # url, title, product on the page
+FollowUps = list[list[tuple[float, Params]]]  # per page: (share of its dwell time, hit)
 
 
 class OrdinaryVisits:
@@ -73,7 +80,7 @@ class OrdinaryVisits:
         if campaign_query:
             url = f"{url}{'&' if '?' in url else '?'}{campaign_query}"
         # (url, title, product or None); product = (sku, name, category, price in cents)
-        pages = [(url, title, self._product_on(index))]
+        pages: list[PageShown] = [(url, title, self._product_on(index))]
 
         if random() < self.bounce_share:
             params = self._page_params(rng, pages[0], device, hits.new_pv_id(rng))
@@ -94,7 +101,7 @@ class OrdinaryVisits:
             pages.append((site.page_urls[following], site.page_titles[following], self._product_on(following)))
             current = following
 
-        follow: list[list[tuple[float, dict]]] = [[] for _ in pages]
+        follow: FollowUps = [[] for _ in pages]
         pvs = [hits.new_pv_id(rng) for _ in pages]
         self._add_shopping(rng, behaviour, pages, follow, pvs)
         last = len(pages) - 1
@@ -131,7 +138,7 @@ class OrdinaryVisits:
         entries.append((t, hits.ping(pages[last][0], pvs[last])))
         return entries
 
-    def _product_on(self, index: int | None):
+    def _product_on(self, index: int | None) -> ProductShown | None:
         if index is None:
             return None
         product_index = self.site.page_product[index]
@@ -140,14 +147,16 @@ class OrdinaryVisits:
         p = self.site.products[product_index]
         return (p.sku, p.name, p.category, self.planner.browse_price(product_index))
 
-    def _page_params(self, rng, page, device, pv) -> dict:
+    def _page_params(self, rng: Random, page: PageShown, device: str, pv: str) -> Params:
         url, title, product = page
         params = self.hits.pageview(rng, url, title, device, pv)
         if product is not None:
             self.hits.add_product(params, *product)
         return params
 
-    def _add_shopping(self, rng, behaviour, pages, follow, pvs) -> None:
+    def _add_shopping(
+        self, rng: Random, behaviour: Behaviour, pages: list[PageShown], follow: FollowUps, pvs: list[str]
+    ) -> None:
         if not self.planner:
             return
         u = rng.random()
@@ -170,17 +179,21 @@ class OrdinaryVisits:
             # The thank-you page reports the order as soon as it loads.
             follow[-1].append((0.02, hits.order(site.confirmation_url, pvs[-1], order)))
 
-    def _append_page(self, rng, pages, follow, pvs, url, title) -> None:
+    def _append_page(
+        self, rng: Random, pages: list[PageShown], follow: FollowUps, pvs: list[str], url: str, title: str
+    ) -> None:
         pages.append((url, title, None))
         pvs.append(self.hits.new_pv_id(rng))
         follow.append([])
 
-    def _add_interactions(self, rng, b: Behaviour, pages, follow, pvs, last) -> dict[int, str]:
+    def _add_interactions(
+        self, rng: Random, b: Behaviour, pages: list[PageShown], follow: FollowUps, pvs: list[str], last: int
+    ) -> dict[int, str]:
         """Adds follow-up hits; returns {page: search URL} for pages that end in a search."""
         site, hits, random = self.site, self.hits, rng.random
         count = last + 1
 
-        def on(page: int, params_for) -> None:
+        def on(page: int, params_for: Callable[..., Params]) -> None:
             follow[page].append((0.05 + 0.8 * random(), params_for(pages[page][0], pvs[page])))
 
         searches = {}

@@ -13,7 +13,7 @@ applies them to non-bounce visits as ``p / (1 - bounce_share)``.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from decimal import Decimal, InvalidOperation
 from types import MappingProxyType
@@ -51,7 +51,7 @@ def _frozen_mapping(values: Mapping[str, float]) -> Mapping[str, float]:
     return MappingProxyType(dict(values))
 
 
-def _mix(**shares: float):
+def _mix(**shares: float) -> Any:  # a dataclass field
     return field(default_factory=lambda: _frozen_mapping(shares), hash=False)
 
 
@@ -265,7 +265,10 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
 
 
-def _check_number(problems, profile, name, low, high) -> None:
+Problems = list[tuple[str, str]]  # (field, message)
+
+
+def _check_number(problems: Problems, profile: Profile, name: str, low: float, high: float) -> None:
     value = getattr(profile, name)
     if not _is_number(value):
         problems.append((name, "must be a number"))
@@ -273,7 +276,7 @@ def _check_number(problems, profile, name, low, high) -> None:
         problems.append((name, f"must be between {low:g} and {high:g}"))
 
 
-def _check_int(problems, profile, name, low, high) -> None:
+def _check_int(problems: Problems, profile: Profile, name: str, low: int, high: int) -> None:
     value = getattr(profile, name)
     if not isinstance(value, int) or isinstance(value, bool):
         problems.append((name, "must be a whole number"))
@@ -281,13 +284,13 @@ def _check_int(problems, profile, name, low, high) -> None:
         problems.append((name, f"must be between {low:,} and {high:,}"))
 
 
-def _check_ordered(problems, profile, low_name, high_name) -> None:
+def _check_ordered(problems: Problems, profile: Profile, low_name: str, high_name: str) -> None:
     low, high = getattr(profile, low_name), getattr(profile, high_name)
     if _is_number(low) and _is_number(high) and low > high:
         problems.append((high_name, f"must be at least {low_name} ({low:g})"))
 
 
-def _check_mix(problems, profile, name, keys) -> None:
+def _check_mix(problems: Problems, profile: Profile, name: str, keys: Sequence[str]) -> None:
     mix = getattr(profile, name)
     if not isinstance(mix, Mapping):
         problems.append((name, f"must map {', '.join(keys)} to shares"))

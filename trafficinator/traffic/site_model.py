@@ -8,11 +8,17 @@ share of entrances, and the popular entry articles are not the popular inner pag
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from functools import lru_cache
+from typing import TYPE_CHECKING
 from urllib.parse import quote_plus, urlsplit
 
 from .catalog import Catalog
 from .sampling import Weighted, stable_shuffle, zipf_weights
+
+if TYPE_CHECKING:
+    from .catalog_items import Campaign, Page
+
 
 # Share of landings on the home page, on index pages (paths ending in '/'), and on leaves.
 LANDING_SHARES = {"home": 0.22, "index": 0.18, "leaf": 0.60}
@@ -101,12 +107,12 @@ class SiteModel:
     def search_url_for(self, keyword: str) -> str:
         return self.absolute(self.search_url_template.replace("{keyword}", quote_plus(keyword)))
 
-    def campaign_query(self, campaign, style: str) -> str:
+    def campaign_query(self, campaign: Campaign, style: str) -> str:
         keys = _CAMPAIGN_KEYS[style]
         values = (campaign.name, campaign.source, campaign.medium, campaign.keyword, campaign.content)
         return "&".join(f"{k}={quote_plus(v)}" for k, v in zip(keys, values, strict=True) if v)
 
-    def _build_page_pickers(self, pages) -> None:
+    def _build_page_pickers(self, pages: Sequence[Page]) -> None:
         count = len(pages)
         paths = [urlsplit(url).path or "/" for url in self.page_urls]
         kinds = ["home" if p == "/" else "index" if p.endswith("/") else "leaf" for p in paths]
@@ -148,7 +154,7 @@ def _zipf_picker(count: int, exponent: float, label: str) -> Weighted:
     return Weighted(range(count), weights)
 
 
-def _networks(cidrs) -> Weighted:
+def _networks(cidrs: Iterable[str]) -> Weighted:
     import ipaddress
 
     blocks = [ipaddress.IPv4Network(c) for c in cidrs]

@@ -12,6 +12,7 @@ import calendar
 import json
 import re
 import time
+from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
 
 from .rules import bot_word_in, is_absolute_url, is_bot_ip
@@ -194,7 +195,7 @@ def validate_hit(params: dict[str, str], token_present: bool, now: float | None 
     return problems
 
 
-def _check_kind(params: dict[str, str], add) -> None:
+def _check_kind(params: dict[str, str], add: Callable[[str], None]) -> None:
     kind = hit_kind(params)
     get = params.get
     if kind in ("pageview", "ping") and not get("pv_id"):
@@ -234,7 +235,7 @@ def _check_kind(params: dict[str, str], add) -> None:
             add(f"{name} must be whole milliseconds, got {params[name]!r}")
 
 
-def _check_ecommerce(params: dict[str, str], kind: str, add) -> None:
+def _check_ecommerce(params: dict[str, str], kind: str, add: Callable[[str], None]) -> None:
     try:
         items = json.loads(params.get("ec_items", ""))
     except ValueError:

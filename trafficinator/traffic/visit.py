@@ -13,6 +13,7 @@ Times are float epoch seconds (UTC) because the sender compares them millions of
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import datetime
 
 from .clock import to_datetime
 
@@ -25,7 +26,7 @@ class Hit:
         self.params = params
 
     @property
-    def due_datetime(self):
+    def due_datetime(self) -> datetime:
         return to_datetime(self.due)
 
     @property
@@ -54,7 +55,20 @@ class Visit:
         "uid",
     )
 
-    def __init__(self, index, cid, uid, start, persona, device, channel, returning, funnel, params, hits):
+    def __init__(
+        self,
+        index: int,
+        cid: str,
+        uid: str | None,
+        start: float,
+        persona: str,
+        device: str,
+        channel: str,
+        returning: bool,
+        funnel: str | None,
+        params: dict[str, str],
+        hits: list[Hit],
+    ) -> None:
         self.index = index  # position in its stream (what `skip` counts)
         self.cid = cid  # 16 lowercase hex, sent as cid and _id
         self.uid = uid  # user id of a logged-in visitor, else None

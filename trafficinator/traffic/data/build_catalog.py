@@ -639,7 +639,7 @@ def capitalise(text: str) -> str:
     return text[:1].upper() + text[1:]
 
 
-def article_titles(patterns, subjects, rng: Random) -> list[str]:
+def article_titles(patterns: list[str], subjects: list[str], rng: Random) -> list[str]:
     titles = [p.replace("{S}", capitalise(s)).replace("{s}", s) for s in subjects for p in patterns]
     rng.shuffle(titles)
     return titles[:PAGES_PER_SUBSECTION]
