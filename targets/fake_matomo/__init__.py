@@ -27,6 +27,15 @@ What it emulates (Matomo 5, checked against its sources; see ``rules.py`` for th
   URL query string is counted in ``stats()["token_in_url"]``.
 * Backdating: a hit older than the visitor's latest recorded hit fails with 500; in a bulk
   the whole batch is rolled back (Matomo's bulk import is one transaction).
+* The visitor lookup of ``Tracker/Model::findVisitor``: a ``uid`` hit whose visitor id
+  (sha1 of the uid) has no visit yet is filed under the most recent visitor with the same
+  configuration fingerprint (user agent, plugin flags, IP, language) within 30 minutes
+  whose user id is empty or the same (``stats()["uid_matched_by_fingerprint"]``). Matomo
+  parses the user agent into OS, browser and version; the fake compares the whole string.
+* Returning visits: a visit is returning only when its visitor id had an earlier visit
+  (``Visit.returning``, Matomo 5's ``visitor_returning``); ``_idvc``/``_viewts`` are ignored.
+* Channels: ``Visit.referrer`` classifies the first hit's ``urlref`` with Matomo's own
+  search-engine and social lists (``referrers.py``).
 * Faults on demand (``Fault``; ``fail_next``, ``hang_next``, ``reset_next``, latency), and
   the "500 but stored" answer to a bulk request that starts a site-day (``Fault(kind=
   "stored_500")``), which follows docs/matomo-tracking.md's measurement on Matomo 5.0.2 with

@@ -51,6 +51,11 @@ class Site:
         ZoneInfo(self.timezone)  # fail loudly on a bad IANA name
 
     @property
+    def hosts(self) -> tuple[str, ...]:
+        host = urlsplit(self.main_url).hostname or ""
+        return (host,) if host else ()
+
+    @property
     def tz(self) -> ZoneInfo:
         return ZoneInfo(self.timezone)
 
@@ -301,6 +306,10 @@ class Visit:
     visitor_id: str
     hits: list[Hit]
     campaign: tuple[str, str] | None = None
+    # Host names of the site's own URLs: a referrer from them is a direct entry.
+    site_hosts: tuple[str, ...] = ()
+    # Matomo's visitor_returning: the visitor id had an earlier visit (see group_visits).
+    returning: bool = False
 
     @property
     def start(self) -> float:
@@ -323,6 +332,15 @@ class Visit:
     def is_bounce(self) -> bool:
         return len(self.actions) == 1
 
+    @property
+    def referrer(self) -> tuple[str, str]:
+        """(channel, name) as Matomo files this visit: from its first hit's ``urlref`` and
+        landing ``url`` (campaign, direct, search, social or website); see ``referrers``."""
+        from .referrers import classify  # referrers needs campaign_of from this module
+
+        first = self.hits[0].params
+        return classify(first.get("urlref", ""), first.get("url", ""), self.site_hosts)
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "site_id": self.site_id,
@@ -333,6 +351,8 @@ class Visit:
             "actions": len(self.actions),
             "pageviews": self.pageviews,
             "campaign": list(self.campaign) if self.campaign else None,
+            "referrer": list(self.referrer),
+            "returning": self.returning,
         }
 
 
@@ -347,6 +367,7 @@ def group_visits(hits: Iterable[Hit], site: Site, *, inactivity: float = VISIT_I
     A ``ping=1`` hit never starts a visit: one that cannot extend the current visit is
     dropped, as Matomo drops it."""
     tz = site.tz
+    site_hosts = site.hosts
     by_visitor: dict[str, list[Hit]] = {}
     for hit in hits:
         by_visitor.setdefault(hit.visitor_id, []).append(hit)
@@ -376,7 +397,14 @@ def group_visits(hits: Iterable[Hit], site: Site, *, inactivity: float = VISIT_I
             if new or current is None:
                 if is_ping:
                     continue
-                current = Visit(site_id=site.id, visitor_id=visitor_id, hits=[hit], campaign=campaign)
+                current = Visit(
+                    site_id=site.id,
+                    visitor_id=visitor_id,
+                    hits=[hit],
+                    campaign=campaign,
+                    site_hosts=site_hosts,
+                    returning=current is not None,
+                )
                 visits.append(current)
             else:
                 current.hits.append(hit)

@@ -73,6 +73,8 @@ _BOT_NETWORKS = tuple(ipaddress.ip_network(r, strict=False) for r in BOT_IP_RANG
 
 # Parameters that need a token with write/admin access (or a super user).
 TOKEN_LOCATION_PARAMS = ("country", "region", "city", "lat", "long")
+# Browser plugin flags, part of Matomo's configuration fingerprint (Request::getPlugins).
+PLUGIN_PARAMS = ("fla", "java", "qt", "realp", "pdf", "wma", "ag", "cookie")
 
 _HEX16 = re.compile(r"[0-9a-fA-F]{16}")
 
@@ -214,6 +216,10 @@ class Outcome:
     # False: no accepted cdt, the hit is timed on arrival (set again when it is recorded, so
     # concurrent hits of one visitor can never look backdated).
     explicit_time: bool = False
+    # The user id (``uid``) and Matomo's configuration fingerprint (``config_id``) of a hit
+    # to record: a uid hit of a visitor id Matomo has never seen is matched by fingerprint.
+    uid: str = ""
+    config_id: int = 0
 
 
 @dataclass
@@ -309,6 +315,8 @@ def evaluate(
         return Outcome("exclude", reason="rec_missing", site_id=site_id)
 
     # 5. The visitor id: uid wins over cid (enable_userid_overwrites_visitorid), then _id.
+    language = params.get("lang") or header_language
+    config_id = hash((site_id, user_agent, ip, language, tuple(params.get(name, "0") for name in PLUGIN_PARAMS)))
     uid = params.get("uid")
     if uid:
         visitor_id = user_id_hash(uid)
@@ -335,7 +343,6 @@ def evaluate(
             if len(idv) >= 16 and _HEX16.fullmatch(idv[:16]):
                 visitor_id = idv[:16].lower()
             else:
-                language = params.get("lang") or header_language
                 fingerprint = f"{ip}|{user_agent}|{language}".encode("utf-8", "replace")
                 visitor_id = hashlib.sha1(fingerprint, usedforsecurity=False).hexdigest()[:16]
 
@@ -350,5 +357,12 @@ def evaluate(
             )
 
     return Outcome(
-        "record", site_id=site_id, time=ts, visitor_id=visitor_id, params=params, explicit_time=explicit_time
+        "record",
+        site_id=site_id,
+        time=ts,
+        visitor_id=visitor_id,
+        params=params,
+        explicit_time=explicit_time,
+        uid=uid or "",
+        config_id=config_id,
     )

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .model import Hit, Site
+from .model import VISIT_INACTIVITY_SECONDS, Hit, Site
 from .rules import Outcome
 
 # Parameters that differ between two sends of the same action and say nothing about it.
@@ -76,6 +76,9 @@ class Recorder:
             self.latest: dict[tuple[int, str], float] = {}
             # Ordered "sets" (dict keys), so the oldest can be forgotten first.
             self.order_ids: dict[tuple[int, str], None] = {}
+            # (site, config fingerprint) -> {visitor id: (last hit time, user id)}: what
+            # Matomo's config_id lookup of a new uid visitor searches (see _match_config).
+            self.configs: dict[tuple[int, int], dict[str, tuple[float, str]]] = {}
             self.duplicate_keys: dict[int, None] = {}
             self.hits_by_visitor: Counter[str] = Counter()
             self.hits_by_pv_id: Counter[str] = Counter()
@@ -134,6 +137,12 @@ class Recorder:
                 if not outcome.explicit_time:
                     outcome.time = now
                 key = (outcome.site_id, outcome.visitor_id)
+                if outcome.uid and key not in pending_latest and key not in latest:
+                    adopted = self._match_config(outcome, pending)
+                    if adopted is not None:
+                        outcome.visitor_id = adopted
+                        outcome.reason = "uid_matched_by_fingerprint"
+                        key = (outcome.site_id, adopted)
                 previous = pending_latest.get(key)
                 if previous is None:
                     previous = latest.get(key)
@@ -164,6 +173,13 @@ class Recorder:
                     self.excluded[outcome.reason] += 1
             counters["tracked"] += len(pending)
             counters["recorded"] += len(pending)
+            for outcome in pending:
+                if outcome.reason == "uid_matched_by_fingerprint":
+                    counters["uid_matched_by_fingerprint"] += 1
+                if outcome.config_id:
+                    by_visitor = self.configs.setdefault((outcome.site_id, outcome.config_id), {})
+                    _, user_id = by_visitor.get(outcome.visitor_id, (0.0, ""))
+                    by_visitor[outcome.visitor_id] = (outcome.time, outcome.uid or user_id)
             self.order_ids.update(dict.fromkeys(pending_orders))
             latest.update(pending_latest)
             keep = self.keep_hits
@@ -197,8 +213,26 @@ class Recorder:
                 self._trim(self.key_limit)
             return CommitResult(recorded=len(pending))
 
+    def _match_config(self, outcome: Outcome, pending: list[Outcome]) -> str | None:
+        """Matomo's ``Model::findVisitor`` for a hit with ``uid`` whose visitor id (sha1 of
+        the uid) has no visit yet: it takes the most recent visit with the same
+        configuration fingerprint whose last action is within 30 minutes either side and
+        whose user id is empty or the same, and files the hit under that visitor."""
+        candidates = dict(self.configs.get((outcome.site_id, outcome.config_id), {}))
+        for earlier in pending:  # hits before this one in the same bulk request
+            if earlier.site_id == outcome.site_id and earlier.config_id == outcome.config_id:
+                _, user_id = candidates.get(earlier.visitor_id, (0.0, ""))
+                candidates[earlier.visitor_id] = (earlier.time, earlier.uid or user_id)
+        best: tuple[float, str] | None = None
+        for visitor_id, (last_time, user_id) in candidates.items():
+            if abs(last_time - outcome.time) > VISIT_INACTIVITY_SECONDS or user_id not in ("", outcome.uid):
+                continue
+            if best is None or last_time > best[0]:
+                best = (last_time, visitor_id)
+        return best[1] if best is not None else None
+
     def _trim(self, limit: int) -> None:
-        for name in ("latest", "order_ids", "duplicate_keys"):
+        for name in ("latest", "order_ids", "duplicate_keys", "configs"):
             mapping = getattr(self, name)
             if len(mapping) > limit:
                 forget = len(mapping) - limit * 3 // 4
@@ -227,6 +261,7 @@ class Recorder:
                 "rolled_back": c["rolled_back"],
                 "rolled_back_batches": c["rolled_back_batches"],
                 "duplicates": c["duplicates"],
+                "uid_matched_by_fingerprint": c["uid_matched_by_fingerprint"],
                 "token_in_url": c["token_in_url"],
                 "token_in_bulk_entry": c["token_in_bulk_entry"],
                 "faults_fired": dict(self.faults_fired),

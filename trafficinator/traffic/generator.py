@@ -124,6 +124,13 @@ class Generator:
         constant = {"idsite": self.site_id, "rec": "1", "apiv": "1", "send_image": "0", "cid": cid, "_id": cid}
         if traits.uid:
             constant["uid"] = traits.uid
+            # Matomo looks a uid visitor it has never seen up by its configuration
+            # fingerprint (OS, browser, plugin flags, IP, language) and adopts a concurrent
+            # visit with an empty user id (Tracker/Model::findVisitor). Without `cip` every
+            # visitor shares one IP, so a logged-in visitor would take over an anonymous
+            # visit. Logged-in browsers report cookie support (their session needs it);
+            # anonymous visitors send no plugin flags, so the two fingerprints never match.
+            constant["cookie"] = "1"
         constant["ua"] = traits.ua
         constant["lang"] = traits.lang
         constant["res"] = traits.res
