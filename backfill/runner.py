@@ -130,10 +130,12 @@ def iter_requests(visits: Iterator[Visit], hits_per_request: int) -> Iterator[Re
 
 
 def day_stream(plan: BackfillPlan, day: BackfillDay, *, skip: int | None = None) -> Iterator[Visit]:
-    """The day's visits, exactly as every attempt generates them."""
+    """The day's visits, exactly as every attempt generates them. Conversions go only to
+    goals the site has (as its last connection check saw them; see SiteGoals)."""
+    catalog = plan.snapshot.catalog()
     return day_visits(
         plan_profile(plan),
-        plan.snapshot.catalog(),
+        catalog,
         plan_funnels(plan),
         seed=plan.lane_seed(day.lane),
         site_id=day.target.site_id,
@@ -143,6 +145,7 @@ def day_stream(plan: BackfillPlan, day: BackfillDay, *, skip: int | None = None)
         day=day.day,
         count=day.planned_visits,
         skip=day.visits_done if skip is None else skip,
+        goals=day.target.site_goals_for(catalog),
     )
 
 

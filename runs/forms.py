@@ -43,6 +43,26 @@ class StartRunForm(forms.Form):
         label="Visit limit", required=False, min_value=1, help_text="Blank: the preset's, or no limit."
     )
     bulk = forms.BooleanField(label="Bulk", required=False, help_text="Send whole visits in bulk batches.")
+    without_countries = forms.BooleanField(
+        label="Send without countries",
+        required=False,
+        help_text="For targets without a token when the preset sends visitor countries: their visits then all "
+        "come from this server's IP (one country, or Unknown, in Matomo).",
+    )
+
+    def clean(self) -> dict:
+        data = super().clean()
+        preset, targets = data.get("preset"), data.get("targets")
+        if preset is not None and targets:
+            without_token = countries_without_token(preset, list(targets))
+            if without_token and not data.get("without_countries"):
+                self.add_error(
+                    "without_countries",
+                    f"The preset sends visitor countries, which Matomo accepts only with a token; "
+                    f"{', '.join(without_token)} {'has' if len(without_token) == 1 else 'have'} none. Add a token "
+                    "to the target, or tick “Send without countries”.",
+                )
+        return data
 
     def add_model_errors(self, error: ValidationError) -> None:
         """Show a model's ValidationError (from Run.objects.create_run) next to the fields."""
@@ -85,6 +105,13 @@ class StartRunForm(forms.Form):
             duration_seconds=minutes * 60 if minutes else (round(hours * 3600) if hours else None),
             max_visits=data.get("max_visits") or preset.auto_stop_after_visits,
         )
+
+
+def countries_without_token(preset: Preset, targets: list[Target]) -> list[str]:
+    """Targets that would get the preset's visitor countries dropped (no token for `cip`)."""
+    if not preset.randomize_countries:
+        return []
+    return [target.name for target in targets if not target.has_token]
 
 
 def expected_hits_per_visit(preset: Preset) -> float:

@@ -36,9 +36,10 @@ import gevent.pool
 
 from funnels.models import Funnel
 from runs.models import Run, RunLog, RunSample, RunTarget
+from targets.checks import token_works_in_bulk
 from trafficinator.sending.sender import TargetSender
 from trafficinator.sending.telemetry import RunStats, RunTelemetry, TargetTelemetry
-from trafficinator.traffic import Catalog, CdtFormat, Profile, Visit, encode_visit, live_visits
+from trafficinator.traffic import Catalog, CdtFormat, Profile, SiteGoals, Visit, encode_visit, live_visits
 from trafficinator.traffic.encoding import encode_params
 
 logger = logging.getLogger(__name__)
@@ -103,7 +104,7 @@ class LiveLoader:
                 rt.target.token_auth or None,
                 concurrency=int(self.run.profile.get("concurrency", 10)),
                 timeout=REQUEST_TIMEOUT,
-                bulk=self.run.bulk,
+                bulk=self.run.bulk and stream.bulk_allowed,
                 batch_size=self.run.batch_size,
                 telemetry=telemetry,
                 name=rt.target.name,
@@ -259,6 +260,10 @@ class LiveLoader:
         for runtime in self.runtimes:
             runtime.sender.close(grace_seconds=STOP_GRACE, flush=False)
         self.visits.kill(block=True, timeout=2.0)
+        for runtime in self.runtimes:
+            left_out = runtime.stream.goals.describe_left_out() if runtime.stream.goals else ""
+            if left_out:
+                self.log(RunLog.Level.INFO, f"{runtime.run_target.target.name}: {left_out}.", runtime.run_target)
         status = self.final_status
         if status == Run.Status.COMPLETED and self._all_targets_failed():
             status = Run.Status.FAILED
@@ -360,6 +365,9 @@ class TargetStream:
     timezone: str
     notice: str = ""
     cdt_format: CdtFormat = "datetime"
+    # False when bulk requests would lose hits: a secure-only token with hits that need it.
+    bulk_allowed: bool = True
+    goals: SiteGoals | None = None
 
     def encode(self, visit: Visit, *, with_cdt: bool) -> list[str]:
         """Bulk entries ("?idsite=...") in time order, with cdt when asked."""
@@ -406,12 +414,25 @@ def target_streams(run: Run, run_targets: list[RunTarget], *, start: float) -> l
             continue
         profile = run_profile(run, rate)
         zone = target.effective_timezone(profile.timezone)
-        notice = ""
+        notices = []
         if profile.randomize_countries and not target.has_token:
-            notice = (
+            notices.append(
                 f"Target {target.name} has no token: visitor countries (cip) are not sent to it, "
                 "so its visits all come from this machine's IP."
             )
+        bulk_allowed = True
+        if run.bulk and target.has_token and profile.randomize_countries and not token_works_in_bulk(target):
+            # Matomo ignores a secure-only token in a JSON bulk body, so every hit with
+            # `cip` would come back invalid: send single hits (token in the POST form).
+            bulk_allowed = False
+            notices.append(
+                f"Target {target.name}: its token is “secure only”, which Matomo ignores in bulk requests; hits "
+                "with visitor countries go as single hits instead. Create a token with “Only allow secure "
+                "requests” unticked to send in bulk."
+            )
+        goals = target.site_goals_for(catalog)
+        notices.append(target.goals_notice(catalog))
+        notice = " ".join(n for n in notices if n)
         visits = live_visits(
             profile,
             catalog,
@@ -422,8 +443,9 @@ def target_streams(run: Run, run_targets: list[RunTarget], *, start: float) -> l
             order_id_prefix=f"r{run.pk}-{claim}",
             timezone=zone,
             start=datetime.fromtimestamp(start, UTC),
+            goals=goals,
         )
-        streams.append(TargetStream(run_target, visits, rate, zone, notice))
+        streams.append(TargetStream(run_target, visits, rate, zone, notice, bulk_allowed=bulk_allowed, goals=goals))
     return streams
 
 

@@ -10,6 +10,8 @@ from django.utils.html import format_html
 from targets.checks import run_check
 from targets.forms import TargetForm
 from targets.models import Target
+from targets.prepare import prepare_site
+from trafficinator.traffic import Catalog
 
 # Written by the connection check only, so shown read-only.
 LEARNED_FIELDS = (
@@ -18,6 +20,10 @@ LEARNED_FIELDS = (
     "site_currency",
     "matomo_version",
     "token_can_write",
+    "token_secure_only",
+    "site_goals",
+    "site_ecommerce",
+    "site_search",
     "last_checked_at",
     "last_check_ok",
     "last_check_message",
@@ -31,7 +37,7 @@ class TargetAdmin(admin.ModelAdmin):
     list_display = ["name", "matomo_url", "site_id", "enabled", "token_set", "check_badge", "last_checked_at"]
     list_filter = ["enabled", "last_check_ok"]
     search_fields = ["name", "matomo_url", "site_name"]
-    actions = ["check_connection"]
+    actions = ["check_connection", "prepare_site_for_catalog"]
     fieldsets = [
         (None, {"fields": ["name", "matomo_url", "site_id", "token_auth", "clear_token", "enabled"]}),
         ("Learned from Matomo", {"fields": LEARNED_FIELDS}),
@@ -61,6 +67,18 @@ class TargetAdmin(admin.ModelAdmin):
     def check_connection(self, request: HttpRequest, queryset) -> None:
         for target in queryset:
             self._report(request, target)
+
+    @admin.action(description="Create the catalog's goals and turn on ecommerce and site search in Matomo")
+    def prepare_site_for_catalog(self, request: HttpRequest, queryset) -> None:
+        """Changes the Matomo site (with the target's token): only on this explicit request."""
+        catalog = Catalog.load_default()
+        for target in queryset:
+            result = prepare_site(target, catalog)
+            done = "; ".join(result.done) or "nothing was missing"
+            if result.ok:
+                self.message_user(request, f"{target.name}: {done}.", messages.SUCCESS)
+            else:
+                self.message_user(request, f"{target.name}: {' '.join(result.problems)} (done: {done})", messages.ERROR)
 
     def _report(self, request: HttpRequest, target: Target) -> None:
         result = run_check(target)

@@ -18,6 +18,8 @@ import requests
 from targets.models import Target
 
 CHECK_TIMEOUT_SECONDS = 10.0
+# The visitor IP of the token probes (rec=0: recorded nowhere). TEST-NET-3, no bot range.
+PROBE_IP = "203.0.113.7"
 USER_AGENT = "Trafficinator connection check"
 
 
@@ -35,6 +37,12 @@ class CheckResult:
     site_currency: str = ""
     matomo_version: str = ""
     token_can_write: bool | None = None
+    token_secure_only: bool | None = None
+    site_goals: dict[int, str] | None = None
+    site_ecommerce: bool | None = None
+    site_search: bool | None = None
+    # Things that work but will not look as the preset says (goals missing, ...).
+    warnings: list[str] = field(default_factory=list)
 
 
 def _causes(exc: BaseException) -> list[BaseException]:
@@ -119,6 +127,45 @@ class MatomoClient:
             + " without Matomo's tracker text. Check the Matomo URL (it is the folder that holds matomo.php)."
         )
 
+    def probe_site(self) -> None:
+        """``idsite=N&rec=0``: Matomo answers 400 for an unknown site and 204 for a known one,
+        and records nothing (rec=0 excludes the request) -- a site check without a token."""
+        data = {"idsite": self.target.site_id, "rec": 0, "send_image": 0}
+        response = self._request("POST", self.target.tracking_url, data=data)
+        if response.status_code == 400:
+            raise CheckFailed(
+                f"Unknown site id {self.target.site_id}: the tracker answered 400 to a request that records "
+                "nothing. Check the site id in Matomo under Administration → Websites."
+            )
+        if response.status_code not in (200, 204):
+            raise CheckFailed(
+                f"The tracker answered HTTP {response.status_code} to a site probe for site id {self.target.site_id}."
+            )
+
+    def probe_token_modes(self) -> tuple[bool, bool]:
+        """Whether the tracker accepts the token (form POST, single hit) and in a JSON bulk body.
+
+        Both probes carry ``cip`` (which needs the token) and ``rec=0``: Matomo reads the IP,
+        and so checks the token, before it looks at ``rec``, so an accepted probe is
+        excluded (recorded nowhere) and a refused one is a 400, or ``invalid`` in bulk.
+        Matomo 5's "secure only" tokens pass the first and fail the second."""
+        site_id = self.target.site_id
+        token = self.target.token_auth
+        single = self._request(
+            "POST",
+            self.target.tracking_url,
+            data={"idsite": site_id, "rec": 0, "send_image": 0, "cip": PROBE_IP, "token_auth": token},
+        )
+        form_ok = single.status_code in (200, 204)
+        body = {"requests": [f"?idsite={site_id}&rec=0&send_image=0&cip={PROBE_IP}"], "token_auth": token}
+        bulk = self._request("POST", self.target.tracking_url, json=body)
+        try:
+            answer = bulk.json()
+        except ValueError:
+            answer = {}
+        bulk_ok = bulk.status_code == 200 and int(answer.get("invalid", 1) or 0) == 0 and answer.get("tracked") == 1
+        return form_ok, bulk_ok
+
     def call_api(self, method: str, **params: Any) -> Any:
         """Call one Reporting API method and return the decoded JSON value.
 
@@ -170,11 +217,14 @@ def check_target(target: Target, *, timeout: float = CHECK_TIMEOUT_SECONDS) -> C
     try:
         client.probe_tracker()
         result.steps.append(f"Tracker answers at {target.tracking_url}.")
+        client.probe_site()
+        result.steps.append(f"Site id {target.site_id} exists (a request that records nothing).")
         if not target.has_token:
             result.ok = True
             result.message = (
-                f"Tracker reachable at {target.tracking_url}. No token: site id {target.site_id} is not verified, "
-                "and visitor countries and backfill (which need a token) are unavailable."
+                f"Tracker reachable at {target.tracking_url}, site id {target.site_id} exists. No token: visitor "
+                "countries and backfill (which need a token) are unavailable, and goal conversions are left out "
+                "(the site's goals cannot be read)."
             )
             return result
         _check_with_token(client, target, result)
@@ -225,11 +275,68 @@ def _check_with_token(client: MatomoClient, target: Target, result: CheckResult)
             "older than 24 h (backfill) needs a token of a user with write or admin access, or a super user."
         )
     result.steps.append("Token has write access: countries and backfill are possible.")
+
+    form_ok, bulk_ok = client.probe_token_modes()
+    if not form_ok:
+        raise CheckFailed(
+            "The tracker refused the token in a POST form (a probe that records nothing), although the "
+            "Reporting API accepted it. Is a proxy rewriting requests to matomo.php?"
+        )
+    result.token_secure_only = not bulk_ok
+    if bulk_ok:
+        result.steps.append("The tracker accepts the token in single hits and in bulk requests.")
+    else:
+        result.steps.append(
+            "The token is “secure only”: it works in single hits (POST form) but Matomo ignores it in bulk "
+            "(JSON) requests. Live runs with countries send single hits instead of bulk; backfill needs a "
+            "token created with “Only allow secure requests” unticked."
+        )
+        result.warnings.append("secure-only token: no bulk with countries, no backfill")
+
+    result.site_ecommerce = _flag(site.get("ecommerce"))
+    result.site_search = _flag(site.get("sitesearch"))
+    result.site_goals = _goals(client.call_api("Goals.getGoals", idSite=target.site_id))
+    result.steps.append(_goals_step(result))
+    if not result.site_goals:
+        result.warnings.append("no goals: conversions are left out")
+    if result.site_ecommerce is False:
+        result.steps.append("Ecommerce is off for this site: orders are recorded but not shown in reports.")
+        result.warnings.append("ecommerce off")
     result.ok = True
     result.message = (
         f"OK: Matomo {result.matomo_version}, site {target.site_id} “{result.site_name}” "
         f"({result.site_timezone}, {result.site_currency}); token has write access."
     )
+    if result.warnings:
+        result.message += f" Note: {'; '.join(result.warnings)}."
+
+
+def _flag(value: Any) -> bool | None:
+    if value in (None, ""):
+        return None
+    return str(value) not in ("0", "false", "False")
+
+
+def _goals(value: Any) -> dict[int, str]:
+    """``Goals.getGoals``: an object keyed by goal id in Matomo 5, a list in older ones
+    (and ``[]`` for no goals)."""
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else []
+    goals = {}
+    for item in items:
+        if isinstance(item, dict) and str(item.get("idgoal", "")).isdigit():
+            goals[int(item["idgoal"])] = str(item.get("name", ""))
+    return goals
+
+
+def _goals_step(result: CheckResult) -> str:
+    goals = result.site_goals or {}
+    if not goals:
+        return (
+            "The site has no goals: goal conversions are left out of runs (Matomo rejects them). "
+            "`manage.py target prepare NAME` creates the catalog's goals."
+        )
+    listed = ", ".join(f"{idgoal} “{name}”" for idgoal, name in sorted(goals.items()))
+    return f"The site has {len(goals)} goal(s): {listed}."
 
 
 def _token_can_write(client: MatomoClient, site_id: int) -> bool:
@@ -252,3 +359,24 @@ def run_check(target: Target) -> CheckResult:
     result = check_target(target)
     target.record_check(result)
     return result
+
+
+def token_works_in_bulk(target: Target) -> bool:
+    """Whether Matomo accepts the target's token in bulk requests: what the last check
+    learned, else a probe now (rec=0, records nothing), remembered on the target. A bulk
+    run must know before its first batch: a secure-only token there tracks nothing that
+    needs it. A probe that cannot reach Matomo answers True and leaves the sender's own
+    detection to act."""
+    if target.token_secure_only is not None:
+        return not target.token_secure_only
+    client = MatomoClient(target)
+    try:
+        form_ok, bulk_ok = client.probe_token_modes()
+    except CheckFailed:
+        return True
+    finally:
+        client.session.close()
+    if form_ok:
+        target.token_secure_only = not bulk_ok
+        target.save(update_fields=["token_secure_only", "updated_at"])
+    return bulk_ok or not form_ok

@@ -10,6 +10,8 @@ from django.core.validators import MinValueValidator
 from django.db import models
 from django.utils import timezone
 
+from trafficinator.traffic import Catalog, SiteGoals
+
 if TYPE_CHECKING:
     from targets.checks import CheckResult
 
@@ -83,6 +85,15 @@ class Target(models.Model):
     token_can_write = models.BooleanField(
         null=True, blank=True, help_text="Whether the token may send token-only parameters (cip, old cdt) to this site."
     )
+    token_secure_only = models.BooleanField(
+        null=True,
+        blank=True,
+        help_text="Matomo ignores a 'secure only' token in bulk (JSON) requests: bulk runs then send single hits.",
+    )
+    # Goal id (as a JSON string key) -> name; None when unknown (no token, or not checked).
+    site_goals = models.JSONField(null=True, blank=True, help_text="The site's goals (id: name), read with the token.")
+    site_ecommerce = models.BooleanField(null=True, blank=True, help_text="Whether the site has ecommerce on.")
+    site_search = models.BooleanField(null=True, blank=True, help_text="Whether the site has site search on.")
     last_checked_at = models.DateTimeField(null=True, blank=True)
     last_check_ok = models.BooleanField(null=True, blank=True)
     last_check_message = models.TextField(blank=True)
@@ -138,6 +149,12 @@ class Target(models.Model):
                 setattr(self, field, value)
         if result.token_can_write is not None:
             self.token_can_write = result.token_can_write
+        for field in ("token_secure_only", "site_ecommerce", "site_search"):
+            value = getattr(result, field)
+            if value is not None:
+                setattr(self, field, value)
+        if result.site_goals is not None:
+            self.site_goals = {str(idgoal): name for idgoal, name in sorted(result.site_goals.items())}
         self.save(
             update_fields=[
                 "last_checked_at",
@@ -148,8 +165,41 @@ class Target(models.Model):
                 "site_currency",
                 "matomo_version",
                 "token_can_write",
+                "token_secure_only",
+                "site_goals",
+                "site_ecommerce",
+                "site_search",
                 "updated_at",
             ]
+        )
+
+    def goal_map(self) -> dict[int, str] | None:
+        """The site's goals as last read from Matomo (id -> name), or None if unknown."""
+        if self.site_goals is None:
+            return None
+        return {int(idgoal): str(name) for idgoal, name in self.site_goals.items()}
+
+    def site_goals_for(self, catalog: Catalog) -> SiteGoals:
+        """What a run may convert on this site. Unknown goals count as none: Matomo rejects
+        a conversion for a goal the site lacks, so we send only those we know exist."""
+        return SiteGoals(self.goal_map() or {}, catalog)
+
+    def goals_notice(self, catalog: Catalog) -> str:
+        """What a run leaves out of this site's traffic because of its goals (or "")."""
+        if not catalog.goals:
+            return ""
+        if self.goal_map() is None:
+            return (
+                f"Target {self.name}: goal conversions are left out, because the site's goals are unknown "
+                "(they are read by the connection check, which needs a token). Matomo rejects conversions for "
+                f"goals a site does not have; `manage.py target prepare {self.name}` creates the catalog's goals."
+            )
+        missing = self.site_goals_for(catalog).missing(catalog)
+        if not missing:
+            return ""
+        return (
+            f"Target {self.name}: the site has no goal named {', '.join(missing)}; those conversions are left out "
+            f"(Matomo would reject them). `manage.py target prepare {self.name}` creates them."
         )
 
     @property

@@ -43,9 +43,16 @@ class Site:
     ecommerce: bool = False
     record_statistics: bool = True
     ts_created: str = "2020-01-01 00:00:00"
+    sitesearch: bool = True
+    # Goal id -> name. Like a new Matomo site, none by default: a conversion for a goal
+    # that is not here is rejected ("idGoal N does not exist"). Given as ids or a mapping;
+    # Goals.addGoal adds to it (the dict is shared, the site stays frozen).
+    goals: dict[int, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "id", int(self.id))
+        goals = self.goals if isinstance(self.goals, Mapping) else {g: f"Goal {g}" for g in self.goals}
+        object.__setattr__(self, "goals", {int(k): str(v) for k, v in goals.items()})
         if not self.name:
             object.__setattr__(self, "name", f"Site {self.id}")
         ZoneInfo(self.timezone)  # fail loudly on a bad IANA name
@@ -72,7 +79,7 @@ class Site:
             "main_url": self.main_url,
             "ts_created": self.ts_created,
             "ecommerce": int(self.ecommerce),
-            "sitesearch": 1,
+            "sitesearch": int(self.sitesearch),
             "sitesearch_keyword_parameters": "",
             "sitesearch_category_parameters": "",
             "timezone": self.timezone,

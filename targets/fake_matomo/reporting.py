@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -93,6 +93,9 @@ class ReportingApi:
             "UsersManager.getSitesAccessFromUser": self.get_sites_access_from_user,
             "CoreAdminHome.invalidateArchivedReports": self.invalidate_archived_reports,
             "VisitsSummary.get": self.visits_summary_get,
+            "Goals.getGoals": self.goals_get_goals,
+            "Goals.addGoal": self.goals_add_goal,
+            "SitesManager.updateSite": self.sites_update_site,
         }
 
     def call(self, method: str, caller: Caller, params: dict[str, str]) -> Any:
@@ -128,7 +131,14 @@ class ReportingApi:
 
     def _require_site(self, caller: Caller, site_id: int, level: str) -> Site:
         token = caller.token
-        allowed = token is not None and (token.can_view(site_id) if level == "view" else token.is_admin(site_id))
+        if token is None:
+            allowed = False
+        elif level == "view":
+            allowed = token.can_view(site_id)
+        elif level == "write":
+            allowed = token.can_track(site_id)  # write, admin or super user
+        else:
+            allowed = token.is_admin(site_id)
         if not allowed:
             raise no_access(site_access_message(level, site_id))
         site = self.sites.get(site_id)
@@ -296,3 +306,47 @@ class ReportingApi:
             "sum_visit_length": int(sum(v.end - v.start for v in visits)),
             "max_actions": max(actions),
         }
+
+    def goals_get_goals(self, caller: Caller, params: dict[str, str]) -> Any:
+        """Matomo 5 answers a JSON object keyed by goal id (an empty list for no goals)."""
+        site = self._require_site(caller, self._site_id(params), "view")
+        goals = {
+            str(idgoal): {
+                "idsite": site.id,
+                "idgoal": idgoal,
+                "name": name,
+                "description": "",
+                "match_attribute": "manually",
+                "pattern": "",
+                "pattern_type": "contains",
+                "case_sensitive": 0,
+                "allow_multiple": 0,
+                "revenue": 0,
+                "deleted": 0,
+                "event_value_as_revenue": 0,
+            }
+            for idgoal, name in sorted(site.goals.items())
+        }
+        return goals or []
+
+    def goals_add_goal(self, caller: Caller, params: dict[str, str]) -> Any:
+        """Needs write access (Matomo: checkUserHasWriteAccess); answers the new goal id."""
+        site = self._require_site(caller, self._site_id(params), "write")
+        name = self._param(params, "name")
+        if params.get("matchAttribute", "manually") not in ("manually", "url", "title", "file", "external_website"):
+            raise ApiError("Goals_ExceptionInvalidMatchingString")
+        idgoal = max(site.goals, default=0) + 1
+        site.goals[idgoal] = name
+        return idgoal
+
+    def sites_update_site(self, caller: Caller, params: dict[str, str]) -> Any:
+        """Only the switches Trafficinator turns on: ``ecommerce`` and ``siteSearch``."""
+        site_id = self._site_id(params)
+        site = self._require_site(caller, site_id, "admin")
+        changes = {}
+        if params.get("ecommerce") not in (None, ""):
+            changes["ecommerce"] = params["ecommerce"] in ("1", "true")
+        if params.get("siteSearch") not in (None, ""):
+            changes["sitesearch"] = params["siteSearch"] in ("1", "true")
+        self.sites[site_id] = replace(site, **changes)
+        return None

@@ -356,6 +356,13 @@ def evaluate(
                 message=f"Tracker API '{name}' was used, requires valid token_auth",
             )
 
+    # 7. Goal conversions (GoalManager): the goal must exist in the site.
+    idgoal = params.get("idgoal")
+    if idgoal and idgoal != "0" and php_int(idgoal) not in site.goals:
+        return Outcome(
+            "invalid", reason="unknown_goal", site_id=site_id, message=f"idGoal {php_int(idgoal)} does not exist"
+        )
+
     return Outcome(
         "record",
         site_id=site_id,

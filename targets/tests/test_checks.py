@@ -15,7 +15,9 @@ from django.core.management import CommandError, call_command
 from conftest import TOKEN
 from targets.checks import check_target, run_check
 from targets.fake_matomo import FakeMatomo
+from targets.models import Target
 from trafficinator.testing import make_target
+from trafficinator.traffic import Catalog
 
 TLS_DIR = Path(__file__).parent / "tls"  # a self-signed certificate for 127.0.0.1, for tests only
 
@@ -86,8 +88,12 @@ def test_a_good_target_with_a_token_learns_the_site_and_records_no_visit(fake_ma
     target.refresh_from_db()
     assert (target.site_name, target.site_timezone, target.site_currency) == ("Shop", "Europe/Stockholm", "SEK")
     assert target.matomo_version == "5.3.0" and target.token_can_write and target.last_check_ok
+    assert target.token_secure_only is False and target.site_ecommerce is True and target.site_search is True
+    assert target.site_goals == {}
+    assert "no goals" in result.message
     stats = fake_matomo.stats()
-    assert stats["recorded"] == 0 and stats["tracked"] == 0  # the check recorded nothing
+    assert stats["recorded"] == 0 and stats["invalid"] == 0  # the check recorded nothing
+    assert stats["excluded_by_reason"] == {"rec_missing": stats["tracked"]}  # only rec=0 probes
     assert stats["token_in_url"] == 0
 
 
@@ -182,3 +188,98 @@ def test_target_check_command_prints_the_steps_and_fails_with_exit_code(fake_mat
     assert "✓ Token accepted by Matomo 5.3.0." in out.getvalue()
     with pytest.raises(CommandError, match="1 of 2 check"):
         call_command("target", "check", "--all", stdout=io.StringIO())
+
+
+@pytest.mark.django_db
+def test_without_a_token_a_wrong_site_id_fails_the_check(fake_matomo):
+    result = check_target(make_target(matomo_url=fake_matomo.url, site_id=7))
+    assert not result.ok
+    assert result.message.startswith("Unknown site id 7: the tracker answered 400")
+    assert fake_matomo.stats()["recorded"] == 0
+
+
+@pytest.mark.django_db
+def test_a_secure_only_token_is_detected_and_what_works_is_explained():
+    server = FakeMatomo(sites=[1], tokens={"careful": {"write": [1], "secure_only": True}}).start()
+    try:
+        target = make_target(matomo_url=server.url, site_id=1, token_auth="careful")
+        result = run_check(target)
+        stats = server.stats()
+    finally:
+        server.stop()
+    assert result.ok, result.message
+    target.refresh_from_db()
+    assert target.token_secure_only is True
+    assert any("secure only" in step and "single hits" in step for step in result.steps)
+    assert "secure-only token" in result.message
+    assert stats["recorded"] == 0
+
+
+@pytest.mark.django_db
+def test_the_check_reads_the_sites_goals_and_ecommerce_switch():
+    server = FakeMatomo(
+        sites=[{"id": 1, "goals": {1: "Newsletter signup", 4: "Store fitting booked"}}], tokens={"t": {"admin": [1]}}
+    ).start()
+    try:
+        target = make_target(matomo_url=server.url, site_id=1, token_auth="t")
+        result = run_check(target)
+    finally:
+        server.stop()
+    target.refresh_from_db()
+    assert target.site_goals == {"1": "Newsletter signup", "4": "Store fitting booked"}
+    assert target.site_ecommerce is False
+    assert "ecommerce off" in result.message
+    assert "Contact form sent" in target.goals_notice(Catalog.load_default())
+
+
+@pytest.mark.django_db
+def test_target_add_with_check_exits_non_zero_when_the_check_fails(fake_matomo):
+    with pytest.raises(CommandError, match="check failed"):
+        call_command(
+            "target",
+            "add",
+            "--name",
+            "typo",
+            "--url",
+            fake_matomo.url,
+            "--site-id",
+            "8",
+            "--check",
+            stdout=io.StringIO(),
+        )
+    assert Target.objects.get(name="typo").last_check_ok is False
+
+
+@pytest.mark.django_db
+def test_target_prepare_creates_the_catalogs_goals_and_turns_on_ecommerce_and_site_search():
+    site = {"id": 1, "goals": {1: "newsletter signup"}, "sitesearch": False}
+    server = FakeMatomo(sites=[site], tokens={"t": {"admin": [1]}}).start()
+    try:
+        target = make_target(name="shop", matomo_url=server.url, site_id=1, token_auth="t")
+        out = io.StringIO()
+        call_command("target", "prepare", "shop", stdout=out)
+        call_command("target", "prepare", "shop", stdout=(again := io.StringIO()))
+    finally:
+        server.stop()
+    target.refresh_from_db()
+    assert target.site_goals == {
+        "1": "newsletter signup",
+        "2": "Contact form sent",
+        "3": "Account created",
+        "4": "Store fitting booked",
+    }
+    assert target.site_ecommerce is True and target.site_search is True
+    assert "✓ created: goal “Contact form sent” (id 2)" in out.getvalue()
+    assert "Nothing to do" in again.getvalue()
+    assert target.goals_notice(Catalog.load_default()) == ""
+
+
+@pytest.mark.django_db
+def test_target_prepare_needs_write_access_and_says_what_failed():
+    server = FakeMatomo(sites=[1], tokens={"viewer-token-0001": {"view": [1]}}).start()
+    try:
+        make_target(name="shop", matomo_url=server.url, site_id=1, token_auth="viewer-token-0001")
+        with pytest.raises(CommandError, match="can only view site 1"):
+            call_command("target", "prepare", "shop", stdout=io.StringIO())
+    finally:
+        server.stop()

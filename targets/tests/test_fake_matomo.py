@@ -46,6 +46,7 @@ def make_matomo(**kwargs) -> FakeMatomo:
                 timezone="Europe/Stockholm",
                 currency="SEK",
                 ecommerce=True,
+                goals={3: "Account created"},
             ),
             Site(2, name="Blog", timezone="America/New_York"),
             Site(3, name="Paused", record_statistics=False),

@@ -18,12 +18,13 @@ from trafficinator.traffic import Catalog, Profile, day_visits, encode_visit
 TOKEN = "f1de11ty0123456789abcdef01234567"
 CHROME = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0 Safari/537.36"
 TIMEOUT = 10
+CATALOG_GOALS = {goal.idgoal: goal.name for goal in Catalog.load_default().goals}
 
 
 @pytest.fixture
 def matomo():
     with FakeMatomo(
-        sites=[Site(1, main_url="https://shop.example.com", timezone="Europe/Stockholm")],
+        sites=[Site(1, main_url="https://shop.example.com", timezone="Europe/Stockholm", goals=CATALOG_GOALS)],
         tokens=[Token(TOKEN, write={1})],
     ) as server:
         yield server
@@ -186,3 +187,48 @@ def test_every_generated_visit_lands_in_the_channel_the_generator_meant():
         assert classify(referrer.url)[0] == "social", referrer.url
     for referrer in catalog.websites:
         assert classify(referrer.url)[0] == "website", referrer.url
+
+
+# -- goals, ecommerce and site search -----------------------------------------------------------------
+
+
+def api(http, matomo, method, token=TOKEN, **params):
+    response = http.post(
+        matomo.api_url,
+        params={"module": "API", "method": method, "format": "json", **params},
+        data={"token_auth": token},
+        timeout=TIMEOUT,
+    )
+    return response.json()
+
+
+def test_a_conversion_for_a_goal_the_site_lacks_is_rejected_until_the_goal_is_added(http):
+    with FakeMatomo(sites=[Site(1)], tokens=[Token(TOKEN, write={1})]) as matomo:
+        _goal_lifecycle(http, matomo)
+
+
+def _goal_lifecycle(http, matomo):
+    response = http.post(
+        matomo.tracking_url, data={"idsite": 1, "rec": 1, "idgoal": 1, "cid": "00000000000000f1", "send_image": 0}
+    )
+    assert response.status_code == 400
+    assert matomo.stats()["invalid_by_reason"] == {"unknown_goal": 1}
+    assert api(http, matomo, "Goals.getGoals", idSite=1) == []
+    assert api(http, matomo, "Goals.addGoal", idSite=1, name="Newsletter signup", matchAttribute="manually") == {
+        "value": 1
+    }
+    assert [g["name"] for g in api(http, matomo, "Goals.getGoals", idSite=1).values()] == ["Newsletter signup"]
+    response = http.post(
+        matomo.tracking_url, data={"idsite": 1, "rec": 1, "idgoal": 1, "cid": "00000000000000f1", "send_image": 0}
+    )
+    assert response.status_code == 204
+
+
+def test_ecommerce_and_site_search_are_switched_with_update_site_by_an_admin(http):
+    with FakeMatomo(sites=[Site(1)], tokens=[Token("w" * 32, write={1}), Token("a" * 32, admin={1})]) as matomo:
+        assert api(http, matomo, "SitesManager.getSiteFromId", "a" * 32, idSite=1)["ecommerce"] == 0
+        refused = api(http, matomo, "SitesManager.updateSite", "w" * 32, idSite=1, ecommerce=1)
+        assert refused["result"] == "error"
+        api(http, matomo, "SitesManager.updateSite", "a" * 32, idSite=1, ecommerce=1, siteSearch=1)
+        site = api(http, matomo, "SitesManager.getSiteFromId", "a" * 32, idSite=1)
+        assert (site["ecommerce"], site["sitesearch"]) == (1, 1)

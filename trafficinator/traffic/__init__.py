@@ -20,6 +20,7 @@ from .funnels import (
     validate_funnels,
 )
 from .generator import TrafficConfigError
+from .goals import SiteGoals
 from .profile import Profile
 from .stream import day_visits, live_visits, sample_funnel_visit, visits_for_day_count
 from .validation import validate_hit, validate_visit
@@ -34,6 +35,7 @@ __all__ = [
     "FunnelStep",
     "Hit",
     "Profile",
+    "SiteGoals",
     "TrafficConfigError",
     "Visit",
     "day_visits",

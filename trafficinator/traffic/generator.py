@@ -14,6 +14,7 @@ from .catalog import Catalog
 from .ecommerce import OrderPlanner
 from .funnel_visits import FunnelVisits
 from .funnels import FunnelPartition, FunnelSpec, validate_funnels
+from .goals import SiteGoals
 from .hits import HitFactory
 from .ordinary import OrdinaryVisits
 from .personas import behaviours
@@ -46,6 +47,7 @@ class Generator:
         order_id_prefix: str,
         site_url: str | None,
         stream_label: str,
+        goals: SiteGoals | None = None,
     ):
         problems = profile.validate() + validate_funnels(list(funnels))
         if problems:
@@ -64,6 +66,8 @@ class Generator:
         self.returning_share = profile.returning_visitor_share
         self.direct_share = profile.direct_traffic_share
         self.site_id = str(site_id)
+        # None: the site's goals are unknown and every conversion is sent as generated.
+        self.goals = goals
         available = {
             "search": bool(site.search_engines),
             "social": bool(site.social),
@@ -98,6 +102,9 @@ class Generator:
             entries = self.ordinary.build(
                 rng, self.behaviours[traits.persona], traits.device, referrer, campaign_query, campaign_landing
             )
+
+        if self.goals is not None:
+            entries = self._accepted_conversions(entries)
 
         # A visit crossing local midnight would be split by Matomo: squeeze the few that
         # start too late to end in time (keeps starts in order, unlike shifting them).
@@ -154,6 +161,20 @@ class Generator:
             constant,
             hits,
         )
+
+    def _accepted_conversions(self, entries: list) -> list:
+        """Conversions as the site's goal ids; those for goals it lacks are left out."""
+        kept = []
+        for entry in entries:
+            params = entry[1]
+            idgoal = params.get("idgoal")
+            if idgoal is not None and idgoal != "0":
+                found = self.goals.convert(int(idgoal))
+                if found is None:
+                    continue
+                params["idgoal"] = str(found)
+            kept.append(entry)
+        return kept or entries[:1]
 
     def _channel(self, rng: Random) -> tuple[str, str | None, str, str]:
         """(channel, referrer URL or None, campaign query, campaign landing URL)."""

@@ -29,6 +29,7 @@ from .curves import ArrivalProcess, DaySchedule
 from .curves import visits_for_day_count as _visits_for_day_count
 from .funnels import FunnelSpec
 from .generator import Generator
+from .goals import SiteGoals
 from .profile import Profile
 from .sampling import derive_seed
 from .visit import Visit
@@ -51,6 +52,7 @@ def day_visits(
     day: date,
     count: int,
     skip: int = 0,
+    goals: SiteGoals | None = None,
 ) -> Iterator[Visit]:
     """Exactly ``count`` visits of the local ``day``, in start order, every hit inside it.
 
@@ -62,7 +64,16 @@ def day_visits(
         raise ValueError("count and skip must be 0 or more")
     tz = _tz(timezone, profile)
     generator = Generator(
-        profile, catalog, funnels, seed, site_id, token_present, order_id_prefix, site_url, f"day:{day.isoformat()}"
+        profile,
+        catalog,
+        funnels,
+        seed,
+        site_id,
+        token_present,
+        order_id_prefix,
+        site_url,
+        f"day:{day.isoformat()}",
+        goals,
     )
     rng = Random(derive_seed("day", seed, day.isoformat()))
     schedule = DaySchedule(day, tz, profile.daily_curve)
@@ -90,6 +101,7 @@ def live_visits(
     timezone: str | tzinfo | None = None,
     *,
     start: datetime,
+    goals: SiteGoals | None = None,
 ) -> Iterator[Visit]:
     """Endless visits arriving from ``start`` on, in arrival order.
 
@@ -101,7 +113,9 @@ def live_visits(
         start = start.replace(tzinfo=UTC)
     epoch = start.timestamp()
     label = f"live:{epoch:.6f}"
-    generator = Generator(profile, catalog, funnels, seed, site_id, token_present, order_id_prefix, site_url, label)
+    generator = Generator(
+        profile, catalog, funnels, seed, site_id, token_present, order_id_prefix, site_url, label, goals
+    )
     rng = Random(derive_seed("live", seed, label))
     arrivals = ArrivalProcess(
         epoch, tz, profile.visits_per_day, profile.daily_curve, Random(derive_seed("arrivals", seed, label))

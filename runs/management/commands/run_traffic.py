@@ -11,6 +11,7 @@ from argparse import ArgumentParser, ArgumentTypeError
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
+from runs.forms import countries_without_token
 from runs.loader import execute_loader
 from runs.models import Run
 from targets.models import Target
@@ -52,7 +53,9 @@ def target_share(spec: str) -> tuple:
 
 def summary_line(stats: dict) -> str:
     totals = stats.get("totals", {})
-    errors = sum(totals.get(kind, 0) for kind in ("server_errors", "network_errors", "timeouts"))
+    # One meaning everywhere (the run page's too): every hit whose final answer was not
+    # "accepted" -- invalid, unaccounted, rejected, 5xx, network errors and timeouts.
+    errors = totals.get("errors", 0)
     p95 = (totals.get("latency_ms") or {}).get("p95")
     return (
         f"visits_started={totals.get('visits_started', 0)} visits_delivered={totals.get('visits_delivered', 0)} "
@@ -82,6 +85,12 @@ class Command(BaseCommand):
         parser.add_argument("--bulk", action="store_true", help="Send whole visits in bulk batches.")
         parser.add_argument("--batch-size", type=positive_int, default=100, help="Hits per bulk batch (default 100).")
         parser.add_argument("--rate", type=positive_int, help="Visits per day over all targets (default: preset's).")
+        parser.add_argument(
+            "--without-countries",
+            action="store_true",
+            help="Accept sending to targets without a token although the preset sends visitor countries: their "
+            "visits then all come from this machine's IP.",
+        )
 
     def handle(self, *args, **options) -> None:
         run = self.create_run(options)
@@ -103,6 +112,18 @@ class Command(BaseCommand):
     def create_run(self, options) -> Run:
         preset = get_preset(options["preset"])
         targets = [target_share(spec) for spec in options["target"]]
+        without_token = countries_without_token(preset, [target for target, _, _ in targets])
+        if without_token and not options["without_countries"]:
+            raise CommandError(
+                f"Preset {preset.name} sends visitor countries, which Matomo accepts only with a token, and "
+                f"{', '.join(without_token)} {'has' if len(without_token) == 1 else 'have'} none. Add a token "
+                "(manage.py target add ... --token-stdin), or pass --without-countries to send anyway."
+            )
+        if without_token:
+            self.stdout.write(
+                f"Without countries for {', '.join(without_token)}: no token, so no `cip`; Matomo records every "
+                "visit from this machine's IP and shows one country (or Unknown) for all of them."
+            )
         try:
             return Run.objects.create_run(
                 preset=preset,

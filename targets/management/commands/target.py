@@ -1,4 +1,4 @@
-"""manage.py target add|list|check: targets from a terminal."""
+"""manage.py target add|list|check|prepare: targets from a terminal."""
 
 from __future__ import annotations
 
@@ -10,14 +10,16 @@ from django.core.management.base import BaseCommand, CommandError
 
 from targets.checks import run_check
 from targets.models import Target
-from trafficinator.cli import format_errors, get_target
+from targets.prepare import prepare_site
+from trafficinator.cli import format_errors, get_preset, get_target
+from trafficinator.traffic import Catalog
 
 
 class Command(BaseCommand):
     help = "Add, list and check Matomo targets."
 
     def add_arguments(self, parser: ArgumentParser) -> None:
-        sub = parser.add_subparsers(dest="action", required=True, metavar="{add,list,check}")
+        sub = parser.add_subparsers(dest="action", required=True, metavar="{add,list,check,prepare}")
 
         add = sub.add_parser("add", help="Add a target (validated like the admin form).")
         add.add_argument("--name", required=True)
@@ -36,6 +38,18 @@ class Command(BaseCommand):
         check = sub.add_parser("check", help="Check the connection to a target and store what Matomo says.")
         check.add_argument("name", nargs="?", help="Target name (omit with --all).")
         check.add_argument("--all", action="store_true", help="Check every enabled target.")
+
+        prepare = sub.add_parser(
+            "prepare",
+            help="Create the catalog's goals in the Matomo site and turn on ecommerce and site search (token needed).",
+        )
+        prepare.add_argument("name", help="Target name.")
+        prepare.add_argument(
+            "--preset", help="Use this preset's catalog (its goal overrides); default catalog if omitted."
+        )
+        prepare.add_argument("--no-goals", action="store_true", help="Do not create goals.")
+        prepare.add_argument("--no-ecommerce", action="store_true", help="Leave the ecommerce switch as it is.")
+        prepare.add_argument("--no-site-search", action="store_true", help="Leave the site search switch as it is.")
 
     def handle(self, *args, action: str, **options) -> None:
         getattr(self, f"handle_{action}")(**options)
@@ -56,8 +70,8 @@ class Command(BaseCommand):
                 f" ({'with' if target.has_token else 'without'} token)."
             )
         )
-        if check:
-            self.check_one(target)
+        if check and not self.check_one(target):
+            raise CommandError(f"Target “{target.name}” was added, but its connection check failed.")
 
     def read_token(self) -> str:
         if sys.stdin.isatty():
@@ -95,3 +109,27 @@ class Command(BaseCommand):
         style = self.style.SUCCESS if result.ok else self.style.ERROR
         self.stdout.write(style(f"{target.name}: {result.message}"))
         return result.ok
+
+    def handle_prepare(
+        self, *, name: str, preset: str | None, no_goals: bool, no_ecommerce: bool, no_site_search: bool, **_
+    ) -> None:
+        target = get_target(name)
+        catalog = get_preset(preset).catalog() if preset else Catalog.load_default()
+        result = prepare_site(
+            target, catalog, goals=not no_goals, ecommerce=not no_ecommerce, site_search=not no_site_search
+        )
+        for line in result.done:
+            self.stdout.write(f"  ✓ created: {line}" if line.startswith("goal") else f"  ✓ {line}")
+        if result.ok and not result.done:
+            self.stdout.write("  Nothing to do: the site already has the catalog's goals and switches.")
+        if result.check is not None and result.check.ok:
+            self.stdout.write(f"  {_goals_line(target)}")
+        if not result.ok:
+            raise CommandError(f"{target.name}: " + " ".join(result.problems))
+        self.stdout.write(self.style.SUCCESS(f"{target.name}: the site is ready for the catalog's traffic."))
+
+
+def _goals_line(target: Target) -> str:
+    goals = target.goal_map() or {}
+    listed = ", ".join(f"{idgoal} “{goal}”" for idgoal, goal in sorted(goals.items())) or "none"
+    return f"Site goals now: {listed}; ecommerce {'on' if target.site_ecommerce else 'off'}."

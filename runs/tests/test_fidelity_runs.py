@@ -1,0 +1,95 @@
+"""Live runs send what Matomo will keep: goals the site has, no bulk with a secure-only
+token for hits that need it, no countries silently dropped."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from django.core.management import CommandError, call_command
+
+from runs.forms import StartRunForm
+from runs.models import Run, RunLog
+from targets.fake_matomo import FakeMatomo
+from trafficinator.testing import make_preset, make_target
+
+
+def run_traffic(*args: str) -> str:
+    out = io.StringIO()
+    call_command("run_traffic", *args, stdout=out, stderr=io.StringIO())
+    return out.getvalue()
+
+
+@pytest.fixture
+def countries_preset(db):
+    return make_preset(
+        name="Countries",
+        visits_per_day=1_728_000,
+        daily_curve="flat",
+        pause_min=0.0,
+        pause_max=0.1,
+        visit_duration_min=0.0,
+        visit_duration_max=0.01,
+        concurrency=20,
+        randomize_countries=True,
+    )
+
+
+@pytest.mark.django_db
+def test_run_traffic_refuses_countries_without_a_token_unless_asked(countries_preset):
+    make_target(name="tokenless", token_auth="")
+    with pytest.raises(CommandError, match=r"tokenless has none.*--without-countries"):
+        run_traffic("--target", "tokenless", "--preset", "Countries", "--visits", "1")
+    assert not Run.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_run_traffic_without_countries_prints_the_consequence(countries_preset):
+    with FakeMatomo(sites=[1]) as matomo:
+        make_target(name="tokenless", matomo_url=matomo.url, site_id=1, token_auth="")
+        output = run_traffic("--target", "tokenless", "--preset", "Countries", "--visits", "5", "--without-countries")
+        assert all("cip" not in hit.params for hit in matomo.hits_for(1))
+    assert "Without countries for tokenless" in output and "this machine's IP" in output
+
+
+@pytest.mark.django_db
+def test_the_start_form_asks_before_sending_without_countries(countries_preset):
+    target = make_target(name="tokenless", token_auth="")
+    data = {"targets": [target.pk], "preset": countries_preset.pk}
+    form = StartRunForm(data)
+    assert not form.is_valid()
+    assert "Send without countries" in str(form.errors["without_countries"])
+    assert StartRunForm({**data, "without_countries": "on"}).is_valid()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_bulk_run_with_a_secure_only_token_sends_single_hits_and_loses_nothing(countries_preset):
+    with FakeMatomo(sites=[1], tokens={"careful-token-0001": {"write": [1], "secure_only": True}}) as matomo:
+        make_target(name="shop", matomo_url=matomo.url, site_id=1, token_auth="careful-token-0001")
+        output = run_traffic("--target", "shop", "--preset", "Countries", "--visits", "30", "--bulk", "--seed", "2")
+        stats = matomo.stats()
+        recorded_visits = len(matomo.visits(1))
+    # The only bulk request is the loader's probe before the first hit (rec=0, records nothing).
+    assert stats["bulk_requests"] == 1 and stats["invalid_by_reason"] == {"cip_needs_token": 1}
+    assert recorded_visits == 30
+    assert "errors=0" in output
+    run = Run.objects.get()
+    assert run.logs.filter(message__contains="secure only").exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_run_converts_only_goals_the_site_has_and_says_what_it_left_out(countries_preset):
+    tokens = {"writer-token-0001": {"write": [1]}}
+    with FakeMatomo(sites=[{"id": 1, "goals": {1: "Newsletter signup"}}], tokens=tokens) as matomo:
+        target = make_target(name="shop", matomo_url=matomo.url, site_id=1, token_auth="writer-token-0001")
+        target.site_goals = {"1": "Newsletter signup"}
+        target.token_secure_only = False
+        target.save()
+        run_traffic("--target", "shop", "--preset", "Countries", "--visits", "400", "--seed", "4")
+        stats = matomo.stats()
+    assert stats["invalid"] == 0
+    goals = {hit.params["idgoal"] for hit in matomo.hits_for(1) if hit.params.get("idgoal", "0") != "0"}
+    assert goals == {"1"}
+    messages = list(RunLog.objects.values_list("message", flat=True))
+    assert any("no goal named Contact form sent" in m for m in messages)
+    assert any("conversions left out" in m for m in messages)
