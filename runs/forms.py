@@ -51,7 +51,7 @@ class StartRunForm(forms.Form):
     )
 
     def clean(self) -> dict:
-        data = super().clean()
+        data = super().clean() or {}
         preset, targets = data.get("preset"), data.get("targets")
         if preset is not None and targets:
             without_token = countries_without_token(preset, list(targets))

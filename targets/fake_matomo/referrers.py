@@ -102,9 +102,9 @@ def search_engine(url: str) -> tuple[str, str] | None:
     if found is None:
         return None
     definition = _lists()["search_engines"][found]
-    values = {}
-    for key, value in parse_qsl(query, keep_blank_values=True):
-        values.setdefault(key, value)
+    values: dict[str, str] = {}
+    for key, item in parse_qsl(query, keep_blank_values=True):
+        values.setdefault(key, item)
     keyword: str | None = None
     for name in definition["params"]:
         regex = _php_regex(name) if name.startswith("/") else None
@@ -114,11 +114,11 @@ def search_engine(url: str) -> tuple[str, str] | None:
                 keyword = unquote_plus(match.group(1)).strip()
                 break
             continue
-        value = values.get(name)
-        if value is not None and value.strip():
-            keyword = value.strip()
+        found_value = values.get(name)
+        if found_value is not None and found_value.strip():
+            keyword = found_value.strip()
             break
-        if value is not None:  # the parameter is there but empty: "keyword not defined"
+        if found_value is not None:  # the parameter is there but empty: "keyword not defined"
             keyword = ""
             break
     if keyword is None:

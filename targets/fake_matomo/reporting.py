@@ -343,10 +343,10 @@ class ReportingApi:
         """Only the switches Trafficinator turns on: ``ecommerce`` and ``siteSearch``."""
         site_id = self._site_id(params)
         site = self._require_site(caller, site_id, "admin")
-        changes = {}
+        ecommerce, sitesearch = site.ecommerce, site.sitesearch
         if params.get("ecommerce") not in (None, ""):
-            changes["ecommerce"] = params["ecommerce"] in ("1", "true")
+            ecommerce = params["ecommerce"] in ("1", "true")
         if params.get("siteSearch") not in (None, ""):
-            changes["sitesearch"] = params["siteSearch"] in ("1", "true")
-        self.sites[site_id] = replace(site, **changes)
+            sitesearch = params["siteSearch"] in ("1", "true")
+        self.sites[site_id] = replace(site, ecommerce=ecommerce, sitesearch=sitesearch)
         return None

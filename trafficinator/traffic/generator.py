@@ -164,6 +164,7 @@ class Generator:
 
     def _accepted_conversions(self, entries: list) -> list:
         """Conversions as the site's goal ids; those for goals it lacks are left out."""
+        assert self.goals is not None
         kept = []
         for entry in entries:
             params = entry[1]

@@ -19,7 +19,7 @@ import re
 import sys
 from pathlib import Path
 
-import yaml  # type: ignore[import-untyped]  # only to regenerate the data, never at run time
+import yaml  # only to regenerate the data, never at run time
 
 HERE = Path(__file__).parent
 
