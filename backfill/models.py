@@ -32,6 +32,7 @@ from django.utils import timezone
 from presets.models import Preset, PresetSnapshot
 from targets.models import Target
 from trafficinator.lifecycle import LogEntry, actor, transition
+from trafficinator.traffic import Population
 
 if TYPE_CHECKING:
     from backfill.progress import PlanProgress
@@ -69,6 +70,24 @@ def new_seed() -> int:
 
 
 class BackfillPlanQuerySet(models.QuerySet["BackfillPlan"]):
+    def population_for(self, target: Target, preset: Preset | None) -> tuple[BackfillPlan, Population] | None:
+        """The visitors of the latest backfill of this target with this preset that sent
+        something (running or completed), for a live run to continue: its returning visits
+        then come from visitors Matomo already knows."""
+        if preset is None:
+            return None
+        plan = (
+            self.filter(
+                targets=target, preset=preset, status__in=[BackfillPlan.Status.RUNNING, BackfillPlan.Status.COMPLETED]
+            )
+            .order_by("-end_date", "-pk")
+            .first()
+        )
+        if plan is None:
+            return None
+        lane_days = -(-plan.day_count // max(1, plan.parallel_days))  # lane 0's days
+        return plan, plan.population(0, known_days=lane_days)
+
     @transaction.atomic
     def create_plan(
         self,
@@ -263,6 +282,24 @@ class BackfillPlan(models.Model):
         """Days of one target are spread over ``parallel_days`` lanes round robin; a lane
         sends its days in date order and has its own returning visitors."""
         return (day - self.start_date).days % max(1, self.parallel_days)
+
+    def population(self, lane: int, *, known_days: int | None = None) -> Population:
+        """The visitors of one lane of days: members join day by day from the lane's first
+        day, so from the second day on Matomo knows the visitors a returning visit comes
+        from (see trafficinator.traffic.Population). The intake is sized for the plan's
+        smallest days (caps scale days down), so every day fills it."""
+        per_day = self.visits_per_day
+        if self.daily_cap:
+            per_day = min(per_day, self.daily_cap)
+        if self.total_cap:
+            per_day = min(per_day, max(1, self.total_cap // max(1, self.day_count)))
+        return Population(
+            seed=self.lane_seed(lane),
+            start_day=self.start_date + timedelta(days=lane),
+            step_days=max(1, self.parallel_days),
+            known_days=known_days,
+            visits_per_day=per_day,
+        )
 
     def lane_seed(self, lane: int) -> int | str:
         """Lane 0 uses the plan's seed as it is (so ``parallel_days=1`` gives exactly

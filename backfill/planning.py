@@ -21,7 +21,7 @@ from django.db.models import Sum
 from backfill.models import MAX_TOTAL_VISITS, MAX_WINDOW_DAYS, BackfillDay, BackfillPlan
 from funnels.models import Funnel
 from targets.models import Target
-from trafficinator.traffic import Profile, day_visits, visits_for_day_count
+from trafficinator.traffic import Catalog, Population, Profile, SiteGoals, day_visits, visits_for_day_count
 from trafficinator.traffic.clock import local_day_bounds
 
 SAMPLE_VISITS = 400
@@ -51,6 +51,16 @@ ASSUMED_HITS_PER_SECOND = 800.0
 
 def plan_profile(plan: BackfillPlan) -> Profile:
     return plan.snapshot.profile(visits_per_day=plan.visits_per_day)
+
+
+def plan_goals(target: Target | None, catalog: Catalog) -> SiteGoals | None:
+    """The conversions a target's site accepts (None: no target, nothing filtered)."""
+    return target.site_goals_for(catalog) if target is not None else None
+
+
+def plan_population(plan: BackfillPlan, lane: int) -> Population:
+    """The lane's visitors (a live run of the same target and preset continues lane 0's)."""
+    return plan.population(lane)
 
 
 def plan_funnels(plan: BackfillPlan) -> list:
@@ -324,9 +334,10 @@ def sample_hits(plan: BackfillPlan, target: Target | None, first_day: date, visi
     count = max(1, min(SAMPLE_VISITS, visits or SAMPLE_VISITS))
     profile = plan_profile(plan)
     zone = target_timezone(target, plan) if target else profile.timezone
+    catalog = plan.snapshot.catalog()
     stream = day_visits(
         profile,
-        plan.snapshot.catalog(),
+        catalog,
         plan_funnels(plan),
         seed=plan.lane_seed(0),
         site_id=target.site_id if target else 1,
@@ -335,6 +346,8 @@ def sample_hits(plan: BackfillPlan, target: Target | None, first_day: date, visi
         timezone=zone,
         day=first_day,
         count=count,
+        goals=plan_goals(target, catalog),
+        population=plan_population(plan, 0),
     )
     sizes = [len(visit.hits) for visit in stream]
     hits_per_visit = sum(sizes) / len(sizes)
@@ -436,6 +449,18 @@ def _duration(plan: BackfillPlan, hits: int, requests: int, speed: float | None)
 
 def _notes(plan: BackfillPlan, rows: list[DayEstimate], days: list[PlannedDay]) -> list[str]:
     notes = []
+    share = round(float(plan.profile.get("returning_visitor_share", 0) or 0) * 100)
+    if share:
+        notes.append(
+            f"Matomo will report about {share}% returning visits on each day (it counts a visit as returning only "
+            "when it knows the visitor from an earlier visit: visitors of earlier days, or earlier the same day, "
+            "come back). A live run of the same target and preset afterwards continues these visitors."
+        )
+    catalog = plan.snapshot.catalog()
+    for target in sorted({day.target for day in days}, key=lambda t: t.name):
+        goals_notice = target.goals_notice(catalog)
+        if goals_notice:
+            notes.append(goals_notice)
     capped = [row for row in rows if row.capped]
     if plan.daily_cap and capped:
         notes.append(f"The daily cap of {plan.daily_cap:,} visits clips {len(capped)} day(s).")

@@ -59,7 +59,14 @@ import gevent
 from django.utils import timezone
 
 from backfill.models import HEARTBEAT_SECONDS, BackfillDay, BackfillLog, BackfillPlan
-from backfill.planning import REQUESTS_IN_FLIGHT, plan_funnels, plan_profile, request_hits
+from backfill.planning import (
+    REQUESTS_IN_FLIGHT,
+    plan_funnels,
+    plan_goals,
+    plan_population,
+    plan_profile,
+    request_hits,
+)
 from trafficinator.sending.sender import RetryPolicy, TargetSender
 from trafficinator.sending.telemetry import OUTCOMES, describe_failure, failure_hint
 from trafficinator.traffic import TrafficConfigError, day_visits, encode_visit
@@ -145,7 +152,8 @@ def day_stream(plan: BackfillPlan, day: BackfillDay, *, skip: int | None = None)
         day=day.day,
         count=day.planned_visits,
         skip=day.visits_done if skip is None else skip,
-        goals=day.target.site_goals_for(catalog),
+        goals=plan_goals(day.target, catalog),
+        population=plan_population(plan, day.lane),
     )
 
 

@@ -8,6 +8,7 @@ from django import forms
 from django.conf import settings
 from django.core.exceptions import ValidationError
 
+from backfill.models import BackfillPlan
 from presets.models import Preset
 from targets.models import Target
 
@@ -161,6 +162,25 @@ class RunEstimate:
     @property
     def total_hits(self) -> int | None:
         return round(self.total_visits * self.hits_per_visit) if self.total_visits else None
+
+    @property
+    def returning_note(self) -> str:
+        """What returning-visit share Matomo will report, and why."""
+        share = round(self.preset.returning_visitor_share * 100)
+        if not share:
+            return "Matomo will report no returning visits: the preset's returning share is 0."
+        continued = [t.name for t in self.targets if BackfillPlan.objects.population_for(t, self.preset) is not None]
+        if continued and len(continued) == len(self.targets):
+            return (
+                f"Matomo will report about {share}% returning visits from the start: returning visitors continue "
+                f"those of the latest backfill of {', '.join(continued)} with this preset, whom Matomo already knows."
+            )
+        return (
+            f"Matomo will report about {share}% returning visits once the run has been going for a while: it counts "
+            "a visit as returning only when it knows the visitor from an earlier visit, so the first returning "
+            "visitors are people who came earlier in this run. A backfill of the same target and preset first makes "
+            "its visitors known, and a run after it continues them."
+        )
 
     @property
     def needs_token(self) -> bool:

@@ -34,6 +34,7 @@ import gevent
 import gevent.event
 import gevent.pool
 
+from backfill.models import BackfillPlan
 from funnels.models import Funnel
 from runs.models import Run, RunLog, RunSample, RunTarget
 from targets.checks import token_works_in_bulk
@@ -432,6 +433,14 @@ def target_streams(run: Run, run_targets: list[RunTarget], *, start: float) -> l
             )
         goals = target.site_goals_for(catalog)
         notices.append(target.goals_notice(catalog))
+        population = None
+        continued = BackfillPlan.objects.population_for(target, run.preset)
+        if continued is not None and profile.returning_visitor_share > 0:
+            plan, population = continued
+            notices.append(
+                f"Target {target.name}: returning visitors continue those of backfill #{plan.pk} "
+                f"({plan.start_date}–{plan.end_date}), so Matomo counts them as returning from the start."
+            )
         notice = " ".join(n for n in notices if n)
         visits = live_visits(
             profile,
@@ -444,6 +453,7 @@ def target_streams(run: Run, run_targets: list[RunTarget], *, start: float) -> l
             timezone=zone,
             start=datetime.fromtimestamp(start, UTC),
             goals=goals,
+            population=population,
         )
         streams.append(TargetStream(run_target, visits, rate, zone, notice, bulk_allowed=bulk_allowed, goals=goals))
     return streams

@@ -25,6 +25,7 @@ from .profile import Profile
 from .stream import day_visits, live_visits, sample_funnel_visit, visits_for_day_count
 from .validation import validate_hit, validate_visit
 from .visit import Hit, Visit, hit_kind
+from .visitors import Population
 
 __all__ = [
     "Catalog",
@@ -34,6 +35,7 @@ __all__ = [
     "FunnelSpec",
     "FunnelStep",
     "Hit",
+    "Population",
     "Profile",
     "SiteGoals",
     "TrafficConfigError",

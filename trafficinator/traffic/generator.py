@@ -7,7 +7,9 @@ the stream passes in, so a stream is reproducible hit for hit.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
+from datetime import date
 from random import Random
 
 from .catalog import Catalog
@@ -22,9 +24,15 @@ from .profile import CHANNELS, Profile
 from .sampling import Weighted
 from .site_model import compile_site
 from .visit import Hit, Visit
-from .visitors import TraitSampler, VisitorPool, pool_size
+from .visitors import Members, Population, TraitSampler
 
 _CLOCK = [f"{n}" for n in range(60)]
+_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
+
+
+def _uid_visitor_id(uid: str) -> str:
+    """Matomo's visitor id for a user id: the first 16 hex characters of its sha1."""
+    return hashlib.sha1(uid.encode(), usedforsecurity=False).hexdigest()[:16]
 
 
 class TrafficConfigError(ValueError):
@@ -48,6 +56,7 @@ class Generator:
         site_url: str | None,
         stream_label: str,
         goals: SiteGoals | None = None,
+        population: Population | None = None,
     ):
         problems = profile.validate() + validate_funnels(list(funnels))
         if problems:
@@ -62,8 +71,14 @@ class Generator:
         self.partition = FunnelPartition(funnels)
         self.behaviours = behaviours(profile)
         self.traits = TraitSampler(profile, site, use_ip=token_present and profile.randomize_countries)
-        self.pool = VisitorPool(seed, pool_size(profile))
+        self.profile = profile
+        # Without a population the stream starts its own on the day of its first visit,
+        # keyed by the stream so that two streams never share visitors by accident.
+        self.own_population_seed = f"{seed}:{stream_label}"
+        self.members = Members(population, profile) if population is not None else None
         self.returning_share = profile.returning_visitor_share
+        self.visits_made = 0
+        self.returning_made = 0
         self.direct_share = profile.direct_traffic_share
         self.site_id = str(site_id)
         # None: the site's goals are unknown and every conversion is sent as generated.
@@ -84,16 +99,36 @@ class Generator:
         random = rng.random
         funnel = self.partition.pick(random())
 
-        pooled = None
-        if random() < self.returning_share:
-            pooled = self.pool.free_index(rng, start)
-        if pooled is not None:
-            visitor_seed = self.pool.visitor_seed(pooled)
+        members = self.members
+        local_day = date.fromordinal(_EPOCH_ORDINAL + int((start + utc_offset) // 86400))
+        if members is None:
+            members = self.members = Members(Population(self.own_population_seed, local_day), self.profile)
+        population = members.population
+        members.start_day(population.day_number(local_day))
+        # Returning visits come only from members Matomo has seen (see Population). When
+        # none is free (a population's first hours), later visits catch up on the share.
+        share = self.returning_share
+        deficit = share * self.visits_made - self.returning_made
+        member = None
+        returning = False
+        if share > 0 and (random() < share or deficit >= 1.0):
+            member = members.free_member(rng, start)
+            returning = member is not None
+        if member is None:
+            member = members.join()
+        if member is not None:
+            visitor_seed = members.member_seed(member)
             traits = self.traits.draw(Random(visitor_seed), pooled=True)
-            cid = f"{visitor_seed:016x}"
+            # A logged-in member's id is Matomo's id for its user id from the first visit
+            # on, so the visit that later sends `uid` is found by id, never by fingerprint.
+            cid = _uid_visitor_id(traits.uid) if traits.uid else f"{visitor_seed:016x}"
+            if not returning:
+                traits.uid = None  # the first visit is anonymous; the member logs in later
         else:
             traits = self.traits.draw(rng, pooled=False)
             cid = f"{rng.getrandbits(64):016x}"
+        self.visits_made += 1
+        self.returning_made += returning
 
         channel, referrer, campaign_query, campaign_landing = self._channel(rng)
         if funnel is not None:
@@ -102,9 +137,6 @@ class Generator:
             entries = self.ordinary.build(
                 rng, self.behaviours[traits.persona], traits.device, referrer, campaign_query, campaign_landing
             )
-
-        if self.goals is not None:
-            entries = self._accepted_conversions(entries)
 
         # A visit crossing local midnight would be split by Matomo: squeeze the few that
         # start too late to end in time (keeps starts in order, unlike shifting them).
@@ -128,15 +160,22 @@ class Generator:
             params["rand"] = str(getrandbits(30))
             append(Hit(start + t, params))
 
+        if self.goals is not None:
+            # After the hits got their times and `rand`: leaving a conversion out must not
+            # change the rest of the stream (the same seed gives the same visits).
+            hits = self._accepted_conversions(hits)
+
         constant = {"idsite": self.site_id, "rec": "1", "apiv": "1", "send_image": "0", "cid": cid, "_id": cid}
         if traits.uid:
             constant["uid"] = traits.uid
-            # Matomo looks a uid visitor it has never seen up by its configuration
+            # Matomo looks a uid visitor whose id it has never seen up by its configuration
             # fingerprint (OS, browser, plugin flags, IP, language) and adopts a concurrent
-            # visit with an empty user id (Tracker/Model::findVisitor). Without `cip` every
-            # visitor shares one IP, so a logged-in visitor would take over an anonymous
-            # visit. Logged-in browsers report cookie support (their session needs it);
-            # anonymous visitors send no plugin flags, so the two fingerprints never match.
+            # visit with an empty user id (Tracker/Model::findVisitor). Its id is known
+            # here (`cid` above, sent since the member's first visit), but if that visit
+            # was never recorded, and without `cip` every visitor shares one IP, it would
+            # take over an anonymous visit. Logged-in browsers report cookie support (their
+            # session needs it); anonymous visitors send no plugin flags, so the two
+            # fingerprints never match.
             constant["cookie"] = "1"
         constant["ua"] = traits.ua
         constant["lang"] = traits.lang
@@ -146,8 +185,8 @@ class Generator:
         if traits.ip:
             constant["cip"] = traits.ip
 
-        if pooled is not None:
-            self.pool.last_end[pooled] = hits[-1].due
+        if member is not None:
+            members.visited(member, hits[-1].due)
         return Visit(
             index,
             cid,
@@ -156,26 +195,28 @@ class Generator:
             traits.persona,
             traits.device,
             channel,
-            pooled is not None,
+            returning,
             funnel.name if funnel is not None else None,
             constant,
             hits,
         )
 
-    def _accepted_conversions(self, entries: list) -> list:
+    def _accepted_conversions(self, hits: list[Hit]) -> list[Hit]:
         """Conversions as the site's goal ids; those for goals it lacks are left out."""
         assert self.goals is not None
         kept = []
-        for entry in entries:
-            params = entry[1]
-            idgoal = params.get("idgoal")
+        for hit in hits:
+            idgoal = hit.params.get("idgoal")
             if idgoal is not None and idgoal != "0":
                 found = self.goals.convert(int(idgoal))
                 if found is None:
                     continue
-                params["idgoal"] = str(found)
-            kept.append(entry)
-        return kept or entries[:1]
+                hit.params["idgoal"] = str(found)
+            kept.append(hit)
+        if not kept:  # a visit of nothing but a left-out conversion: keep it (it is 1 hit)
+            return hits
+        kept[0].params["new_visit"] = "1"
+        return kept
 
     def _channel(self, rng: Random) -> tuple[str, str | None, str, str]:
         """(channel, referrer URL or None, campaign query, campaign landing URL)."""

@@ -33,6 +33,7 @@ from .goals import SiteGoals
 from .profile import Profile
 from .sampling import derive_seed
 from .visit import Visit
+from .visitors import Population
 
 # Hits are dated in whole seconds (cdt); keep the last one clearly before midnight.
 MIDNIGHT_MARGIN = 1.0
@@ -53,6 +54,7 @@ def day_visits(
     count: int,
     skip: int = 0,
     goals: SiteGoals | None = None,
+    population: Population | None = None,
 ) -> Iterator[Visit]:
     """Exactly ``count`` visits of the local ``day``, in start order, every hit inside it.
 
@@ -74,6 +76,7 @@ def day_visits(
         site_url,
         f"day:{day.isoformat()}",
         goals,
+        population,
     )
     rng = Random(derive_seed("day", seed, day.isoformat()))
     schedule = DaySchedule(day, tz, profile.daily_curve)
@@ -102,6 +105,7 @@ def live_visits(
     *,
     start: datetime,
     goals: SiteGoals | None = None,
+    population: Population | None = None,
 ) -> Iterator[Visit]:
     """Endless visits arriving from ``start`` on, in arrival order.
 
@@ -114,7 +118,7 @@ def live_visits(
     epoch = start.timestamp()
     label = f"live:{epoch:.6f}"
     generator = Generator(
-        profile, catalog, funnels, seed, site_id, token_present, order_id_prefix, site_url, label, goals
+        profile, catalog, funnels, seed, site_id, token_present, order_id_prefix, site_url, label, goals, population
     )
     rng = Random(derive_seed("live", seed, label))
     arrivals = ArrivalProcess(

@@ -1,21 +1,18 @@
-"""Who visits: new visitors, and a pool of returning visitors with stable identities.
+"""Who visits: new visitors, and members of a population who come back.
 
-A returning visitor is an index into a fixed-size pool. Everything about them (visitor
-id, persona, device, browser, language, IP, login) derives from ``(seed, index)``, so
-the same visitor comes back with the same id and device on any day, in any process,
-without storing anything. The pool remembers only each visitor's last visit end (one
-float each) so two visits of one visitor never overlap or come within 30 minutes of
-each other (Matomo would merge them).
-
-Pool size is about three days of returning visits: a pooled visitor comes back every
-few days, and over a week nearly all of them have been seen before.
+A member is an index into a population (see ``Population``). Everything about them
+(visitor id, persona, device, browser, language, IP, login) derives from
+``(seed, index)``, so the same visitor comes back with the same id and device on any
+day, in any process, without storing anything. A stream remembers only the last visit
+end of members seen in the last hour, so two visits of one visitor never overlap or come
+within 30 minutes of each other (Matomo would merge them).
 """
 
 from __future__ import annotations
 
 import math
-from array import array
 from dataclasses import dataclass
+from datetime import date
 from random import Random
 
 from .profile import DEVICES, PERSONAS, Profile
@@ -23,9 +20,12 @@ from .sampling import Weighted, derive_seed
 from .site_model import SiteModel
 
 VISIT_GAP_SECONDS = 1800.0  # Matomo's visit_standard_length
-POOL_DAYS = 3.0
-POOL_MIN, POOL_MAX = 50, 200_000
-POOL_ATTEMPTS = 4
+MEMBER_ATTEMPTS = 6
+# Of each day's new visitors, this share stays (becomes a member who may return): low
+# enough that a quiet day (weekend, caps) still fills the intake the next days rely on.
+JOIN_SHARE_OF_NEW = 0.4
+CORE_SHARE, CORE_VISITS = 0.1, 0.5  # 10 % of the members make half the returning visits
+PRUNE_EVERY = 20_000
 
 
 @dataclass(slots=True)
@@ -76,25 +76,97 @@ class TraitSampler:
         return Traits(persona, device, ua, res, uadata if self.client_hints else "", lang, ip, uid)
 
 
-def pool_size(profile: Profile) -> int:
-    wanted = math.ceil(profile.visits_per_day * profile.returning_visitor_share * POOL_DAYS)
-    return max(POOL_MIN, min(POOL_MAX, wanted))
+@dataclass(frozen=True)
+class Population:
+    """The visitors a stream's returning visits come from, possibly shared between streams.
+
+    Matomo 5 counts a visit as returning only when it already knows the visitor id from
+    an earlier visit (``plugins/CoreHome/Columns/VisitorReturning.php``). So returning
+    visits here always come from *members*: visitors whose first visit was sent earlier.
+    Members join deterministically: on the population's k-th day (``step_days`` apart,
+    counted from ``start_day``, the site's local days) the first ``joins_per_day`` new
+    visitors become members ``J*k .. J*k+J-1``; a member's id and traits derive from
+    ``(seed, member)``. A stream for a later day therefore knows every member of the days
+    before it without storing anything, and a live run started with the same population
+    as an earlier backfill (same seed, start, size) continues its visitors.
+
+    ``known_days``: how many population days before the stream's first day actually had
+    traffic (a live run after a backfill: the backfill's days); None means all of them.
+    ``visits_per_day`` sets the size of the daily intake (default: the profile's rate).
+    """
+
+    seed: int | str
+    start_day: date
+    step_days: int = 1
+    known_days: int | None = None
+    visits_per_day: int | None = None
+
+    def joins_per_day(self, profile: Profile) -> int:
+        visits = self.visits_per_day or profile.visits_per_day
+        return max(1, int(visits * (1.0 - profile.returning_visitor_share) * JOIN_SHARE_OF_NEW))
+
+    def day_number(self, local_day: date) -> int:
+        return max(0, (local_day - self.start_day).days // max(1, self.step_days))
 
 
-class VisitorPool:
-    def __init__(self, seed: int | str, size: int):
-        self.key = derive_seed("visitors", seed)
-        self.size = size
-        self.last_end = array("d", [-math.inf]) * size
+class Members:
+    """One stream's view of a population: who is known, who may come back now.
 
-    def free_index(self, rng: Random, start: float) -> int | None:
-        """A pooled visitor whose last visit ended 30+ minutes before ``start``."""
+    Returning visits are spread over the known members with a loyal core: the first
+    ``CORE_SHARE`` of the members get ``CORE_VISITS`` of the returning visits, the rest
+    share the remainder evenly, so a few visitors come back often and most rarely, as in
+    real audiences. A member is free when its last visit in this stream ended 30 minutes
+    before (Matomo would merge the two visits otherwise)."""
+
+    def __init__(self, population: Population, profile: Profile):
+        self.population = population
+        self.key = derive_seed("visitors", population.seed)
+        self.joins = population.joins_per_day(profile)
+        self.last_end: dict[int, float] = {}
+        self.day: int | None = None
+        self.joined_today = 0
+        self._visits_since_prune = 0
+
+    def start_day(self, day_number: int) -> None:
+        if day_number != self.day:
+            self.day = day_number
+            self.joined_today = 0
+
+    def known(self) -> int:
+        """Members [0, known) have had a visit before now (earlier days, or joined today)."""
+        day = self.day or 0
+        known_days = self.population.known_days
+        before = day if known_days is None else min(day, known_days)
+        return self.joins * before + self.joined_today
+
+    def join(self) -> int | None:
+        """The member a new visitor becomes, or None once today's intake is full."""
+        if self.joined_today >= self.joins:
+            return None
+        member = self.joins * (self.day or 0) + self.joined_today
+        self.joined_today += 1
+        return member
+
+    def free_member(self, rng: Random, start: float) -> int | None:
+        known = self.known()
+        if known == 0:
+            return None
+        core = max(1, int(known * CORE_SHARE))
         last_end = self.last_end
-        for _ in range(POOL_ATTEMPTS):
-            index = int(rng.random() * self.size)
-            if last_end[index] + VISIT_GAP_SECONDS < start:
-                return index
-        return None  # all tried visitors are busy: the caller makes a new visitor
+        for _ in range(MEMBER_ATTEMPTS):
+            member = int(rng.random() * (core if rng.random() < CORE_VISITS else known))
+            if last_end.get(member, -math.inf) + VISIT_GAP_SECONDS < start:
+                return member
+        return None
 
-    def visitor_seed(self, index: int) -> int:
-        return derive_seed(self.key, index)
+    def visited(self, member: int, end: float) -> None:
+        self.last_end[member] = end
+        self._visits_since_prune += 1
+        if self._visits_since_prune >= PRUNE_EVERY:
+            # Only visits of the last 30 minutes matter: memory stays bounded.
+            self._visits_since_prune = 0
+            horizon = end - 2 * VISIT_GAP_SECONDS
+            self.last_end = {m: t for m, t in self.last_end.items() if t >= horizon}
+
+    def member_seed(self, member: int) -> int:
+        return derive_seed(self.key, member)

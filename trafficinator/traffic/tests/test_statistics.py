@@ -83,10 +83,14 @@ def test_returning_visitors_keep_their_id_device_and_login_across_visits(sample)
     repeated = [visits for visits in by_visitor.values() if len(visits) > 1]
     assert len(repeated) > 300
     for visits in repeated:
-        assert all(v.returning for v in visits)
+        # The first visit makes the visitor known to Matomo; every later one is returning.
+        assert [v.returning for v in visits] == [False] + [True] * (len(visits) - 1)
         for name in ("ua", "res", "lang"):
             assert len({v.params[name] for v in visits}) == 1
-        assert len({v.uid for v in visits}) == 1
+        # A member logs in from its second visit on (the first is anonymous), with Matomo's
+        # id for its user id as `cid` from the start.
+        assert visits[0].uid is None
+        assert len({v.uid for v in visits[1:]}) == 1
         assert len({v.device for v in visits}) == 1
 
 
