@@ -234,6 +234,9 @@ class BackfillPlan(models.Model):
     invalidation_message = models.TextField(blank=True)
     invalidated_at = models.DateTimeField(null=True, blank=True)
 
+    # The last comparison with Matomo's reports, day by day (backfill.verification), or None.
+    verification = models.JSONField(null=True, blank=True, editable=False)
+
     objects = BackfillPlanQuerySet.as_manager()
 
     class Meta:

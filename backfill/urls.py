@@ -14,4 +14,5 @@ urlpatterns = [
     path("<int:pk>/clone/", views.plan_clone, name="clone"),
     path("<int:pk>/progress/", views.plan_progress, name="progress"),
     path("<int:pk>/days/", views.plan_days, name="days"),
+    path("<int:pk>/verify/", views.plan_verify, name="verify"),
 ]

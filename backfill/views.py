@@ -20,6 +20,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from backfill.forms import BackfillPlanForm, ConfirmForm
 from backfill.models import BackfillPlan
 from backfill.planning import Estimate, build_estimate
+from backfill.verification import verify_plan
 from trafficinator.http import HtmxHttpRequest
 from trafficinator.traffic import CatalogError, TrafficConfigError
 
@@ -110,9 +111,27 @@ def plan_detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
         "estimate": estimate,
         "estimate_error": estimate_error,
         "log_entries": list(plan.logs.select_related("target").order_by("-created_at", "-pk")[:LOG_LIMIT]),
+        "verification": plan.verification,
+        "is_run": False,
+        "verify_url": reverse("backfill:verify", args=[plan.pk]),
+        "can_verify": not plan.is_draft and any(target.has_token for target in plan.targets.all()),
     }
     context.update(days_context(plan))
     return render(request, "backfill/detail.html", context)
+
+
+@permission_required("backfill.view_backfillplan", raise_exception=True)
+@require_POST
+def plan_verify(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+    """Compare what each day sent with Matomo's day report and keep the answer."""
+    plan = _plan(pk)
+    rows = verify_plan(plan)
+    differing = sum(1 for row in rows if not row.ok)
+    if differing:
+        messages.warning(request, f"{differing} of {len(rows)} day(s) differ from what was sent; see below.")
+    else:
+        messages.success(request, "Matomo recorded exactly what was sent.")
+    return redirect(_plan_url(plan) + "#verification")
 
 
 @permission_required("backfill.run_backfill", raise_exception=True)

@@ -139,6 +139,8 @@ class Run(models.Model):
     # The loader's latest telemetry snapshot, written in one UPDATE every ~2 s:
     # {"totals": {...}, "targets": {"<run_target_id>": {...}}}. Never one row per hit.
     stats = models.JSONField(default=dict, blank=True)
+    # The last comparison with Matomo's own counts (runs.verification), or None.
+    verification = models.JSONField(null=True, blank=True, editable=False)
 
     objects = RunQuerySet.as_manager()
 

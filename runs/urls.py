@@ -13,6 +13,7 @@ urlpatterns = [
     path("<int:pk>/targets/", views.targets, name="targets"),
     path("<int:pk>/log/", views.log, name="log"),
     path("<int:pk>/stop/", views.stop, name="stop"),
+    path("<int:pk>/verify/", views.verify, name="verify"),
     path("<int:pk>/resume/", views.resume, name="resume"),
     path("<int:pk>/close/", views.close, name="close"),
 ]

@@ -25,6 +25,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from runs.forms import StartRunForm
 from runs.models import Run, RunLog, RunSample, RunTarget, enqueue_run
 from runs.presentation import LiveRun, chart_end, run_charts, samples_since, target_rows
+from runs.verification import verify_run
 from trafficinator.http import HtmxHttpRequest
 
 RECENT_RUNS = 10
@@ -111,7 +112,13 @@ def dashboard_runs(request: HtmxHttpRequest) -> HttpResponse:
 @require_GET
 def detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     run = _run(pk)
-    context = {"run": run}
+    context = {
+        "run": run,
+        "verification": run.verification,
+        "is_run": True,
+        "verify_url": reverse("runs:verify", args=[run.pk]),
+        "can_verify": any(rt.target.has_token for rt in run.run_targets.select_related("target")),
+    }
     for panel in (summary_context(run), charts_context(run), targets_context(run), log_context(run, request.GET)):
         context.update(panel)
     return render(request, "runs/detail.html", context)
@@ -185,6 +192,18 @@ def _after_action(request: HtmxHttpRequest, run: Run) -> HttpResponse:
         return render(request, "runs/partials/dashboard_runs.html", dashboard_context())
     run.refresh_from_db()
     return render(request, "runs/partials/run_summary.html", summary_context(run))
+
+
+@permission_required("runs.view_run", raise_exception=True)
+@require_POST
+def verify(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+    """Ask Matomo what it recorded for this run (its live counter) and keep the answer."""
+    run = _run(pk)
+    rows = verify_run(run)
+    differing = sum(1 for row in rows if not row.ok)
+    level = RunLog.Level.WARNING if differing else RunLog.Level.INFO
+    run.log(level, f"Compared with Matomo: {differing} of {len(rows)} target(s) differ from what was sent.")
+    return redirect(_run_url(run) + "#verification")
 
 
 @permission_required("runs.run_traffic", raise_exception=True)

@@ -46,7 +46,14 @@ What it emulates (Matomo 5, checked against its sources; see ``rules.py`` for th
   visibly slower, as against a real Matomo.
 * Reporting API: API.getMatomoVersion, SitesManager.getSiteFromId and the
   getSitesId*/getSites* access lists, UsersManager.hasSuperUserAccess /
-  getSitesAccessFromUser, CoreAdminHome.invalidateArchivedReports, VisitsSummary.get.
+  getSitesAccessFromUser, CoreAdminHome.invalidateArchivedReports, VisitsSummary.get
+  (``nb_actions`` as Matomo's ``visit_total_actions``: no content, goal or ecommerce
+  actions), Live.getCounters, Goals.getGoals / Goals.addGoal (write access) and
+  SitesManager.updateSite (``ecommerce``, ``siteSearch``; admin access).
+* Goals must exist: a conversion (``idgoal`` > 0) for a goal the site lacks is a 400, or
+  ``invalid`` in bulk ("idGoal N does not exist"); a ``Site`` has no goals unless given
+  (``goals={1: "Signup"}``) or added through the API. In cluster mode each worker keeps
+  its own goals (tests use one process).
 
 Where it deliberately differs from a real Matomo 5.3 (each is a documented choice):
 

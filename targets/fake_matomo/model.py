@@ -332,6 +332,12 @@ class Visit:
         return [h for h in self.hits if h.action_type not in ("ping", "goal", "ecommerce_order", "ecommerce_cart")]
 
     @property
+    def matomo_actions(self) -> int:
+        """Matomo's ``visit_total_actions``: page views, downloads, outlinks, site searches
+        and events (content impressions and interactions are not counted)."""
+        return sum(1 for h in self.hits if h.action_type in ("pageview", "download", "outlink", "site_search", "event"))
+
+    @property
     def pageviews(self) -> int:
         return sum(1 for h in self.hits if h.action_type == "pageview")
 

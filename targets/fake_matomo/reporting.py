@@ -94,6 +94,7 @@ class ReportingApi:
             "CoreAdminHome.invalidateArchivedReports": self.invalidate_archived_reports,
             "VisitsSummary.get": self.visits_summary_get,
             "Goals.getGoals": self.goals_get_goals,
+            "Live.getCounters": self.live_get_counters,
             "Goals.addGoal": self.goals_add_goal,
             "SitesManager.updateSite": self.sites_update_site,
         }
@@ -293,7 +294,7 @@ class ReportingApi:
         ]
         if not visits:
             return []
-        actions = [len(v.actions) for v in visits]
+        actions = [v.matomo_actions for v in visits]
         return {
             "nb_uniq_visitors": len({v.visitor_id for v in visits}),
             "nb_users": len({v.hits[0].params.get("uid") for v in visits if v.hits[0].params.get("uid")}),
@@ -350,3 +351,25 @@ class ReportingApi:
             sitesearch = params["siteSearch"] in ("1", "true")
         self.sites[site_id] = replace(site, ecommerce=ecommerce, sitesearch=sitesearch)
         return None
+
+    def live_get_counters(self, caller: Caller, params: dict[str, str]) -> Any:
+        """Visits whose last action is within the last ``lastMinutes`` (raw log, no archiving)."""
+        site = self._require_site(caller, self._site_id(params), "view")
+        try:
+            minutes = int(self._param(params, "lastMinutes"))
+        except ValueError:
+            raise ApiError("lastMinutes must be a number") from None
+        if minutes > 2880:
+            raise ApiError("The value for lastMinutes must be lower than 2880.")
+        since = self.now() - minutes * 60
+        visits = [v for v in group_visits(self.hits_for(site.id), site) if v.end >= since]
+        return [
+            {
+                "visits": len(visits),
+                "actions": sum(v.matomo_actions for v in visits),
+                "visitors": len({v.visitor_id for v in visits}),
+                "visitsConverted": sum(
+                    1 for v in visits if any(h.action_type in ("goal", "ecommerce_order") for h in v.hits)
+                ),
+            }
+        ]
