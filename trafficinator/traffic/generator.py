@@ -24,7 +24,7 @@ from .profile import CHANNELS, Profile
 from .sampling import Weighted
 from .site_model import compile_site
 from .visit import Hit, Visit
-from .visitors import Members, Population, TraitSampler
+from .visitors import Members, Population, Traits, TraitSampler
 
 _CLOCK = [f"{n}" for n in range(60)]
 _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
@@ -117,16 +117,12 @@ class Generator:
         if member is None:
             member = members.join()
         if member is not None:
-            visitor_seed = members.member_seed(member)
-            traits = self.traits.draw(Random(visitor_seed), pooled=True)
-            # A logged-in member's id is Matomo's id for its user id from the first visit
-            # on, so the visit that later sends `uid` is found by id, never by fingerprint.
-            cid = _uid_visitor_id(traits.uid) if traits.uid else f"{visitor_seed:016x}"
-            if not returning:
-                traits.uid = None  # the first visit is anonymous; the member logs in later
+            traits, cid = self._member(member)
+            uid = traits.uid if returning else None  # the first visit is anonymous; logins come later
         else:
             traits = self.traits.draw(rng, pooled=False)
             cid = f"{rng.getrandbits(64):016x}"
+            uid = None
         self.visits_made += 1
         self.returning_made += returning
 
@@ -166,8 +162,8 @@ class Generator:
             hits = self._accepted_conversions(hits)
 
         constant = {"idsite": self.site_id, "rec": "1", "apiv": "1", "send_image": "0", "cid": cid, "_id": cid}
-        if traits.uid:
-            constant["uid"] = traits.uid
+        if uid:
+            constant["uid"] = uid
             # Matomo looks a uid visitor whose id it has never seen up by its configuration
             # fingerprint (OS, browser, plugin flags, IP, language) and adopts a concurrent
             # visit with an empty user id (Tracker/Model::findVisitor). Its id is known
@@ -190,7 +186,7 @@ class Generator:
         return Visit(
             index,
             cid,
-            traits.uid,
+            uid,
             start,
             traits.persona,
             traits.device,
@@ -200,6 +196,16 @@ class Generator:
             constant,
             hits,
         )
+
+    def _member(self, member: int) -> tuple[Traits, str]:
+        """A member's traits and visitor id, the same in every stream of the population."""
+        assert self.members is not None
+        visitor_seed = self.members.member_seed(member)
+        traits = self.traits.draw(Random(visitor_seed), pooled=True)
+        # A logged-in member's id is Matomo's id for its user id from the first visit on,
+        # so the visit that later sends `uid` is found by id, never by fingerprint.
+        cid = _uid_visitor_id(traits.uid) if traits.uid else f"{visitor_seed:016x}"
+        return traits, cid
 
     def _accepted_conversions(self, hits: list[Hit]) -> list[Hit]:
         """Conversions as the site's goal ids; those for goals it lacks are left out."""
