@@ -10,9 +10,9 @@ import pytest
 from django.core.management import call_command
 
 from backfill.foreground import run_in_foreground
-from backfill.tests.conftest import STOCKHOLM, confirmed_plan, days_ago
+from backfill.tests.conftest import STOCKHOLM, days_ago
 from runs.models import Run
-from trafficinator.testing import make_preset
+from trafficinator.testing import confirmed_plan, make_preset
 
 
 @pytest.mark.django_db(transaction=True)

@@ -10,10 +10,10 @@ from django.urls import reverse
 
 from backfill.foreground import run_in_foreground
 from backfill.models import BackfillPlan
-from backfill.tests.conftest import confirmed_plan, days_ago, make_backfill_target
+from backfill.tests.conftest import days_ago, make_backfill_target
 from conftest import TOKEN
 from runs.models import Run
-from trafficinator.testing import make_preset, make_target, make_user
+from trafficinator.testing import confirmed_plan, make_preset, make_target, make_user
 
 
 def verify(what: str) -> str:
