@@ -337,7 +337,10 @@ class DaySender:
                 break
             gevent.sleep(min(wait, 1.0))
             self._beat_if_due()
-        self.next_request_at = max(self.next_request_at, time.monotonic() - self.interval) + self.interval
+        # Strict spacing: a late request never earns a second one right behind it (with the
+        # old catch-up of one interval the first two requests went out together, so the
+        # limit allowed rps + 1 requests in a second).
+        self.next_request_at = max(self.next_request_at, time.monotonic()) + self.interval
 
     def _beat_if_due(self) -> None:
         if time.monotonic() - self.last_beat >= HEARTBEAT_SECONDS:
