@@ -2,14 +2,36 @@
 reports to the database. Runs inside ``manage.py run_loader`` / ``run_traffic`` (gevent
 monkey-patched).
 
-Greenlets:
-- the main greenlet (``LiveLoader.run``) is the only one that touches the database: it
-  starts due visits, checks for stop requests and limits every loop (at most every
-  ``TICK`` seconds, by the clock, not by a timer: under full CPU a gevent timer was seen
-  firing 12 s late), flushes telemetry every ``FLUSH_EVERY`` seconds and writes one
-  RunSample a minute;
-- one greenlet per visit in progress sleeps until each hit is due and sends it;
-- the senders' own greenlets do the HTTP (at most ``concurrency`` per target).
+Greenlets and threads:
+- the scheduler (``LiveLoader.run_loop``, the main greenlet) admits due visits, within
+  bounds (admission control, below), and hands DB work to the DB threads, never waiting
+  for it;
+- one dispatcher greenlet per target pops due hits (single) or due visits (bulk) from the
+  target's heap and hands them to its sender, which blocks while ``concurrency``
+  requests are in flight: that is the backpressure;
+- the senders' own greenlets do the HTTP;
+- two real OS threads do all database work, so a slow or locked database never stops
+  the sending: the *checker* reads the claim and stop requests every ``CHECK_EVERY``
+  (a plain SELECT, which another process's write lock does not block), the *writer*
+  writes stats, heartbeat, run log and chart rows every ``FLUSH_EVERY`` (a write held up
+  by a lock is simply not repeated until it is done).
+
+Admission control. A visit is started only while the target has fewer than its share of
+``LOADER_MAX_VISITS_IN_PROGRESS`` visits in progress, holds less than its share of
+``LOADER_MEMORY_BUDGET_MB`` of encoded hits, and its due hits are not waiting more than
+``ADMIT_MAX_LAG``. So memory is bounded whatever rate is asked. A loader that cannot keep
+up starts visits later than scheduled (each visit keeps its own relative timing) and says
+so: ``lag_seconds`` (how far behind schedule it is), ``visits_behind`` (visits due but not
+started), ``delivered_percent`` and ``saturated`` (lag above ``SATURATED_LAG``), in the
+stats and the run log. Latency is the request's own time; the time a hit waited in the
+loader is ``wait_ms``.
+
+Fencing. Every claim of a run has a token; every write of this loader is conditional on
+it (``Run.report`` / ``finish_claimed``). The loader sends only while its claim was
+confirmed within ``claim_lease()`` (a third of the heartbeat staleness after which a run
+can be resumed): a loader frozen (SIGSTOP, a paused VM) long enough to be resumed by
+another one finds its lease expired when it wakes, sends nothing, learns at its next
+check that it was superseded, and exits without writing anything.
 
 This module is the live loader's one home: the visit streams per target (fed from the
 run's snapshot), the loop, and ``execute_loader``, which the commands ``run_loader`` and
@@ -20,36 +42,119 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import itertools
 import logging
+import math
 import signal
 import time
+import uuid
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import cast
-from zoneinfo import ZoneInfo
 
 import gevent
 import gevent.event
-import gevent.pool
+import gevent.threadpool
+from django.conf import settings
+from django.db import connections
 
 from backfill.models import BackfillPlan
 from funnels.models import Funnel
-from runs.models import Run, RunLog, RunSample, RunTarget
+from runs.models import Run, RunLog, RunTarget
 from targets.checks import token_works_in_bulk
-from trafficinator.sending.sender import TargetSender
-from trafficinator.sending.telemetry import RunStats, RunTelemetry, TargetTelemetry
+from trafficinator.sending.sender import SenderClosed, TargetSender
+from trafficinator.sending.telemetry import RunStats, RunTelemetry, TargetTelemetry, delivered_percent
 from trafficinator.traffic import Catalog, CdtFormat, Profile, SiteGoals, Visit, encode_visit, live_visits
+from trafficinator.traffic.clock import resolve_timezone
+from trafficinator.traffic.curves import expected_visits
 from trafficinator.traffic.encoding import encode_params
 
 logger = logging.getLogger(__name__)
 
-TICK = 0.2  # seconds between main-loop passes
-FLUSH_EVERY = 2.0  # seconds between DB flushes (stats + heartbeat + log)
-STOP_CHECK_EVERY = 0.5  # seconds between stop-request reads (one cheap SELECT)
-STOP_GRACE = 1.5  # seconds in-flight requests get after a stop
+TICK = 0.2  # longest sleep of the scheduler when nothing is due
+CHECK_EVERY = 0.25  # seconds between claim + stop-request reads (one cheap SELECT)
+FLUSH_EVERY = 2.0  # seconds between DB reports (stats + heartbeat + log + chart row)
+STOP_GRACE = 1.0  # seconds in-flight requests get after a stop (all targets at once)
 REQUEST_TIMEOUT = 10.0
+ADMIT_MAX_LAG = 0.5  # start no new visit while a target's due hits wait longer than this
+ADMIT_PER_PASS = 100  # visits started per scheduler pass before letting I/O run
+SATURATED_LAG = 2.0  # behind schedule by more than this: "generator saturated"
+RECOVERED_LAG = 0.5  # ... and back on schedule below this
+SUPERSEDED = "superseded"  # run_loop's result when another loader took the run over (not a Run.Status)
+
+
+def claim_lease() -> float:
+    """Seconds a confirmed claim lets the loader send. Well below the staleness after
+    which a run can be resumed, so no loader can still be sending once another claims."""
+    return settings.RUN_HEARTBEAT_STALE_SECONDS / 3
+
+
+class DbThread:
+    """One real OS thread for database work, fed from greenlets without blocking them.
+
+    Before ``start()`` (and after ``close()``) jobs run inline, which is what code outside
+    the loop (setup, tests of single methods) wants."""
+
+    def __init__(self) -> None:
+        self._pool: gevent.threadpool.ThreadPool | None = None
+
+    def start(self) -> None:
+        self._pool = gevent.threadpool.ThreadPool(1)
+
+    def submit(self, fn: Callable, *args) -> gevent.event.AsyncResult:
+        if self._pool is None:
+            result: gevent.event.AsyncResult = gevent.event.AsyncResult()
+            try:
+                result.set(fn(*args))
+            except Exception as exc:
+                result.set_exception(exc)
+            return result
+        return self._pool.spawn(fn, *args)
+
+    def close(self, timeout: float = 5.0) -> None:
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        try:  # the thread's own DB connection, else it outlives the loader
+            pool.spawn(connections.close_all).get(timeout=timeout)
+        except Exception:  # pragma: no cover - a locked DB at exit: the process ends anyway
+            logger.warning("Could not close the DB thread's connection", exc_info=True)
+        pool.kill()
+
+
+class VisitInProgress:
+    """One admitted visit: its encoded hits and where it stands. It is the sender's
+    ``on_done`` callback: a single hit's settling queues the visit's next hit (never
+    before the previous one settled, so a retried hit is never overtaken by the next one
+    of the same visitor); a bulk visit's settling ends it."""
+
+    __slots__ = ("delivered", "index", "items", "runtime", "shift", "size")
+
+    def __init__(self, runtime: TargetRuntime, items: list, shift: float, size: int) -> None:
+        self.runtime = runtime
+        self.items = items  # single: [(due, body)]; bulk: [entry] sent at once
+        self.index = 0
+        self.shift = shift  # seconds the visit started late (its hits keep their spacing)
+        self.size = size  # bytes held, for the memory budget
+        self.delivered = False  # Matomo accepted its hits (some of them, in single mode)
+
+    def __call__(self, outcome: str) -> None:
+        runtime = self.runtime
+        if outcome == "abandoned":
+            runtime.visit_over(self, finished=False)
+            return
+        if runtime.bulk:
+            self.delivered = outcome in ("accepted", "partial")
+            runtime.visit_over(self, finished=True)
+            return
+        self.delivered = self.delivered or outcome == "accepted"
+        self.index += 1
+        if self.index < len(self.items):
+            runtime.push(self.items[self.index][0] + self.shift, self)
+        else:
+            runtime.visit_over(self, finished=True)
 
 
 @dataclass
@@ -58,12 +163,80 @@ class TargetRuntime:
     stream: TargetStream
     sender: TargetSender
     telemetry: TargetTelemetry
+    max_visits: int = 1000
+    max_bytes: int = 8 << 20
+    heap: list = field(default_factory=list)  # (due, seq, VisitInProgress)
+    next_visit: Visit | None = None
+    in_progress: int = 0
+    held_bytes: int = 0
+    saturated: bool = False
+    wake: gevent.event.Event = field(default_factory=gevent.event.Event)
+    on_slot_free: Callable[[], None] | None = None
     # Monotonic start times of the visits of the last minute, for the actual visits/day.
     recent_starts: deque = field(default_factory=deque)
+    _seq: Iterator[int] = field(default_factory=itertools.count)
 
-    def visit_started(self, now: float) -> None:
-        self.recent_starts.append(now)
+    @property
+    def bulk(self) -> bool:
+        return self.sender.bulk
+
+    def push(self, due: float, visit: VisitInProgress) -> None:
+        heap = self.heap
+        heapq.heappush(heap, (due, next(self._seq), visit))
+        if heap[0][2] is visit:
+            self.wake.set()  # earlier than what the dispatcher sleeps for
+
+    def start_visit(self, visit: Visit, now: float, now_mono: float) -> None:
+        """Admit ``visit`` now: ``now - visit.start`` late when behind schedule."""
+        shift = max(0.0, now - visit.start)
+        if self.bulk:
+            entries = self.stream.encode(visit, with_cdt=True)
+            state = VisitInProgress(self, entries, shift, sum(map(len, entries)))
+            due = visit.hits[-1].due + shift if visit.hits else visit.start + shift
+        else:
+            timed = self.stream.encode_timed(visit)
+            state = VisitInProgress(self, timed, shift, sum(len(body) for _, body in timed))
+            due = timed[0][0] + shift
+        size = state.size
+        self.in_progress += 1
+        self.held_bytes += size
+        self.recent_starts.append(now_mono)
         self.telemetry.start_visits()
+        self.push(due, state)
+
+    def visit_over(self, visit: VisitInProgress, *, finished: bool) -> None:
+        self.in_progress -= 1
+        self.held_bytes -= visit.size
+        visit.items = []
+        if finished:
+            self.telemetry.finish_visits()
+            if visit.delivered:
+                self.telemetry.deliver_visits()
+        if self.on_slot_free is not None:
+            self.on_slot_free()
+
+    def can_admit(self, now: float) -> bool:
+        if self.in_progress >= self.max_visits or self.held_bytes >= self.max_bytes:
+            return False
+        return not (self.heap and now - self.heap[0][0] > ADMIT_MAX_LAG)
+
+    def lag(self, now: float) -> float:
+        """Seconds behind schedule: the oldest due visit not started, or hit not sent."""
+        lag = 0.0
+        if self.next_visit is not None and self.next_visit.start < now:
+            lag = now - self.next_visit.start
+        if self.heap and self.heap[0][0] < now:
+            lag = max(lag, now - self.heap[0][0])
+        return lag
+
+    def visits_behind(self, now: float) -> int:
+        """Visits due by now that were not started (what the curve expects since the
+        first of them was due)."""
+        visit = self.next_visit
+        if visit is None or now - visit.start <= RECOVERED_LAG:
+            return 0  # due just now: the next pass starts it
+        stream = self.stream
+        return 1 + int(expected_visits(visit.start, now, stream.tzinfo, stream.visits_per_day, stream.curve))
 
     def visits_per_day(self, now: float) -> int:
         """Visits started in the last 60 s, scaled to a day: what the target gets now."""
@@ -74,36 +247,49 @@ class TargetRuntime:
 
 
 class LiveLoader:
-    """Sends one run's traffic until it completes, is stopped, or fails."""
+    """Sends one run's traffic until it completes, is stopped, fails or is superseded."""
 
     def __init__(self, run: Run, *, progress=None) -> None:
         self.run = run
+        self.token: uuid.UUID | None = run.claim_token
         self.progress = progress  # optional callable(stats) for a terminal progress line
         self.telemetry = RunTelemetry()
-        self.visits = gevent.pool.Group()
         self.stop_event = gevent.event.Event()
+        self.wake = gevent.event.Event()  # the scheduler's alarm: a stop, a free slot
         self.stop_reason = ""
-        self.final_status = Run.Status.STOPPED  # until stop() says why the loop ended
+        self.final_status: Run.Status | str = Run.Status.STOPPED  # until stop() says why the loop ended
         # A resumed run continues its counters from where the lost loader left them.
         self.previous_stats = run.stats if isinstance(run.stats, dict) else {}
         self.visits_started = int(run.totals.get("visits_started", 0))
         self.runtimes: list[TargetRuntime] = []
+        self.dispatchers: list[gevent.Greenlet] = []
+        self.checker = DbThread()
+        self.writer = DbThread()
+        self.lease_until = 0.0
+        self.pending_logs: deque[tuple[str, str, int | None]] = deque(maxlen=200)
+        self.reported_sent = 0  # hits sent as of the last report the database took
         self._day_key: str | None = None
         self._visits_today = 0
         self._cap_logged_for: str | None = None
+        self._cap_restarts = 0
+        self.stopped_at: float | None = None  # the schedule figures freeze when the run stops
 
     # --- setup ---------------------------------------------------------------------
 
     def build(self) -> None:
         run_targets = list(self.run.run_targets.select_related("target"))
-        streams = target_streams(self.run, run_targets, start=time.time())
+        streams = target_streams(self.run, run_targets, start=time.time(), key=self.stream_key())
+        total_rate = sum(stream.visits_per_day for stream in streams) or 1
+        max_visits = settings.LOADER_MAX_VISITS_IN_PROGRESS
+        max_bytes = settings.LOADER_MEMORY_BUDGET_MB << 20
         for stream in streams:
             rt = stream.run_target
             telemetry = self.telemetry.add(str(rt.pk), rt.target.name)
+            concurrency = int(self.run.profile.get("concurrency", 10))
             sender = TargetSender(
                 rt.target.tracking_url,
                 rt.target.token_auth or None,
-                concurrency=int(self.run.profile.get("concurrency", 10)),
+                concurrency=concurrency,
                 timeout=REQUEST_TIMEOUT,
                 bulk=self.run.bulk and stream.bulk_allowed,
                 batch_size=self.run.batch_size,
@@ -111,92 +297,169 @@ class LiveLoader:
                 name=rt.target.name,
                 timezone=stream.timezone,
             )
-            self.runtimes.append(TargetRuntime(rt, stream, sender, telemetry))
+            share = stream.visits_per_day / total_rate
+            runtime = TargetRuntime(
+                rt,
+                stream,
+                sender,
+                telemetry,
+                max_visits=max(concurrency, int(max_visits * share)),
+                max_bytes=max(64 << 10, int(max_bytes * share)),
+                on_slot_free=self.wake.set,
+            )
+            runtime.next_visit = next(stream.visits, None)
+            self.runtimes.append(runtime)
             if stream.notice:
                 self.log(RunLog.Level.WARNING, stream.notice, rt)
 
-    # --- the main loop -------------------------------------------------------------
+    def stream_key(self) -> str:
+        """The visit stream's name: the claim epoch (a resumed run gets new visitors, so
+        nothing is replayed) and how often the daily cap restarted it; never the time."""
+        key = str(max(1, self.run.claim_epoch))
+        return f"{key}.{self._cap_restarts}" if self._cap_restarts else key
 
-    def run_loop(self) -> Run.Status:
-        """Returns the final status; the caller records it with Run.finish()."""
+    # --- the scheduler -------------------------------------------------------------
+
+    def run_loop(self) -> Run.Status | str:
+        """Returns the final status (or SUPERSEDED); the caller records it."""
         self.build()
+        self.checker.start()
+        self.writer.start()
+        lease = claim_lease()
         started = time.monotonic()
+        self.lease_until = started + lease  # the claim was confirmed just before the loop
         deadline = started + self.run.duration_seconds if self.run.duration_seconds else None
-        heap = self._initial_heap()
-        next_flush = time.monotonic() + FLUSH_EVERY
-        next_stop_check = 0.0
+        self.dispatchers = [gevent.spawn(self._dispatch, runtime) for runtime in self.runtimes]
+        check: gevent.event.AsyncResult | None = None
+        check_started = 0.0
+        report: gevent.event.AsyncResult | None = None
+        report_sent = 0
+        next_check = started
+        next_flush = started  # the first report at once: "Loader started" and a fresh heartbeat
         next_sample = _next_minute(time.time())
         self.log(RunLog.Level.INFO, f"Loader started: {self._describe_targets()}.")
 
         while not self.stop_event.is_set():
             now_mono = time.monotonic()
-            now = time.time()
+            # Results of the DB threads: act on them, never wait for them.
+            if check is not None and check.ready():
+                claim = self._result(check)  # None: the read failed; the lease runs out unless one works
+                check = None
+                if claim is not None:
+                    owned, stop_requested = claim
+                    if not owned:
+                        self.stop(SUPERSEDED, "Another loader claimed this run.")
+                        break
+                    self.lease_until = check_started + lease
+                    if stop_requested:
+                        self.stop(Run.Status.STOPPED, "Stop requested.")
+                        break
+            if report is not None and report.ready():
+                held = self._result(report)  # None: the write failed; the next report retries
+                report = None
+                if held is False:
+                    self.stop(SUPERSEDED, "Another loader claimed this run.")
+                    break
+                if held:
+                    self.reported_sent = report_sent
             if deadline is not None and now_mono >= deadline:
                 self.stop(Run.Status.COMPLETED, "Duration limit reached.")
                 break
+            if check is None and now_mono >= next_check:
+                check_started, next_check = now_mono, now_mono + CHECK_EVERY
+                check = self.checker.submit(self.run.check_claim, self.token)
+                check.rawlink(self._wake_up)
+            now = time.time()
+            if report is None and now_mono >= next_flush:
+                next_flush = now_mono + FLUSH_EVERY
+                sample = None
+                if now >= next_sample:
+                    sample = self._sample(next_sample)
+                    next_sample = _next_minute(now)
+                stats = self.snapshot()
+                report_sent = stats["totals"].get("sent", 0)
+                report = self.writer.submit(self.run.report, self.token, stats, self._drain_logs(), sample)
+                report.rawlink(self._wake_up)
+                if self.progress:
+                    self.progress(stats)
             if self._visit_limit_reached():
                 # Started visits finish their hits; then the run is complete.
-                if not len(self.visits):
+                if not any(runtime.in_progress for runtime in self.runtimes):
                     self.stop(Run.Status.COMPLETED, f"Visit limit of {self.run.max_visits} reached.")
                     break
             else:
-                self._start_due_visits(heap, now)
+                self._admit(now, now_mono)
             for runtime in self.runtimes:
                 runtime.sender.poll()
-            if now_mono >= next_stop_check:
-                next_stop_check = now_mono + STOP_CHECK_EVERY
-                if self.run.stop_was_requested():
-                    self.stop(Run.Status.STOPPED, "Stop requested.")
-                    break
-            if now_mono >= next_flush:
-                next_flush = now_mono + FLUSH_EVERY
-                self.flush()
-            if now >= next_sample:
-                self.write_sample(next_sample)
-                next_sample = _next_minute(now)
-            wait = TICK
-            if heap:
-                wait = min(wait, max(0.0, heap[0][0] - time.time()))
-            self.stop_event.wait(wait)
+            self.wake.clear()
+            # A pending DB job wakes the loop when done: its due time is no reason to wake.
+            self.wake.wait(
+                self._idle_wait(
+                    now_mono, math.inf if check else next_check, math.inf if report else next_flush, deadline
+                )
+            )
 
         return self.shutdown()
 
-    def _initial_heap(self) -> list:
-        heap: list = []
-        for index in range(len(self.runtimes)):
-            self._push_next(heap, index)
-        return heap
+    def _wake_up(self, _job=None) -> None:
+        self.wake.set()
 
-    def _push_next(self, heap: list, index: int) -> None:
-        visit = next(self.runtimes[index].stream.visits, None)
-        if visit is not None:
-            heapq.heappush(heap, (visit.start, index, visit))
+    @staticmethod
+    def _result(job: gevent.event.AsyncResult):
+        """A DB job's value, or None when it raised (logged; the loop carries on)."""
+        if job.successful():
+            return job.value
+        logger.warning("Loader DB work failed: %r", job.exception)
+        return None
 
-    def _start_due_visits(self, heap: list, now: float) -> None:
-        while heap and heap[0][0] <= now:
-            if self._visit_limit_reached():
-                return
-            _, index, visit = heapq.heappop(heap)
-            self._push_next(heap, index)
-            if self._daily_cap_reached(visit.start):
-                continue  # dropped, as a paused run would not have generated it
-            runtime = self.runtimes[index]
-            self.visits_started += 1
-            self._visits_today += 1
-            runtime.visit_started(time.monotonic())
-            self.visits.spawn(self._play_visit, runtime, visit)
+    def _idle_wait(self, now_mono: float, next_check: float, next_flush: float, deadline: float | None) -> float:
+        """How long the scheduler may sleep: until the next due visit it could start, the
+        next check or flush, or the deadline. Never 0 when it cannot act (no spin once
+        the visit limit is reached, while the daily cap pauses, or while at capacity)."""
+        wait = min(TICK, next_check - now_mono, next_flush - now_mono)
+        if deadline is not None:
+            wait = min(wait, deadline - now_mono)
+        if not self._visit_limit_reached():
+            now = time.time()
+            for runtime in self.runtimes:
+                visit = runtime.next_visit
+                if visit is not None and runtime.can_admit(now):
+                    wait = min(wait, visit.start - now)
+        return max(0.0, wait)
+
+    def _admit(self, now: float, now_mono: float) -> None:
+        """Start due visits, at most ADMIT_PER_PASS per target and pass, within the
+        admission bounds; what cannot start now stays due (behind schedule)."""
+        for runtime in self.runtimes:
+            admitted = 0
+            while admitted < ADMIT_PER_PASS:
+                visit = runtime.next_visit
+                if visit is None or visit.start > now or not runtime.can_admit(now):
+                    break
+                if self._visit_limit_reached():
+                    return
+                if self._daily_cap_reached(visit.start):
+                    self._pause_until_next_day(visit.start)
+                    return
+                runtime.next_visit = next(runtime.stream.visits, None)
+                self.visits_started += 1
+                self._visits_today += 1
+                runtime.start_visit(visit, now, now_mono)
+                admitted += 1
 
     def _visit_limit_reached(self) -> bool:
         limit = self.run.max_visits
         return bool(limit and self.visits_started >= limit)
 
+    def _cap_zone(self):
+        return resolve_timezone(self.runtimes[0].stream.timezone) if self.runtimes else UTC
+
     def _daily_cap_reached(self, start: float) -> bool:
-        """Count visits per day in the run's time zone; past the cap, drop visits until
-        the next day starts (the run pauses and resumes by itself)."""
+        """Count visits per day in the run's time zone; past the cap the run pauses until
+        the next day starts (and resumes by itself)."""
         if not self.run.daily_cap:
             return False
-        zone = ZoneInfo(self.runtimes[0].stream.timezone) if self.runtimes else UTC
-        day = datetime.fromtimestamp(start, zone).date().isoformat()
+        day = datetime.fromtimestamp(start, self._cap_zone()).date().isoformat()
         if day != self._day_key:
             if self._cap_logged_for:
                 self.log(RunLog.Level.INFO, f"New day {day}: resuming after the daily cap.")
@@ -209,58 +472,85 @@ class LiveLoader:
             self.log(RunLog.Level.INFO, f"Daily cap of {self.run.daily_cap} visits reached; pausing until tomorrow.")
         return True
 
-    def _play_visit(self, runtime: TargetRuntime, visit) -> None:
-        """Single mode: each hit at its due time, one after the other (a hit is sent only
-        after the previous one settled, so a retried hit can never be overtaken by the
-        next one of the same visitor). Bulk mode: the whole visit once its last hit is
-        due, with `cdt` so Matomo records the real times. A visit counts as delivered
-        when Matomo accepted its hits (some of them, in single mode)."""
-        delivered = False
-        try:
-            if runtime.sender.bulk:
-                self._sleep_until(visit.end)
-                if not self.stop_event.is_set():
-                    done: gevent.event.AsyncResult[object] = gevent.event.AsyncResult()
-                    runtime.sender.send_visit(runtime.stream.encode(visit, with_cdt=True), on_done=done.set)
-                    delivered = done.get() in ("accepted", "partial")
-            else:
-                for due, query in runtime.stream.encode_timed(visit):
-                    self._sleep_until(due)
-                    if self.stop_event.is_set():
-                        return
-                    done = gevent.event.AsyncResult()
-                    runtime.sender.send_hit(query, on_done=done.set)
-                    outcome = done.get()
-                    if outcome == "abandoned":
-                        return
-                    delivered = delivered or outcome == "accepted"
-        except Exception as exc:  # a sender closed under us at stop, or a bug: never silent
-            if not self.stop_event.is_set():
-                logger.exception("Visit failed")
-                runtime.telemetry.event_once(f"visit-error:{type(exc).__name__}", "error", f"Visit failed: {exc!r}")
-            return
-        runtime.telemetry.finish_visits()
-        if delivered:
-            runtime.telemetry.deliver_visits()
+    def _pause_until_next_day(self, start: float) -> None:
+        """Past the daily cap: the streams restart at the next local midnight instead of
+        generating (and dropping) the rest of the day's visits, so a paused run costs no
+        CPU. Each restart has its own stream key, so the run stays reproducible."""
+        zone = self._cap_zone()
+        local = datetime.fromtimestamp(start, zone)
+        tomorrow = datetime.combine(local.date() + timedelta(days=1), datetime.min.time(), zone)
+        self._cap_restarts += 1
+        key = self.stream_key()
+        run_targets = [runtime.run_target for runtime in self.runtimes]
+        fresh = {s.run_target.pk: s for s in target_streams(self.run, run_targets, start=tomorrow.timestamp(), key=key)}
+        for runtime in self.runtimes:
+            stream = fresh.get(runtime.run_target.pk)
+            if stream is not None:
+                runtime.stream = stream
+                runtime.next_visit = next(stream.visits, None)
 
-    def _sleep_until(self, due: float) -> None:
-        delay = due - time.time()
-        if delay > 0:
-            self.stop_event.wait(delay)
+    # --- sending -------------------------------------------------------------------
+
+    def _dispatch(self, runtime: TargetRuntime) -> None:
+        """Hand the target's due hits (single) or visits (bulk) to its sender, in due
+        order. The sender blocks while ``concurrency`` requests are in flight."""
+        heap, wake, stop = runtime.heap, runtime.wake, self.stop_event
+        sender, telemetry = runtime.sender, runtime.telemetry
+        bulk = runtime.bulk
+        pop, clock, mono = heapq.heappop, time.time, time.monotonic
+        while not stop.is_set():
+            if not heap:
+                wake.clear()
+                wake.wait()
+                continue
+            due = heap[0][0]
+            delay = due - clock()
+            if delay > 0:
+                wake.clear()
+                wake.wait(delay)
+                continue
+            if mono() > self.lease_until:
+                # The claim was not confirmed lately (frozen, or the DB unreachable):
+                # send nothing until it is, as another loader may own the run by now.
+                stop.wait(0.05)
+                continue
+            visit = pop(heap)[2]
+            try:
+                if bulk:  # (sent as single hits if the sender fell back for a secure-only token)
+                    sender.send_visit(visit.items, on_done=visit)
+                    telemetry.record_wait(clock() - due, len(visit.items))
+                else:
+                    sender.send_hit(visit.items[visit.index][1], on_done=visit)
+                    telemetry.record_wait(clock() - due)
+            except SenderClosed:
+                return
+            except Exception as exc:  # a bug: never silent, never the end of the target
+                logger.exception("Dispatch failed")
+                telemetry.event_once(f"visit-error:{type(exc).__name__}", "error", f"Visit failed: {exc!r}")
+                runtime.visit_over(visit, finished=False)
 
     # --- stopping ------------------------------------------------------------------
 
-    def stop(self, status: Run.Status, reason: str) -> None:
-        """End the loop; ``status`` is the run's final status unless every target failed."""
+    def stop(self, status: Run.Status | str, reason: str) -> None:
+        """End the loop; ``status`` is the run's final status (unless every target
+        failed), or SUPERSEDED."""
         if not self.stop_event.is_set():
             self.final_status, self.stop_reason = status, reason
+            self.stopped_at = time.time()
             self.stop_event.set()
+            self.wake.set()
+            for runtime in self.runtimes:
+                runtime.wake.set()
 
-    def shutdown(self) -> Run.Status:
-        """No new hits; in-flight requests get a short grace; final counters flushed."""
-        for runtime in self.runtimes:
-            runtime.sender.close(grace_seconds=STOP_GRACE, flush=False)
-        self.visits.kill(block=True, timeout=2.0)
+    def shutdown(self) -> Run.Status | str:
+        """No new hits; in-flight requests get a short grace (all targets at once);
+        the DB threads are closed. The caller writes the final report."""
+        superseded = self.final_status == SUPERSEDED
+        gevent.killall(self.dispatchers, block=True, timeout=1.0)
+        grace = 0.0 if superseded else STOP_GRACE
+        closing = [gevent.spawn(rt.sender.close, grace_seconds=grace, flush=False) for rt in self.runtimes]
+        gevent.joinall(closing, timeout=grace + 3.0)
+        self.checker.close()
         for runtime in self.runtimes:
             left_out = runtime.stream.goals.describe_left_out() if runtime.stream.goals else ""
             if left_out:
@@ -269,8 +559,6 @@ class LiveLoader:
         if status == Run.Status.COMPLETED and self._all_targets_failed():
             status = Run.Status.FAILED
             self.stop_reason += " Most hits failed on every target; see the log."
-        self.flush()
-        self.write_sample(_next_minute(time.time()))
         return status
 
     def _all_targets_failed(self) -> bool:
@@ -279,7 +567,40 @@ class LiveLoader:
 
     # --- reporting -------------------------------------------------------------------
 
+    def _update_schedule(self) -> None:
+        """Each target's lag, visits behind schedule and saturation (with hysteresis);
+        saturation changes go to the run log."""
+        now = self.stopped_at or time.time()
+        for runtime in self.runtimes:
+            lag = runtime.lag(now)
+            behind = runtime.visits_behind(now)
+            was = runtime.saturated
+            if not was and lag > SATURATED_LAG:
+                runtime.saturated = True
+            elif was and lag < RECOVERED_LAG:
+                runtime.saturated = False
+            runtime.telemetry.set_schedule(lag_seconds=lag, visits_behind=behind, saturated=runtime.saturated)
+            if runtime.saturated and not was:
+                started = runtime.telemetry.counts()["visits_started"]
+                share = delivered_percent(started, behind)
+                self.log(
+                    RunLog.Level.WARNING,
+                    f"Generator saturated: this loader cannot keep up with {runtime.stream.visits_per_day:,} "
+                    f"visits/day for {runtime.run_target.target.name}; {lag:.1f} s behind schedule, "
+                    f"{behind:,} visits not started yet, {share if share is not None else 0:g} % of the asked "
+                    "visits delivered. It keeps sending at its real capacity; latency figures exclude its own "
+                    "queueing. Lower the rate or the concurrency, or use bulk mode.",
+                    runtime.run_target,
+                )
+            elif was and not runtime.saturated:
+                self.log(
+                    RunLog.Level.INFO,
+                    f"Back on schedule for {runtime.run_target.target.name} (lag {lag:.1f} s).",
+                    runtime.run_target,
+                )
+
     def snapshot(self) -> RunStats:
+        self._update_schedule()
         stats = carry_over(self.previous_stats, self.telemetry.snapshot())
         now = time.monotonic()
         for runtime in self.runtimes:
@@ -288,33 +609,53 @@ class LiveLoader:
         stats["totals"]["visits_per_day"] = sum(data.get("visits_per_day", 0) for data in stats["targets"].values())
         return stats
 
-    def flush(self) -> None:
-        """One UPDATE for stats + heartbeat, the log events since the last flush."""
-        stats = self.snapshot()
-        self.run.heartbeat(stats)
-        by_key = {str(rt.run_target.pk): rt.run_target for rt in self.runtimes}
-        events = self.telemetry.drain_events()
-        if events:
-            RunLog.objects.bulk_create(
-                RunLog(run=self.run, level=level, message=message, target=by_key[key].target if key in by_key else None)
-                for key, level, message in events
-            )
-        if self.progress:
-            self.progress(stats)
+    def _drain_logs(self) -> list[tuple[str, str, int | None]]:
+        logs = list(self.pending_logs)
+        self.pending_logs.clear()
+        target_ids = {str(rt.run_target.pk): rt.run_target.target_id for rt in self.runtimes}
+        logs.extend((level, message, target_ids.get(key)) for key, level, message in self.telemetry.drain_events())
+        return logs
 
-    def write_sample(self, minute_end: float) -> None:
+    def _sample(self, minute_end: float) -> dict | None:
         sample = self.telemetry.minute_sample()
         if not (sample["hits"] or sample["errors"]):
-            return
-        minute = datetime.fromtimestamp(minute_end - 60, UTC).replace(second=0, microsecond=0)
-        RunSample.objects.update_or_create(
-            run=self.run,
-            minute=minute,
-            defaults={k: sample[k] for k in ("hits", "accepted", "errors", "p95_ms")},
-        )
+            return None
+        sample["minute"] = datetime.fromtimestamp(minute_end - 60, UTC).replace(second=0, microsecond=0)
+        return sample
+
+    def final_report(self, status: Run.Status) -> tuple[bool, RunStats]:
+        """The last report and the status transition, in the writer thread, fenced.
+        Returns (the claim still held, the final stats)."""
+        stats = self.snapshot()
+        if self.visits_behind_total(stats):
+            self.stop_reason += (
+                f" The loader could not keep up: {stats['totals'].get('delivered_percent') or 0:g} % of the asked "
+                f"visits were delivered, {stats['totals'].get('visits_behind', 0):,} were still behind schedule."
+            )
+        level = RunLog.Level.ERROR if status == Run.Status.FAILED else RunLog.Level.INFO
+        self.log(level, f"Loader finished: {status}. {self.stop_reason}".strip())
+        sample = self._sample(_next_minute(time.time()))
+        logs = self._drain_logs()
+
+        token = self.token
+        assert token is not None, "a loader runs a claimed run"
+
+        def write() -> bool:
+            if not self.run.report(token, stats, logs, sample):
+                return False
+            return self.run.finish_claimed(token, status, self.stop_reason.strip() or "Finished.", stats)
+
+        owned = bool(self.writer.submit(write).get())
+        self.writer.close()
+        return owned, stats
+
+    @staticmethod
+    def visits_behind_total(stats: RunStats) -> int:
+        return int(stats.get("totals", {}).get("visits_behind", 0) or 0)
 
     def log(self, level: str, message: str, runtime_target: RunTarget | None = None) -> None:
-        self.run.log(level, message, runtime_target.target if runtime_target else None)
+        """A run log entry, written (fenced) with the next report."""
+        self.pending_logs.append((level, message, runtime_target.target_id if runtime_target else None))
 
     def _describe_targets(self) -> str:
         parts = [f"{rt.run_target.target.name} ({rt.stream.visits_per_day} visits/day)" for rt in self.runtimes]
@@ -322,12 +663,14 @@ class LiveLoader:
 
 
 # Counters that describe the present, not a running total: never carried over.
-_NOT_CARRIED = {"in_flight", "events_dropped", "visits_per_day"}
+_NOT_CARRIED = {"in_flight", "events_dropped", "visits_per_day", "lag_seconds", "visits_behind", "delivered_percent"}
 
 
 def carry_over(previous: dict, current: RunStats) -> RunStats:
     """``current`` with the counters of a previous loader of the same run added (after a
-    resume). Rates, latency and health describe the new loader only."""
+    resume). Rates, latency, wait, schedule and health describe the new loader only. Hits
+    the previous loader had in flight at its last report are counted abandoned: their
+    fate is unknown (Matomo may or may not have recorded them)."""
     if not previous:
         return current
 
@@ -342,6 +685,11 @@ def carry_over(previous: dict, current: RunStats) -> RunStats:
                 merged[key] = {k: new.get(key, {}).get(k, 0) + v for k, v in value.items()} | {
                     k: v for k, v in new.get(key, {}).items() if k not in value
                 }
+        lost_in_flight = old.get("in_flight", 0)
+        if isinstance(lost_in_flight, int) and lost_in_flight > 0:
+            merged["abandoned"] = merged.get("abandoned", 0) + lost_in_flight
+        if "visits_started" in merged:
+            merged["delivered_percent"] = delivered_percent(merged["visits_started"], merged.get("visits_behind", 0))
         return merged
 
     old_targets = previous.get("targets", {})
@@ -369,6 +717,11 @@ class TargetStream:
     # False when bulk requests would lose hits: a secure-only token with hits that need it.
     bulk_allowed: bool = True
     goals: SiteGoals | None = None
+    curve: str = "flat"
+
+    @property
+    def tzinfo(self):
+        return resolve_timezone(self.timezone)
 
     def encode(self, visit: Visit, *, with_cdt: bool) -> list[str]:
         """Bulk entries ("?idsite=...") in time order, with cdt when asked."""
@@ -398,12 +751,14 @@ def run_funnels(run: Run) -> list:
 
 def stream_seed(run: Run, run_target: RunTarget) -> str:
     """Each target gets its own stream, the same for the same seed and target in every run
-    (so --seed reproduces a run). A resumed run starts its stream at a new time, which gives
-    it new arrivals, and its order ids carry the new claim, so nothing is replayed."""
+    (so --seed reproduces a run). A resumed run gets a new stream key (its claim epoch), so
+    it has new visitors, and its order ids carry the new claim, so nothing is replayed."""
     return hashlib.sha256(f"{run.seed}:{run_target.target_id}".encode()).hexdigest()[:16]
 
 
-def target_streams(run: Run, run_targets: list[RunTarget], *, start: float) -> list[TargetStream]:
+def target_streams(run: Run, run_targets: list[RunTarget], *, start: float, key: str = "1") -> list[TargetStream]:
+    """The visit stream of each target with a rate above 0, arriving from ``start``.
+    The same seed, preset, targets and ``key`` give the same visits whenever it starts."""
     catalog = run_catalog(run)
     funnels = run_funnels(run)
     claim = run.claim_token.hex[:6] if run.claim_token else "local"
@@ -454,13 +809,26 @@ def target_streams(run: Run, run_targets: list[RunTarget], *, start: float) -> l
             start=datetime.fromtimestamp(start, UTC),
             goals=goals,
             population=population,
+            key=key,
         )
-        streams.append(TargetStream(run_target, visits, rate, zone, notice, bulk_allowed=bulk_allowed, goals=goals))
+        streams.append(
+            TargetStream(
+                run_target,
+                visits,
+                rate,
+                zone,
+                notice,
+                bulk_allowed=bulk_allowed,
+                goals=goals,
+                curve=profile.daily_curve,
+            )
+        )
     return streams
 
 
 def execute_loader(run: Run, *, progress=None) -> Run:
-    """Run the loop, stop cleanly on SIGTERM/SIGINT, and record how the run ended."""
+    """Run the loop, stop cleanly on SIGTERM/SIGINT, and record how the run ended. A
+    loader whose claim was superseded writes nothing and says so on stderr."""
     loader = LiveLoader(run, progress=progress)
 
     def on_signal() -> None:
@@ -469,15 +837,38 @@ def execute_loader(run: Run, *, progress=None) -> Run:
     handlers = [gevent.signal_handler(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)]
     try:
         status = loader.run_loop()
-        run.finish(status, loader.stop_reason or "Finished.", stats=loader.snapshot())
-        level = RunLog.Level.ERROR if status == Run.Status.FAILED else RunLog.Level.INFO
-        run.log(level, f"Loader finished: {status}. {loader.stop_reason}".strip())
+        if not isinstance(status, Run.Status) or not loader.final_report(status)[0]:  # SUPERSEDED
+            loader.writer.close()
+            unreported = loader.telemetry.snapshot()["totals"].get("sent", 0) - loader.reported_sent
+            logger.error(
+                "Run %s was claimed by another loader: this one stopped without writing anything more; "
+                "%d hit(s) it sent after its last report are not in the run's counters.",
+                run.pk,
+                unreported,
+            )
+            raise LoaderSuperseded(run.pk, unreported)
+    except LoaderSuperseded:
+        raise
     except Exception as exc:
-        run.fail(f"The loader failed: {exc!r}")
+        loader.checker.close()
+        if loader.token is not None and not run.fail_claimed(loader.token, f"The loader failed: {exc!r}"):
+            raise
         run.log(RunLog.Level.ERROR, f"Loader crashed: {exc!r}")
         raise
     finally:
         for handler in handlers:
             handler.cancel()
+        loader.writer.close()
     run.refresh_from_db()
     return run
+
+
+class LoaderSuperseded(Exception):
+    """Another loader claimed the run: this one stopped and wrote nothing more."""
+
+    def __init__(self, run_id: int, unreported: int) -> None:
+        self.unreported = unreported
+        super().__init__(
+            f"Run {run_id} was claimed by another loader; this loader stopped without writing anything more "
+            f"({unreported} hit(s) sent after its last report are not in the run's counters)."
+        )

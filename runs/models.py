@@ -3,12 +3,18 @@
 The lifecycle is queued -> running -> (stopping) -> completed | stopped | failed. Every
 transition is a conditional UPDATE on the current status, so two processes (a re-delivered
 task, the dashboard and a loader, the reaper) can never both win.
+
+Loaders are fenced: each claim gets a new ``claim_token`` (and ``claim_epoch``), and every
+write of a loader (``report``, ``finish_claimed``, ``fail_claimed``) is conditional on its
+token. A loader that was frozen, shown lost and superseded by a resume writes nothing more
+and stops sending at its next ``check_claim``.
 """
 
 from __future__ import annotations
 
 import secrets
 import uuid
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -23,8 +29,9 @@ from targets.models import Target
 from trafficinator.lifecycle import LogEntry, actor, transition
 from trafficinator.sending.telemetry import RunStats, RunTotals
 
-# A loader flushes every ~2 s; missing this many seconds of heartbeats means it is gone.
-HEARTBEAT_STALE_AFTER = timedelta(seconds=30)
+# A loader flushes every ~2 s; missing this many seconds of heartbeats means it is gone
+# (settings.RUN_HEARTBEAT_STALE_SECONDS, 30 s unless set).
+HEARTBEAT_STALE_AFTER = timedelta(seconds=settings.RUN_HEARTBEAT_STALE_SECONDS)
 # After this long without a heartbeat the reaper closes the run as failed.
 REAP_AFTER = timedelta(minutes=15)
 
@@ -127,6 +134,9 @@ class Run(models.Model):
     stop_requested = models.BooleanField(default=False)
     end_reason = models.TextField(blank=True)
     claim_token = models.UUIDField(null=True, blank=True, editable=False)
+    claim_epoch = models.PositiveIntegerField(
+        default=0, editable=False, help_text="How many times a loader claimed the run (1 for the first loader)."
+    )
     loader_pid = models.PositiveIntegerField(null=True, blank=True)
     loader_host = models.CharField(max_length=255, blank=True)
 
@@ -190,13 +200,15 @@ class Run(models.Model):
         return transition(self, from_statuses, **changes)
 
     def claim(self, *, pid: int, host: str) -> uuid.UUID | None:
-        """queued -> running for exactly one caller; returns the claim token or None."""
+        """queued -> running for exactly one caller; returns the claim token or None.
+        Every claim gets a new token and the next epoch, which fence the loader's writes."""
         token = uuid.uuid4()
         now = timezone.now()
         won = self._transition(
             [self.Status.QUEUED],
             status=self.Status.RUNNING,
             claim_token=token,
+            claim_epoch=models.F("claim_epoch") + 1,
             loader_pid=pid,
             loader_host=host,
             started_at=now,
@@ -238,6 +250,64 @@ class Run(models.Model):
         changes = {"status": self.Status.FAILED, "finished_at": timezone.now(), "end_reason": reason}
         return self._transition([self.Status.QUEUED, self.Status.RUNNING, self.Status.STOPPING], **changes)
 
+    # --- the loader's fenced writes (conditional on its claim token) -------------------
+
+    def _claimed(self, token: uuid.UUID) -> RunQuerySet:
+        return Run.objects.filter(pk=self.pk, claim_token=token, status__in=[self.Status.RUNNING, self.Status.STOPPING])
+
+    def check_claim(self, token: uuid.UUID) -> tuple[bool, bool]:
+        """(the claim is still ours, a stop was requested): one SELECT, never blocked by
+        another process's write lock (MVCC on PostgreSQL, WAL on SQLite)."""
+        row = Run.objects.filter(pk=self.pk).values_list("claim_token", "status", "stop_requested").first()
+        if row is None:
+            return False, True
+        owned = row[0] == token and row[1] in (self.Status.RUNNING, self.Status.STOPPING)
+        return owned, bool(row[2])
+
+    def report(
+        self,
+        token: uuid.UUID,
+        stats: RunStats,
+        logs: Sequence[tuple[str, str, int | None]] = (),
+        sample: dict | None = None,
+    ) -> bool:
+        """The loader's periodic write, fenced by its claim: stats + heartbeat, the run log
+        entries (level, message, target id) and a chart row, in one transaction, or nothing
+        at all when the claim was superseded. Returns whether the claim still held."""
+        with transaction.atomic():
+            if not self._claimed(token).update(stats=stats, heartbeat_at=timezone.now()):
+                return False
+            if logs:
+                RunLog.objects.bulk_create(
+                    RunLog(run_id=self.pk, level=level, message=message, target_id=target_id)
+                    for level, message, target_id in logs
+                )
+            if sample:
+                minute = sample.pop("minute")
+                RunSample.objects.update_or_create(run_id=self.pk, minute=minute, defaults=sample)
+        return True
+
+    def finish_claimed(self, token: uuid.UUID, status: Run.Status, reason: str, stats: RunStats) -> bool:
+        """finish(), only while ``token`` still holds the claim."""
+        with transaction.atomic():
+            current = self._claimed(token).select_for_update().values_list("end_reason", "stop_requested").first()
+            if current is None:
+                return False
+            changes = {"status": status, "finished_at": timezone.now(), "heartbeat_at": timezone.now(), "stats": stats}
+            if not (current[1] and current[0]):  # a user's stop request keeps its own reason
+                changes["end_reason"] = reason
+            updated = self._claimed(token).update(**changes)
+        if updated:
+            self.refresh_from_db()
+        return bool(updated)
+
+    def fail_claimed(self, token: uuid.UUID, reason: str) -> bool:
+        changes = {"status": self.Status.FAILED, "finished_at": timezone.now(), "end_reason": reason}
+        updated = self._claimed(token).update(**changes)
+        if updated:
+            self.refresh_from_db()
+        return bool(updated)
+
     def close_lost(self, reason: str = "", *, by=None) -> bool:
         """A lost run ends as failed, keeping its figures so far; logged with who closed it."""
         if not self.is_lost():
@@ -266,9 +336,6 @@ class Run(models.Model):
         """The loader's periodic write: stats and heartbeat in one UPDATE. Returns whether
         a stop was requested (read in the same round trip budget: one SELECT)."""
         Run.objects.filter(pk=self.pk).update(stats=stats, heartbeat_at=timezone.now())
-        return bool(Run.objects.filter(pk=self.pk).values_list("stop_requested", flat=True).first())
-
-    def stop_was_requested(self) -> bool:
         return bool(Run.objects.filter(pk=self.pk).values_list("stop_requested", flat=True).first())
 
     def log(self, level: str, message: str, target: Target | None = None) -> RunLog:

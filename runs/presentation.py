@@ -42,6 +42,9 @@ class Figures:
     errors = _number("errors")
     in_flight = _number("in_flight")
     hits_per_second = _number("hits_per_second")
+    visits_behind = _number("visits_behind")
+    lag_seconds = _number("lag_seconds")
+    late_hits = _number("late_hits")
 
     def __init__(self, data: object) -> None:
         self.data = data if isinstance(data, dict) else {}
@@ -92,6 +95,28 @@ class Figures:
     @property
     def degraded_reason(self) -> str:
         return self.data.get("degraded_reason") or ""
+
+    @property
+    def saturated(self) -> bool:
+        """The loader cannot keep up with the asked rate (see runs.loader)."""
+        return bool(self.data.get("saturated"))
+
+    @property
+    def fell_behind(self) -> bool:
+        """Saturated now, or visits or hits were not sent on schedule at some point."""
+        return self.saturated or bool(self.visits_behind or self.late_hits)
+
+    @property
+    def delivered_percent(self) -> float | None:
+        value = self.data.get("delivered_percent")
+        return value if isinstance(value, int | float) else None
+
+    @property
+    def wait_p95_ms(self) -> float | None:
+        """The loader's own wait before sending (not part of the latency)."""
+        wait = self.data.get("wait_ms")
+        value = wait.get("p95") if isinstance(wait, dict) else None
+        return value if isinstance(value, int | float) else None
 
 
 def format_elapsed(elapsed: timedelta | None) -> str:

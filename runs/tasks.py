@@ -67,9 +67,9 @@ def execute_run(run_id: int) -> str:
             child.terminate()
             child.wait(timeout=30)
     run.refresh_from_db()
-    if run.is_active:
-        # The loader ended without closing its run (crash, kill): say so instead of hanging.
-        run.fail(f"The loader process exited with code {code} without finishing the run.")
+    # The loader ended without closing its run (crash, kill): say so instead of hanging.
+    # Fenced by our claim: if the run was resumed meanwhile, another loader owns it now.
+    if run.fail_claimed(token, f"The loader process exited with code {code} without finishing the run."):
         run.log(RunLog.Level.ERROR, f"Loader exited with code {code}.")
     return f"Run {run_id} ended {run.status} (loader exit code {code})."
 

@@ -264,6 +264,14 @@ CONTENT_SECURITY_POLICY = env_str(
 MAX_RUN_HOURS = env_int("TRAFFICINATOR_MAX_RUN_HOURS", 24 * 7, minimum=1)
 Q_WORKERS = env_int("Q_WORKERS", 2, minimum=1)
 LOADER_WORKERS = env_int("LOADER_WORKERS", 4, minimum=1)
+# A running run whose loader has not reported (heartbeat) for this long is shown as lost and
+# can be resumed. A loader stops sending when it could not confirm its claim for a third
+# of it, so a frozen loader can never send next to the one that resumed its run.
+RUN_HEARTBEAT_STALE_SECONDS = env_int("RUN_HEARTBEAT_STALE_SECONDS", 30, minimum=3)
+# What one loader process may hold at once, whatever rate is asked (admission control):
+# visits in progress, and the encoded hits of those visits in megabytes.
+LOADER_MAX_VISITS_IN_PROGRESS = env_int("LOADER_MAX_VISITS_IN_PROGRESS", 20_000, minimum=10)
+LOADER_MEMORY_BUDGET_MB = env_int("LOADER_MEMORY_BUDGET_MB", 48, minimum=1)
 _loader_timeout = MAX_RUN_HOURS * 3600 + 600
 Q_CLUSTER = {
     "name": "trafficinator",

@@ -108,6 +108,34 @@ def test_a_degraded_target_is_flagged_with_its_reason(client):
 
 
 @pytest.mark.django_db
+def test_a_saturated_generator_is_shown_with_its_shortfall_on_the_run_page_and_dashboard(client):
+    run = make_running_run([make_target(name="shop")])
+    telemetry = RunTelemetry()
+    (rt,) = run.run_targets.all()
+    target = telemetry.add(str(rt.pk), "shop")
+    target.start_visits(300)
+    target.start_hits(900)
+    target.record_outcome("accepted", 900, latency=0.001)
+    target.record_wait(4.0)
+    target.set_schedule(lag_seconds=12.5, visits_behind=2700, saturated=True)
+    Run.objects.filter(pk=run.pk).update(stats=telemetry.snapshot(), heartbeat_at=timezone.now())
+    log_in_client(client, RUN_VIEWER)
+    for url in (reverse("home"), panel_url("detail", run)):
+        html = client.get(url).content.decode()
+        assert "generator saturated" in html and "Delivered 10 % of the asked visits" in html, url
+        assert "2,700 visits behind schedule (12.5 s)" in html, url
+    assert "12.5 s behind schedule" in client.get(panel_url("detail", run)).content.decode()
+
+
+@pytest.mark.django_db
+def test_a_run_that_kept_up_shows_no_saturation(client):
+    run = make_running_run([make_target(name="shop")])
+    fill_stats(run)
+    log_in_client(client, RUN_VIEWER)
+    assert "saturat" not in client.get(panel_url("detail", run)).content.decode()
+
+
+@pytest.mark.django_db
 def test_a_lost_run_stands_out_with_resume_and_close(client):
     run = make_lost(make_running_run())
     log_in_client(client, RUN_OPERATOR)

@@ -16,6 +16,12 @@ counts accepted hits that may have been recorded twice: sent again after an atte
 whose answer was lost, in a form Matomo cannot refuse as already recorded (see the
 sender's "Ambiguous answers").
 
+Latency is the time of the request alone. The time a hit waited inside the loader (from
+its due time until it was handed to the sender) is recorded on its own (``wait_ms``,
+``late_hits``), and the scheduler reports how far it is behind schedule (``lag_seconds``,
+``visits_behind``, ``delivered_percent``, ``saturated``): a loader that cannot keep up
+says so, and its own queueing is never blamed on the target.
+
 The loader's DB greenlet reads ``snapshot()`` every ~2 s (one UPDATE), ``minute_sample()``
 once a minute (one chart row) and ``drain_events()`` for the run log. Every method takes
 one short lock, so it is safe from greenlets and from real threads alike (the DB writer
@@ -103,12 +109,20 @@ class TargetStats(TypedDict, total=False):
     secure_only_token: bool
     events_dropped: int
     visits_per_day: int  # added by the live loader: the target's current rate
+    # The live loader's own wait and schedule (see the module docstring).
+    wait_ms: LatencySummary
+    late_hits: int
+    lag_seconds: float
+    visits_behind: int
+    delivered_percent: float | None
+    saturated: bool
 
 
 class RunTotals(TargetStats, total=False):
     """The run's figures: counters summed over targets, latency merged exactly."""
 
     degraded_targets: list[str]
+    saturated_targets: list[str]
 
 
 class RunStats(TypedDict):
@@ -119,6 +133,7 @@ class RunStats(TypedDict):
 
 
 EVENT_QUEUE_SIZE = 200
+LATE_AFTER_SECONDS = 1.0  # a hit handed to the sender later than this after its due time is "late"
 BACKOFF_EVENT_EVERY_SECONDS = 60.0
 RATE_WINDOW_SECONDS = 60
 
@@ -350,6 +365,11 @@ class TargetTelemetry:
         self._server_errors_by_status: Counter[int] = Counter()
         self._retries_by_reason: Counter[str] = Counter()
         self._latency = LatencyHistogram()
+        self._wait = LatencyHistogram()
+        self._late_hits = 0
+        self._lag_seconds = 0.0
+        self._visits_behind = 0
+        self._saturated = False
         self._rate = RateWindow(now)
         self._minute_latency = LatencyHistogram()
         self._minute = dict.fromkeys(("hits", "accepted", "errors"), 0)
@@ -441,6 +461,22 @@ class TargetTelemetry:
             change = self._health.add(key, hits)
             if change:
                 self._health_changed(change)
+
+    def record_wait(self, seconds: float, hits: int = 1) -> None:
+        """``hits`` were handed to the sender ``seconds`` after they were due (the loader's
+        own queueing, never part of the latency)."""
+        with self._lock:
+            self._wait.add(max(0.0, seconds))
+            if seconds > LATE_AFTER_SECONDS:
+                self._late_hits += hits
+
+    def set_schedule(self, *, lag_seconds: float, visits_behind: int, saturated: bool) -> None:
+        """The scheduler's view: how far behind schedule it is, the visits it owes, and
+        whether it is saturated (cannot keep up with the asked rate)."""
+        with self._lock:
+            self._lag_seconds = lag_seconds
+            self._visits_behind = visits_behind
+            self._saturated = saturated
 
     def record_retry(
         self, reason: str, *, latency: float | None = None, delay: float = 0.0, hits: int = 1, message: str = ""
@@ -546,6 +582,12 @@ class TargetTelemetry:
             server_errors_by_status={str(k): v for k, v in sorted(self._server_errors_by_status.items())},
             retries_by_reason=dict(self._retries_by_reason),
             latency_ms=self._latency.summary_ms(),
+            wait_ms=self._wait.summary_ms(),
+            late_hits=self._late_hits,
+            lag_seconds=round(self._lag_seconds, 1),
+            visits_behind=self._visits_behind,
+            delivered_percent=delivered_percent(counts["visits_started"], self._visits_behind),
+            saturated=self._saturated,
             hits_per_second=round(hits_per_second, 1),
             accepted_per_second=round(accepted_per_second, 1),
             degraded=self._health.degraded,
@@ -574,8 +616,19 @@ class TargetTelemetry:
             return events
 
 
+def delivered_percent(started: int, behind: int) -> float | None:
+    """Visits started as a share of the visits the schedule asked for so far (started +
+    still behind schedule), in percent; None before any visit was due."""
+    asked = started + behind
+    return round(100.0 * started / asked, 1) if asked else None
+
+
 def _retry_label(reason: str) -> str:
     return f"HTTP {reason}" if reason.isdigit() else reason
+
+
+# Per-target figures that do not add up over targets (merged or taken otherwise).
+_NOT_SUMMED = frozenset({"degraded_reason", "mode", "latency_ms", "wait_ms", "lag_seconds", "delivered_percent"})
 
 
 class RunTelemetry:
@@ -601,14 +654,16 @@ class RunTelemetry:
     def snapshot(self) -> RunStats:
         targets: dict[str, TargetStats] = {}
         latency = LatencyHistogram()
+        wait = LatencyHistogram()
         for key, telemetry in self.targets.items():
             with telemetry._lock:
                 targets[key] = telemetry._snapshot_locked()
                 latency.merge(telemetry._latency)
+                wait.merge(telemetry._wait)
         totals: dict[str, Any] = {}
         for data in targets.values():
             for name, value in data.items():
-                if isinstance(value, bool) or name in ("degraded_reason", "mode", "latency_ms"):
+                if isinstance(value, bool) or name in _NOT_SUMMED:
                     continue
                 if isinstance(value, dict):
                     merged = totals.setdefault(name, {})
@@ -617,7 +672,12 @@ class RunTelemetry:
                 elif isinstance(value, int | float):
                     totals[name] = totals.get(name, 0) + value
         totals["latency_ms"] = latency.summary_ms()
+        totals["wait_ms"] = wait.summary_ms()
         totals["degraded_targets"] = [key for key, data in targets.items() if data["degraded"]]
+        totals["lag_seconds"] = max((data["lag_seconds"] for data in targets.values()), default=0.0)
+        totals["saturated"] = any(data["saturated"] for data in targets.values())
+        totals["saturated_targets"] = [key for key, data in targets.items() if data["saturated"]]
+        totals["delivered_percent"] = delivered_percent(totals.get("visits_started", 0), totals.get("visits_behind", 0))
         for name in ("hits_per_second", "accepted_per_second"):
             totals[name] = round(totals.get(name, 0.0), 1)
         return {"totals": cast(RunTotals, totals), "targets": targets}

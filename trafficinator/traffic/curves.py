@@ -226,6 +226,21 @@ class ArrivalProcess:
             self._day = local.date()
             self.day_end = local_day_bounds(local.date(), self.tz)[1]
 
+    def expected_until(self, end: float) -> float:
+        """Visits the curve expects between the current time and ``end`` (no draw, no
+        state change): how many visits a loader that fell behind schedule owes."""
+        t, total = self.t, 0.0
+        segment_end, rate = self.segment_end, self.rate
+        while t < end:
+            stop = min(segment_end, end)
+            total += (stop - t) * rate
+            t = stop
+            if t < end:
+                local = datetime.fromtimestamp(t, self.tz)
+                segment_end = t + 3600.0 - (local.minute * 60 + local.second + local.microsecond / 1e6)
+                rate = self.per_second * self.hours[local.hour] * self.weekdays[local.weekday()]
+        return total
+
     def _advance(self, expected_visits: float) -> None:
         t = self.t
         while expected_visits > (self.segment_end - t) * self.rate:
@@ -247,3 +262,10 @@ class ArrivalProcess:
             while random() < continue_burst:
                 self._advance(expovariate(1.0 / BURST_GAP))
                 yield self.t, self.offset, self.day_end
+
+
+def expected_visits(start: float, end: float, tz: tzinfo, visits_per_day: float, curve: str) -> float:
+    """Visits the arrival process expects between two epoch times (0 when end <= start)."""
+    if end <= start or visits_per_day <= 0:
+        return 0.0
+    return ArrivalProcess(start, tz, visits_per_day, curve, Random(0)).expected_until(end)

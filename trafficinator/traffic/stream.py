@@ -106,17 +106,23 @@ def live_visits(
     start: datetime,
     goals: SiteGoals | None = None,
     population: Population | None = None,
+    key: str | None = None,
 ) -> Iterator[Visit]:
     """Endless visits arriving from ``start`` on, in arrival order.
 
     Arrivals follow visits_per_day shaped by hour of day and weekday (bursty, see
     curves.ArrivalProcess). A naive ``start`` is taken as UTC.
+
+    ``key`` names the stream: the same seed and key give the same visits (visitor ids,
+    pages, events, gaps) whenever the stream starts; only the daily curve moves arrival
+    times, and with the flat curve the whole schedule is the same, shifted to ``start``.
+    Without a key the start time names the stream (every start is a new stream).
     """
     tz = _tz(timezone, profile)
     if start.tzinfo is None:
         start = start.replace(tzinfo=UTC)
     epoch = start.timestamp()
-    label = f"live:{epoch:.6f}"
+    label = f"live:{epoch:.6f}" if key is None else f"live:key:{key}"
     generator = Generator(
         profile, catalog, funnels, seed, site_id, token_present, order_id_prefix, site_url, label, goals, population
     )

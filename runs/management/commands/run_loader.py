@@ -8,7 +8,7 @@ from argparse import ArgumentParser
 
 from django.core.management.base import BaseCommand, CommandError
 
-from runs.loader import execute_loader
+from runs.loader import LoaderSuperseded, execute_loader
 from runs.models import Run
 
 
@@ -26,4 +26,7 @@ class Command(BaseCommand):
         if str(run.claim_token) != claim or run.status not in (Run.Status.RUNNING, Run.Status.STOPPING):
             # Another loader owns this run (or it ended): never send a second copy of its traffic.
             raise CommandError(f"Run {run_id} is not claimed by this loader (status {run.status}).")
-        execute_loader(run)
+        try:
+            execute_loader(run)
+        except LoaderSuperseded as exc:
+            raise CommandError(str(exc)) from None

@@ -12,7 +12,7 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
 from runs.forms import countries_without_token
-from runs.loader import execute_loader
+from runs.loader import LoaderSuperseded, execute_loader
 from runs.models import Run
 from targets.models import Target
 from trafficinator.cli import format_errors, get_preset, get_target, positive_int
@@ -66,6 +66,21 @@ def summary_line(stats: dict) -> str:
     )
 
 
+def saturation_line(stats: dict) -> str:
+    """What the loader could not deliver, and its own wait; "" when it kept up."""
+    totals = stats.get("totals", {})
+    behind = totals.get("visits_behind", 0) or 0
+    wait_p95 = (totals.get("wait_ms") or {}).get("p95")
+    if not (totals.get("saturated") or behind or totals.get("late_hits")):
+        return ""
+    delivered = totals.get("delivered_percent")
+    return (
+        f"Generator saturated: delivered {delivered if delivered is not None else 0:g} % of the asked visits, "
+        f"{behind:,} visits behind schedule, {totals.get('late_hits', 0):,} hits sent more than 1 s late, "
+        f"loader wait p95 {round(wait_p95) if wait_p95 is not None else 0} ms (not part of the latency)."
+    )
+
+
 class Command(BaseCommand):
     help = "Send live traffic to one or more targets in the foreground; Ctrl-C stops cleanly."
 
@@ -101,10 +116,16 @@ class Command(BaseCommand):
             f"Run {run.pk}: {run.preset_name}, {run.visits_per_day} visits/day, seed {run.seed}. Ctrl-C stops."
         )
         show_progress = sys.stderr.isatty()
-        run = execute_loader(run, progress=self.progress if show_progress else None)
+        try:
+            run = execute_loader(run, progress=self.progress if show_progress else None)
+        except LoaderSuperseded as exc:
+            raise CommandError(str(exc)) from None
         if show_progress:
             self.stderr.write("")
         self.stdout.write(summary_line(run.stats))
+        saturation = saturation_line(run.stats)
+        if saturation:
+            self.stdout.write(saturation)
         if run.status == Run.Status.FAILED:
             raise CommandError(f"Run {run.pk} failed: {run.end_reason}")
         self.stdout.write(f"Run {run.pk} {run.status}: {run.end_reason}")
@@ -141,8 +162,10 @@ class Command(BaseCommand):
     def progress(self, stats: dict) -> None:
         totals = stats.get("totals", {})
         line = (
-            f"\r{summary_line(stats)} rate={totals.get('hits_per_second', 0)}/s "
-            f"in_flight={totals.get('in_flight', 0)}   "
+            f"\r{summary_line(stats)} rate={totals.get('hits_per_second', 0)}/s in_flight={totals.get('in_flight', 0)}"
         )
+        if totals.get("saturated"):
+            line += f" SATURATED lag={totals.get('lag_seconds', 0)}s delivered={totals.get('delivered_percent')}%"
+        line += "   "
         self.stderr.write(line, ending="")
         self.stderr.flush()

@@ -1,0 +1,455 @@
+"""The live loader under pressure: fenced claims, a locked database, overload, idling.
+
+Loaders that must be frozen or must outlive a lock run as real ``run_loader`` processes
+(monkey-patched, as in production) on the suite's database; the rest run in-process."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from datetime import timedelta
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.conf import settings
+from django.db import connection
+
+import runs.models
+from conftest import TOKEN
+from runs import loader as loader_module
+from runs.loader import LiveLoader, TargetRuntime, execute_loader, target_streams
+from runs.models import Run, RunLog
+from trafficinator.sending.telemetry import RunTelemetry, TargetTelemetry
+from trafficinator.testing import make_preset, make_target, subprocess_env
+
+MANAGE = str(Path(settings.BASE_DIR) / "manage.py")
+
+
+def local_target(server, **fields):
+    return make_target(name=fields.pop("name", "local"), matomo_url=server.url, site_id=1, token_auth=TOKEN, **fields)
+
+
+def wait_for(condition, timeout: float = 30.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def start_loader(run: Run, token, **env: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, MANAGE, "run_loader", str(run.pk), "--claim", str(token)],
+        env=subprocess_env(**env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def finish(process: subprocess.Popen, timeout: float = 30) -> str:
+    try:
+        _, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        _, err = process.communicate()
+        raise AssertionError(f"loader {process.pid} did not end: {err[-2000:]}") from None
+    return err
+
+
+# --- 3. fenced loaders ---------------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_frozen_loader_that_was_superseded_sends_nothing_more_and_writes_nothing(
+    fake_matomo, fast_preset, monkeypatch
+):
+    """SIGSTOP a loader until its run shows lost, resume the run (a second loader claims
+    it), SIGCONT the first: it must not send on, nor touch the run; what the server saw
+    is what the run counts plus what the frozen loader said it could not report."""
+    monkeypatch.setattr(runs.models, "HEARTBEAT_STALE_AFTER", timedelta(seconds=3))
+    stale = {"RUN_HEARTBEAT_STALE_SECONDS": "3"}  # the loaders' lease: 1 s
+    target = local_target(fake_matomo)
+    run = Run.objects.create_run(preset=fast_preset, targets=[target], duration_seconds=300)
+    first = start_loader(run, run.claim(pid=0, host="test"), **stale)
+    second = None
+    try:
+        wait_for(lambda: Run.objects.get(pk=run.pk).stats.get("totals", {}).get("sent", 0) > 40, what="a report")
+        os.kill(first.pid, signal.SIGSTOP)
+        wait_for(lambda: Run.objects.get(pk=run.pk).is_lost(), what="the run to show lost")
+        run.refresh_from_db()
+        assert run.resume()
+        token = run.claim(pid=0, host="test")
+        assert token is not None and run.claim_epoch == 2
+        second = start_loader(run, token, **stale)
+        recorded = fake_matomo.stats()["recorded"]
+        wait_for(lambda: fake_matomo.stats()["recorded"] > recorded + 40, what="the second loader's hits")
+        continued = time.time()
+        os.kill(first.pid, signal.SIGCONT)
+        first_err = finish(first)
+        assert first.returncode != 0
+        assert "claimed by another loader" in first_err
+        unreported = int(re.search(r"(\d+) hit\(s\) sent after its last report", first_err).group(1))
+
+        # Both loaders' visitors are known in advance (stream key = claim epoch).
+        streams = {key: target_streams(run, list(run.run_targets.all()), start=0, key=key)[0] for key in ("1", "2")}
+        first_visitors = {visit.cid for visit in islice(streams["1"].visits, 20_000)}
+        late = [hit for hit in fake_matomo.hits_for(1) if hit.time > continued and hit.visitor_id in first_visitors]
+        # At most what was already handed to its sender when it froze; no new hit.
+        assert len(late) <= int(fast_preset.concurrency)
+
+        run.request_stop("Stopped by the test.")
+        finish(second)
+    finally:
+        for process in (first, second):
+            if process is not None and process.poll() is None:
+                os.kill(process.pid, signal.SIGCONT)
+                process.kill()
+    run.refresh_from_db()
+    assert run.status == Run.Status.STOPPED
+    totals = run.stats["totals"]
+    server = fake_matomo.stats()["recorded"]
+    assert totals["accepted"] + unreported <= server <= totals["accepted"] + unreported + totals["abandoned"]
+    messages = list(run.logs.values_list("message", flat=True))
+    assert sum(message.startswith("Loader started") for message in messages) == 2
+    assert sum(message.startswith("Loader finished") for message in messages) == 1  # the second's only
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_loader_writes_nothing_once_its_claim_is_superseded(fast_preset):
+    run = Run.objects.create_run(preset=fast_preset, targets=[make_target()])
+    old = run.claim(pid=1, host="a")
+    Run.objects.filter(pk=run.pk).update(status=Run.Status.QUEUED, claim_token=None)  # what resume() does
+    new = run.claim(pid=2, host="b")
+    assert run.check_claim(old) == (False, False) and run.check_claim(new) == (True, False)
+    assert not run.report(old, {"totals": {"sent": 99}}, [("info", "from the old loader", None)])
+    assert not run.finish_claimed(old, Run.Status.COMPLETED, "old", {"totals": {}})
+    assert not run.fail_claimed(old, "old")
+    run.refresh_from_db()
+    assert run.status == Run.Status.RUNNING and run.stats == {}
+    assert not run.logs.filter(message="from the old loader").exists()
+    assert run.report(new, {"totals": {"sent": 1}}, [("info", "from the new loader", None)])
+    assert run.finish_claimed(new, Run.Status.COMPLETED, "done", {"totals": {"sent": 1}})
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_task_of_a_superseded_loader_does_not_fail_the_resumed_run(fast_preset, monkeypatch):
+    from runs import tasks
+
+    run = Run.objects.create_run(preset=fast_preset, targets=[make_target()])
+
+    class ExitedLoader:
+        pid = 4242
+
+        def __init__(self, *args, **kwargs) -> None:
+            # While this loader ran, its run was resumed and claimed by another one.
+            Run.objects.filter(pk=run.pk).update(status=Run.Status.QUEUED, claim_token=None)
+            Run.objects.get(pk=run.pk).claim(pid=1, host="elsewhere")
+
+        def wait(self, timeout=None) -> int:
+            return 1
+
+        def poll(self) -> int:
+            return 1
+
+    monkeypatch.setattr(tasks.subprocess, "Popen", ExitedLoader)
+    tasks.execute_run(run.pk)
+    run.refresh_from_db()
+    assert run.status == Run.Status.RUNNING and run.claim_epoch == 2
+
+
+# --- 2. sending never waits for the database -------------------------------------------
+
+
+class HeldLock:
+    """A write lock on the run's row (PostgreSQL) or the whole database (SQLite), held
+    by a connection of its own, as another process's long transaction would."""
+
+    def __init__(self, run_id: int) -> None:
+        db = connection.settings_dict
+        self.sqlite = db["ENGINE"].endswith("sqlite3")
+        self.run_id = run_id
+        self.conn: Any
+        if self.sqlite:
+            self.conn = sqlite3.connect(db["NAME"], timeout=20, isolation_level=None)
+        else:
+            import psycopg
+
+            self.conn = psycopg.connect(
+                host=db["HOST"] or "127.0.0.1",
+                port=db["PORT"] or 5432,
+                user=db["USER"],
+                password=db["PASSWORD"] or None,
+                dbname=db["NAME"],
+            )
+
+    def acquire(self) -> None:
+        if self.sqlite:
+            self.conn.execute("BEGIN IMMEDIATE")
+        else:
+            self.conn.execute("SELECT id FROM runs_run WHERE id = %s FOR UPDATE", (self.run_id,))
+
+    def heartbeat(self):
+        if self.sqlite:
+            return self.conn.execute("SELECT heartbeat_at FROM runs_run WHERE id = ?", (self.run_id,)).fetchone()[0]
+        query = "SELECT heartbeat_at FROM runs_run WHERE id = %s"
+        return self.conn.execute(query, (self.run_id,)).fetchone()[0]
+
+    def release(self) -> None:
+        if self.sqlite:
+            self.conn.execute("COMMIT")
+        else:
+            self.conn.commit()
+        self.conn.close()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_database_lock_held_by_another_process_does_not_stop_or_burst_the_sending(fake_matomo, fast_preset):
+    target = local_target(fake_matomo)
+    # ~60 visits/s: a half second without any hit would take a stall, not bad luck.
+    run = Run.objects.create_run(preset=fast_preset, targets=[target], duration_seconds=300, visits_per_day=5_000_000)
+    loader = start_loader(run, run.claim(pid=0, host="test"))
+    try:
+        wait_for(lambda: Run.objects.get(pk=run.pk).stats.get("totals", {}).get("sent", 0) > 40, what="a report")
+        lock = HeldLock(run.pk)
+        lock.acquire()
+        try:
+            locked_at = time.time()
+            heartbeat = lock.heartbeat()
+            time.sleep(3.0)  # the lock is the point of the test: held for a fixed time
+            assert lock.heartbeat() == heartbeat  # the loader's reports were blocked...
+            released_at = time.time()
+        finally:
+            lock.release()
+        # ... and its hits were not: every half second of the lock saw hits arrive.
+        times = [hit.time for hit in fake_matomo.hits_for(1) if locked_at <= hit.time < released_at]
+        slots = {int((moment - locked_at) * 2) for moment in times}
+        assert set(range(int((released_at - locked_at) * 2))) <= slots  # every full half second
+        wait_for(lambda: Run.objects.get(pk=run.pk).heartbeat_at.timestamp() > released_at, what="a report")
+        run.request_stop("Stopped by the test.")
+        finish(loader)
+    finally:
+        if loader.poll() is None:
+            loader.kill()
+    run.refresh_from_db()
+    totals = run.stats["totals"]
+    # No hit waited for the lock, so there was nothing to catch up on in a burst afterwards
+    # (waiting for it would have made every hit due during the 3 s late: a third of them).
+    # A busy CI machine may still delay a few by more than a second.
+    assert totals["late_hits"] * 100 <= totals["sent"]
+    assert not totals["saturated"] and totals["visits_behind"] == 0
+    assert totals["accepted"] == fake_matomo.stats()["recorded"]
+
+
+# --- 1. admission control and saturation ------------------------------------------------
+
+
+@pytest.fixture
+def overload(fake_matomo, settings):
+    """A target ~10 times slower than the asked rate: 2 connections, 20 ms per hit
+    (~100 hits/s) against ~400 visits/s."""
+    settings.LOADER_MAX_VISITS_IN_PROGRESS = 30
+    fake_matomo.set_latency(0.02)
+    preset = make_preset(
+        name="Overload",
+        visits_per_day=34_560_000,
+        daily_curve="flat",
+        pause_min=0.0,
+        pause_max=0.05,
+        visit_duration_min=0.0,
+        visit_duration_max=0.01,
+        concurrency=2,
+    )
+    return preset
+
+
+@pytest.mark.django_db(transaction=True)
+def test_overload_keeps_visits_in_progress_bounded_and_reports_the_shortfall(fake_matomo, overload, monkeypatch):
+    highest = []
+    original = TargetRuntime.start_visit
+
+    def counting_start(self, visit, now, now_mono):
+        original(self, visit, now, now_mono)
+        highest.append(self.in_progress)
+
+    monkeypatch.setattr(TargetRuntime, "start_visit", counting_start)
+    run = Run.objects.create_run(preset=overload, targets=[local_target(fake_matomo)], duration_seconds=6)
+    run.claim(pid=0, host="test")
+    run = execute_loader(run)
+
+    assert max(highest) <= 30  # the admission bound, whatever the asked rate
+    totals = run.stats["totals"]
+    assert totals["saturated"] and totals["visits_behind"] > totals["visits_started"]
+    assert 0 < totals["delivered_percent"] < 50
+    assert totals["accepted"] == fake_matomo.stats()["recorded"] == totals["sent"] - totals["abandoned"]
+    # The loader's own queueing is reported as wait, not as the target's latency.
+    assert totals["wait_ms"]["p95"] > totals["latency_ms"]["p95"]
+    saturated = run.logs.filter(level=RunLog.Level.WARNING, message__startswith="Generator saturated")
+    assert saturated.count() == 1
+    assert saturated.get().created_at - run.started_at < timedelta(seconds=10)
+    assert "could not keep up" in run.end_reason
+
+
+def test_saturation_figures_add_up_over_targets():
+    telemetry = RunTelemetry()
+    slow, fast = telemetry.add("1"), telemetry.add("2")
+    slow.start_visits(10)
+    slow.set_schedule(lag_seconds=5.0, visits_behind=30, saturated=True)
+    fast.start_visits(40)
+    fast.set_schedule(lag_seconds=0.0, visits_behind=0, saturated=False)
+    slow.record_wait(2.5)
+    fast.record_wait(0.001)
+    totals = telemetry.snapshot()["totals"]
+    assert totals["saturated"] and totals["saturated_targets"] == ["1"]
+    assert totals["lag_seconds"] == 5.0 and totals["visits_behind"] == 30
+    assert totals["delivered_percent"] == 62.5  # 50 of 80 asked
+    assert totals["late_hits"] == 1 and totals["wait_ms"]["count"] == 2
+    assert totals["latency_ms"]["count"] == 0  # waiting is not latency
+
+
+def test_waiting_in_the_loader_is_never_counted_as_latency():
+    telemetry = TargetTelemetry()
+    telemetry.start_hits(1)
+    telemetry.record_wait(3.0)
+    telemetry.record_outcome("accepted", 1, latency=0.002)
+    data = telemetry.snapshot()
+    assert data["latency_ms"]["max"] == 2.0 and data["wait_ms"]["max"] == 3000.0
+
+
+# --- 4. stop always works -----------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("how", ["sigterm", "stop button"])
+def test_a_loader_at_overload_stops_within_two_seconds(fake_matomo, how):
+    preset = make_preset(
+        name="Flood",
+        visits_per_day=50_000_000,
+        daily_curve="flat",
+        pause_min=0.0,
+        pause_max=0.2,
+        visit_duration_min=0.0,
+        visit_duration_max=0.5,
+        concurrency=20,
+    )
+    run = Run.objects.create_run(preset=preset, targets=[local_target(fake_matomo)], duration_seconds=300)
+    loader = start_loader(run, run.claim(pid=0, host="test"))
+    try:
+        wait_for(lambda: Run.objects.get(pk=run.pk).stats.get("totals", {}).get("saturated"), what="saturation")
+        asked = time.time()
+        if how == "sigterm":
+            loader.send_signal(signal.SIGTERM)
+        else:
+            run.request_stop("Stopped by the test.")
+        finish(loader)
+    finally:
+        if loader.poll() is None:
+            loader.kill()
+    last_hit = max(hit.time for hit in fake_matomo.hits_for(1))
+    assert last_hit <= asked + 2.0
+    run.refresh_from_db()
+    assert run.status == Run.Status.STOPPED
+    assert run.stats["totals"]["in_flight"] == 0
+
+
+# --- 5. no spin -----------------------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_loader_never_spins_while_its_last_visits_drain(fake_matomo, monkeypatch):
+    preset = make_preset(
+        name="Long visits",
+        visits_per_day=1_728_000,
+        daily_curve="flat",
+        pause_min=0.5,
+        pause_max=1.0,
+        visit_duration_min=0.02,  # minutes: visits of 1-3 s
+        visit_duration_max=0.05,
+        concurrency=5,
+    )
+    waits = []
+    original = LiveLoader._idle_wait
+
+    def recording(self, *args):
+        value = original(self, *args)
+        waits.append((self._visit_limit_reached(), value))
+        return value
+
+    monkeypatch.setattr(LiveLoader, "_idle_wait", recording)
+    run = Run.objects.create_run(preset=preset, targets=[local_target(fake_matomo)], max_visits=5, seed=4)
+    run.claim(pid=0, host="test")
+    run = execute_loader(run)
+    assert run.status == Run.Status.COMPLETED
+    draining = [value for reached, value in waits if reached]
+    assert draining and min(draining) > 0
+    # A pass per check, flush or finished visit, not a busy loop: well under 100 a second.
+    assert len(draining) < 100 * (run.elapsed().total_seconds() + 1)
+
+
+def test_the_daily_cap_pause_restarts_the_stream_at_the_next_day_without_generating_the_rest(
+    db, fake_matomo, fast_preset
+):
+    from datetime import datetime
+    from datetime import time as day_time
+
+    run = Run.objects.create_run(preset=fast_preset, targets=[local_target(fake_matomo)], daily_cap=3)
+    run.claim(pid=0, host="test")
+    loader = LiveLoader(run)
+    loader.build()
+    (runtime,) = loader.runtimes
+    zone = runtime.stream.tzinfo
+    late_evening = datetime(2026, 3, 2, 23, 0, tzinfo=zone).timestamp()
+    runtime.stream = target_streams(run, [runtime.run_target], start=late_evening)[0]
+    runtime.next_visit = next(runtime.stream.visits)
+    loader._admit(late_evening + 1800, time.monotonic())  # ~36,000 visits due by now
+    assert loader.visits_started == 3
+    # Paused: the next visit is the first one of the next local day, not the 4th of today.
+    midnight = datetime.combine(datetime(2026, 3, 3).date(), day_time.min, zone).timestamp()
+    assert midnight <= runtime.next_visit.start < midnight + 5
+    assert loader.stream_key() == "1.1"
+    assert loader._idle_wait(time.monotonic(), time.monotonic() + 10, time.monotonic() + 10, None) > 0
+    runtime.sender.close(grace_seconds=0)
+
+
+# --- 7. reproducible live runs ------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_the_same_seed_gives_the_same_visits_whenever_the_run_starts(fast_preset):
+    target = make_target()
+    first, second = (Run.objects.create_run(preset=fast_preset, targets=[target], seed=11) for _ in range(2))
+
+    def schedule(run, start):
+        (stream,) = target_streams(run, list(run.run_targets.select_related("target")), start=start)
+        visits = list(islice(stream.visits, 200))
+        return [
+            (v.cid, round(v.start - start, 6), [(round(h.due - start, 6), h.params.get("url")) for h in v.hits])
+            for v in visits
+        ]
+
+    morning, afternoon = 1_767_258_000, 1_767_258_000 + 4 * 3600 + 17.25  # 2026-01-01 09:00 and 13:00:17
+    assert schedule(first, morning) == schedule(second, afternoon)
+    loaders = [LiveLoader(run) for run in (first, second)]
+    assert loaders[0].stream_key() == loaders[1].stream_key()
+
+
+def test_the_claim_lease_is_well_below_the_time_after_which_a_run_can_be_resumed():
+    assert 0 < loader_module.claim_lease() * 2 < settings.RUN_HEARTBEAT_STALE_SECONDS
+
+
+def test_the_db_thread_runs_jobs_off_the_calling_thread():
+    db = loader_module.DbThread()
+    assert db.submit(threading.get_ident).get() == threading.get_ident()  # not started: inline
+    db.start()
+    try:
+        assert db.submit(threading.get_ident).get(timeout=5) != threading.get_ident()
+    finally:
+        db._pool.kill()
