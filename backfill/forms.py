@@ -7,7 +7,7 @@ from typing import Any
 from django import forms
 from django.core.exceptions import ValidationError
 
-from backfill.models import BackfillLog, BackfillPlan, new_seed
+from backfill.models import DEFAULT_REQUESTS_IN_FLIGHT, BackfillLog, BackfillPlan, new_seed
 from backfill.planning import check_plan, last_days_window
 from presets.models import Preset, PresetSnapshot
 from targets.models import Target
@@ -60,6 +60,7 @@ class BackfillPlanForm(forms.ModelForm):
             "seed",
             "max_requests_per_second",
             "batch_size",
+            "requests_in_flight",
             "parallel_days",
         ]
 
@@ -68,6 +69,13 @@ class BackfillPlanForm(forms.ModelForm):
         self.today = today
         if self.instance.pk:
             self.initial.setdefault("targets", list(self.instance.targets.all()))
+        # Left empty (or missing from a scripted POST), it keeps the measured default.
+        if "requests_in_flight" in self.fields:  # the admin shows it read-only once confirmed
+            self.fields["requests_in_flight"].required = False
+
+    def clean_requests_in_flight(self) -> int:
+        value = self.cleaned_data.get("requests_in_flight")
+        return DEFAULT_REQUESTS_IN_FLIGHT if value is None else value
 
     def clean(self) -> dict[str, Any]:
         super().clean()

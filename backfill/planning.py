@@ -29,10 +29,6 @@ SAMPLE_VISITS = 400
 # MIN_PART_HITS hits (see backfill.runner and request_hits()).
 REQUESTS_PER_BATCH = 4
 MIN_PART_HITS = 100
-# Bulk requests a backfill worker keeps in flight all the time (continuous pipelining,
-# see backfill.runner). Measured with `manage.py bench --only matomo` against the fake
-# Matomo in capacity mode (README "Benchmarks").
-REQUESTS_IN_FLIGHT = 4
 
 
 def request_hits(batch_size: int) -> int:

@@ -16,7 +16,7 @@ Order and resume, per day:
    skip=visits_done)``: the same visits in the same order on every attempt.
 2. The visits are packed, in start order, into bulk requests of whole visits of about
    ``request_hits(batch_size)`` hits (a quarter of a batch, at least 100), the same way
-   on every attempt. Up to ``REQUESTS_IN_FLIGHT`` requests are in flight all the time:
+   on every attempt. The plan's ``requests_in_flight`` are in flight all the time:
    the next one leaves as soon as a slot is free, not when the slowest of a group is
    answered. The sender keeps each visitor's visits out of two requests at once, so
    Matomo sees every visitor's hits oldest first whatever order it serves requests in,
@@ -60,7 +60,6 @@ from django.utils import timezone
 
 from backfill.models import HEARTBEAT_SECONDS, BackfillDay, BackfillLog, BackfillPlan
 from backfill.planning import (
-    REQUESTS_IN_FLIGHT,
     plan_funnels,
     plan_goals,
     plan_population,
@@ -315,7 +314,7 @@ class DaySender:
         return TargetSender(
             self.target.tracking_url,
             self.target.token_auth,
-            concurrency=REQUESTS_IN_FLIGHT,
+            concurrency=self.plan.requests_in_flight,
             timeout=REQUEST_TIMEOUT,
             bulk=True,
             batch_size=2**31,  # requests are packed here, whole visits, and sent with send_request

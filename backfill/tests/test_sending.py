@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from datetime import UTC, date, datetime
@@ -18,8 +19,8 @@ from django.conf import settings
 
 from backfill import runner, tasks
 from backfill.foreground import run_in_foreground
-from backfill.models import BackfillDay, BackfillLog, BackfillPlan
-from backfill.planning import REQUESTS_IN_FLIGHT, request_hits
+from backfill.models import DEFAULT_REQUESTS_IN_FLIGHT, BackfillDay, BackfillLog, BackfillPlan
+from backfill.planning import request_hits
 from backfill.runner import iter_requests, run_day
 from backfill.tests.conftest import STOCKHOLM, days_ago, make_backfill_target
 from targets.fake_matomo import FakeMatomo, Token
@@ -209,7 +210,7 @@ def test_a_killed_worker_resumes_with_no_visit_lost_and_at_most_one_batch_repeat
     assert not expected - recorded  # no visit lost
     repeated = recorded - expected
     # At most the window (the requests in flight plus about one batch) is repeated.
-    assert sum(repeated.values()) <= (REQUESTS_IN_FLIGHT + 2) * batch_size
+    assert sum(repeated.values()) <= (DEFAULT_REQUESTS_IN_FLIGHT + 2) * batch_size
     assert set(repeated) <= set(expected)  # and nothing foreign
     assert plan.logs.filter(message__contains="in flight when the previous worker stopped").exists()
 
@@ -403,3 +404,30 @@ def test_a_real_worker_cluster_sends_the_days_and_completes_the_plan(fake_matomo
     assert fake_matomo.stats()["backdated"] == 0
     assert {day.worker.rpartition(":")[0] for day in plan.days.all()} != {""}
     assert len(fake_matomo.invalidations) == 1 and plan.invalidation == BackfillPlan.Invalidation.DONE
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_plan_keeps_its_requests_in_flight_and_no_more(small_preset):
+    site = {"id": 1, "timezone": "Europe/Stockholm"}
+    with FakeMatomo(sites=[site], capacity=8, service_time_per_request=0.03) as fake:
+        fake.add_token(Token(value="tok", superuser=True))
+        concurrent = {"now": 0, "max": 0}
+        lock = threading.Lock()
+        original = fake.recorder.commit
+
+        def counting_commit(outcomes, *, bulk):  # runs inside a "PHP worker" of capacity mode
+            with lock:
+                concurrent["now"] += 1
+                concurrent["max"] = max(concurrent["max"], concurrent["now"])
+            try:
+                time.sleep(0.01)
+                return original(outcomes, bulk=bulk)
+            finally:
+                with lock:
+                    concurrent["now"] -= 1
+
+        fake.recorder.commit = counting_commit  # observes, then commits
+        target = make_backfill_target(fake, token_auth="tok")
+        plan = send(confirmed_plan([target], small_preset, last_days=1, batch_size=40, requests_in_flight=3))
+    assert plan.status == BackfillPlan.Status.COMPLETED and plan.requests_in_flight == 3
+    assert concurrent["max"] == 3  # pipelined up to the plan's figure, never beyond

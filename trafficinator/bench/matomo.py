@@ -7,12 +7,14 @@ each busy for a time per request and per hit, so a sender that leaves workers id
 visibly slower, as it is against a real Matomo (issue: the old batch-then-wait backfill
 left a third of a real 2-core Matomo idle).
 
-Three senders push the same kind of traffic into it:
+Four senders push the same kind of traffic into it:
 
 * **bare**: the yardstick, written for this benchmark. The hits are encoded into bulk
   bodies before the clock starts; ``in_flight`` greenlets each POST the next body over
   their own keep-alive connection (geventhttpclient) as soon as the previous answer came
   back. No accounting, no retries, no database: as fast as the fake takes bulk requests.
+* **sender**: our TargetSender with the bare sender's pre-encoded requests (the sending
+  part alone: pipelining, per-visitor order, settling, telemetry).
 * **backfill**: a real one-day plan run in this process with the workers' code (packing,
   pipelining, checkpoints in the database, telemetry). The bare sender sends exactly the
   backfill's requests (same visits, same packing), into a fresh fake.
@@ -114,6 +116,33 @@ def bare_bulk(url: str, token: str, requests: list[list[str]], in_flight: int) -
     }
 
 
+def sender_only(url: str, token: str, requests: list[list[str]], in_flight: int) -> dict[str, Any]:
+    """Our TargetSender (pipelining, per-visitor order, settling, telemetry) with the
+    bare sender's pre-encoded requests: the sending part of the backfill, without
+    generating visits or writing checkpoints."""
+    from trafficinator.sending.sender import TargetSender
+
+    sender = TargetSender(url + "matomo.php", token, concurrency=in_flight, timeout=60, bulk=True, name="bench")
+    visits = [[[entry] for entry in entries] for entries in requests]  # visitor order needs no grouping here
+    cpu_start = cpu_seconds()
+    started = time.perf_counter()
+    for request in visits:
+        sender.send_request(request)
+    sender.join()
+    wall = time.perf_counter() - started
+    cpu = cpu_seconds() - cpu_start
+    counts = sender.telemetry.counts()
+    sender.close(1.0)
+    hits = sum(len(entries) for entries in requests)
+    return {
+        "hits": hits,
+        "accepted": counts["accepted"],
+        "seconds": wall,
+        "hits_per_second": hits / wall,
+        "cpu_per_1k": cpu / hits * 1000,
+    }
+
+
 def benchmark_matomo(
     *,
     visits: int = 5000,
@@ -128,8 +157,9 @@ def benchmark_matomo(
     docstring. ``in_flight``: requests the backfill (and bare) keep in flight (default:
     the backfill's default)."""
     from backfill import planning
+    from backfill.models import DEFAULT_REQUESTS_IN_FLIGHT
 
-    in_flight = in_flight or planning.REQUESTS_IN_FLIGHT
+    in_flight = in_flight or DEFAULT_REQUESTS_IN_FLIGHT
     results: dict[str, dict[str, Any]] = {}
     token = secrets.token_hex(16)
     process, url = start_fake_server(capacity_args(workers, hit_ms, request_ms, token))
@@ -139,11 +169,13 @@ def benchmark_matomo(
         results["bare"] = bare_bulk(url, token, requests, in_flight)
         results["bare"]["recorded"] = fake_call(url, "_fake/stats")["recorded"]
         fake_call(url, "_fake/reset", "POST")
+        results["sender"] = sender_only(url, token, requests, in_flight)
+        fake_call(url, "_fake/reset", "POST")
         offered = 2 * results["bare"]["hits_per_second"]
         results["live"] = _live(url, token, offered, live_seconds)
     finally:
         stop_fake_server(process)
-    for name in ("backfill", "live"):
+    for name in ("sender", "backfill", "live"):
         results[name]["ratio"] = results[name]["hits_per_second"] / results["bare"]["hits_per_second"]
     results["settings"] = {
         "workers": workers,
@@ -180,8 +212,6 @@ def _backfill(
     from presets.models import Preset
 
     target = plan = None
-    saved = planning.REQUESTS_IN_FLIGHT, runner.REQUESTS_IN_FLIGHT
-    planning.REQUESTS_IN_FLIGHT = runner.REQUESTS_IN_FLIGHT = in_flight
     try:
         target = _make_target(url, token)
         yesterday = datetime.now(UTC).astimezone(ZoneInfo(BENCH_TIMEZONE)).date() - timedelta(days=1)
@@ -193,6 +223,7 @@ def _backfill(
             visits_per_day=visits,
             daily_cap=None,
             batch_size=batch_size,
+            requests_in_flight=in_flight,
         )
         plan.confirm(by_name="benchmark")
         day = plan.days.get()
@@ -221,7 +252,6 @@ def _backfill(
             "cpu_per_1k": cpu / hits * 1000 if hits else 0.0,
         }, requests
     finally:
-        planning.REQUESTS_IN_FLIGHT, runner.REQUESTS_IN_FLIGHT = saved
         if plan is not None:
             plan.delete()
         if target is not None:

@@ -22,7 +22,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db.models import Sum
 
 from backfill.foreground import run_in_foreground
-from backfill.models import BackfillDay, BackfillPlan
+from backfill.models import DEFAULT_REQUESTS_IN_FLIGHT, BackfillDay, BackfillPlan
 from backfill.planning import Estimate, build_estimate, format_duration
 from backfill.runner import DayOutcome, DayResult, DayState
 from trafficinator.cli import format_errors, get_preset, get_target, iso_date, positive_int
@@ -63,6 +63,12 @@ class Command(BaseCommand):
         parser.add_argument("--seed", type=int, help="Seed (default: random). Same seed, same visits.")
         parser.add_argument("--rps", type=positive_float, help="At most this many bulk requests per second.")
         parser.add_argument("--batch-size", type=positive_int, default=400, help="Hits per batch (default 400).")
+        parser.add_argument(
+            "--in-flight",
+            type=positive_int,
+            default=DEFAULT_REQUESTS_IN_FLIGHT,
+            help=f"Bulk requests kept in flight (default {DEFAULT_REQUESTS_IN_FLIGHT}; match Matomo's PHP workers).",
+        )
         parser.add_argument("--yes", action="store_true", help="Confirm without asking (for scripts).")
         parser.add_argument("--resume", type=positive_int, metavar="PLAN_ID", help="Continue an interrupted plan.")
 
@@ -96,6 +102,7 @@ class Command(BaseCommand):
                 seed=options["seed"],
                 max_requests_per_second=options["rps"],
                 batch_size=options["batch_size"],
+                requests_in_flight=options["in_flight"],
             )
         except ValidationError as exc:
             raise CommandError(format_errors(exc)) from None

@@ -170,7 +170,7 @@ class Command(BaseCommand):
             f"{settings['in_flight']} in flight"
         )
         bare = result["bare"]
-        for name in ("bare", "backfill", "live"):
+        for name in ("bare", "sender", "backfill", "live"):
             data = result[name]
             extra = ""
             if name != "bare":
