@@ -23,7 +23,7 @@ from trafficinator.bench.sending import benchmark_sender
 from trafficinator.sending.sender import TargetSender
 from trafficinator.traffic import Profile, day_visits, encode_visit
 
-SECTIONS = ("generation", "single", "bulk", "stream", "backfill", "matomo")
+SECTIONS = ("generation", "single", "bulk", "stream", "backfill", "matomo", "live", "overload")
 
 
 def rss_mb() -> float:
@@ -51,6 +51,12 @@ class Command(BaseCommand):
         parser.add_argument("--hits", type=int, default=30_000, help="Hits for the single-hit path (default 30,000).")
         parser.add_argument("--bulk-hits", type=int, default=200_000, help="Hits for the bulk path (default 200,000).")
         parser.add_argument("--concurrency", type=int, default=20)
+        parser.add_argument(
+            "--overload-seconds",
+            type=float,
+            default=60.0,
+            help="Seconds of the overload run before Stop is pressed (default 60).",
+        )
         parser.add_argument("--batch-size", type=int, default=100)
         parser.add_argument(
             "--visits",
@@ -70,7 +76,12 @@ class Command(BaseCommand):
             "--in-flight", type=int, default=None, help="Requests the backfill and bare keep in flight (default: ours)."
         )
         matomo.add_argument("--matomo-visits", type=int, default=5000, help="Visits of the backfilled day.")
-        matomo.add_argument("--live-seconds", type=float, default=20.0, help="Duration of the live bulk run.")
+        matomo.add_argument(
+            "--live-seconds",
+            type=float,
+            default=20.0,
+            help="Duration of the live bulk run, and of each run of --only live (default 20).",
+        )
 
     def handle(self, *args, only, hits, bulk_hits, concurrency, batch_size, visits, **options) -> None:
         sections = only or list(SECTIONS)
@@ -86,6 +97,11 @@ class Command(BaseCommand):
             self.backfill()
         if "matomo" in sections:
             self.matomo(options)
+        capacity = None
+        if "live" in sections:
+            capacity = self.live(options["live_seconds"], concurrency, batch_size)
+        if "overload" in sections:
+            self.overload(options["overload_seconds"], concurrency, capacity)
 
     def line(self, text: str) -> None:
         self.stdout.write(text)
@@ -143,6 +159,56 @@ class Command(BaseCommand):
             f"({sent_hits / elapsed:,.0f} hits/s), tracked {stats.get('tracked', '?'):,}; RSS "
             f"{start_rss:.0f} MB at start, highest {highest:.0f} MB (target: flat, under 100 MB); "
             f"checkpoints {', '.join(checkpoints)}"
+        )
+
+    def live(self, seconds: float, concurrency: int, batch_size: int) -> float:
+        """The real live loader (run_loader in its own process), single then bulk, asked for
+        more than it can send: its end-to-end capacity. Returns single visits/day sent."""
+        from trafficinator.bench.live import benchmark_live
+
+        capacity = 0.0
+        for bulk, target in ((False, "12,000"), (True, "50,000")):
+            result = benchmark_live(bulk=bulk, seconds=seconds, concurrency=concurrency, batch_size=batch_size)
+            self.line(
+                f"live {result['mode']}: {result['hits_per_second'] or 0:,} hits/s, "
+                f"{result['hits_per_cpu_second'] or 0:,} hits per loader CPU-second ({result['cpu_seconds']} CPU-s "
+                f"for {result['sent']:,} hits, /proc incl. children), peak RSS {result['peak_rss_mb']:.0f} MB, "
+                f"accepted {result['accepted']:,}, server recorded {result['server_recorded']:,}; "
+                f"{self.saturation(result)} (target >= {target} hits per CPU-second)"
+            )
+            if not bulk and result["seconds"]:
+                capacity = result["visits_started"] / result["seconds"] * 86400
+        return capacity
+
+    def overload(self, seconds: float, concurrency: int, capacity: float | None) -> None:
+        """Ten times what one loader can send (single hits), for ``seconds``; then Stop."""
+        from trafficinator.bench.live import benchmark_live
+
+        if not capacity:
+            calibration = benchmark_live(bulk=False, seconds=10, concurrency=concurrency)
+            capacity = calibration["visits_started"] / max(calibration["seconds"], 1) * 86400
+        asked = int(capacity * 10)
+        result = benchmark_live(bulk=False, visits_per_day=asked, concurrency=concurrency, stop_after=seconds)
+        samples = result["rss_samples"]
+        highest = max((value for _, value in samples), default=0.0)
+        marks = ", ".join(f"{at:.0f} s: {value:.0f} MB" for at, value in samples[:: max(1, len(samples) // 6)])
+        self.line(
+            f"overload: asked {asked:,} visits/day (10x the single-hit capacity) for {seconds:.0f} s: "
+            f"{result['hits_per_second'] or 0:,} hits/s, {result['hits_per_cpu_second'] or 0:,} hits per loader "
+            f"CPU-second; RSS highest {highest:.0f} MB, peak {result['peak_rss_mb']:.0f} MB ({marks}) "
+            f"(target: flat, under 150 MB); stopped in {result['stopped_in']} s after Stop (target <= 2 s), "
+            f"status {result['status']}; {self.saturation(result)}"
+        )
+
+    @staticmethod
+    def saturation(result: dict) -> str:
+        wait = result["wait_ms"]
+        latency = result["latency_ms"]
+        return (
+            f"saturated={result['saturated']}, delivered {result['delivered_percent']} % of "
+            f"{result['visits_per_day_asked']:,} visits/day asked, {result['visits_behind']:,} visits behind, "
+            f"lag {result['lag_seconds']} s, late hits {result['late_hits']:,}, loader wait p50/p95 "
+            f"{wait.get('p50')}/{wait.get('p95')} ms, latency p50/p95 {latency.get('p50')}/{latency.get('p95')} ms"
         )
 
     def backfill(self) -> None:

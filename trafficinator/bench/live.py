@@ -1,0 +1,204 @@
+"""How fast the real live loader sends, and how it behaves when asked for far more.
+
+    from trafficinator.bench.live import benchmark_live
+    benchmark_live(bulk=False, seconds=20)
+
+A real run (a bench target, preset and run in the project's database, deleted after) is
+sent by ``manage.py run_loader`` in its own, monkey-patched process, exactly as a worker
+starts it, to the fake Matomo (``python -m targets.fake_matomo --count-only``) in another
+process. The loader process is measured from outside: CPU time from ``/proc/PID/stat``
+(user + system, including its children) from its first report (startup excluded) to its
+exit, resident memory sampled from ``/proc/PID/status`` every half second, its peak from
+``wait4``. The asked rate is above what one process can send, so the figures are the
+loader's end-to-end capacity (generation, pacing, encoding, sending, telemetry, reports).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from presets.models import Preset
+from runs.models import Run
+from targets.fake_matomo.process import fake_call, start_fake_server, stop_fake_server
+from targets.models import Target
+from trafficinator.testing import subprocess_env
+
+# The traffic model's ceiling per target: higher rates use several targets (on one server).
+MAX_VISITS_PER_DAY_PER_TARGET = 100_000_000
+MANAGE_PY = Path(__file__).resolve().parents[2] / "manage.py"
+TICKS = os.sysconf("SC_CLK_TCK")
+BENCH_TIMEZONE = "UTC"
+
+
+def process_cpu_seconds(pid: int) -> float | None:
+    """utime + stime + cutime + cstime of ``pid`` (None once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rpartition(")")[2].split()
+    except OSError:
+        return None
+    # After the command name: state is field 3, utime..cstime are fields 14..17.
+    return sum(int(value) for value in fields[11:15]) / TICKS
+
+
+def process_rss_mb(pid: int) -> float | None:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def _bench_preset(concurrency: int) -> Preset:
+    """Short visits (pauses under a second) on the flat curve: every hit is due within
+    seconds, so a short benchmark measures sending, not waiting."""
+    preset = Preset(
+        name=f"bench-live-{secrets.token_hex(4)}",
+        visits_per_day=1_000_000,
+        daily_curve="flat",
+        pause_min=0.0,
+        pause_max=0.5,
+        visit_duration_min=0.0,
+        visit_duration_max=0.05,
+        concurrency=concurrency,
+    )
+    preset.full_clean()
+    preset.save()
+    return preset
+
+
+def benchmark_live(
+    *,
+    bulk: bool,
+    seconds: float = 20.0,
+    visits_per_day: int = 200_000_000,
+    concurrency: int = 20,
+    batch_size: int = 100,
+    server_workers: int = 2,
+    stop_after: float | None = None,
+) -> dict:
+    """Run the live loader for ``seconds`` (or press Stop after ``stop_after`` seconds and
+    measure how long it takes to end) and return its figures."""
+    token = secrets.token_hex(16)
+    server, url = start_fake_server(
+        ["--sites", f"1:{BENCH_TIMEZONE}", "--token", token, "--workers", str(server_workers)]
+    )
+    targets: list[Target] = []
+    preset = run = None
+    try:
+        for _ in range(-(-visits_per_day // MAX_VISITS_PER_DAY_PER_TARGET)):
+            targets.append(
+                Target.objects.create(
+                    name=f"bench-{secrets.token_hex(4)}",
+                    matomo_url=url,
+                    site_id=1,
+                    token_auth=token,
+                    last_check_ok=True,
+                    token_can_write=True,
+                    site_timezone=BENCH_TIMEZONE,
+                    site_name="Benchmark",
+                )
+            )
+        preset = _bench_preset(concurrency)
+        run = Run.objects.create_run(
+            preset=preset,
+            targets=list(targets),
+            seed=1,
+            visits_per_day=visits_per_day,
+            duration_seconds=None if stop_after else max(1, round(seconds)),
+            bulk=bulk,
+            batch_size=batch_size,
+        )
+        claim = run.claim(pid=os.getpid(), host="bench")
+        child = subprocess.Popen(  # noqa: S603 - our own interpreter and manage.py
+            [sys.executable, str(MANAGE_PY), "run_loader", str(run.pk), "--claim", str(claim)],
+            # The database this process uses (a test database under pytest).
+            env=subprocess_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        Run.objects.filter(pk=run.pk).update(loader_pid=child.pid)
+        cpu_at_start = None
+        started = None
+        rss: list[tuple[float, float]] = []
+        stop_asked = stopped_in = None
+        next_sample = 0.0
+        while not exited(child.pid):
+            now = time.monotonic()
+            if cpu_at_start is None and Run.objects.filter(pk=run.pk).exclude(stats={}).exists():
+                cpu_at_start, started = process_cpu_seconds(child.pid), now  # the loop's first report
+            if started is not None and now >= next_sample:
+                next_sample = now + 0.5
+                value = process_rss_mb(child.pid)
+                if value is not None:
+                    rss.append((now - started, value))
+            if stop_after and started is not None and stop_asked is None and now - started >= stop_after:
+                run.request_stop("Stopped by the benchmark.")
+                stop_asked = now
+            time.sleep(0.05)
+        ended = time.monotonic()
+        if stop_asked is not None:
+            stopped_in = ended - stop_asked
+        # The exit status and resource usage of the loader (incl. the children it waited for).
+        usage = resource_usage(child)
+        cpu = usage["cpu"] - (cpu_at_start or 0.0)
+        wall = ended - (started or ended)
+        run.refresh_from_db()
+        totals = run.stats.get("totals", {})
+        stats = fake_call(url, "_fake/stats")
+        sent = int(totals.get("sent", 0))
+        return {
+            "mode": "bulk" if bulk else "single",
+            "status": run.status,
+            "seconds": round(wall, 1),
+            "sent": sent,
+            "accepted": int(totals.get("accepted", 0)),
+            "server_recorded": stats.get("recorded"),
+            "hits_per_second": round(sent / wall) if wall else None,
+            "cpu_seconds": round(cpu, 2),
+            "hits_per_cpu_second": round(sent / cpu) if cpu > 0 else None,
+            "peak_rss_mb": round(usage["peak_rss_mb"], 1),
+            "rss_samples": rss,
+            "stopped_in": None if stopped_in is None else round(stopped_in, 2),
+            "visits_per_day_asked": visits_per_day,
+            "targets": len(targets),
+            "visits_started": int(totals.get("visits_started", 0)),
+            "visits_behind": int(totals.get("visits_behind", 0)),
+            "delivered_percent": totals.get("delivered_percent"),
+            "saturated": bool(totals.get("saturated")),
+            "lag_seconds": totals.get("lag_seconds"),
+            "late_hits": int(totals.get("late_hits", 0)),
+            "wait_ms": totals.get("wait_ms") or {},
+            "latency_ms": totals.get("latency_ms") or {},
+            "end_reason": run.end_reason,
+        }
+    finally:
+        stop_fake_server(server)
+        if run is not None:
+            run.delete()
+        if preset is not None:
+            preset.delete()
+        for target in targets:
+            target.delete()
+
+
+def exited(pid: int) -> bool:
+    """Whether the child ended, without reaping it (so wait4 can still read its usage)."""
+    return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+
+
+def resource_usage(child: subprocess.Popen) -> dict:
+    """Reap ``child`` with wait4: its CPU seconds (user + system, with the children it
+    waited for, the same as /proc/PID/stat's utime + stime + cutime + cstime at exit)
+    and its peak RSS."""
+    _, status, usage = os.wait4(child.pid, 0)
+    child.returncode = os.waitstatus_to_exitcode(status)
+    return {"cpu": usage.ru_utime + usage.ru_stime, "peak_rss_mb": usage.ru_maxrss / 1024}
