@@ -1,4 +1,4 @@
-from django.urls import path
+from django.urls import path, re_path
 
 from backfill import views
 
@@ -15,4 +15,5 @@ urlpatterns = [
     path("<int:pk>/progress/", views.plan_progress, name="progress"),
     path("<int:pk>/days/", views.plan_days, name="days"),
     path("<int:pk>/verify/", views.plan_verify, name="verify"),
+    re_path(r"^(?P<pk>[0-9]+)/report\.(?P<fmt>json|csv)$", views.plan_report, name="report"),
 ]

@@ -218,3 +218,16 @@ def plan_days(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     if not request.htmx:
         return redirect(_plan_url(plan))
     return render(request, "backfill/_days.html", days_context(plan))
+
+
+@permission_required("backfill.view_backfillplan", raise_exception=True)
+@require_GET
+def plan_report(request: HttpRequest, pk: int, fmt: str) -> HttpResponse:
+    """The plan and its days as JSON, or the days as CSV (planned, sent, accepted, invalid)."""
+    from backfill import reports
+
+    plan = get_object_or_404(BackfillPlan, pk=pk)
+    content, content_type = reports.render(plan, fmt)
+    response = HttpResponse(content, content_type=content_type)
+    response["Content-Disposition"] = f'attachment; filename="backfill-{plan.pk}.{fmt}"'
+    return response

@@ -41,6 +41,7 @@ class PresetAdmin(admin.ModelAdmin):
             },
         ),
         ("Limits", {"fields": ["auto_stop_after_hours", "auto_stop_after_visits", "daily_cap"]}),
+        ("Thresholds", {"fields": ["thresholds"]}),
         (
             "Behaviour",
             {

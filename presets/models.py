@@ -35,6 +35,15 @@ def validate_timezone(value: str) -> None:
         raise ValidationError(f"“{value}” is not an IANA time zone (e.g. CET, Europe/Stockholm, UTC).")
 
 
+def validate_thresholds(value: str) -> None:
+    from trafficinator.thresholds import ThresholdError, parse_many
+
+    try:
+        parse_many(value)
+    except ThresholdError as error:
+        raise ValidationError(str(error)) from None
+
+
 _TIMEZONES: frozenset[str] | None = None
 
 
@@ -268,6 +277,13 @@ class Preset(models.Model):
         "see README “Catalog”.",
     )
 
+    thresholds = models.TextField(
+        blank=True,
+        validators=[validate_thresholds],
+        help_text="Default pass/fail criteria of runs with this preset, one per line, e.g. “p95_ms < 500” or "
+        "“success_rate >= 0.99” (README “Thresholds”). A run can replace them.",
+    )
+
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -361,7 +377,13 @@ class Preset(models.Model):
         copy.save()
         return copy
 
+    def threshold_lines(self) -> list[str]:
+        """The default thresholds of runs with this preset (blank lines and # comments dropped)."""
+        return [
+            line.strip() for line in self.thresholds.splitlines() if line.strip() and not line.strip().startswith("#")
+        ]
+
     def knob_values(self) -> dict:
         """Every traffic knob by name: what a run snapshots at start."""
-        skip = {"id", "name", "description", "is_builtin", "created_at", "updated_at"}
+        skip = {"id", "name", "description", "is_builtin", "created_at", "updated_at", "thresholds"}
         return {field.name: getattr(self, field.name) for field in self._meta.concrete_fields if field.name not in skip}

@@ -41,13 +41,25 @@ RECORDED_FIELDS = [
     "loader_host",
     "stats",
     "profile",
+    "thresholds",
+    "outcome",
+    "threshold_results",
 ]
 
 
 @admin.register(Run)
 class RunAdmin(admin.ModelAdmin):
-    list_display = ["id", "preset_name", "status_label", "visits_per_day", "created_by", "created_at", "finished_at"]
-    list_filter = ["status", "bulk"]
+    list_display = [
+        "id",
+        "preset_name",
+        "status_label",
+        "outcome",
+        "visits_per_day",
+        "created_by",
+        "created_at",
+        "finished_at",
+    ]
+    list_filter = ["status", "outcome", "bulk"]
     search_fields = ["preset_name", "end_reason"]
     inlines = [RunTargetInline, RunLogInline]
     actions = ["stop_runs", "resume_lost_runs", "close_lost_runs"]

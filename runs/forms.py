@@ -11,6 +11,7 @@ from django.core.exceptions import ValidationError
 from backfill.models import BackfillPlan
 from presets.models import Preset
 from targets.models import Target
+from trafficinator.thresholds import ThresholdError, parse_many
 
 SECONDS_PER_DAY = 86_400
 
@@ -51,6 +52,13 @@ class StartRunForm(forms.Form):
         "come from this server's IP (one country, or Unknown, in Matomo).",
     )
 
+    thresholds = forms.CharField(
+        label="Thresholds",
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 3, "placeholder": "p95_ms < 500\nsuccess_rate >= 0.99"}),
+        help_text="Pass/fail criteria judged at the end, one per line. Blank: the preset's; “none”: no thresholds.",
+    )
+
     def clean(self) -> dict:
         data = super().clean() or {}
         preset, targets = data.get("preset"), data.get("targets")
@@ -64,6 +72,18 @@ class StartRunForm(forms.Form):
                     "to the target, or tick “Send without countries”.",
                 )
         return data
+
+    def clean_thresholds(self) -> list[str] | None:
+        """None (the preset's), [] ("none") or the checked lines."""
+        text = self.cleaned_data.get("thresholds", "").strip()
+        if not text:
+            return None
+        if text.lower() == "none":
+            return []
+        try:
+            return [threshold.text for threshold in parse_many(text)]
+        except ThresholdError as error:
+            raise ValidationError(str(error)) from None
 
     def add_model_errors(self, error: ValidationError) -> None:
         """Show a model's ValidationError (from Run.objects.create_run) next to the fields."""
@@ -85,6 +105,7 @@ class StartRunForm(forms.Form):
             "duration_seconds": minutes * 60 if minutes else None,
             "max_visits": data.get("max_visits"),
             "bulk": bool(data.get("bulk")),
+            "thresholds": data.get("thresholds"),
         }
 
     def estimate(self) -> RunEstimate | None:

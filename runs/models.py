@@ -26,6 +26,7 @@ from django.utils import timezone
 
 from presets.models import Preset, PresetSnapshot
 from targets.models import Target
+from trafficinator import thresholds as criteria
 from trafficinator.lifecycle import LogEntry, actor, transition
 from trafficinator.sending.telemetry import RunStats, RunTotals
 
@@ -55,9 +56,11 @@ class RunQuerySet(models.QuerySet["Run"]):
         daily_cap: int | None = None,
         bulk: bool = False,
         batch_size: int = 100,
+        thresholds: list[str] | None = None,
     ) -> Run:
         """Create a queued run: the preset is snapshotted, so editing it later does not
-        change this run. ``targets`` are targets, or (target, weight, visits_per_day)."""
+        change this run. ``targets`` are targets, or (target, weight, visits_per_day).
+        ``thresholds`` None takes the preset's; [] means none."""
         entries = [item if isinstance(item, tuple) else (item, 1.0, None) for item in targets]
         if not entries:
             raise ValidationError({"targets": "Choose at least one target."})
@@ -68,6 +71,9 @@ class RunQuerySet(models.QuerySet["Run"]):
             raise ValidationError({"targets": "A target is listed twice."})
         if all((weight or 0) <= 0 and not rate for _, weight, rate in entries):
             raise ValidationError({"targets": "Give at least one target a weight above 0 or its own visits per day."})
+        texts = check_thresholds(
+            preset.threshold_lines() if thresholds is None else thresholds, [target.name for target, _, _ in entries]
+        )
         run = self.model(
             preset=preset,
             preset_name=preset.name,
@@ -81,6 +87,7 @@ class RunQuerySet(models.QuerySet["Run"]):
             daily_cap=daily_cap if daily_cap is not None else preset.daily_cap,
             bulk=bulk,
             batch_size=batch_size,
+            thresholds=texts,
             created_by=created_by,
         )
         run.full_clean()
@@ -90,7 +97,8 @@ class RunQuerySet(models.QuerySet["Run"]):
         run.log(
             RunLog.Level.INFO,
             f"Created by {actor(created_by)}: preset {preset.name}, {run.visits_per_day} visits/day, "
-            f"{len(entries)} target(s), seed {run.seed}{', bulk' if bulk else ''}.",
+            f"{len(entries)} target(s), seed {run.seed}{', bulk' if bulk else ''}"
+            + (f"; thresholds: {'; '.join(texts)}." if texts else "."),
         )
         return run
 
@@ -106,6 +114,24 @@ class RunQuerySet(models.QuerySet["Run"]):
         return self.filter(status__in=[Run.Status.RUNNING, Run.Status.STOPPING], heartbeat_at__lt=cutoff)
 
 
+def check_thresholds(lines: list[str] | str, target_names: list[str]) -> list[str]:
+    """Parse thresholds for a run on ``target_names``; a ValidationError on "thresholds"
+    names the first bad one and where it goes wrong."""
+    try:
+        parsed = criteria.parse_many(lines)
+    except criteria.ThresholdError as error:
+        raise ValidationError({"thresholds": str(error)}) from None
+    for threshold in parsed:
+        if threshold.scope not in (None, criteria.EVERY_TARGET, *target_names):
+            raise ValidationError(
+                {
+                    "thresholds": f"“{threshold.text}”: the run has no target named “{threshold.scope}” "
+                    f"(its targets: {', '.join(target_names)}; * means every target)."
+                }
+            )
+    return [threshold.text for threshold in parsed]
+
+
 class Run(models.Model):
     class Status(models.TextChoices):
         QUEUED = "queued", "Queued"
@@ -113,6 +139,11 @@ class Run(models.Model):
         STOPPING = "stopping", "Stopping"
         COMPLETED = "completed", "Completed"
         STOPPED = "stopped", "Stopped"
+        FAILED = "failed", "Failed"
+
+    class Outcome(models.TextChoices):
+        NONE = "", "No thresholds"
+        PASSED = "passed", "Passed"
         FAILED = "failed", "Failed"
 
     ACTIVE_STATUSES = (Status.QUEUED, Status.RUNNING, Status.STOPPING)
@@ -129,6 +160,9 @@ class Run(models.Model):
     duration_seconds = models.PositiveIntegerField(null=True, blank=True, help_text="Stop after this long.")
     max_visits = models.PositiveIntegerField(null=True, blank=True, help_text="Stop after this many visits.")
     daily_cap = models.PositiveIntegerField(null=True, blank=True, help_text="Pause after this many visits a day.")
+    thresholds = models.JSONField(
+        default=list, blank=True, help_text='Pass/fail criteria, e.g. "p95_ms < 500" (README “Thresholds”).'
+    )
 
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
     stop_requested = models.BooleanField(default=False)
@@ -151,6 +185,10 @@ class Run(models.Model):
     stats = models.JSONField(default=dict, blank=True)
     # The last comparison with Matomo's own counts (runs.verification), or None.
     verification = models.JSONField(null=True, blank=True, editable=False)
+    # Set once when the run ends: passed/failed, and one result per threshold and scope
+    # ({"threshold", "scope", "metric", "op", "limit", "value", "passed"}).
+    outcome = models.CharField(max_length=8, choices=Outcome.choices, default=Outcome.NONE, blank=True)
+    threshold_results = models.JSONField(default=list, blank=True)
 
     objects = RunQuerySet.as_manager()
 
@@ -194,6 +232,51 @@ class Run(models.Model):
     def totals(self) -> RunTotals:
         return self.stats.get("totals", {}) if isinstance(self.stats, dict) else {}
 
+    def measure(self, visits_per_day: float | None = None) -> criteria.Measure:
+        """How long the run ran and how many visits its rate asked for in that time."""
+        elapsed = self.elapsed()
+        seconds = elapsed.total_seconds() if elapsed else None
+        rate = self.visits_per_day if visits_per_day is None else visits_per_day
+        asked = rate * seconds / 86_400 if seconds else None
+        if asked is not None and self.max_visits and visits_per_day is None:
+            asked = min(asked, self.max_visits)
+        return criteria.Measure(elapsed_seconds=seconds, asked_visits=asked)
+
+    def threshold_scopes(self) -> tuple[criteria.Scope, list[criteria.Scope]]:
+        """The run's figures and each target's, as thresholds read them."""
+        per_target = self.stats.get("targets", {}) if isinstance(self.stats, dict) else {}
+        # .all() uses the callers' prefetch_related("run_targets__target") when there is one.
+        siblings = list(self.run_targets.all())
+        scopes = [
+            criteria.Scope(rt.target.name, per_target.get(str(rt.pk), {}), self.measure(rt.share_of(self, siblings)))
+            for rt in siblings
+        ]
+        return criteria.Scope(None, self.totals, self.measure()), scopes
+
+    def evaluate_thresholds(self) -> str:
+        """Judge the final figures against the thresholds, record the outcome and log it.
+        Returns the outcome ("" when the run has none)."""
+        if not self.thresholds:
+            return self.Outcome.NONE
+        run_scope, target_scopes = self.threshold_scopes()
+        results = criteria.evaluate(criteria.parse_many(self.thresholds), run_scope, target_scopes)
+        failed = [result for result in results if not result["passed"]]
+        outcome = self.Outcome.FAILED if failed else self.Outcome.PASSED
+        Run.objects.filter(pk=self.pk).update(outcome=outcome, threshold_results=results)
+        self.outcome, self.threshold_results = outcome, results
+        if failed:
+            self.log(RunLog.Level.ERROR, f"Thresholds failed: {'; '.join(map(criteria.describe_result, failed))}.")
+        else:
+            self.log(RunLog.Level.INFO, f"Thresholds passed: {'; '.join(map(criteria.describe_result, results))}.")
+        return outcome
+
+    @property
+    def failed_thresholds(self) -> list[dict]:
+        return [result for result in self.threshold_results or [] if not result.get("passed")]
+
+    def failed_threshold_labels(self) -> list[str]:
+        return [criteria.describe_result(result) for result in self.failed_thresholds]
+
     # --- transitions (conditional updates) -------------------------------------------
 
     def _transition(self, from_statuses, **changes) -> bool:
@@ -235,7 +318,8 @@ class Run(models.Model):
         return stopped
 
     def finish(self, status: Run.Status, reason: str, stats: RunStats | None = None) -> bool:
-        """running/stopping -> completed | stopped | failed, with final counters."""
+        """running/stopping -> completed | stopped | failed, with final counters; then the
+        thresholds are judged against them."""
         assert status in (self.Status.COMPLETED, self.Status.STOPPED, self.Status.FAILED)
         changes: dict[str, Any] = {"status": status, "finished_at": timezone.now(), "heartbeat_at": timezone.now()}
         if stats is not None:
@@ -244,7 +328,10 @@ class Run(models.Model):
         # A user's stop request keeps its own reason ("Stopped by ...").
         if not (current and current[1] and current[0]):
             changes["end_reason"] = reason
-        return self._transition([self.Status.RUNNING, self.Status.STOPPING], **changes)
+        finished = self._transition([self.Status.RUNNING, self.Status.STOPPING], **changes)
+        if finished:
+            self.evaluate_thresholds()
+        return finished
 
     def fail(self, reason: str) -> bool:
         changes = {"status": self.Status.FAILED, "finished_at": timezone.now(), "end_reason": reason}
@@ -288,7 +375,7 @@ class Run(models.Model):
         return True
 
     def finish_claimed(self, token: uuid.UUID, status: Run.Status, reason: str, stats: RunStats) -> bool:
-        """finish(), only while ``token`` still holds the claim."""
+        """finish(), only while ``token`` still holds the claim; then the thresholds are judged."""
         with transaction.atomic():
             current = self._claimed(token).select_for_update().values_list("end_reason", "stop_requested").first()
             if current is None:
@@ -299,6 +386,7 @@ class Run(models.Model):
             updated = self._claimed(token).update(**changes)
         if updated:
             self.refresh_from_db()
+            self.evaluate_thresholds()  # the final counters are in: judge them once
         return bool(updated)
 
     def fail_claimed(self, token: uuid.UUID, reason: str) -> bool:
@@ -371,7 +459,8 @@ class RunTarget(models.Model):
 
 
 class RunSample(models.Model):
-    """One row per run and minute, for the charts (hits, errors, p95 latency)."""
+    """One row per run and minute, for the charts and reports (hits, errors, p95 latency),
+    with the per-target breakdown in ``targets``."""
 
     run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="samples")
     minute = models.DateTimeField()
@@ -379,6 +468,8 @@ class RunSample(models.Model):
     accepted = models.PositiveIntegerField(default=0)
     errors = models.PositiveIntegerField(default=0)
     p95_ms = models.FloatField(null=True, blank=True)
+    # The same figures per target: {"<run_target_id>": {"hits", "accepted", "errors", "p95_ms"}}.
+    targets = models.JSONField(default=dict, blank=True)
 
     class Meta:
         ordering = ["minute"]

@@ -1,4 +1,4 @@
-from django.urls import path
+from django.urls import path, re_path
 
 from runs import views
 
@@ -16,4 +16,6 @@ urlpatterns = [
     path("<int:pk>/verify/", views.verify, name="verify"),
     path("<int:pk>/resume/", views.resume, name="resume"),
     path("<int:pk>/close/", views.close, name="close"),
+    re_path(r"^(?P<pk>[0-9]+)/report\.(?P<fmt>json|csv|html)$", views.report, name="report"),
+    path("compare/", views.compare, name="compare"),
 ]

@@ -10,6 +10,7 @@ anything per hit. What the panels show is computed in runs/presentation.py.
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 
 from django.contrib.auth.decorators import permission_required
@@ -22,6 +23,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from runs import reports
 from runs.forms import StartRunForm
 from runs.models import Run, RunLog, RunSample, RunTarget, enqueue_run
 from runs.presentation import LiveRun, chart_end, run_charts, samples_since, target_rows
@@ -228,3 +230,55 @@ def close(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     run = _run(pk)
     run.close_lost(by=request.user)
     return _after_action(request, run)
+
+
+# --- reports and comparison -----------------------------------------------------------------
+
+# Reports are standalone files: inline CSS and SVG only, and the policy says so (nothing can
+# be fetched even if a run's text contained markup).
+REPORT_CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
+
+
+def report_response(content: str, content_type: str, filename: str, *, download: bool) -> HttpResponse:
+    response = HttpResponse(content, content_type=content_type)
+    disposition = "attachment" if download else "inline"
+    response["Content-Disposition"] = f'{disposition}; filename="{filename}"'
+    if content_type.startswith("text/html"):
+        response["Content-Security-Policy"] = REPORT_CSP
+    return response
+
+
+@permission_required("runs.view_run", raise_exception=True)
+@require_GET
+def report(request: HttpRequest, pk: int, fmt: str) -> HttpResponse:
+    """The run's report as JSON, CSV or HTML; ?download=1 saves it as a file."""
+    run = _run(pk)
+    content, content_type = reports.render(run, fmt)
+    return report_response(content, content_type, f"run-{run.pk}.{fmt}", download=bool(request.GET.get("download")))
+
+
+@permission_required("runs.view_run", raise_exception=True)
+@require_GET
+def compare(request: HttpRequest) -> HttpResponse:
+    """Two runs side by side: ?a=ID&b=ID (&format=html|json for a file)."""
+    a_value, b_value = request.GET.get("a", "").strip(), request.GET.get("b", "").strip()
+    context: dict = {"a_value": a_value, "b_value": b_value}
+    if a_value or b_value:
+        runs = {}
+        for label, value in (("A", a_value), ("B", b_value)):
+            run = Run.objects.filter(pk=int(value)).first() if value.isdigit() else None
+            if run is None:
+                context["error"] = f"Run {label}: “{value}” is not a run id." if value else f"Give run {label}."
+                return render(request, "runs/compare.html", context, status=400 if value else 200)
+            runs[label] = run
+        fmt = request.GET.get("format", "")
+        filename = f"compare-{runs['A'].pk}-{runs['B'].pk}"
+        if fmt == "json":
+            comparison = reports.compare(reports.build_report(runs["A"]), reports.build_report(runs["B"]))
+            content = json.dumps(comparison, indent=2, ensure_ascii=False, default=str)
+            return report_response(content, "application/json", f"{filename}.json", download=True)
+        if fmt == "html":
+            content = reports.comparison_html(runs["A"], runs["B"])
+            return report_response(content, "text/html; charset=utf-8", f"{filename}.html", download=True)
+        context.update(reports.comparison_context(runs["A"], runs["B"]))
+    return render(request, "runs/compare.html", context)

@@ -5,9 +5,26 @@ from __future__ import annotations
 
 from argparse import ArgumentTypeError
 from datetime import date
+from enum import IntEnum
 
 from django.core.exceptions import ValidationError
 from django.core.management.base import CommandError
+
+
+class ExitCode(IntEnum):
+    """Exit codes of run_traffic and backfill (README "Exit codes"), for scripts and CI."""
+
+    SUCCESS = 0  # finished, and every threshold passed (or there were none)
+    FAILED = 1  # the run or plan failed (or any other error)
+    USAGE = 2  # bad arguments or input: nothing was sent
+    THRESHOLDS_FAILED = 3  # the run finished but at least one threshold failed
+    INTERRUPTED = 130  # stopped before its end (Ctrl-C, SIGTERM, a stop from the dashboard/API)
+
+
+EXIT_CODES_HELP = (
+    "Exit codes: 0 success, 1 run failed, 2 bad usage (nothing sent), 3 thresholds failed, "
+    "130 interrupted or stopped before the end."
+)
 
 
 def iso_date(text: str) -> date:

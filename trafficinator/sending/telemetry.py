@@ -101,6 +101,7 @@ class TargetStats(TypedDict, total=False):
     server_errors_by_status: dict[str, int]
     retries_by_reason: dict[str, int]
     latency_ms: LatencySummary
+    latency_buckets: dict[str, int]  # LatencyHistogram.sparse(): reports and /metrics
     hits_per_second: float
     accepted_per_second: float
     degraded: bool
@@ -191,6 +192,17 @@ class LatencyHistogram:
                 return min(low * math.sqrt(self.GROWTH), self.max)
         return self.max  # pragma: no cover - unreachable, ranks never exceed the count
 
+    def sparse(self) -> dict[str, int]:
+        """The non-empty buckets as {"index": count}: mergeable by adding counts, small in JSON."""
+        return {str(index): value for index, value in enumerate(self.counts) if value}
+
+    @classmethod
+    def bucket_bounds(cls, index: int) -> tuple[float, float]:
+        """(low, high) seconds of bucket ``index``."""
+        if index <= 0:
+            return 0.0, cls.MIN_SECONDS
+        return cls.MIN_SECONDS * cls.GROWTH ** (index - 1), cls.MIN_SECONDS * cls.GROWTH**index
+
     def summary_ms(self) -> LatencySummary:
         def ms(value: float | None) -> float | None:
             return None if value is None else round(value * 1000, 2)
@@ -242,17 +254,29 @@ class RateWindow:
 
 
 class HealthWindow:
-    """Outcomes of the most recent ``size`` hits; degraded when most of them failed.
+    """Outcomes of the most recent ``size`` hits; degraded when most of them failed, or
+    when a smaller but steady share was rejected with HTTP 4xx (Matomo refusing hits is a
+    configuration error that no retry fixes: 39 % of 400s must not pass as healthy).
 
-    Hysteresis (degraded above ``degrade_above``, recovered below ``recover_below``) keeps
-    a target that hovers around the threshold from flapping in the run log."""
+    Hysteresis (degraded above ``degrade_above``, recovered below ``recover_below``; the
+    same for the 4xx shares) keeps a target that hovers around a threshold from flapping
+    in the run log."""
 
     def __init__(
-        self, size: int = 200, *, degrade_above: float = 0.5, recover_below: float = 0.25, min_hits: int = 20
+        self,
+        size: int = 200,
+        *,
+        degrade_above: float = 0.5,
+        recover_below: float = 0.25,
+        degrade_rejected_above: float = 0.1,
+        recover_rejected_below: float = 0.05,
+        min_hits: int = 20,
     ) -> None:
         self.size = size
         self.degrade_above = degrade_above
         self.recover_below = recover_below
+        self.degrade_rejected_above = degrade_rejected_above
+        self.recover_rejected_below = recover_rejected_below
         self.min_hits = min_hits
         self.entries: deque[tuple[str, int]] = deque()  # (failure key or "", hits)
         self.total = 0
@@ -279,13 +303,20 @@ class HealthWindow:
         if self.total < self.min_hits:
             return None
         share = self.failed / self.total
-        if not self.degraded and share > self.degrade_above:
+        rejected = self.rejected_share()
+        if not self.degraded and (share > self.degrade_above or rejected > self.degrade_rejected_above):
             self.degraded = True
             return "degraded"
-        if self.degraded and share < self.recover_below:
+        if self.degraded and share < self.recover_below and rejected < self.recover_rejected_below:
             self.degraded = False
             return "recovered"
         return None
+
+    def rejected_share(self) -> float:
+        """Share of the window's hits rejected with HTTP 4xx."""
+        if not self.total:
+            return 0.0
+        return sum(hits for key, hits in self.failures.items() if key.startswith("rejected")) / self.total
 
     def main_failure(self) -> str | None:
         return self.failures.most_common(1)[0][0] if self.failures else None
@@ -588,6 +619,8 @@ class TargetTelemetry:
             visits_behind=self._visits_behind,
             delivered_percent=delivered_percent(counts["visits_started"], self._visits_behind),
             saturated=self._saturated,
+            # For reports and /metrics: summed over targets in the totals like the other dicts.
+            latency_buckets=self._latency.sparse(),
             hits_per_second=round(hits_per_second, 1),
             accepted_per_second=round(accepted_per_second, 1),
             degraded=self._health.degraded,
@@ -683,18 +716,24 @@ class RunTelemetry:
         return {"totals": cast(RunTotals, totals), "targets": targets}
 
     def minute_sample(self) -> dict[str, Any]:
-        """One chart row for the run: hits, accepted, errors summed; p95 over all targets."""
+        """One chart row for the run: hits, accepted, errors summed; p95 over all targets;
+        and the same per target under "targets" (by key; targets without hits left out)."""
         latency = LatencyHistogram()
         sample = {"hits": 0, "accepted": 0, "errors": 0}
-        for telemetry in self.targets.values():
+        per_target: dict[str, dict[str, Any]] = {}
+        for key, telemetry in self.targets.items():
             with telemetry._lock:
+                minute = telemetry._minute
                 for name in sample:
-                    sample[name] += telemetry._minute[name]
+                    sample[name] += minute[name]
+                if minute["hits"] or minute["errors"]:
+                    p95 = telemetry._minute_latency.percentile(0.95)
+                    per_target[key] = {**minute, "p95_ms": None if p95 is None else round(p95 * 1000, 2)}
                 latency.merge(telemetry._minute_latency)
                 telemetry._minute = dict.fromkeys(telemetry._minute, 0)
                 telemetry._minute_latency = LatencyHistogram()
         p95 = latency.percentile(0.95)
-        return {**sample, "p95_ms": None if p95 is None else round(p95 * 1000, 2)}
+        return {**sample, "p95_ms": None if p95 is None else round(p95 * 1000, 2), "targets": per_target}
 
     def drain_events(self) -> list[tuple[str, str, str]]:
         """(target key, level, message) for every target, oldest first per target."""

@@ -25,9 +25,9 @@ from backfill.foreground import run_in_foreground
 from backfill.models import DEFAULT_REQUESTS_IN_FLIGHT, BackfillDay, BackfillPlan
 from backfill.planning import Estimate, build_estimate, format_duration
 from backfill.runner import DayOutcome, DayResult, DayState
-from trafficinator.cli import format_errors, get_preset, get_target, iso_date, positive_int
+from trafficinator.cli import ExitCode, format_errors, get_preset, get_target, iso_date, positive_int
 
-INTERRUPTED_EXIT_CODE = 130
+INTERRUPTED_EXIT_CODE = ExitCode.INTERRUPTED
 
 
 def positive_float(text: str) -> float:
@@ -48,7 +48,9 @@ def summary_line(plan: BackfillPlan) -> str:
 class Command(BaseCommand):
     help = (
         "Backfill past days into Matomo: prints the estimate, asks to confirm (or --yes), sends the days in the "
-        "foreground and ends with a summary line. --resume PLAN_ID continues an interrupted plan."
+        "foreground and ends with a summary line. --resume PLAN_ID continues an interrupted plan. Exit codes: "
+        "0 completed, 1 failed, cancelled or stopped, 2 bad usage or not confirmed (nothing sent), "
+        "130 interrupted (resumable with --resume)."
     )
 
     def add_arguments(self, parser: ArgumentParser) -> None:
@@ -75,7 +77,13 @@ class Command(BaseCommand):
     def handle(self, *args, **options) -> None:
         self.interrupted = False
         self.show_progress = sys.stderr.isatty()
-        plan = self.plan_to_resume(options["resume"]) if options["resume"] else self.create_and_confirm(options)
+        try:
+            plan = self.plan_to_resume(options["resume"]) if options["resume"] else self.create_and_confirm(options)
+        except CommandError as error:
+            # Nothing was sent: a bad argument, an unknown name, a refused or missing confirmation.
+            if error.returncode == ExitCode.FAILED:
+                error.returncode = ExitCode.USAGE
+            raise
         self.run(plan)
 
     # --- planning and confirming ------------------------------------------------------------
@@ -218,7 +226,7 @@ class Command(BaseCommand):
 
     def finish(self, plan: BackfillPlan, ended: DayResult | None) -> None:
         if plan.status == BackfillPlan.Status.FAILED:
-            raise CommandError(f"Backfill plan {plan.pk} failed: {plan.end_reason}")
+            raise CommandError(f"Backfill plan {plan.pk} failed: {plan.end_reason}", returncode=ExitCode.FAILED)
         if plan.status == BackfillPlan.Status.CANCELLED:
             raise CommandError(f"Backfill plan {plan.pk} was cancelled: {plan.end_reason}")
         if ended is not None and ended.outcome == DayOutcome.PAUSED:

@@ -7,15 +7,17 @@ import re
 import socket
 import sys
 from argparse import ArgumentParser, ArgumentTypeError
+from pathlib import Path
 
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
 from runs.forms import countries_without_token
+from runs import reports
 from runs.loader import LoaderSuperseded, execute_loader
 from runs.models import Run
 from targets.models import Target
-from trafficinator.cli import format_errors, get_preset, get_target, positive_int
+from trafficinator.cli import EXIT_CODES_HELP, ExitCode, format_errors, get_preset, get_target, positive_int
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -51,19 +53,33 @@ def target_share(spec: str) -> tuple:
     return (get_target(spec), 1.0, None)
 
 
-def summary_line(stats: dict) -> str:
+def summary_line(stats: dict, outcome: str = "") -> str:
+    """``visits_started=.. visits_delivered=.. hits=.. accepted=.. ... possibly_duplicated=..`` and,
+    for a run with thresholds, ``thresholds=passed|failed``."""
     totals = stats.get("totals", {})
     # One meaning everywhere (the run page's too): every hit whose final answer was not
     # "accepted" -- invalid, unaccounted, rejected, 5xx, network errors and timeouts.
     errors = totals.get("errors", 0)
     p95 = (totals.get("latency_ms") or {}).get("p95")
-    return (
+    line = (
         f"visits_started={totals.get('visits_started', 0)} visits_delivered={totals.get('visits_delivered', 0)} "
         f"hits={totals.get('sent', 0)} "
         f"accepted={totals.get('accepted', 0)} invalid={totals.get('invalid', 0)} "
         f"rejected={totals.get('rejected', 0)} errors={errors} p95_ms={round(p95) if p95 is not None else 0} "
         f"possibly_duplicated={totals.get('possibly_duplicated', 0)}"
     )
+    return f"{line} thresholds={outcome}" if outcome else line
+
+
+def exit_code(run: Run) -> ExitCode:
+    """What a finished run means to a script (README "Exit codes")."""
+    if run.status == Run.Status.FAILED:
+        return ExitCode.FAILED
+    if run.status == Run.Status.STOPPED:
+        return ExitCode.INTERRUPTED
+    if run.outcome == Run.Outcome.FAILED:
+        return ExitCode.THRESHOLDS_FAILED
+    return ExitCode.SUCCESS
 
 
 def saturation_line(stats: dict) -> str:
@@ -82,7 +98,10 @@ def saturation_line(stats: dict) -> str:
 
 
 class Command(BaseCommand):
-    help = "Send live traffic to one or more targets in the foreground; Ctrl-C stops cleanly."
+    help = (
+        "Send live traffic to one or more targets in the foreground; Ctrl-C stops cleanly. Ends with a summary "
+        f"line. {EXIT_CODES_HELP}"
+    )
 
     def add_arguments(self, parser: ArgumentParser) -> None:
         parser.add_argument(
@@ -106,6 +125,17 @@ class Command(BaseCommand):
             help="Accept sending to targets without a token although the preset sends visitor countries: their "
             "visits then all come from this machine's IP.",
         )
+        parser.add_argument(
+            "--threshold",
+            action="append",
+            metavar="EXPR",
+            help='A pass/fail criterion judged at the end, e.g. "p95_ms < 500", "success_rate >= 0.99", '
+            '"rejected[shop] == 0"; repeat for several. Replaces the preset\'s; --threshold none drops them. '
+            "A failed threshold exits with 3.",
+        )
+        parser.add_argument(
+            "--report", metavar="FILE", help="Write the run's JSON report to FILE at the end (see run_report)."
+        )
 
     def handle(self, *args, **options) -> None:
         run = self.create_run(options)
@@ -122,29 +152,50 @@ class Command(BaseCommand):
             raise CommandError(str(exc)) from None
         if show_progress:
             self.stderr.write("")
-        self.stdout.write(summary_line(run.stats))
+        self.stdout.write(summary_line(run.stats, run.outcome))
         saturation = saturation_line(run.stats)
         if saturation:
             self.stdout.write(saturation)
-        if run.status == Run.Status.FAILED:
-            raise CommandError(f"Run {run.pk} failed: {run.end_reason}")
+        for label in run.failed_threshold_labels():
+            self.stdout.write(f"Threshold failed: {label}")
+        if options.get("report"):
+            self.write_report(run, options["report"])
+        code = exit_code(run)
+        if code == ExitCode.FAILED:
+            raise CommandError(f"Run {run.pk} failed: {run.end_reason}", returncode=code)
+        if code == ExitCode.INTERRUPTED:
+            raise CommandError(f"Run {run.pk} stopped before its end: {run.end_reason}", returncode=code)
+        if code == ExitCode.THRESHOLDS_FAILED:
+            failed = len(run.failed_thresholds)
+            raise CommandError(
+                f"Run {run.pk} completed but {failed} threshold{'s' if failed != 1 else ''} failed.", returncode=code
+            )
         self.stdout.write(f"Run {run.pk} {run.status}: {run.end_reason}")
 
     def create_run(self, options) -> Run:
-        preset = get_preset(options["preset"])
-        targets = [target_share(spec) for spec in options["target"]]
+        """The run the options ask for; any problem is bad usage (exit 2), nothing sent."""
+        try:
+            preset = get_preset(options["preset"])
+            targets = [target_share(spec) for spec in options["target"]]
+        except CommandError as error:
+            error.returncode = ExitCode.USAGE
+            raise
         without_token = countries_without_token(preset, [target for target, _, _ in targets])
         if without_token and not options["without_countries"]:
             raise CommandError(
                 f"Preset {preset.name} sends visitor countries, which Matomo accepts only with a token, and "
                 f"{', '.join(without_token)} {'has' if len(without_token) == 1 else 'have'} none. Add a token "
-                "(manage.py target add ... --token-stdin), or pass --without-countries to send anyway."
+                "(manage.py target add ... --token-stdin), or pass --without-countries to send anyway.",
+                returncode=ExitCode.USAGE,
             )
         if without_token:
             self.stdout.write(
                 f"Without countries for {', '.join(without_token)}: no token, so no `cip`; Matomo records every "
                 "visit from this machine's IP and shows one country (or Unknown) for all of them."
             )
+        thresholds = options.get("threshold")
+        if thresholds is not None and [text.strip().lower() for text in thresholds] == ["none"]:
+            thresholds = []
         try:
             return Run.objects.create_run(
                 preset=preset,
@@ -155,9 +206,19 @@ class Command(BaseCommand):
                 max_visits=options["visits"],
                 bulk=options["bulk"],
                 batch_size=options["batch_size"],
+                thresholds=thresholds,
             )
         except ValidationError as exc:
-            raise CommandError(format_errors(exc)) from None
+            raise CommandError(format_errors(exc), returncode=ExitCode.USAGE) from None
+
+    def write_report(self, run: Run, path: str) -> None:
+        content, _ = reports.render(run, "json")
+        try:
+            Path(path).write_text(content, encoding="utf-8")
+        except OSError as error:  # the run happened: say so, and keep its exit code meaningful
+            self.stderr.write(f"Could not write the report to {path}: {error.strerror}.")
+            return
+        self.stdout.write(f"Report written to {path}.")
 
     def progress(self, stats: dict) -> None:
         totals = stats.get("totals", {})

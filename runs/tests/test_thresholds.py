@@ -1,0 +1,267 @@
+"""Thresholds: the syntax, the outcome of real runs against the local Matomo, exit codes."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from django.core.exceptions import ValidationError
+from django.core.management import CommandError, call_command
+
+from conftest import TOKEN
+from presets.models import Preset
+from runs.management.commands.run_traffic import exit_code
+from runs.models import Run, RunLog
+from trafficinator.cli import ExitCode
+from trafficinator.sending.telemetry import HealthWindow
+from trafficinator.testing import make_target
+from trafficinator.thresholds import Measure, Scope, ThresholdError, evaluate, parse, parse_many
+
+# --- the syntax -----------------------------------------------------------------------------
+
+
+def test_a_threshold_reads_metric_scope_operator_and_number():
+    threshold = parse("  p95_ms[shop] <= 500 ")
+    assert (threshold.metric, threshold.scope, threshold.op, threshold.limit) == ("p95_ms", "shop", "<=", 500)
+    assert threshold.text == "p95_ms[shop] <= 500"
+    assert parse("success_rate>=0.99").limit == 0.99
+    assert parse("errors_rate < 1%").limit == pytest.approx(0.01)
+    assert parse("rejected[*] == 0").scope == "*"
+
+
+@pytest.mark.parametrize(
+    ("text", "column", "problem"),
+    [
+        ("p96_ms < 500", 0, "unknown metric “p96_ms”"),
+        ("< 500", 0, "expected a metric name"),
+        ("p95_ms 500", 7, "expected a comparison"),
+        ("p95_ms => 500", 7, "expected a comparison"),
+        ("p95_ms < fast", 9, "expected a number"),
+        ("p95_ms < 500 ms", 13, "unexpected text after the number"),
+        ("p95_ms < 5%", 10, "“%” fits rates only"),
+        ("p95_ms[shop < 500", 17, "missing “]”"),
+        ("p95_ms[] < 500", 6, "empty brackets"),
+    ],
+)
+def test_a_bad_threshold_is_refused_with_a_message_that_points_at_the_error(text, column, problem):
+    with pytest.raises(ThresholdError) as error:
+        parse(text)
+    assert error.value.column == column
+    assert problem in str(error.value)
+    assert error.value.pointer().splitlines()[1].index("^") == column
+
+
+def test_several_thresholds_skip_blank_lines_and_comments():
+    assert [t.text for t in parse_many("# latency\np95_ms < 500\n\nrejected == 0\n")] == [
+        "p95_ms < 500",
+        "rejected == 0",
+    ]
+
+
+def test_a_metric_without_data_fails_rather_than_passes():
+    run = Scope(None, {"sent": 0}, Measure(elapsed_seconds=10, asked_visits=5))
+    [result] = evaluate([parse("p95_ms < 500")], run, [])
+    assert result["value"] is None and not result["passed"]
+
+
+def test_rates_count_only_hits_that_got_an_answer_and_delivered_rate_uses_the_asked_visits():
+    data = {"sent": 110, "accepted": 90, "rejected": 5, "timeouts": 5, "abandoned": 3, "visits_started": 40}
+    scope = Scope(None, data, Measure(elapsed_seconds=100, asked_visits=50))
+    results = evaluate(
+        parse_many(["success_rate >= 0.9", "errors_rate <= 0.05", "rejected_rate == 0.05", "delivered_rate < 0.81"]),
+        scope,
+        [],
+    )
+    assert [r["value"] for r in results] == [0.9, 0.05, 0.05, 0.8]
+    assert all(r["passed"] for r in results)
+
+
+def test_a_target_threshold_applies_to_that_target_and_star_to_each():
+    run = Scope(None, {"rejected": 3}, Measure())
+    shop = Scope("shop", {"rejected": 0}, Measure())
+    blog = Scope("blog", {"rejected": 3}, Measure())
+    results = evaluate(parse_many(["rejected[shop] == 0", "rejected[*] == 0"]), run, [shop, blog])
+    assert [(r["scope"], r["passed"]) for r in results] == [("shop", True), ("shop", True), ("blog", False)]
+
+
+def test_a_steady_share_of_4xx_degrades_a_target_but_the_same_share_of_timeouts_does_not():
+    rejected, timeouts = HealthWindow(), HealthWindow()
+    for index in range(200):
+        failed = index % 5 < 2  # 40 %, spread evenly
+        rejected.add("rejected:400" if failed else "", 1)
+        timeouts.add("timeouts" if failed else "", 1)
+    assert rejected.degraded and not timeouts.degraded
+
+
+# --- runs: creation, the form's and the preset's thresholds ---------------------------------------
+
+
+@pytest.mark.django_db
+def test_a_run_takes_the_presets_thresholds_unless_given_its_own():
+    preset = Preset.objects.get(name="Light")
+    Preset.objects.filter(pk=preset.pk).update(thresholds="# CI gate\np95_ms < 500\nrejected == 0")
+    preset.refresh_from_db()
+    target = make_target(name="shop")
+    assert Run.objects.create_run(preset=preset, targets=[target]).thresholds == ["p95_ms < 500", "rejected == 0"]
+    assert Run.objects.create_run(preset=preset, targets=[target], thresholds=["invalid[shop] == 0"]).thresholds == [
+        "invalid[shop] == 0"
+    ]
+    assert Run.objects.create_run(preset=preset, targets=[target], thresholds=[]).thresholds == []
+
+
+@pytest.mark.django_db
+def test_a_run_refuses_a_bad_threshold_and_one_on_a_target_it_does_not_have():
+    preset = Preset.objects.get(name="Light")
+    target = make_target(name="shop")
+    with pytest.raises(ValidationError, match="expected a comparison"):
+        Run.objects.create_run(preset=preset, targets=[target], thresholds=["p95_ms 500"])
+    with pytest.raises(ValidationError, match="no target named “blog”"):
+        Run.objects.create_run(preset=preset, targets=[target], thresholds=["p95_ms[blog] < 500"])
+    assert not Run.objects.exists()
+
+
+@pytest.mark.django_db
+def test_a_preset_refuses_bad_thresholds():
+    preset = Preset(name="Gate", thresholds="p95_ms < 500\nsucess_rate > 0.9")
+    with pytest.raises(ValidationError, match="unknown metric “sucess_rate”"):
+        preset.full_clean()
+
+
+# --- real runs against the local Matomo -----------------------------------------------------------
+
+
+def run_traffic(*args: str) -> str:
+    out = io.StringIO()
+    try:
+        call_command("run_traffic", *args, stdout=out, stderr=io.StringIO())
+    except CommandError as error:
+        error.output = out.getvalue()
+        raise
+    return out.getvalue()
+
+
+def summary(output: str) -> dict[str, str]:
+    line = next(line for line in output.splitlines() if line.startswith("visits_started="))
+    return dict(part.split("=") for part in line.split())
+
+
+@pytest.mark.django_db(transaction=True)
+def test_injected_400s_fail_a_rejected_threshold_flag_the_target_and_exit_with_3(fake_matomo, fast_preset):
+    make_target(name="local", matomo_url=fake_matomo.url, site_id=1, token_auth=TOKEN)
+    fake_matomo.fail_next(40, 400)
+    with pytest.raises(CommandError, match="1 threshold failed") as error:
+        run_traffic(
+            *("--target", "local", "--preset", "Fast", "--visits", "40", "--seed", "4"),
+            *("--threshold", "rejected == 0", "--threshold", "success_rate[local] >= 0.1"),
+        )
+    assert error.value.returncode == ExitCode.THRESHOLDS_FAILED == 3
+    counts = summary(error.value.output)
+    assert counts["thresholds"] == "failed" and counts["rejected"] == "40"
+    assert "Threshold failed: rejected == 0: 40" in error.value.output
+    run = Run.objects.get()
+    assert run.status == Run.Status.COMPLETED and run.outcome == Run.Outcome.FAILED
+    assert [(r["threshold"], r["value"], r["passed"]) for r in run.threshold_results] == [
+        ("rejected == 0", 40, False),
+        ("success_rate[local] >= 0.1", pytest.approx(1 - 40 / int(counts["hits"])), True),
+    ]
+    assert RunLog.objects.filter(run=run, level="error", message__startswith="Thresholds failed: rejected").exists()
+    [target_stats] = run.stats["targets"].values()
+    assert target_stats["degraded"] and "rejected with HTTP 400" in target_stats["degraded_reason"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_latency_thresholds_judge_the_measured_latency(fake_matomo, fast_preset):
+    make_target(name="local", matomo_url=fake_matomo.url, site_id=1, token_auth=TOKEN)
+    fake_matomo.set_latency(0.05)
+    with pytest.raises(CommandError) as error:
+        run_traffic("--target", "local", "--preset", "Fast", "--visits", "10", "--threshold", "p50_ms < 20")
+    assert error.value.returncode == ExitCode.THRESHOLDS_FAILED
+    assert Run.objects.get().threshold_results[0]["value"] >= 45
+
+    output = run_traffic(
+        *("--target", "local", "--preset", "Fast", "--visits", "10"),
+        *("--threshold", "p50_ms >= 45", "--threshold", "p99_ms < 5000", "--threshold", "success_rate == 100%"),
+    )
+    assert summary(output)["thresholds"] == "passed"
+    run = Run.objects.latest("pk")
+    assert run.outcome == Run.Outcome.PASSED
+    assert RunLog.objects.filter(run=run, message__startswith="Thresholds passed: p50_ms >= 45").exists()
+
+
+@pytest.mark.django_db
+def test_bad_usage_exits_with_2_and_creates_nothing():
+    make_target(name="shop")
+    for args, message in [
+        (("--target", "shop", "--preset", "Light", "--threshold", "p95 < 5"), "unknown metric “p95”"),
+        (("--target", "nope", "--preset", "Light"), "No target named"),
+        (("--target", "shop", "--preset", "Nope"), "No preset named"),
+    ]:
+        with pytest.raises(CommandError, match=message) as error:
+            run_traffic(*args)
+        assert error.value.returncode == ExitCode.USAGE == 2
+    assert not Run.objects.exists()
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("status", "outcome", "code"),
+    [
+        (Run.Status.COMPLETED, "", 0),
+        (Run.Status.COMPLETED, "passed", 0),
+        (Run.Status.COMPLETED, "failed", 3),
+        (Run.Status.FAILED, "failed", 1),
+        (Run.Status.STOPPED, "passed", 130),
+    ],
+)
+def test_the_exit_code_says_how_the_run_ended(status, outcome, code):
+    run = Run(status=status, outcome=outcome)
+    assert exit_code(run) == code
+
+
+# --- pages ---------------------------------------------------------------------------------------
+
+
+def _finished_run_with_failed_threshold() -> Run:
+    preset = Preset.objects.get(name="Light")
+    run = Run.objects.create_run(
+        preset=preset, targets=[make_target(name="shop")], thresholds=["p95_ms < 100", "rejected == 0"]
+    )
+    run.claim(pid=1, host="test")
+    stats = {"totals": {"sent": 10, "accepted": 10, "latency_ms": {"p95": 250.0}}, "targets": {}}
+    run.finish(Run.Status.COMPLETED, "Visit limit reached.", stats=stats)
+    return run
+
+
+@pytest.mark.django_db
+def test_the_run_page_and_the_dashboard_show_the_outcome_and_the_failing_criteria(client):
+    from trafficinator.testing import make_user
+
+    run = _finished_run_with_failed_threshold()
+    assert run.outcome == Run.Outcome.FAILED
+    client.force_login(make_user(perms=("runs.view_run", "runs.run_traffic")))
+    page = client.get(f"/runs/{run.pk}/").content.decode()
+    assert 'data-outcome="failed"' in page and "p95_ms &lt; 100: 250" in page
+    assert 'id="threshold-results"' in page
+    dashboard = client.get("/").content.decode()
+    assert 'data-outcome="failed"' in dashboard and "p95_ms &lt; 100: 250" in dashboard
+
+
+@pytest.mark.django_db
+def test_the_start_form_takes_thresholds_and_points_at_a_bad_one(client, django_capture_on_commit_callbacks):
+    from trafficinator.testing import make_user
+
+    target = make_target(name="shop")
+    client.force_login(make_user(perms=("runs.view_run", "runs.run_traffic")))
+    preset = Preset.objects.get(name="Light")
+    data = {"targets": [target.pk], "preset": preset.pk, "thresholds": "p95_ms < 500\nrejected[shop] = 0"}
+    response = client.post("/runs/new/", data)
+    assert response.status_code == 200
+    assert (
+        "expected a comparison: &lt;, &lt;=, &gt;, &gt;=, == or != (“==” for equality) at character 16"
+        in response.content.decode()
+    )
+    data["thresholds"] = "p95_ms < 500\nrejected[shop] == 0"
+    with django_capture_on_commit_callbacks():
+        response = client.post("/runs/new/", data)
+    assert response.status_code == 302
+    assert Run.objects.get().thresholds == ["p95_ms < 500", "rejected[shop] == 0"]
