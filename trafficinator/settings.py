@@ -262,6 +262,18 @@ CONTENT_SECURITY_POLICY = env_str(
 # exceeds the timeout, tried once: django-q2 re-delivers a task not acknowledged within
 # `retry` seconds, and a run longer than that was measured running three times.
 MAX_RUN_HOURS = env_int("TRAFFICINATOR_MAX_RUN_HOURS", 24 * 7, minimum=1)
+# /metrics: addresses or networks that may scrape without an API token (README "Metrics").
+# Empty (the default): only a Bearer API token of a user who may view runs.
+METRICS_ALLOWED_IPS = env_list("TRAFFICINATOR_METRICS_ALLOWED_IPS", [])
+for _network in METRICS_ALLOWED_IPS:
+    try:
+        import ipaddress
+
+        ipaddress.ip_network(_network, strict=False)
+    except ValueError:
+        raise ImproperlyConfigured(
+            f"TRAFFICINATOR_METRICS_ALLOWED_IPS: “{_network}” is not an IP address or network (e.g. 10.0.0.0/8)."
+        ) from None
 Q_WORKERS = env_int("Q_WORKERS", 2, minimum=1)
 LOADER_WORKERS = env_int("LOADER_WORKERS", 4, minimum=1)
 # A running run whose loader has not reported (heartbeat) for this long is shown as lost and
