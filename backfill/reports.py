@@ -35,7 +35,7 @@ def _iso(value) -> str | None:
 
 def build_report(plan: BackfillPlan) -> dict[str, Any]:
     days = list(plan.days.select_related("target").order_by("day", "target__name"))
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "day": day.day.isoformat(),
             "target": day.target.name,

@@ -222,7 +222,7 @@ def plan_days(request: HtmxHttpRequest, pk: int) -> HttpResponse:
 
 @permission_required("backfill.view_backfillplan", raise_exception=True)
 @require_GET
-def plan_report(request: HttpRequest, pk: int, fmt: str) -> HttpResponse:
+def plan_report(request: HtmxHttpRequest, pk: int, fmt: str) -> HttpResponse:
     """The plan and its days as JSON, or the days as CSV (planned, sent, accepted, invalid)."""
     from backfill import reports
 

@@ -58,7 +58,8 @@ def derived_figures(data: dict, measure) -> dict[str, float | None]:
 
 def latency_histogram(data: dict) -> list[dict[str, float]]:
     """Non-empty latency buckets, fastest first: {"from_ms", "to_ms", "count"}."""
-    buckets = data.get("latency_buckets") if isinstance(data.get("latency_buckets"), dict) else {}
+    found = data.get("latency_buckets")
+    buckets: dict = found if isinstance(found, dict) else {}
     rows = []
     for index in sorted(int(key) for key in buckets):
         low, high = LatencyHistogram.bucket_bounds(index)

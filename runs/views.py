@@ -250,7 +250,7 @@ def report_response(content: str, content_type: str, filename: str, *, download:
 
 @permission_required("runs.view_run", raise_exception=True)
 @require_GET
-def report(request: HttpRequest, pk: int, fmt: str) -> HttpResponse:
+def report(request: HtmxHttpRequest, pk: int, fmt: str) -> HttpResponse:
     """The run's report as JSON, CSV or HTML; ?download=1 saves it as a file."""
     run = _run(pk)
     content, content_type = reports.render(run, fmt)
@@ -259,7 +259,7 @@ def report(request: HttpRequest, pk: int, fmt: str) -> HttpResponse:
 
 @permission_required("runs.view_run", raise_exception=True)
 @require_GET
-def compare(request: HttpRequest) -> HttpResponse:
+def compare(request: HtmxHttpRequest) -> HttpResponse:
     """Two runs side by side: ?a=ID&b=ID (&format=html|json for a file)."""
     a_value, b_value = request.GET.get("a", "").strip(), request.GET.get("b", "").strip()
     context: dict = {"a_value": a_value, "b_value": b_value}

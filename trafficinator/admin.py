@@ -36,7 +36,7 @@ class ApiTokenAdmin(admin.ModelAdmin):
         if change:
             return  # a token never changes; revoke it and create a new one
         if not request.user.is_superuser:
-            obj.user = request.user
+            obj.user = request.user  # type: ignore[assignment]  # the admin requires a logged-in user
         secret = obj.set_secret()
         super().save_model(request, obj, form, change)
         messages.warning(

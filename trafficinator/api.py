@@ -20,7 +20,7 @@ from typing import Any
 from django.contrib.auth.decorators import login_not_required
 from django.core.exceptions import ValidationError
 from django.db import transaction
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
 from django.middleware.csrf import CsrfViewMiddleware
 from django.urls import reverse
 from django.views.decorators.csrf import csrf_exempt
@@ -51,11 +51,16 @@ class ApiError(Exception):
         return response
 
 
-def _csrf_failure(request: HttpRequest) -> HttpResponse | None:
+def _protected_view(request: HttpRequest) -> HttpResponse:
+    """Stands for a view that is not csrf_exempt in the check below."""
+    return HttpResponse()
+
+
+def _csrf_failure(request: HttpRequest) -> HttpResponseBase | None:
     """Django's own CSRF check, as the middleware would run it on a form post."""
-    check = CsrfViewMiddleware(lambda request: HttpResponse())
+    check = CsrfViewMiddleware(_protected_view)
     check.process_request(request)
-    return check.process_view(request, None, (), {})
+    return check.process_view(request, _protected_view, (), {})
 
 
 def authenticate(request: HttpRequest) -> None:
@@ -70,7 +75,6 @@ def authenticate(request: HttpRequest) -> None:
         if token is None:
             raise ApiError(401, "unauthorized", "The API token is unknown or revoked.")
         request.user = token.user
-        request.api_token = token
         return
     if not request.user.is_authenticated:
         raise ApiError(401, "unauthorized", "Authentication needed: send “Authorization: Bearer <API token>”.")
@@ -86,6 +90,7 @@ def api_view(methods: dict[str, str | tuple[str, ...] | None]):
         @login_not_required
         @wraps(view)
         def wrapped(request: HttpRequest, *args, **kwargs) -> HttpResponse:
+            response: HttpResponse
             try:
                 if request.method not in methods:
                     raise ApiError(405, "method_not_allowed", f"Use {' or '.join(methods)}.")
@@ -375,7 +380,7 @@ def plans(request: HttpRequest) -> dict | JsonResponse:
     names = data.get("targets")
     if not isinstance(names, list) or not names:
         raise ApiError(400, "invalid", "“targets”: give a list of target names.", {"targets": ["required"]})
-    dates = {}
+    dates: dict[str, date] = {}
     for name in _DATE_FIELDS:
         if data.get(name) is not None:
             try:
@@ -397,7 +402,8 @@ def plans(request: HttpRequest) -> dict | JsonResponse:
             max_requests_per_second=rps,
             batch_size=_int_field(data, "batch_size") or 400,
             created_by=request.user,
-            **dates,
+            start_date=dates.get("start_date"),
+            end_date=dates.get("end_date"),
         )
     body = plan_status(plan, request)
     from backfill.views import draft_estimate

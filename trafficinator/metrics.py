@@ -33,14 +33,15 @@ RECENTLY_FINISHED = timedelta(minutes=5)
 LATENCY_BOUNDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
-def histogram_buckets(sparse: dict) -> tuple[list[tuple[str, float]], float]:
+def histogram_buckets(sparse: dict) -> tuple[list[tuple[str, float]], int]:
     """Cumulative Prometheus buckets (including +Inf) from telemetry's sparse buckets."""
     counts = [0] * (len(LATENCY_BOUNDS) + 1)
     for key, count in (sparse or {}).items():
         _, high = LatencyHistogram.bucket_bounds(int(key))
         slot = next((i for i, bound in enumerate(LATENCY_BOUNDS) if high <= bound), len(LATENCY_BOUNDS))
         counts[slot] += count
-    buckets, running = [], 0
+    buckets: list[tuple[str, float]] = []
+    running = 0
     for bound, count in zip((*LATENCY_BOUNDS, float("inf")), counts, strict=True):
         running += count
         buckets.append(("+Inf" if bound == float("inf") else repr(bound), running))

@@ -135,7 +135,7 @@ def run_traffic(*args: str) -> str:
     try:
         call_command("run_traffic", *args, stdout=out, stderr=io.StringIO())
     except CommandError as error:
-        error.output = out.getvalue()
+        error.output = out.getvalue()  # type: ignore[attr-defined]  # what the command printed first
         raise
     return out.getvalue()
 

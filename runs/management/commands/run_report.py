@@ -36,7 +36,7 @@ class Command(BaseCommand):
         if plan:
             content = self.plan_report(plan, format)
         elif compare:
-            content = self.comparison(*[self.get_run(pk) for pk in compare], format)
+            content = self.comparison(self.get_run(compare[0]), self.get_run(compare[1]), format)
         elif run_id is not None:
             content, _ = reports.render(self.get_run(run_id), format)
         else:
