@@ -92,9 +92,9 @@ def api_view(methods: dict[str, str | tuple[str, ...] | None]):
         def wrapped(request: HttpRequest, *args, **kwargs) -> HttpResponse:
             response: HttpResponse
             try:
+                authenticate(request)  # first: nothing about an endpoint is told to a stranger
                 if request.method not in methods:
                     raise ApiError(405, "method_not_allowed", f"Use {' or '.join(methods)}.")
-                authenticate(request)
                 needed = methods[request.method]
                 if needed:
                     perms = needed if isinstance(needed, tuple) else (needed,)

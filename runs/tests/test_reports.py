@@ -6,8 +6,10 @@ import csv
 import io
 import json
 import re
+from pathlib import Path
 
 import pytest
+from django.conf import settings
 from django.core.management import CommandError, call_command
 
 from conftest import TOKEN
@@ -211,3 +213,6 @@ def test_the_html_report_opens_in_a_browser_without_errors_or_requests(browser_p
     assert requests == [f"{live_server.url}/runs/{run.pk}/report.html"]
     assert browser_page.console_errors == []
     assert browser_page.locator("svg polyline").count() >= 2
+    artifacts = Path(settings.BASE_DIR) / "test-artifacts"
+    artifacts.mkdir(exist_ok=True)
+    browser_page.screenshot(path=str(artifacts / "run-report.png"), full_page=True)

@@ -11,6 +11,8 @@ PUBLIC = {
     "/admin/login/",  # the way in
     "/admin/logout/",  # POST-only, harmless
 }
+# URLs for machines: no login page, but a 401 unless they get an API token (README "API").
+TOKEN_ONLY = ("/api/", "/metrics")
 
 
 def _all_urls(resolver=None, prefix="/"):
@@ -36,6 +38,10 @@ def test_every_url_requires_a_login(client):
         if url in PUBLIC:
             continue
         response = client.get(url)
+        if url.startswith(TOKEN_ONLY):
+            assert response.status_code == 401, f"{url} answered {response.status_code} without a token"
+            checked += 1
+            continue
         assert response.status_code in (302, 301), f"{url} answered {response.status_code} without a login"
         assert "/login/" in response.headers["Location"], url
         checked += 1
