@@ -91,9 +91,12 @@ class RunsCollector:
             "Visits started / visits the rate asked for (README Thresholds).",
             labels=labels,
         )
-        saturation = GaugeMetricFamily(
-            "trafficinator_saturation", "The loader's saturation, as the loader reports it (0..1).", labels=labels
+        # Reported by loaders that track their schedule (issue 10); absent otherwise.
+        saturated = GaugeMetricFamily(
+            "trafficinator_saturated", "1 while the loader cannot keep up with the asked rate.", labels=labels
         )
+        lag = GaugeMetricFamily("trafficinator_schedule_lag_seconds", "How far behind schedule.", labels=labels)
+        behind = GaugeMetricFamily("trafficinator_visits_behind", "Visits due but not started yet.", labels=labels)
         degraded = GaugeMetricFamily("trafficinator_target_degraded", "1 while a target is degraded.", labels=labels)
 
         for run in runs:
@@ -120,11 +123,15 @@ class RunsCollector:
                 ratio = THRESHOLD_METRICS["delivered_rate"].read(data, run.measure(rt.share_of(run, siblings)))
                 if ratio is not None:
                     delivered.add_metric(values, ratio)
-                level = _number(data.get("saturation"))
-                if level is not None:
-                    saturation.add_metric(values, level)
+                if isinstance(data.get("saturated"), bool):
+                    saturated.add_metric(values, 1 if data["saturated"] else 0)
+                for family, key in ((lag, "lag_seconds"), (behind, "visits_behind")):
+                    value = _number(data.get(key))
+                    if value is not None:
+                        family.add_metric(values, value)
                 degraded.add_metric(values, 1 if data.get("degraded") else 0)
-        yield from (info, heartbeat, hits, sent, retries, visits, in_flight, latency, delivered, saturation, degraded)
+        yield from (info, heartbeat, hits, sent, retries, visits, in_flight, latency, delivered, degraded)
+        yield from (saturated, lag, behind)
 
 
 def _allowed_address(request: HttpRequest) -> bool:

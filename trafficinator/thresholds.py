@@ -56,11 +56,12 @@ def _latency(name: str) -> Callable[[dict, Measure], float | None]:
 
 def _delivered_rate(data: dict, measure: Measure) -> float | None:
     """Visits started / visits the schedule asked for. The loader's own figure when it
-    reports one; otherwise the asked rate times the time the run ran (an average: under a
-    daily curve the asked rate of a given hour is above or below it)."""
-    reported = _number(data.get("delivered_rate"))
+    reports one (``delivered_percent``: against the visits actually due so far); otherwise
+    the asked rate times the time the run ran (an average: under a daily curve the asked
+    rate of a given hour is above or below it)."""
+    reported = _number(data.get("delivered_percent"))  # the live loader's figure (issue 10)
     if reported is not None:
-        return reported
+        return reported / 100
     if not measure.asked_visits:
         return None
     return (_number(data.get("visits_started")) or 0) / measure.asked_visits

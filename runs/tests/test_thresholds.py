@@ -76,6 +76,12 @@ def test_rates_count_only_hits_that_got_an_answer_and_delivered_rate_uses_the_as
     assert all(r["passed"] for r in results)
 
 
+def test_delivered_rate_prefers_the_loaders_own_figure():
+    data = {"visits_started": 40, "delivered_percent": 97.5}
+    [result] = evaluate([parse("delivered_rate >= 0.97")], Scope(None, data, Measure(asked_visits=80)), [])
+    assert result["value"] == 0.975 and result["passed"]
+
+
 def test_a_target_threshold_applies_to_that_target_and_star_to_each():
     run = Scope(None, {"rejected": 3}, Measure())
     shop = Scope("shop", {"rejected": 0}, Measure())

@@ -50,7 +50,8 @@ def running_run_with_stats() -> tuple[Run, dict]:
             target.record_outcome("rejected", 1, latency=0.300, status=400)
     stats = telemetry.snapshot()
     blog = next(key for key, data in stats["targets"].items() if data["visits_started"] == 10)
-    stats["targets"][blog]["saturation"] = 0.8  # as a loader that reports saturation writes it
+    # As a loader that tracks its schedule writes them (issue 10's keys).
+    stats["targets"][blog].update(saturated=True, lag_seconds=3.5, visits_behind=12, delivered_percent=80.0)
     Run.objects.filter(pk=run.pk).update(stats=stats, heartbeat_at=timezone.now() - timedelta(seconds=4))
     run.refresh_from_db()
     return run, stats
@@ -89,8 +90,14 @@ def test_metrics_expose_hits_visits_in_flight_latency_and_heartbeat_per_run_and_
     assert 3 <= heartbeat["trafficinator_loader_heartbeat_age_seconds"] < 60
     assert samples(parsed["trafficinator_runs"], status="running") == {"trafficinator_runs": 1}
     # Saturation is exposed as the loader reports it, and only then: no made-up figure.
-    assert samples(parsed["trafficinator_saturation"], run=run_id, target="blog") == {"trafficinator_saturation": 0.8}
-    assert samples(parsed["trafficinator_saturation"], run=run_id, target="shop") == {}
+    assert samples(parsed["trafficinator_saturated"], run=run_id, target="blog") == {"trafficinator_saturated": 1}
+    assert samples(parsed["trafficinator_schedule_lag_seconds"], run=run_id, target="blog") == {
+        "trafficinator_schedule_lag_seconds": 3.5
+    }
+    assert samples(parsed["trafficinator_visits_behind"], run=run_id) == {"trafficinator_visits_behind": 12}
+    assert samples(parsed["trafficinator_saturated"], run=run_id, target="shop") == {}
+    blog_delivered = samples(parsed["trafficinator_delivered_ratio"], run=run_id, target="blog")
+    assert blog_delivered == {"trafficinator_delivered_ratio": 0.8}  # the loader's own figure wins
 
 
 @pytest.mark.django_db
