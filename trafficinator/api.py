@@ -306,9 +306,8 @@ def run(request: HttpRequest, pk: int) -> dict:
 @api_view({"POST": "runs.run_traffic"})
 def run_stop(request: HttpRequest, pk: int) -> dict:
     found = _get(Run, pk, "run")
-    if not found.request_stop(f"Stopped by {request.user} (API)"):
+    if not found.request_stop(by=request.user):  # logs who asked
         raise ApiError(409, "conflict", f"Run {pk} is {found.status}: nothing to stop.")
-    found.log("info", f"Stop requested by {request.user} (API).")
     return run_status(found, request)
 
 
