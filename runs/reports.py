@@ -19,7 +19,7 @@ from django.utils import timezone
 
 from runs.models import Run, RunSample, RunTarget
 from trafficinator.sending.telemetry import OUTCOMES, LatencyHistogram
-from trafficinator.thresholds import METRICS, answered_hits
+from trafficinator.thresholds import METRICS, Figures, answered_hits
 
 REPORT_FORMAT = "trafficinator.run_report"
 REPORT_VERSION = 1
@@ -47,7 +47,7 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
 
 
-def derived_figures(data: dict, measure) -> dict[str, float | None]:
+def derived_figures(data: Figures, measure) -> dict[str, float | None]:
     """The metrics thresholds use (rates, latencies, counts) for one scope, rounded."""
     figures = {}
     for name in KEY_FIGURES:
@@ -56,7 +56,7 @@ def derived_figures(data: dict, measure) -> dict[str, float | None]:
     return figures
 
 
-def latency_histogram(data: dict) -> list[dict[str, float]]:
+def latency_histogram(data: Figures) -> list[dict[str, float]]:
     """Non-empty latency buckets, fastest first: {"from_ms", "to_ms", "count"}."""
     found = data.get("latency_buckets")
     buckets: dict = found if isinstance(found, dict) else {}
@@ -67,14 +67,14 @@ def latency_histogram(data: dict) -> list[dict[str, float]]:
     return rows
 
 
-def _outcomes(data: dict) -> dict[str, int]:
+def _outcomes(data: Figures) -> dict[str, int]:
     outcomes = {kind: data.get(kind, 0) for kind in OUTCOMES}
     outcomes["in_flight"] = data.get("in_flight", 0)
     outcomes["unsent"] = data.get("unsent", 0)
     return outcomes
 
 
-def _scope_report(data: dict, measure) -> dict[str, Any]:
+def _scope_report(data: Figures, measure) -> dict[str, Any]:
     return {
         "figures": derived_figures(data, measure),
         "outcomes": _outcomes(data),

@@ -17,9 +17,12 @@ from __future__ import annotations
 
 import operator
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+# A telemetry snapshot (TargetStats / RunTotals) or any dict with its keys.
+Figures = Mapping[str, Any]
 
 OPERATORS: dict[str, Callable[[float, float], bool]] = {
     "<=": operator.le,
@@ -32,12 +35,12 @@ OPERATORS: dict[str, Callable[[float, float], bool]] = {
 EVERY_TARGET = "*"
 
 
-def _count(key: str) -> Callable[[dict, Measure], float | None]:
+def _count(key: str) -> Callable[[Figures, Measure], float | None]:
     return lambda data, measure: _number(data.get(key))
 
 
-def _share(*keys: str) -> Callable[[dict, Measure], float | None]:
-    def share(data: dict, measure: Measure) -> float | None:
+def _share(*keys: str) -> Callable[[Figures, Measure], float | None]:
+    def share(data: Figures, measure: Measure) -> float | None:
         answered = answered_hits(data)
         if not answered:
             return None
@@ -46,15 +49,15 @@ def _share(*keys: str) -> Callable[[dict, Measure], float | None]:
     return share
 
 
-def _latency(name: str) -> Callable[[dict, Measure], float | None]:
-    def latency(data: dict, measure: Measure) -> float | None:
+def _latency(name: str) -> Callable[[Figures, Measure], float | None]:
+    def latency(data: Figures, measure: Measure) -> float | None:
         values = data.get("latency_ms")
         return _number(values.get(name)) if isinstance(values, dict) else None
 
     return latency
 
 
-def _delivered_rate(data: dict, measure: Measure) -> float | None:
+def _delivered_rate(data: Figures, measure: Measure) -> float | None:
     """Visits started / visits the schedule asked for. The loader's own figure when it
     reports one (``delivered_percent``: against the visits actually due so far); otherwise
     the asked rate times the time the run ran (an average: under a daily curve the asked
@@ -67,7 +70,7 @@ def _delivered_rate(data: dict, measure: Measure) -> float | None:
     return (_number(data.get("visits_started")) or 0) / measure.asked_visits
 
 
-def _hits_per_second(data: dict, measure: Measure) -> float | None:
+def _hits_per_second(data: Figures, measure: Measure) -> float | None:
     if not measure.elapsed_seconds:
         return None
     return (_number(data.get("sent")) or 0) / measure.elapsed_seconds
@@ -77,7 +80,7 @@ def _hits_per_second(data: dict, measure: Measure) -> float | None:
 class Metric:
     name: str
     description: str
-    read: Callable[[dict, Measure], float | None]
+    read: Callable[[Figures, Measure], float | None]
     is_rate: bool = False
 
 
@@ -119,11 +122,11 @@ def _number(value: Any) -> float | None:
     return value if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
-def _errors(data: dict) -> float:
+def _errors(data: Figures) -> float:
     return sum(_number(data.get(key)) or 0 for key in ("server_errors", "network_errors", "timeouts"))
 
 
-def answered_hits(data: dict) -> float:
+def answered_hits(data: Figures) -> float:
     """Hits with a final answer: every outcome but in flight and abandoned (our own stop)."""
     keys = ("accepted", "invalid", "unaccounted", "rejected", "server_errors", "network_errors", "timeouts")
     return sum(_number(data.get(key)) or 0 for key in keys)
@@ -236,7 +239,7 @@ class Scope:
     """The figures of the run (name None) or of one target."""
 
     name: str | None
-    data: dict
+    data: Figures
     measure: Measure
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from typing import Any
 
 import pytest
 from django.core.exceptions import ValidationError
@@ -233,7 +234,7 @@ def _finished_run_with_failed_threshold() -> Run:
         preset=preset, targets=[make_target(name="shop")], thresholds=["p95_ms < 100", "rejected == 0"]
     )
     run.claim(pid=1, host="test")
-    stats = {"totals": {"sent": 10, "accepted": 10, "latency_ms": {"p95": 250.0}}, "targets": {}}
+    stats: Any = {"totals": {"sent": 10, "accepted": 10, "latency_ms": {"p95": 250.0}}, "targets": {}}
     run.finish(Run.Status.COMPLETED, "Visit limit reached.", stats=stats)
     return run
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 
 import pytest
@@ -48,7 +49,7 @@ def running_run_with_stats() -> tuple[Run, dict]:
             target.record_outcome("accepted", 1, latency=0.020)
         for _ in range(7):
             target.record_outcome("rejected", 1, latency=0.300, status=400)
-    stats = telemetry.snapshot()
+    stats = json.loads(json.dumps(telemetry.snapshot()))  # as stored in Run.stats
     blog = next(key for key, data in stats["targets"].items() if data["visits_started"] == 10)
     # As a loader that tracks its schedule writes them (issue 10's keys).
     stats["targets"][blog].update(saturated=True, lag_seconds=3.5, visits_behind=12, delivered_percent=80.0)
