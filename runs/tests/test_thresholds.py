@@ -69,11 +69,11 @@ def test_rates_count_only_hits_that_got_an_answer_and_delivered_rate_uses_the_as
     data = {"sent": 110, "accepted": 90, "rejected": 5, "timeouts": 5, "abandoned": 3, "visits_started": 40}
     scope = Scope(None, data, Measure(elapsed_seconds=100, asked_visits=50))
     results = evaluate(
-        parse_many(["success_rate >= 0.9", "errors_rate <= 0.05", "rejected_rate == 0.05", "delivered_rate < 0.81"]),
+        parse_many(["success_rate >= 0.9", "errors_rate <= 0.1", "rejected_rate == 0.05", "delivered_rate < 0.81"]),
         scope,
         [],
     )
-    assert [r["value"] for r in results] == [0.9, 0.05, 0.05, 0.8]
+    assert [r["value"] for r in results] == [0.9, 0.1, 0.05, 0.8]
     assert all(r["passed"] for r in results)
 
 

@@ -12,8 +12,8 @@ from pathlib import Path
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
-from runs.forms import countries_without_token
 from runs import reports
+from runs.forms import countries_without_token
 from runs.loader import LoaderSuperseded, execute_loader
 from runs.models import Run
 from targets.models import Target
