@@ -18,11 +18,10 @@ from django.conf import settings
 from django.utils import timezone
 
 from backfill.models import BackfillPlan
-from funnels.tests.factories import make_funnel, make_step
 from presets.models import Preset
 from runs.models import Run, RunSample
 from trafficinator.sending.telemetry import RunTelemetry
-from trafficinator.testing import log_in, make_target, make_user
+from trafficinator.testing import log_in, make_funnel, make_step, make_target, make_user
 
 pytestmark = [
     pytest.mark.browser,
@@ -96,7 +95,8 @@ def make_live_run(target_names: tuple[str, ...] = ("shop",), minutes: int = 12) 
     snapshot = telemetry.snapshot()
     for figures in [snapshot["totals"], *snapshot["targets"].values()]:
         share = 1 if figures is snapshot["totals"] else 1 / len(targets)
-        figures.update(hits_per_second=round(9.4 * share, 1), visits_per_day=round(132_480 * share))
+        figures["hits_per_second"] = round(9.4 * share, 1)
+        figures["visits_per_day"] = round(132_480 * share)
     run.heartbeat(snapshot)
     minute = now.replace(second=0, microsecond=0)
     for ago in range(minutes):
