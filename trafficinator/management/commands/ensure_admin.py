@@ -26,7 +26,7 @@ class Command(BaseCommand):
         if existing is not None:
             name = existing.get_username()
             self.stdout.write(
-                f"Log in as “{name}” with the password you have for it "
+                f"A super user exists already, nothing to do: log in as “{name}” with its password "
                 f"(forgotten? `.venv/bin/python manage.py changepassword {name}`)."
             )
             return
