@@ -49,6 +49,16 @@ def assert_clean(page, path: str) -> None:
         }).map(label => label.textContent.trim())"""
     )
     assert wrapped == [], f"{path}: checkbox labels broken over lines: {wrapped}"
+    # A link beside a submit button ("Not now") has its text centred like the button's.
+    offsets = page.evaluate(
+        """() => [...document.querySelectorAll('.submit-row a.button')].map(link => {
+            const range = document.createRange();
+            range.selectNodeContents(link);
+            const text = range.getBoundingClientRect(), box = link.getBoundingClientRect();
+            return Math.abs((text.top + text.bottom) / 2 - (box.top + box.bottom) / 2);
+        })"""
+    )
+    assert all(offset <= 2 for offset in offsets), f"{path}: a submit-row link's text is off centre {offsets}"
 
 
 def assert_one_navigation(page, path: str, *, staff: bool = True) -> None:
