@@ -124,7 +124,7 @@ def test_preview_needs_a_login(client):
     funnel = checkout_funnel()
     response = client.get(reverse("funnels:preview", args=[funnel.pk]))
     assert response.status_code == 302
-    assert response.url.startswith(reverse("admin:login"))
+    assert response.url.startswith(reverse("login"))
 
 
 def test_preview_answers_only_get(user_client):
