@@ -37,7 +37,7 @@ def estimate_for(preset: Preset, target) -> RunEstimate:
 @pytest.mark.parametrize("name", ["Light", "Medium", "Heavy", "Extreme"])
 def test_the_estimate_matches_the_traffic_a_run_generates_within_5_percent(name):
     preset = Preset.objects.get(name=name)
-    target = make_target()
+    target = make_target(token_auth="estimate-token-0123456789")
     estimate = estimate_for(preset, target)
     run = Run.objects.create_run(preset=preset, targets=[target], seed=12345)
     generated = generated_hits_per_visit(run)
@@ -48,7 +48,7 @@ def test_the_estimate_matches_the_traffic_a_run_generates_within_5_percent(name)
 @pytest.mark.django_db
 def test_the_estimate_counts_the_hits_of_the_presets_funnels():
     preset = Preset.objects.get(name="Light")
-    target = make_target()
+    target = make_target(token_auth="estimate-token-0123456789")
     without = estimate_for(preset, target).hits_per_visit
     # A long funnel that half the visits follow: ten page views, then a goal.
     steps = [make_step() for _ in range(10)]
