@@ -73,7 +73,8 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 @pytest.fixture
 def browser_page(live_server, monkeypatch):
     """A page in Debian's headless Chromium, driven by Playwright, with the console errors
-    it logs collected in ``page.console_errors``."""
+    it logs collected in ``page.console_errors`` and the requests that failed or got an
+    error answer in ``page.failed_requests``."""
     if not CHROMIUM.exists():
         pytest.skip("needs Debian's chromium at /usr/bin/chromium (scripts/test installs it)")
     from playwright.sync_api import sync_playwright
@@ -85,8 +86,17 @@ def browser_page(live_server, monkeypatch):
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.set_default_timeout(15_000)
-        page.route("**/favicon.ico", lambda route: route.fulfill(status=204))
         page.console_errors = []
         page.on("console", lambda message: message.type == "error" and page.console_errors.append(message.text))
+        # Requests that failed or got an error answer (a missing favicon, a 500 from a
+        # refresh): every page is checked to have none.
+        page.failed_requests = []
+        page.on("requestfailed", lambda request: page.failed_requests.append(f"{request.url} ({request.failure})"))
+        page.on(
+            "response",
+            lambda response: (
+                response.status >= 400 and page.failed_requests.append(f"{response.url} ({response.status})")
+            ),
+        )
         yield page
         browser.close()

@@ -427,14 +427,18 @@ def build_estimate(plan: BackfillPlan, targets: list[Target], *, days: list[Plan
     )
 
 
+def _s(number: float) -> str:
+    return "" if number == 1 else "s"
+
+
 def _duration(plan: BackfillPlan, hits: int, requests: int, speed: float | None) -> tuple[float, str]:
     rps = plan.max_requests_per_second
     if rps and speed:
         return max(requests / rps, hits / speed), (
-            f"At most {rps:g} requests/s, or the target's measured {speed:,.0f} hits/s if slower."
+            f"At most {rps:,g} request{_s(rps)}/s, or the target's measured {speed:,.0f} hits/s if slower."
         )
     if rps:
-        return requests / rps, f"At the limit of {rps:g} requests per second."
+        return requests / rps, f"At the limit of {rps:,g} request{_s(rps)} per second."
     if speed:
         return hits / speed, f"At the target's measured speed ({speed:,.0f} hits/s in its last backfill)."
     return hits / ASSUMED_HITS_PER_SECOND, (

@@ -208,7 +208,11 @@ def plan_progress(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     plan = _plan(pk)
     if not request.htmx:
         return redirect(_plan_url(plan))
-    return render(request, "backfill/_progress.html", {"plan": plan, "compact": request.GET.get("compact") == "1"})
+    compact = request.GET.get("compact") == "1"
+    context = {"plan": plan, "compact": compact}
+    if not compact:  # the plan's page: its header and buttons follow the status too
+        context.update(oob_plan=True, targets=list(plan.targets.order_by("name")))
+    return render(request, "backfill/_progress.html", context)
 
 
 @permission_required("backfill.view_backfillplan", raise_exception=True)

@@ -356,11 +356,34 @@ class FunnelStep(models.Model):
         return f"{self.position}. {self.get_kind_display()}: {self.summary()}"
 
     def summary(self) -> str:
-        """A short description of what the step sends."""
-        values = [str(getattr(self, column)) for column in columns_for(self.kind) if column != "items"]
+        """A short description of what the step sends. Money is named (an order's bare
+        "49.00" read as its value when it was the shipping)."""
         if self.kind in (StepKind.CART_UPDATE, StepKind.ORDER):
-            values.append(f"{len(self.items or [])} item(s)")
+            return self._basket_summary()
+        values = [str(getattr(self, column)) for column in columns_for(self.kind)]
         return " · ".join(value for value in values if value not in ("", "None"))
+
+    def _basket_summary(self) -> str:
+        items = self.items if isinstance(self.items, list) else []
+        count = sum(int(item.get("quantity") or 1) for item in items if isinstance(item, dict)) or len(items)
+        subtotal = sum(
+            (
+                Decimal(str(item.get("price") or 0)) * int(item.get("quantity") or 1)
+                for item in items
+                if isinstance(item, dict)
+            ),
+            Decimal(0),
+        )
+        parts = [f"{count} item{'' if count == 1 else 's'}", f"subtotal {subtotal:,.2f}"]
+        if self.kind == StepKind.ORDER:
+            shipping = Decimal(str(self.shipping or 0))
+            discount = Decimal(str(self.discount or 0))
+            if shipping:
+                parts.append(f"shipping {shipping:,.2f}")
+            if discount:
+                parts.append(f"discount {discount:,.2f}")
+            parts.append(f"order value {subtotal + shipping - discount:,.2f}")
+        return " · ".join(parts)
 
     # --- validation -------------------------------------------------------------
 

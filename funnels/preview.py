@@ -16,6 +16,8 @@ CHART_BAR_WIDTH = 28
 CHART_GAP = 36  # between steps
 CHART_HEIGHT = 160
 CHART_TOP = 16
+# Journeys tried for a sample that reaches the last step (enough for a 1 % overall reach).
+SAMPLE_ATTEMPTS = 500
 # The sample journey is dated at a fixed noon so the same seed always shows the same hits.
 SAMPLE_START = datetime(2025, 1, 15, 12, 0, tzinfo=UTC)
 
@@ -101,7 +103,7 @@ def build_preview(funnel: Funnel, journeys: int, seed: int) -> Preview:
             zip(steps, simulation.expected_reach, simulation.reach_rates, simulation.reach, strict=True), start=1
         )
     ]
-    visit = sample_funnel_visit(spec, seed=seed, start=SAMPLE_START)
+    visit = sample_journey(spec, seed, len(steps))
     start = visit.hits[0].due if visit.hits else 0.0
     sample = [SampleHit(hit.due - start, hit_kind(hit.params), sorted(hit.params.items())) for hit in visit.hits]
     expected_bars, simulated_bars = _bars(reach)
@@ -117,6 +119,21 @@ def build_preview(funnel: Funnel, journeys: int, seed: int) -> Preview:
         simulated_bars=simulated_bars,
         axis_y=CHART_TOP + CHART_HEIGHT,
     )
+
+
+def sample_journey(spec, seed: int, step_count: int):
+    """The sample visit: the first of the seed's journeys that reaches the funnel's last
+    step (the steps the funnel exists for), else the one that got furthest. Drop-offs are
+    drawn as in a run, so a plain first journey often stopped after a step or two."""
+    best, best_steps = None, -1
+    for attempt in range(SAMPLE_ATTEMPTS):
+        visit = sample_funnel_visit(spec, seed=f"{seed}:{attempt}" if attempt else seed, start=SAMPLE_START)
+        steps = sum(1 for hit in visit.hits if hit_kind(hit.params) != "ping")
+        if steps > best_steps:
+            best, best_steps = visit, steps
+        if steps >= step_count:
+            break
+    return best
 
 
 def _bars(reach: list[StepReach]) -> tuple[list[Bar], list[Bar]]:

@@ -1,7 +1,10 @@
 from __future__ import annotations
 
 from django.contrib import admin, messages
-from django.http import HttpRequest
+from django.contrib.admin.utils import unquote
+from django.core.exceptions import PermissionDenied
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.urls import reverse
 
 from presets.forms import PresetForm
 from presets.models import Preset
@@ -100,6 +103,34 @@ class PresetAdmin(admin.ModelAdmin):
         ("Time", {"fields": ["timezone"]}),
     ]
     readonly_fields = ["is_builtin"]
+
+    def get_fieldsets(self, request: HttpRequest, obj: Preset | None = None):
+        """A built-in is shown read-only: without the form's helper fields (site URL, URL
+        list, events), which have no stored value and read as a literal "None" there."""
+        fieldsets = super().get_fieldsets(request, obj)
+        if obj is None or not obj.is_builtin:
+            return fieldsets
+        helpers = set(PresetForm.declared_fields)
+        return [
+            (name, {**options, "fields": [field for field in options["fields"] if field not in helpers]})
+            for name, options in fieldsets
+        ]
+
+    def change_view(self, request: HttpRequest, object_id: str, form_url: str = "", extra_context=None) -> HttpResponse:
+        """ "Save as new" on a built-in makes its custom copy. The built-in's page is
+        read-only, so its form posts no fields: the admin's own save-as-new would answer
+        "This field is required" for every one of them."""
+        if request.method == "POST" and "_saveasnew" in request.POST:
+            preset = self.get_object(request, unquote(object_id))
+            if preset is not None and preset.is_builtin:
+                if not self.has_add_permission(request):
+                    raise PermissionDenied
+                copy = preset.duplicate()
+                self.log_addition(request, copy, [{"added": {}}])
+                message = f"Created custom preset “{copy.name}” from “{preset.name}”: edit it below."
+                self.message_user(request, message, messages.SUCCESS)
+                return HttpResponseRedirect(reverse("admin:presets_preset_change", args=[copy.pk]))
+        return super().change_view(request, object_id, form_url, extra_context)
 
     def has_change_permission(self, request: HttpRequest, obj: Preset | None = None) -> bool:
         # Built-ins are shown read-only; "Duplicate" makes an editable copy.

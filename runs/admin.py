@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+from django import forms
 from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
 from django.http import HttpRequest
 
+from presets.models import PresetSnapshot
 from runs.models import Run, RunLog, RunTarget
 
 
@@ -12,7 +15,7 @@ class RunTargetInline(admin.TabularInline):
     fields = ["target", "weight", "visits_per_day"]
 
     def has_change_permission(self, request, obj=None) -> bool:
-        return obj is None or obj.status == Run.Status.QUEUED
+        return obj is None or obj.is_editable
 
 
 class RunLogInline(admin.TabularInline):
@@ -47,8 +50,26 @@ RECORDED_FIELDS = [
 ]
 
 
+class RunAdminForm(forms.ModelForm):
+    class Meta:
+        model = Run
+        fields = ["preset", "visits_per_day", "duration_seconds", "max_visits", "daily_cap", "bulk", "batch_size"]
+
+    def clean(self):
+        """The run may have been picked up by a loader since the page was opened."""
+        cleaned = super().clean()
+        status = Run.objects.filter(pk=self.instance.pk).values_list("status", flat=True).first()
+        if self.instance.pk and status != Run.Status.QUEUED:
+            raise ValidationError(
+                f"Run {self.instance.pk} is {Run.Status(status).label.lower() if status else 'gone'} now: "
+                "only a queued run can be changed. Nothing was saved."
+            )
+        return cleaned
+
+
 @admin.register(Run)
 class RunAdmin(admin.ModelAdmin):
+    form = RunAdminForm
     list_display = [
         "id",
         "preset_name",
@@ -81,7 +102,30 @@ class RunAdmin(admin.ModelAdmin):
         return False
 
     def has_change_permission(self, request: HttpRequest, obj: Run | None = None) -> bool:
+        """Only a queued run's request can be edited; a started or finished run is shown
+        read-only, and a POST to its change page is refused (403)."""
+        if obj is not None and not obj.is_editable:
+            return False
         return request.user.has_perm("runs.run_traffic") and super().has_change_permission(request, obj)
+
+    def save_model(self, request: HttpRequest, obj: Run, form, change: bool) -> None:
+        """Save a queued run's edits with a conditional UPDATE (never over a run a loader
+        has claimed meanwhile); a new preset also renews the snapshot the loader reads."""
+        changed = list(form.changed_data)
+        if "preset" in changed and obj.preset is not None:
+            obj.preset_name = obj.preset.name
+            obj.profile = PresetSnapshot.of(obj.preset).as_json()
+        values = {name: getattr(obj, name) for name in (*changed, "preset_name", "profile") if name != "preset"}
+        if "preset" in changed:
+            values["preset"] = obj.preset
+        if not Run.objects.filter(pk=obj.pk, status=Run.Status.QUEUED).update(**values):
+            self.message_user(request, f"Run {obj.pk} was picked up meanwhile: nothing was saved.", messages.ERROR)
+            return
+        if changed:
+            detail = f"preset {obj.preset_name} (snapshot renewed)" if "preset" in changed else ""
+            fields = ", ".join(name for name in changed if name != "preset")
+            what = "; ".join(part for part in (detail, fields) if part)
+            obj.log(RunLog.Level.INFO, f"Edited by {request.user.get_username()} in the admin: {what}.")
 
     @admin.display(description="status", ordering="status")
     def status_label(self, obj: Run) -> str:
@@ -104,7 +148,7 @@ class RunAdmin(admin.ModelAdmin):
     def resume_lost_runs(self, request: HttpRequest, queryset) -> None:
         if not self._check_permission(request):
             return
-        resumed = sum(run.resume() for run in queryset)
+        resumed = sum(run.resume(by=request.user) for run in queryset)
         self.message_user(request, f"Resumed {resumed} lost run(s).", messages.SUCCESS)
 
     @admin.action(description="Close selected lost runs")

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 from django import forms
 from django.conf import settings
 from django.core.exceptions import ValidationError
 
 from backfill.models import BackfillPlan
-from presets.models import Preset
+from presets.models import HITS_SAMPLE_VISITS, Preset
 from targets.models import Target
 from trafficinator.thresholds import ThresholdError, parse_many
 
@@ -73,6 +74,15 @@ class StartRunForm(forms.Form):
                 )
         return data
 
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if not self.is_bound and "targets" not in self.initial:
+            # With a single enabled target there is nothing to choose: tick it, so the
+            # first Start does not fail with "Choose at least one target".
+            enabled = list(Target.objects.enabled().values_list("pk", flat=True)[:2])
+            if len(enabled) == 1:
+                self.initial["targets"] = enabled
+
     def clean_thresholds(self) -> list[str] | None:
         """None (the preset's), [] ("none") or the checked lines."""
         text = self.cleaned_data.get("thresholds", "").strip()
@@ -114,7 +124,8 @@ class StartRunForm(forms.Form):
             self.is_valid()
             data = self.cleaned_data
         else:
-            data = {"preset": Preset.objects.first()}
+            chosen = self.initial.get("targets") or []
+            data = {"preset": Preset.objects.first(), "targets": list(Target.objects.filter(pk__in=chosen))}
         preset = data.get("preset")
         if preset is None:
             return None
@@ -136,22 +147,6 @@ def countries_without_token(preset: Preset, targets: list[Target]) -> list[str]:
     return [target.name for target in targets if not target.has_token]
 
 
-def expected_hits_per_visit(preset: Preset) -> float:
-    """Mean page views (a bounce views one page) plus the chance of each interaction.
-    An approximation: goals, cart updates and content impressions add a little more."""
-    mean_pages = (preset.pageviews_min + preset.pageviews_max) / 2
-    pages = preset.bounce_share + (1 - preset.bounce_share) * mean_pages
-    interactions = (
-        preset.site_search_probability
-        + preset.outlinks_probability
-        + preset.downloads_probability
-        + preset.click_events_probability
-        + preset.random_events_probability
-        + preset.ecommerce_probability
-    )
-    return pages + interactions
-
-
 @dataclass(frozen=True)
 class RunEstimate:
     preset: Preset
@@ -160,9 +155,14 @@ class RunEstimate:
     duration_seconds: int | None
     max_visits: int | None
 
-    @property
+    @cached_property
     def hits_per_visit(self) -> float:
-        return expected_hits_per_visit(self.preset)
+        """From the traffic model itself (Preset.sample_hits_per_visit), not a formula."""
+        return self.preset.sample_hits_per_visit()
+
+    @property
+    def sample_visits(self) -> int:
+        return HITS_SAMPLE_VISITS
 
     @property
     def visits_per_second(self) -> float:

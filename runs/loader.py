@@ -658,7 +658,7 @@ class LiveLoader:
         self.pending_logs.append((level, message, runtime_target.target_id if runtime_target else None))
 
     def _describe_targets(self) -> str:
-        parts = [f"{rt.run_target.target.name} ({rt.stream.visits_per_day} visits/day)" for rt in self.runtimes]
+        parts = [f"{rt.run_target.target.name} ({rt.stream.visits_per_day:,} visits/day)" for rt in self.runtimes]
         return ", ".join(parts) or "no targets"
 
 

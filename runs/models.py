@@ -96,7 +96,7 @@ class RunQuerySet(models.QuerySet["Run"]):
             RunTarget.objects.create(run=run, target=target, weight=weight, visits_per_day=rate)
         run.log(
             RunLog.Level.INFO,
-            f"Created by {actor(created_by)}: preset {preset.name}, {run.visits_per_day} visits/day, "
+            f"Created by {actor(created_by)}: preset {preset.name}, {run.visits_per_day:,} visits/day, "
             f"{len(entries)} target(s), seed {run.seed}{', bulk' if bulk else ''}"
             + (f"; thresholds: {'; '.join(texts)}." if texts else "."),
         )
@@ -277,6 +277,12 @@ class Run(models.Model):
     def failed_threshold_labels(self) -> list[str]:
         return [criteria.describe_result(result) for result in self.failed_thresholds]
 
+    @property
+    def daily_curve(self) -> str:
+        """The snapshot's daily curve, as the preset form names it ("" if unknown)."""
+        value = self.profile.get("daily_curve") if isinstance(self.profile, dict) else None
+        return Preset.DailyCurve(value).label if value in Preset.DailyCurve.values else ""
+
     # --- transitions (conditional updates) -------------------------------------------
 
     def _transition(self, from_statuses, **changes) -> bool:
@@ -406,7 +412,7 @@ class Run(models.Model):
         self.log(RunLog.Level.WARNING, reason)
         return True
 
-    def resume(self) -> bool:
+    def resume(self, *, by=None) -> bool:
         """A lost run goes back to the queue; the new loader continues its counters."""
         if not self.is_lost():
             return False
@@ -416,9 +422,14 @@ class Run(models.Model):
         ).update(status=self.Status.QUEUED, claim_token=None, stop_requested=False, end_reason="")
         if updated:
             self.refresh_from_db()
-            self.log(RunLog.Level.WARNING, "Resumed after the loader was lost.")
+            self.log(RunLog.Level.WARNING, f"Resumed by {actor(by, default='the user')} after the loader was lost.")
             enqueue_run(self)
         return bool(updated)
+
+    @property
+    def is_editable(self) -> bool:
+        """Only a queued run's request can change; once a loader has it, it is history."""
+        return self.status == self.Status.QUEUED
 
     def heartbeat(self, stats: RunStats) -> bool:
         """The loader's periodic write: stats and heartbeat in one UPDATE. Returns whether

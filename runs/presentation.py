@@ -5,6 +5,7 @@ per-minute charts. Plain objects for templates; the views in runs/views.py do th
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -194,15 +195,18 @@ class LiveRun:
         return "lost" if self.lost else self.run.status
 
     @property
-    def traffic_chart(self) -> Chart:
-        return traffic_chart(self.samples or [], chart_end(self.run))
+    def traffic_charts(self) -> list[Chart]:
+        end = chart_end(self.run)
+        return traffic_charts(self.samples or [], end, chart_minutes(self.run, end))
 
 
 # --- charts (inline SVG, drawn by templates/runs/partials/chart.html) -----------------------
+# One series per chart, each on its own labelled scale (errors drawn on the hits' scale
+# looked as large as the hits). The window is the last hour, or the whole run if shorter,
+# so a three-minute run fills the chart instead of a sliver at its right edge.
 
 CHART_WIDTH = 600
 CHART_HEIGHT = 100
-SLOT_WIDTH = CHART_WIDTH / CHART_MINUTES
 
 
 @dataclass
@@ -225,11 +229,27 @@ class Chart:
     unit: str
     peak: float
     series: list[Series]
+    minutes: int
+    start_label: str
     end_label: str
     has_samples: bool = True
+    scale_max: float = 0.0
     width: int = CHART_WIDTH
     height: int = CHART_HEIGHT
-    bar_width: float = SLOT_WIDTH - 2
+
+    @property
+    def bar_width(self) -> float:
+        slot = self.width / self.minutes
+        return round(slot - min(2.0, slot / 4), 2)
+
+    @property
+    def y_labels(self) -> list[float]:
+        """The y axis from the top: the scale's top, its middle, zero."""
+        return [self.scale_max, self.scale_max / 2, 0]
+
+    @property
+    def window_label(self) -> str:
+        return "the last hour" if self.minutes >= CHART_MINUTES else f"the whole run ({self.minutes} min)"
 
     @property
     def note(self) -> str:
@@ -239,73 +259,87 @@ class Chart:
 
 
 def chart_end(run: Run) -> datetime:
-    """Charts show the hour before now, or before the end of a finished run."""
+    """Charts end now, or at the end of a finished run."""
     return run.finished_at or timezone.now()
 
 
-def samples_since(end: datetime) -> datetime:
-    return end.replace(second=0, microsecond=0) - timedelta(minutes=CHART_MINUTES)
+def chart_minutes(run: Run, end: datetime) -> int:
+    """Minutes the charts show: the last hour, or the whole run if it is shorter."""
+    first = (run.started_at or end).replace(second=0, microsecond=0)
+    minutes = int((end.replace(second=0, microsecond=0) - first).total_seconds()) // 60
+    return max(1, min(CHART_MINUTES, minutes + 1))
 
 
-def minute_slots(samples: list[RunSample], end: datetime) -> list[RunSample | None]:
-    """The last CHART_MINUTES minutes up to ``end``, oldest first, None where no sample."""
-    slots: list[RunSample | None] = [None] * CHART_MINUTES
+def samples_since(end: datetime, minutes: int = CHART_MINUTES) -> datetime:
+    return end.replace(second=0, microsecond=0) - timedelta(minutes=minutes)
+
+
+def minute_slots(samples: list[RunSample], end: datetime, minutes: int = CHART_MINUTES) -> list[RunSample | None]:
+    """The ``minutes`` minutes up to ``end``, oldest first, None where no sample."""
+    slots: list[RunSample | None] = [None] * minutes
     last = end.replace(second=0, microsecond=0)
     for sample in samples:
-        index = CHART_MINUTES - 1 - int((last - sample.minute).total_seconds() // 60)
-        if 0 <= index < CHART_MINUTES:
+        index = minutes - 1 - int((last - sample.minute).total_seconds() // 60)
+        if 0 <= index < minutes:
             slots[index] = sample
     return slots
 
 
-def _values(slots: list[RunSample | None], field: str) -> list[float | None]:
-    return [getattr(slot, field) if slot else None for slot in slots]
+def nice_ceiling(value: float) -> float:
+    """The smallest of 1, 2, 2.5, 5 x 10^n at or above ``value``: readable axis labels."""
+    if value <= 0:
+        return 1.0
+    magnitude = 10 ** math.floor(math.log10(value))
+    for step in (1, 2, 2.5, 5, 10):
+        if value <= step * magnitude:
+            return step * magnitude
+    return 10 * magnitude
 
 
-def _peak(*values: list[float | None]) -> float:
-    return max((value or 0 for series in values for value in series), default=0)
-
-
-def _scaled(value: float, peak: float) -> float:
-    return round(value / peak * CHART_HEIGHT, 1) if peak else 0.0
-
-
-def _bars(slots: list[RunSample | None], field: str, peak: float, unit: str) -> list[Bar]:
+def _bars(slots: list[RunSample | None], field: str, scale_max: float, unit: str) -> list[Bar]:
+    slot_width = CHART_WIDTH / len(slots)
     bars = []
     for index, slot in enumerate(slots):
         value = getattr(slot, field) if slot else None
         if slot and value:
-            height = max(1.0, _scaled(value, peak))
-            title = f"{timezone.localtime(slot.minute):%H:%M}: {value:g} {unit}"
-            bars.append(Bar(round(index * SLOT_WIDTH + 1, 1), round(CHART_HEIGHT - height, 1), height, title))
+            height = max(1.0, round(value / scale_max * CHART_HEIGHT, 1))
+            title = f"{timezone.localtime(slot.minute):%H:%M}: {value:,g} {unit}"
+            bars.append(Bar(round(index * slot_width + 1, 1), round(CHART_HEIGHT - height, 1), height, title))
     return bars
 
 
-def _end_label(end: datetime) -> str:
-    return "now" if timezone.now() - end < timedelta(minutes=1) else "end"
+def _chart(title: str, field: str, unit: str, css_class: str, slots: list[RunSample | None], end: datetime) -> Chart:
+    peak = max((getattr(slot, field) or 0 for slot in slots if slot), default=0)
+    scale_max = nice_ceiling(peak)
+    last = end.replace(second=0, microsecond=0)
+    first = last - timedelta(minutes=len(slots) - 1)
+    return Chart(
+        title,
+        unit,
+        peak,
+        [Series(css_class, _bars(slots, field, scale_max, unit.split("/")[0]))],
+        minutes=len(slots),
+        start_label=f"{timezone.localtime(first):%H:%M}",
+        end_label="now" if timezone.now() - end < timedelta(minutes=1) else f"{timezone.localtime(last):%H:%M}",
+        has_samples=any(slots),
+        scale_max=scale_max,
+    )
 
 
-def traffic_chart(samples: list[RunSample], end: datetime) -> Chart:
-    """The dashboard's small chart: hits and errors per minute over the last hour."""
-    slots = minute_slots(samples, end)
-    peak = _peak(_values(slots, "hits"), _values(slots, "errors"))
-    series = [
-        Series("hits", _bars(slots, "hits", peak, "hits")),
-        Series("errors", _bars(slots, "errors", peak, "errors")),
+def traffic_charts(samples: list[RunSample], end: datetime, minutes: int = CHART_MINUTES) -> list[Chart]:
+    """The dashboard's small charts: hits and errors per minute, each on its own scale."""
+    slots = minute_slots(samples, end, minutes)
+    return [
+        _chart("Hits per minute", "hits", "hits/min", "hits", slots, end),
+        _chart("Errors per minute", "errors", "errors/min", "errors", slots, end),
     ]
-    return Chart("Hits and errors per minute", "hits/min", peak, series, _end_label(end), any(slots))
 
 
-def run_charts(samples: list[RunSample], end: datetime) -> list[Chart]:
-    """The run page's charts: hits, errors and p95 latency per minute over the last hour."""
-    slots = minute_slots(samples, end)
-    charts = []
-    for title, field, unit, css_class in (
-        ("Hits per minute", "hits", "hits/min", "hits"),
-        ("Errors per minute", "errors", "errors/min", "errors"),
-        ("p95 latency per minute", "p95_ms", "ms", "latency"),
-    ):
-        peak = _peak(_values(slots, field))
-        series = [Series(css_class, _bars(slots, field, peak, unit.split("/")[0]))]
-        charts.append(Chart(title, unit, peak, series, _end_label(end), any(slots)))
-    return charts
+def run_charts(samples: list[RunSample], end: datetime, minutes: int = CHART_MINUTES) -> list[Chart]:
+    """The run page's charts: hits, errors and p95 latency per minute."""
+    slots = minute_slots(samples, end, minutes)
+    return [
+        _chart("Hits per minute", "hits", "hits/min", "hits", slots, end),
+        _chart("Errors per minute", "errors", "errors/min", "errors", slots, end),
+        _chart("p95 latency per minute", "p95_ms", "ms", "latency", slots, end),
+    ]

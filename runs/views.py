@@ -26,7 +26,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from runs import reports
 from runs.forms import StartRunForm
 from runs.models import Run, RunLog, RunSample, RunTarget, enqueue_run
-from runs.presentation import LiveRun, chart_end, run_charts, samples_since, target_rows
+from runs.presentation import LiveRun, chart_end, chart_minutes, run_charts, samples_since, target_rows
 from runs.verification import verify_run
 from trafficinator.http import HtmxHttpRequest
 
@@ -68,8 +68,10 @@ def targets_context(run: Run) -> dict:
 
 def charts_context(run: Run) -> dict:
     end = chart_end(run)
-    samples = list(RunSample.objects.filter(run=run, minute__gt=samples_since(end), minute__lte=end))
-    return {"run": run, "charts": run_charts(samples, end)}
+    minutes = chart_minutes(run, end)
+    samples = list(RunSample.objects.filter(run=run, minute__gt=samples_since(end, minutes), minute__lte=end))
+    charts = run_charts(samples, end, minutes)
+    return {"run": run, "charts": charts, "chart_window": charts[0].window_label}
 
 
 def log_context(run: Run, params) -> dict:
@@ -133,22 +135,16 @@ def _panel(request: HtmxHttpRequest, pk: int, template: str, build) -> HttpRespo
     return render(request, template, build(run))
 
 
+def page_refresh_context(run: Run) -> dict:
+    """The status panel with the targets table and the charts, sent out of band: one poll
+    so the panels never disagree (they used to poll apart and differ while a run stopped)."""
+    return {**summary_context(run), **targets_context(run), **charts_context(run), "refresh_all": True}
+
+
 @permission_required("runs.view_run", raise_exception=True)
 @require_GET
 def summary(request: HtmxHttpRequest, pk: int) -> HttpResponse:
-    return _panel(request, pk, "runs/partials/run_summary.html", summary_context)
-
-
-@permission_required("runs.view_run", raise_exception=True)
-@require_GET
-def targets(request: HtmxHttpRequest, pk: int) -> HttpResponse:
-    return _panel(request, pk, "runs/partials/run_targets.html", targets_context)
-
-
-@permission_required("runs.view_run", raise_exception=True)
-@require_GET
-def charts(request: HtmxHttpRequest, pk: int) -> HttpResponse:
-    return _panel(request, pk, "runs/partials/run_charts.html", charts_context)
+    return _panel(request, pk, "runs/partials/run_summary.html", page_refresh_context)
 
 
 @permission_required("runs.view_run", raise_exception=True)
@@ -193,7 +189,7 @@ def _after_action(request: HtmxHttpRequest, run: Run) -> HttpResponse:
     if request.htmx.target == "dashboard-runs":
         return render(request, "runs/partials/dashboard_runs.html", dashboard_context())
     run.refresh_from_db()
-    return render(request, "runs/partials/run_summary.html", summary_context(run))
+    return render(request, "runs/partials/run_summary.html", page_refresh_context(run))
 
 
 @permission_required("runs.view_run", raise_exception=True)
@@ -220,7 +216,7 @@ def stop(request: HtmxHttpRequest, pk: int) -> HttpResponse:
 @require_POST
 def resume(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     run = _run(pk)
-    run.resume()
+    run.resume(by=request.user)
     return _after_action(request, run)
 
 

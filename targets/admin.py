@@ -39,7 +39,10 @@ class TargetAdmin(admin.ModelAdmin):
     search_fields = ["name", "matomo_url", "site_name"]
     actions = ["check_connection", "prepare_site_for_catalog"]
     fieldsets = [
-        (None, {"fields": ["name", "matomo_url", "site_id", "token_auth", "clear_token", "enabled"]}),
+        (
+            None,
+            {"fields": ["name", "matomo_url", "site_id", "token_auth", "clear_token", "enabled", "check_after_saving"]},
+        ),
         ("Learned from Matomo", {"fields": LEARNED_FIELDS}),
     ]
     readonly_fields = LEARNED_FIELDS
@@ -51,6 +54,13 @@ class TargetAdmin(admin.ModelAdmin):
             main = [f for f in fieldsets[0][1]["fields"] if f != "clear_token"]
             fieldsets = [(None, {"fields": main}), *fieldsets[1:]]
         return fieldsets
+
+    def save_model(self, request: HttpRequest, obj: Target, form, change: bool) -> None:
+        """Save, then check the connection (unless unticked), like `target add --check`:
+        a new target shows at once whether Matomo answers and what it learned."""
+        super().save_model(request, obj, form, change)
+        if form.cleaned_data.get("check_after_saving"):
+            self._report(request, obj)
 
     @admin.display(boolean=True, description="token")
     def token_set(self, obj: Target) -> bool:

@@ -18,6 +18,13 @@ class TargetForm(forms.ModelForm):
         widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
     )
     clear_token = forms.BooleanField(label="Remove the stored token", required=False)
+    check_after_saving = forms.BooleanField(
+        label="Check the connection after saving",
+        required=False,
+        initial=True,
+        help_text="Asks Matomo for the site's name, time zone, currency and the token's access, "
+        "as “Check connection” does.",
+    )
 
     class Meta:
         model = Target

@@ -10,6 +10,5 @@ def admin_chrome(request: HttpRequest) -> dict:
     return {
         "site_header": admin.site.site_header,
         "site_title": admin.site.site_title,
-        "site_url": "/",
         "has_permission": bool(user and user.is_active and user.is_staff),
     }

@@ -93,8 +93,8 @@ def subprocess_env(**extra: str) -> dict[str, str]:
 
 
 def log_in(page, live_server, user, next_url: str = "/") -> None:
-    """Log a Playwright page in through the admin's login form."""
-    page.goto(f"{live_server.url}/admin/login/?next={next_url}")
+    """Log a Playwright page in through the application's login page."""
+    page.goto(f"{live_server.url}/login/?next={next_url}")
     page.fill("#id_username", user.username)
     page.fill("#id_password", TEST_PASSWORD)
     page.click("input[type=submit]")

@@ -4,7 +4,8 @@ from typing import Any
 
 from django.contrib.auth.decorators import login_not_required
 from django.http import HttpRequest, HttpResponse, JsonResponse
-from django.shortcuts import render
+from django.shortcuts import redirect, render
+from django.templatetags.static import static
 from django.views.decorators.http import require_GET
 
 from presets.models import Preset
@@ -50,3 +51,10 @@ def health_web(request: HttpRequest) -> JsonResponse:
     return JsonResponse(
         {"status": "ok" if database["ok"] else "error", "database": database}, status=200 if database["ok"] else 503
     )
+
+
+@login_not_required
+@require_GET
+def favicon(request: HttpRequest) -> HttpResponse:
+    """Browsers ask for /favicon.ico where a page names no icon (a JSON answer, an error)."""
+    return redirect(static("favicon.svg"), permanent=True)

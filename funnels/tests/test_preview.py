@@ -34,17 +34,40 @@ def test_preview_page_shows_the_drop_off_chart_and_a_sample_journeys_hits(user_c
     assert "<html" in page and "Preview: Checkout" in page
     assert '<svg class="reach-chart"' in page
     assert page.count('<rect class="expected"') == 3 and page.count('<rect class="simulated"') == 3
-    assert "2000 simulated journeys (seed 3)" in page
+    assert "2,000 simulated journeys (seed 3)" in page
     assert "<th>action_name</th><td><code>Cart</code>" in page
     assert "https://shop.example.com/cart" in page
     assert 'hx-get="{}"'.format(reverse("funnels:preview", args=[funnel.pk])) in page
     assert response["Vary"].count("HX-Request") == 1
 
 
+def test_the_sample_journey_reaches_the_funnels_last_step(user_client):
+    # Only ~2 % of journeys reach the goal; the first simulated one almost never does.
+    funnel = make_funnel(
+        name="Rare goal",
+        steps=[
+            make_step("pageview", url="/a", continue_probability=0.2),
+            make_step("pageview", url="/b", continue_probability=0.1),
+            make_step("goal", goal_id=3),
+        ],
+    )
+    page = user_client.get(reverse("funnels:preview", args=[funnel.pk]), {"journeys": 1000, "seed": 1}).content.decode()
+    assert "It took 3 of 3" in page and "<th>idgoal</th><td><code>3</code>" in page
+    assert "none did" not in page
+
+
+def test_an_order_step_names_its_shipping_and_its_order_value(user_client):
+    items = [{"sku": "S1", "name": "Shoe", "category": "", "price": 100.0, "quantity": 2}]
+    steps = [make_step("pageview", url="/c"), make_step("order", items=items, shipping=49)]
+    funnel = make_funnel(name="Buy", steps=steps)
+    page = user_client.get(reverse("funnels:preview", args=[funnel.pk])).content.decode()
+    assert "2 items · subtotal 200.00 · shipping 49.00 · order value 249.00" in page
+
+
 def test_preview_uses_1000_journeys_and_seed_1_by_default(user_client):
     funnel = checkout_funnel()
     page = user_client.get(reverse("funnels:preview", args=[funnel.pk])).content.decode()
-    assert "1000 simulated journeys (seed 1)" in page
+    assert "1,000 simulated journeys (seed 1)" in page
 
 
 def test_htmx_requests_get_only_the_results_partial(user_client):
@@ -101,7 +124,7 @@ def test_preview_needs_a_login(client):
     funnel = checkout_funnel()
     response = client.get(reverse("funnels:preview", args=[funnel.pk]))
     assert response.status_code == 302
-    assert response.url.startswith(reverse("admin:login"))
+    assert response.url.startswith(reverse("login"))
 
 
 def test_preview_answers_only_get(user_client):

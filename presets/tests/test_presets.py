@@ -149,6 +149,22 @@ def test_admin_duplicate_action_copies_a_builtin(client):
     assert Preset.objects.filter(name="Medium (copy)", is_builtin=False).exists()
 
 
+@pytest.mark.django_db
+def test_save_as_new_on_a_builtin_makes_its_custom_copy_and_opens_it(client):
+    client.force_login(make_user(superuser=True))
+    light = Preset.objects.get(name="Light")
+    page = client.get(reverse("admin:presets_preset_change", args=[light.pk])).content.decode()
+    assert 'name="_saveasnew"' in page
+    assert '<div class="readonly">None</div>' not in page  # no helper fields without a value
+    response = client.post(reverse("admin:presets_preset_change", args=[light.pk]), {"_saveasnew": "Save as new"})
+    copy = Preset.objects.get(name="Light (copy)")
+    assert response.status_code == 302
+    assert response["Location"] == reverse("admin:presets_preset_change", args=[copy.pk])
+    assert not copy.is_builtin and copy.knob_values() == light.knob_values()
+    page = client.get(response["Location"]).content.decode()
+    assert "Created custom preset “Light (copy)” from “Light”" in page and 'name="visits_per_day"' in page
+
+
 def _custom_preset_form_data(preset: Preset, **changes) -> dict:
     data = {f: getattr(preset, f) for f in preset.knob_values()}
     for name in ("ecommerce_shipping_options", "device_mix", "persona_mix", "channel_mix", "catalog_overrides"):

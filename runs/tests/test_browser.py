@@ -173,6 +173,7 @@ def test_a_run_started_from_the_dashboard_refreshes_live_and_stops_polling_when_
     assert loader.error is None, loader.error
     assert "Stopped by operator" in page.locator("#run-summary").inner_text()
     assert page.console_errors == [], "\n".join(page.console_errors)
+    assert page.failed_requests == [], page.failed_requests
 
 
 def test_panels_poll_only_while_the_tab_is_visible(page, live_server):
@@ -196,6 +197,7 @@ def test_panels_poll_only_while_the_tab_is_visible(page, live_server):
     page.wait_for_timeout(2_500)
     assert len(page.panel_requests) > asked  # and resumes once visible again
     assert page.console_errors == [], "\n".join(page.console_errors)
+    assert page.failed_requests == [], page.failed_requests
 
 
 def test_a_viewer_without_run_traffic_sees_the_run_but_no_buttons(page, live_server):

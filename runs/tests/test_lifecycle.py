@@ -144,3 +144,101 @@ def test_run_admin_shows_a_run_and_its_stop_action_needs_the_run_traffic_permiss
     assert run.status == Run.Status.STOPPING and run.end_reason.startswith("Stopped by")
     # The model logs who asked, so a stop from the admin shows in the run's log too.
     assert run.logs.filter(message__startswith="Stop requested by").exists()
+
+
+def _admin_form(run: Run, **changes) -> dict:
+    data = {
+        "preset": run.preset_id,
+        "visits_per_day": run.visits_per_day,
+        "duration_seconds": run.duration_seconds or "",
+        "max_visits": run.max_visits or "",
+        "daily_cap": run.daily_cap or "",
+        "batch_size": run.batch_size,
+        "run_targets-TOTAL_FORMS": "0",
+        "run_targets-INITIAL_FORMS": "0",
+        "logs-TOTAL_FORMS": "0",
+        "logs-INITIAL_FORMS": "0",
+    }
+    data.update(changes)
+    return data
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("status", [Run.Status.RUNNING, Run.Status.COMPLETED, Run.Status.STOPPED, Run.Status.FAILED])
+def test_the_admin_refuses_edits_of_a_run_a_loader_has_had(client, status):
+    from django.urls import reverse
+
+    run = make_run()
+    run.claim(pid=1, host="a")
+    if status != Run.Status.RUNNING:
+        run.finish(status, "done")
+    client.force_login(make_user(superuser=True))
+    url = reverse("admin:runs_run_change", args=[run.pk])
+    page = client.get(url).content.decode()
+    assert 'name="visits_per_day"' not in page and 'name="preset"' not in page  # shown read-only
+    heavy = Preset.objects.get(name="Heavy")
+    response = client.post(url, _admin_form(run, visits_per_day=5, preset=heavy.pk))
+    assert response.status_code == 403
+    run.refresh_from_db()
+    assert (run.visits_per_day, run.preset_name) != (5, "Heavy")
+
+
+@pytest.mark.django_db
+def test_changing_a_queued_runs_preset_in_the_admin_renews_its_snapshot_and_is_logged(client):
+    from django.urls import reverse
+
+    run = make_run()
+    heavy = Preset.objects.get(name="Heavy")
+    client.force_login(make_user("carol", superuser=True))
+    url = reverse("admin:runs_run_change", args=[run.pk])
+    response = client.post(url, _admin_form(run, preset=heavy.pk, visits_per_day=777))
+    assert response.status_code == 302, response.content.decode()[-2000:]
+    run.refresh_from_db()
+    assert (run.preset_name, run.visits_per_day) == ("Heavy", 777)
+    assert run.profile["pageviews_max"] == heavy.pageviews_max and run.profile["concurrency"] == heavy.concurrency
+    entry = run.logs.order_by("-pk").first()
+    assert entry.message == "Edited by carol in the admin: preset Heavy (snapshot renewed); visits_per_day."
+
+
+@pytest.mark.django_db
+def test_an_admin_edit_of_a_run_claimed_meanwhile_saves_nothing(client):
+    from django.urls import reverse
+
+    run = make_run()
+    client.force_login(make_user(superuser=True))
+    url = reverse("admin:runs_run_change", args=[run.pk])
+    client.get(url)  # the page was opened while queued ...
+    Run.objects.get(pk=run.pk).claim(pid=1, host="a")  # ... then a loader took the run
+    response = client.post(url, _admin_form(run, visits_per_day=5))
+    assert response.status_code == 403
+    run.refresh_from_db()
+    assert run.visits_per_day != 5
+
+
+@pytest.mark.django_db
+def test_stop_close_and_resume_log_the_same_line_from_the_page_the_admin_and_the_model(client):
+    from django.urls import reverse
+
+    user = make_user("dora", superuser=True)
+    client.force_login(user)
+    from_page, from_admin, from_command = make_run(), make_run(), make_run()
+    for run in (from_page, from_admin, from_command):
+        run.claim(pid=1, host="a")
+    client.post(reverse("runs:stop", args=[from_page.pk]))
+    client.post(reverse("admin:runs_run_changelist"), {"action": "stop_runs", "_selected_action": [from_admin.pk]})
+    from_command.request_stop(by="the command line")
+    lines = [run.logs.order_by("-pk").first().message for run in (from_page, from_admin, from_command)]
+    assert lines == ["Stop requested by dora.", "Stop requested by dora.", "Stop requested by the command line."]
+    for run in (from_page, from_admin, from_command):
+        run.refresh_from_db()
+    assert from_page.end_reason == from_admin.end_reason == "Stopped by dora."
+
+    lost = [make_run(), make_run()]
+    for run in lost:
+        run.claim(pid=1, host="a")
+        Run.objects.filter(pk=run.pk).update(heartbeat_at=timezone.now() - timedelta(minutes=5))
+    client.post(reverse("runs:close", args=[lost[0].pk]))
+    client.post(reverse("admin:runs_run_changelist"), {"action": "close_lost_runs", "_selected_action": [lost[1].pk]})
+    assert [run.logs.order_by("-pk").first().message for run in lost] == [
+        "Closed by dora after the loader was lost."
+    ] * 2

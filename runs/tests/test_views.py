@@ -1,3 +1,4 @@
+import re
 from datetime import timedelta
 
 import pytest
@@ -8,7 +9,7 @@ from django.utils import timezone
 
 from presets.models import Preset
 from runs.models import HEARTBEAT_STALE_AFTER, Run, RunLog, RunSample
-from runs.presentation import CHART_MINUTES, Figures, minute_slots, traffic_chart
+from runs.presentation import CHART_MINUTES, Figures, chart_minutes, minute_slots, nice_ceiling, traffic_charts
 from trafficinator.sending.telemetry import RunStats, RunTelemetry
 from trafficinator.testing import RUN_OPERATOR, RUN_VIEWER, log_in_client, make_run, make_target
 
@@ -17,7 +18,7 @@ from trafficinator.testing import RUN_OPERATOR, RUN_VIEWER, log_in_client, make_
 POLL = 'hx-trigger="every 2s"'
 
 HTMX = {"HTTP_HX_REQUEST": "true"}
-PANELS = ["summary", "charts", "targets", "log"]
+PANELS = ["summary", "log"]
 
 
 def make_running_run(targets=None, **kwargs) -> Run:
@@ -80,6 +81,18 @@ def test_dashboard_without_runs_says_so_and_offers_the_start_form(client):
     assert 'id="run-estimate"' in html and "hits/s" in html  # the estimate of the first preset
     assert 'id="dashboard-runs"' in html and POLL in html
     assert "js/poll-visible.js" in html
+
+
+@pytest.mark.django_db
+def test_a_single_enabled_target_is_ticked_in_the_start_form_and_several_are_left_to_choose(client):
+    shop = make_target(name="shop")
+    make_target(name="old", enabled=False)
+    log_in_client(client, RUN_OPERATOR)
+    html = client.get(reverse("home")).content.decode()
+    assert re.search(rf'<input type="checkbox" name="targets" value="{shop.pk}"[^>]* checked', html)
+    make_target(name="blog")
+    html = client.get(reverse("home")).content.decode()
+    assert not re.search(r'<input type="checkbox" name="targets"[^>]* checked', html)
 
 
 @pytest.mark.django_db
@@ -200,7 +213,7 @@ def test_the_run_page_shows_all_figures_charts_targets_and_log(client):
     ):
         assert text in html, text
     assert html.count('class="tf-chart"') == 3
-    assert html.count(POLL) == 4  # summary, charts, targets, log
+    assert html.count(POLL) == 2  # summary (with charts and targets, out of band) and log
     assert "js/poll-visible.js" in html
 
 
@@ -227,6 +240,21 @@ def test_the_panels_of_a_finished_run_have_no_polling_attributes(client, name):
     assert "hx-trigger" not in html.split(">", 1)[0] and "every 2s" not in html
     page = client.get(panel_url("detail", run)).content.decode()
     assert "every 2s" not in page
+
+
+@pytest.mark.django_db
+def test_one_poll_refreshes_the_status_the_targets_table_and_the_charts_together(client):
+    run = make_running_run([make_target(name="alpha")])
+    fill_stats(run)
+    make_samples(run, minutes=2)
+    run.request_stop("Stopped by test")
+    log_in_client(client, RUN_OPERATOR)
+    html = client.get(panel_url("summary", run), **HTMX).content.decode()
+    assert html.count(POLL) == 1  # only the status panel polls ...
+    # ... and the other two panels come along, swapped in by id, from the same snapshot.
+    assert '<section id="run-targets" class="module tf-panel" hx-swap-oob="true">' in html
+    assert '<section id="run-charts" class="module tf-panel" hx-swap-oob="true">' in html
+    assert "stop requested" in html and "alpha" in html and "Hits per minute" in html
 
 
 @pytest.mark.django_db
@@ -257,22 +285,45 @@ def test_the_log_filters_by_level_and_text(client):
 
 
 @pytest.mark.django_db
-def test_charts_put_each_sample_in_its_minute_and_scale_to_the_peak():
+def test_charts_put_each_sample_in_its_minute_and_draw_each_series_on_its_own_labelled_scale():
     run = make_run()
     end = timezone.now().replace(second=30, microsecond=0)
     last = end.replace(second=0)
     samples = [
-        RunSample(run=run, minute=last, hits=100, errors=50),
-        RunSample(run=run, minute=last - timedelta(minutes=10), hits=25, errors=0),
+        RunSample(run=run, minute=last, hits=148, errors=76),
+        RunSample(run=run, minute=last - timedelta(minutes=10), hits=37, errors=0),
         RunSample(run=run, minute=last - timedelta(minutes=CHART_MINUTES), hits=999, errors=0),  # too old
     ]
     slots = minute_slots(samples, end)
     assert slots[-1] is samples[0] and slots[-11] is samples[1] and samples[2] not in slots
-    chart = traffic_chart(samples, end)
-    hits, errors = chart.series
-    assert chart.peak == 100
-    assert [bar.height for bar in hits.bars] == [25.0, 100.0]
-    assert [bar.height for bar in errors.bars] == [50.0]
+    hits, errors = traffic_charts(samples, end)
+    # Hits on a 0-200 scale, errors on their own 0-100 scale; both say so on their y axis.
+    assert (hits.peak, hits.scale_max, hits.y_labels) == (148, 200, [200, 100, 0])
+    assert (errors.peak, errors.scale_max) == (76, 100)
+    assert [bar.height for bar in hits.series[0].bars] == [18.5, 74.0]
+    assert [bar.height for bar in errors.series[0].bars] == [76.0]
+    assert hits.end_label == "now" and hits.start_label == f"{timezone.localtime(last - timedelta(minutes=59)):%H:%M}"
+
+
+def test_axis_tops_are_round_numbers():
+    assert [nice_ceiling(value) for value in (0, 0.3, 1, 3, 7, 148, 1_001)] == [1, 0.5, 1, 5, 10, 200, 2_000]
+
+
+@pytest.mark.django_db
+def test_a_short_run_fills_its_charts_and_a_long_one_shows_the_last_hour(client):
+    run = make_running_run()
+    now = timezone.now()
+    Run.objects.filter(pk=run.pk).update(started_at=now - timedelta(minutes=3))
+    run.refresh_from_db()
+    assert chart_minutes(run, now) == 4  # the minute it started in, up to this one
+    make_samples(run, minutes=4)
+    log_in_client(client, RUN_OPERATOR)
+    page = client.get(panel_url("detail", run)).content.decode()
+    assert "Per minute, the whole run (4 min)" in page
+    Run.objects.filter(pk=run.pk).update(started_at=now - timedelta(hours=5))
+    run.refresh_from_db()
+    assert chart_minutes(run, now) == CHART_MINUTES
+    assert "Per minute, the last hour" in client.get(panel_url("detail", run)).content.decode()
 
 
 def test_figures_read_missing_telemetry_as_zero_and_compute_the_success_share():
@@ -381,8 +432,12 @@ def test_the_estimate_follows_the_form_and_names_targets_that_lack_a_token(clien
     response = client.get(reverse("runs:estimate"), params, **HTMX)
     html = response.content.decode()
     assert html.strip().startswith('<div id="run-estimate"')
-    assert "about 3 hits/s" in html  # 1 visit/s x 3 page views
-    assert "about 600 visits" in html and "1,800 hits" in html  # 10 minutes
+    # 1 visit/s x the hits per visit of the traffic the preset generates (3 page views,
+    # and the pings that give the last page its time).
+    hits_per_visit = preset.sample_hits_per_visit()
+    assert 3 <= hits_per_visit < 4.5
+    assert f"× {hits_per_visit:.2f} hits per visit" in html
+    assert "about 600 visits" in html and f"{round(600 * hits_per_visit):,} hits" in html  # 10 minutes
     assert "<strong>No token:</strong> no-token." in html and "has-token" not in html.split("No token:")[1]
     assert "secret-token-value" not in html
 
@@ -528,8 +583,9 @@ def busy_runs(db):
 @pytest.mark.parametrize(
     ("name", "budget"),
     # Each budget includes the session, the user and the user's two permission queries; the estimate
-    # also looks up a backfill whose visitors a run would continue (per target).
-    [("dashboard", 9), ("summary", 5), ("charts", 6), ("targets", 6), ("log", 6), ("estimate", 7)],
+    # also looks up a backfill whose visitors a run would continue (per target) and reads the
+    # preset's funnels (they change its hits per visit).
+    [("dashboard", 9), ("summary", 7), ("log", 6), ("estimate", 8)],
 )
 def test_refresh_views_are_cheap(client, busy_runs, django_assert_max_num_queries, name, budget):
     run = busy_runs[0]

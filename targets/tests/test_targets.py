@@ -186,3 +186,24 @@ def test_token_does_not_reach_the_logs_when_a_target_is_saved_and_checked(caplog
     with pytest.raises(CommandError):
         call_command("target", "check", target.name, stdout=io.StringIO())
     assert SECRET not in caplog.text
+
+
+@pytest.mark.django_db
+def test_saving_a_target_in_the_admin_checks_its_connection(client, fake_matomo):
+    from conftest import TOKEN
+
+    client.force_login(make_user(superuser=True))
+    add_page = client.get(reverse("admin:targets_target_add")).content.decode()
+    assert re.search(r'<input type="checkbox" name="check_after_saving"[^>]* checked', add_page)
+    data = {"name": "shop", "matomo_url": fake_matomo.url, "site_id": 1, "token_auth": TOKEN, "enabled": "on"}
+    response = client.post(reverse("admin:targets_target_add"), {**data, "check_after_saving": "on"}, follow=True)
+    target = Target.objects.get(name="shop")
+    assert target.last_check_ok and target.site_name == "Shop" and target.site_timezone == "Europe/Stockholm"
+    shown = [str(message) for message in response.context["messages"]]
+    assert any(message.startswith("shop: ") for message in shown), shown  # the check's answer is shown
+    # Unticked: saved without asking Matomo.
+    target.site_name = ""
+    target.save()
+    client.post(reverse("admin:targets_target_change", args=[target.pk]), _admin_form_data(target, site_id=1))
+    target.refresh_from_db()
+    assert target.site_name == ""

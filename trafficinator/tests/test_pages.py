@@ -2,7 +2,7 @@ import pytest
 from django.db import connection
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
-from trafficinator.testing import make_preset, make_target, make_user
+from trafficinator.testing import TEST_PASSWORD, make_preset, make_target, make_user
 
 # URLs that must answer without a login, and why.
 PUBLIC = {
@@ -10,6 +10,9 @@ PUBLIC = {
     "/health/web/",  # load balancers and container probes
     "/admin/login/",  # the way in
     "/admin/logout/",  # POST-only, harmless
+    "/login/",  # the application's way in, for users who are not staff
+    "/logout/",  # POST-only, harmless
+    "/favicon.ico",  # a redirect to the icon
 }
 # URLs for machines: no login page, but a 401 unless they get an API token (README "API").
 TOKEN_ONLY = ("/api/", "/metrics")
@@ -73,3 +76,41 @@ def test_home_shows_targets_and_presets_in_the_admin_layout(client):
 def test_responses_carry_a_content_security_policy(client):
     response = client.get("/admin/login/")
     assert "default-src 'self'" in response["Content-Security-Policy"]
+
+
+@pytest.mark.django_db
+def test_a_user_with_a_permission_but_no_staff_flag_logs_in_on_the_apps_login_page(client):
+    make_user("viewer", staff=False, perms=("runs.view_run",))
+    response = client.get(reverse("home"))
+    assert response.status_code == 302 and response["Location"].startswith("/login/")
+    response = client.post("/login/?next=/", {"username": "viewer", "password": TEST_PASSWORD, "next": "/"})
+    assert response.status_code == 302 and response["Location"] == "/"
+    html = client.get("/").content.decode()
+    assert "Welcome, <strong>viewer</strong>" in html and 'action="/logout/"' in html
+    # The navigation shows what this user may open: no Configuration, no Funnels (admin pages).
+    assert ">Dashboard</a>" in html and ">Configuration</a>" not in html and ">Funnels</a>" not in html
+
+
+@pytest.mark.django_db
+def test_a_user_without_any_permission_is_told_why_they_cannot_log_in(client):
+    make_user("nobody", staff=False)
+    html = client.post("/login/", {"username": "nobody", "password": TEST_PASSWORD}).content.decode()
+    assert "has no permission in Trafficinator yet" in html
+    assert client.get("/").status_code == 302
+
+
+@pytest.mark.django_db
+def test_admin_pages_have_the_apps_brand_and_navigation_and_no_view_site_link(client):
+    client.force_login(make_user(superuser=True))
+    html = client.get(reverse("admin:runs_run_changelist")).content.decode()
+    assert '<div id="site-name"><a href="/">Trafficinator</a></div>' in html
+    for link in (">Dashboard</a>", ">Backfills</a>", ">Funnels</a>", ">Configuration</a>"):
+        assert link in html, link
+    assert "View site" not in html
+    assert 'rel="icon" href="/static/favicon.svg"' in html
+
+
+@pytest.mark.django_db
+def test_the_favicon_is_served(client):
+    response = client.get("/favicon.ico")
+    assert response.status_code == 301 and response["Location"].endswith("favicon.svg")

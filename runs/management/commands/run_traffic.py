@@ -53,6 +53,10 @@ def target_share(spec: str) -> tuple:
     return (get_target(spec), 1.0, None)
 
 
+def _plain(text: str) -> str:
+    return text
+
+
 def summary_line(stats: dict, outcome: str = "") -> str:
     """``visits_started=.. visits_delivered=.. hits=.. accepted=.. ... possibly_duplicated=..`` and,
     for a run with thresholds, ``thresholds=passed|failed``."""
@@ -143,7 +147,7 @@ class Command(BaseCommand):
         if token is None:  # cannot happen for a run we just created, unless someone stopped it
             raise CommandError(f"Run {run.pk} could not be started (status {run.status}).")
         self.stdout.write(
-            f"Run {run.pk}: {run.preset_name}, {run.visits_per_day} visits/day, seed {run.seed}. Ctrl-C stops."
+            f"Run {run.pk}: {run.preset_name}, {run.visits_per_day:,} visits/day, seed {run.seed}. Ctrl-C stops."
         )
         show_progress = sys.stderr.isatty()
         try:
@@ -151,7 +155,7 @@ class Command(BaseCommand):
         except LoaderSuperseded as exc:
             raise CommandError(str(exc)) from None
         if show_progress:
-            self.stderr.write("")
+            self.stderr.write("", style_func=_plain)
         self.stdout.write(summary_line(run.stats, run.outcome))
         saturation = saturation_line(run.stats)
         if saturation:
@@ -228,5 +232,6 @@ class Command(BaseCommand):
         if totals.get("saturated"):
             line += f" SATURATED lag={totals.get('lag_seconds', 0)}s delivered={totals.get('delivered_percent')}%"
         line += "   "
-        self.stderr.write(line, ending="")
+        # A healthy progress line is not an error: no red (stderr's default style).
+        self.stderr.write(line, ending="", style_func=_plain)
         self.stderr.flush()

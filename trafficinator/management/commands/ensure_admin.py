@@ -22,8 +22,13 @@ class Command(BaseCommand):
 
     def handle(self, *args, username: str, email: str, **options) -> None:
         User = get_user_model()
-        if User.objects.filter(is_superuser=True).exists():
-            self.stdout.write("A super user exists already; nothing to do.")
+        existing = User.objects.filter(is_superuser=True).order_by("pk").first()
+        if existing is not None:
+            name = existing.get_username()
+            self.stdout.write(
+                f"A super user exists already, nothing to do: log in as “{name}” with its password "
+                f"(forgotten? `.venv/bin/python manage.py changepassword {name}`)."
+            )
             return
         password = os.environ.get("TRAFFICINATOR_ADMIN_PASSWORD", "")
         generated = not password
