@@ -59,9 +59,9 @@ def test_an_out_of_range_backfill_flag_is_named_with_its_allowed_range(flag, val
 @pytest.mark.django_db(transaction=True)
 def test_backfill_rps_nan_exits_with_status_2_and_no_traceback():
     make_target(name="shop", **READY)
+    args = ["--target", "shop", "--preset", "Light", "--last-days", "1", "--rps", "NaN", "--yes"]
     done = subprocess.run(
-        [sys.executable, MANAGE, "backfill", "--target", "shop", "--preset", "Light", "--last-days", "1"]
-        + ["--rps", "NaN", "--yes"],
+        [sys.executable, MANAGE, "backfill", *args],
         env=subprocess_env(),
         capture_output=True,
         text=True,
