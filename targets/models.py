@@ -13,7 +13,7 @@ from django.db import models
 from django.utils import timezone
 
 from trafficinator.traffic import Catalog, SiteGoals
-from trafficinator.validation import no_control_characters, timezone_is_known
+from trafficinator.validation import check_model_values, no_control_characters, timezone_is_known
 
 if TYPE_CHECKING:
     from targets.checks import CheckResult
@@ -171,6 +171,10 @@ class Target(models.Model):
 
     def clean(self) -> None:
         super().clean()
+        # NaN, infinity, NUL and control characters that field validators let through.
+        plain = check_model_values(self)
+        if plain:
+            raise ValidationError(plain)
         if self.matomo_url:
             try:
                 self.matomo_url = normalize_matomo_url(self.matomo_url)
