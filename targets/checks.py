@@ -22,8 +22,8 @@ from targets.models import Target
 from trafficinator.validation import timezone_is_known
 
 # Column sizes of what the check stores on a Target.
-SITE_NAME_MAX = Target._meta.get_field("site_name").max_length
-VERSION_MAX = Target._meta.get_field("matomo_version").max_length
+SITE_NAME_MAX: int = Target._meta.get_field("site_name").max_length or 255
+VERSION_MAX: int = Target._meta.get_field("matomo_version").max_length or 32
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
 # "5.0.2", "4.16.1-b2", "5.1.0-rc1": digits and dots, then an optional pre-release tag.
 _VERSION = re.compile(r"^\d{1,4}(\.\d{1,6}){0,3}([-+.~][0-9A-Za-z.-]{1,20})?$")
