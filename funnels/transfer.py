@@ -270,7 +270,7 @@ def _preset_ids(raw: Any, presets: dict[str, int], where: str, problems: list[st
         return []
     ids = []
     for number, name in enumerate(raw):
-        if name in presets:
+        if isinstance(name, str) and name in presets:
             ids.append(presets[name])
         else:
             known = ", ".join(sorted(presets)) or "none"

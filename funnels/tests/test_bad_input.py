@@ -39,6 +39,10 @@ BAD_IMPORTS = [
     pytest.param("[" * 100_000 + "]" * 100_000, "nested", id="deep-nesting"),
     pytest.param(funnel_json(name='"Intro\\u0000"'), "NUL", id="nul-in-event-name"),
     pytest.param(funnel_json().replace('"Watch"', '"Wat\\u0000ch"'), "control character", id="nul-in-funnel-name"),
+    # Found by the property suite: a list where a preset name belongs was a TypeError (500).
+    pytest.param(
+        funnel_json().replace('"share": 0.1,', '"share": 0.1, "presets": [[]],'), "no preset", id="list-as-preset"
+    ),
 ]
 
 
