@@ -327,7 +327,7 @@ def _answer(body: bytes, status: int = 200) -> requests.Response:
 )
 def test_any_api_answer_is_a_value_or_a_check_failure(body):
     client = MatomoClient(Target(name="t", matomo_url="http://127.0.0.1:9/", site_id=1))
-    client._request = lambda *args, **kwargs: _answer(body)  # type: ignore[method-assign]
+    client._request = lambda *args, **kwargs: _answer(body)
     try:
         client.call_api("SitesManager.getSiteFromId", idSite=1)
     except CheckFailed as exc:
