@@ -24,12 +24,21 @@ from backfill import runner
 from backfill.foreground import run_in_foreground
 from backfill.models import BackfillDay, BackfillPlan
 from backfill.planning import funnels_from_json, funnels_to_json, plan_funnels
-from backfill.tests.conftest import confirmed_plan, days_ago, make_plan
+from backfill.tests.conftest import days_ago
 from backfill.tests.test_sending import expected_keys, fast_retries, hit_keys  # noqa: F401 - fixture
 from funnels.models import Funnel
 from targets.models import Target
 from trafficinator.cli import USAGE_EXIT_CODE
-from trafficinator.testing import make_preset, make_target, make_user, subprocess_env
+from trafficinator.testing import (
+    confirmed_plan,
+    make_funnel,
+    make_plan,
+    make_preset,
+    make_step,
+    make_target,
+    make_user,
+    subprocess_env,
+)
 
 MANAGE = str(Path(settings.BASE_DIR) / "manage.py")
 READY = {"token_auth": "tok", "last_check_ok": True, "token_can_write": True}

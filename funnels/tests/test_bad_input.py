@@ -14,10 +14,9 @@ from django.core.management.base import CommandError
 from django.urls import reverse
 
 from funnels.models import Funnel, FunnelStep
-from funnels.tests.factories import make_funnel, make_step
 from funnels.transfer import FunnelImportError, export_funnels, import_funnels
 from trafficinator.cli import USAGE_EXIT_CODE
-from trafficinator.testing import make_user
+from trafficinator.testing import make_funnel, make_step, make_user
 
 
 def funnel_json(**step) -> str:

@@ -7,9 +7,8 @@ from django.test import Client
 from django.urls import reverse
 
 from conftest import TOKEN
-from funnels.tests.factories import make_funnel
 from targets.models import Target
-from trafficinator.testing import make_target, make_user
+from trafficinator.testing import make_funnel, make_target, make_user
 
 
 def client_for(*perms: str) -> Client:
