@@ -285,7 +285,7 @@ def test_a_pasted_url_list_gives_pages_or_line_numbered_problems(text):
     except CatalogError as exc:
         assert all(part == "pages" for part, _ in exc.problems)
     else:
-        assert all(re.match(r"https?://", page.url) for page in pages)
+        assert all(re.match(r"https?://|/", page.url) and "\n" not in page.url for page in pages)
 
 
 @given(st.dictionaries(st.sampled_from(["pages", "events", "site", "products", "search", "unknown"]), JSON_VALUES))
