@@ -119,3 +119,13 @@ def test_a_share_is_zero_rather_than_a_crash_for_a_weight_stored_before_the_cons
     run = Run.objects.create_run(preset=Preset.objects.get(name="Light"), targets=[make_target()])
     odd = [RunTarget(run=run, target=make_target(), weight=math.inf), RunTarget(run=run, weight=math.nan)]
     assert [row.share_of(run, odd) for row in odd] == [0, 0]
+
+
+@pytest.mark.django_db
+def test_the_start_form_refuses_a_visit_limit_the_run_cannot_store():
+    """Found by the property suite: the form accepted what the model then refused."""
+    from runs.forms import StartRunForm
+
+    data = {"targets": [make_target().pk], "preset": Preset.objects.get(name="Light").pk, "max_visits": 10**9 + 1}
+    form = StartRunForm(data=data)
+    assert not form.is_valid() and "max_visits" in form.errors
