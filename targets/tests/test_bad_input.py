@@ -126,7 +126,7 @@ def test_a_hostile_site_answer_is_stored_bounded_with_a_warning(overrides):
         target = make_target(matomo_url=server.url, token_auth=TOKEN)
         result = run_check(target)
     target.refresh_from_db()
-    assert result.ok and "Warning:" in result.message and "unknown on this machine" in result.message
+    assert result.ok and "unknown on this machine" in result.message
     assert target.site_timezone == "" and target.site_currency == ""
     assert target.effective_timezone("Europe/Berlin") == "Europe/Berlin"  # the preset's, with a warning
     assert "unknown on this machine" in target.last_check_message
