@@ -18,7 +18,6 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.test import Client
 from django.urls import reverse
-from funnels.tests.factories import make_funnel, make_step
 
 from backfill import runner
 from backfill.foreground import run_in_foreground

@@ -101,7 +101,7 @@ class Command(BaseCommand):
         )
         parser.add_argument(
             "--in-flight",
-            type=int_between(1, 64),
+            type=int_between(1, 32),
             default=DEFAULT_REQUESTS_IN_FLIGHT,
             help=f"Bulk requests kept in flight (default {DEFAULT_REQUESTS_IN_FLIGHT}; match Matomo's PHP workers).",
         )
