@@ -2,11 +2,27 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from targets.fake_matomo import FakeMatomo
+
+# The property-based suite (test_properties.py files): a bounded number of examples per
+# property so the whole suite stays fast; HYPOTHESIS_MAX_EXAMPLES=2000 explores more.
+# No deadline: the machine is shared and timings swing. Examples use the test's
+# database transaction, hence the function-scoped fixture check is off.
+settings.register_profile(
+    "trafficinator",
+    max_examples=int(os.environ.get("HYPOTHESIS_MAX_EXAMPLES", "40")),
+    deadline=None,
+    derandomize=os.environ.get("CI") == "true",
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    database=None,
+)
+settings.load_profile("trafficinator")
 
 
 def pytest_collection_modifyitems(items):

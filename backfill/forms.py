@@ -7,10 +7,18 @@ from typing import Any
 from django import forms
 from django.core.exceptions import ValidationError
 
-from backfill.models import DEFAULT_REQUESTS_IN_FLIGHT, BackfillLog, BackfillPlan, new_seed
+from backfill.models import (
+    DEFAULT_REQUESTS_IN_FLIGHT,
+    MAX_VISITS_PER_DAY,
+    MAX_WINDOW_DAYS,
+    BackfillLog,
+    BackfillPlan,
+    new_seed,
+)
 from backfill.planning import check_plan, last_days_window
 from presets.models import Preset, PresetSnapshot
 from targets.models import Target
+from trafficinator.cli import MAX_SEED
 from trafficinator.lifecycle import actor
 
 
@@ -36,15 +44,20 @@ class BackfillPlanForm(forms.ModelForm):
         label="Or: the last N days",
         required=False,
         min_value=1,
-        max_value=366,
+        max_value=MAX_WINDOW_DAYS,
         help_text="Instead of dates: the N fully past days ending yesterday, in the site's time zone.",
     )
     start_date = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}))
     end_date = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}))
     visits_per_day = forms.IntegerField(
-        required=False, min_value=1, max_value=50_000_000, help_text="Blank: the preset's. Shaped by its weekly curve."
+        required=False,
+        min_value=1,
+        max_value=MAX_VISITS_PER_DAY,
+        help_text="Blank: the preset's. Shaped by its weekly curve.",
     )
-    seed = forms.IntegerField(required=False, help_text="Blank: a random seed. Same seed, same visits.")
+    seed = forms.IntegerField(
+        required=False, min_value=0, max_value=MAX_SEED, help_text="Blank: a random seed. Same seed, same visits."
+    )
 
     class Meta:
         model = BackfillPlan

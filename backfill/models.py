@@ -33,12 +33,17 @@ from presets.models import Preset, PresetSnapshot
 from targets.models import Target
 from trafficinator.lifecycle import LogEntry, actor, transition
 from trafficinator.traffic import Population
+from trafficinator.validation import finite_number
 
 if TYPE_CHECKING:
     from backfill.progress import PlanProgress
 
 MAX_WINDOW_DAYS = 180
 MAX_TOTAL_VISITS = 200_000_000
+MAX_VISITS_PER_DAY = 50_000_000
+MIN_REQUESTS_PER_SECOND = 0.01
+MAX_REQUESTS_PER_SECOND = 10_000
+MAX_BATCH_SIZE = 5000
 # A worker writes a heartbeat at least every HEARTBEAT_SECONDS while it holds a day
 # (also while a batch is being retried); a day silent for STALE_AFTER is free to take.
 # Bulk requests a backfill day keeps in flight (a plan's default). Measured with
@@ -184,32 +189,49 @@ class BackfillPlan(models.Model):
     profile = models.JSONField(
         default=dict, help_text="The preset's knobs; refreshed while a draft, frozen at confirmation."
     )
+    frozen_funnels = models.JSONField(
+        null=True,
+        blank=True,
+        editable=False,
+        help_text="The funnels as they were at confirmation (traffic-model specs); what every day follows.",
+    )
     start_date = models.DateField(help_text="First day, in the site's time zone.")
     end_date = models.DateField(help_text="Last day (included), in the site's time zone; yesterday at the latest.")
     visits_per_day = models.PositiveIntegerField(
-        validators=[MinValueValidator(1), MaxValueValidator(50_000_000)],
+        validators=[MinValueValidator(1), MaxValueValidator(MAX_VISITS_PER_DAY)],
         help_text="Average over a week; each day gets its weekday's share (the preset's weekly curve).",
     )
     daily_cap = models.PositiveIntegerField(
-        null=True, blank=True, validators=[MinValueValidator(1)], help_text="At most this many visits on any day."
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1), MaxValueValidator(MAX_VISITS_PER_DAY)],
+        help_text="At most this many visits on any day.",
     )
     total_cap = models.PositiveIntegerField(
         null=True,
         blank=True,
-        validators=[MinValueValidator(1)],
+        validators=[MinValueValidator(1), MaxValueValidator(MAX_TOTAL_VISITS)],
         help_text="At most this many visits in all; days are scaled down evenly to fit.",
     )
-    seed = models.BigIntegerField(default=new_seed, help_text="Same seed, same visits (per day and target).")
+    seed = models.BigIntegerField(
+        default=new_seed,
+        validators=[MinValueValidator(0), MaxValueValidator(2**63 - 1)],
+        help_text="Same seed, same visits (per day and target).",
+    )
     max_requests_per_second = models.FloatField(
         "requests per second limit",
         null=True,
         blank=True,
-        validators=[MinValueValidator(0.01), MaxValueValidator(10_000)],
+        validators=[
+            MinValueValidator(MIN_REQUESTS_PER_SECOND),
+            MaxValueValidator(MAX_REQUESTS_PER_SECOND),
+            finite_number,
+        ],
         help_text="Bulk requests per second per target (shared by its parallel days). Blank: no limit.",
     )
     batch_size = models.PositiveIntegerField(
         default=400,
-        validators=[MinValueValidator(1), MaxValueValidator(5000)],
+        validators=[MinValueValidator(1), MaxValueValidator(MAX_BATCH_SIZE)],
         help_text="The checkpoint unit, in hits: visits travel in bulk requests of a quarter batch (at least "
         "100 hits), several in flight all the time; after a crash at most the requests in flight plus about one "
         "batch are sent again, and Matomo refuses what it already holds.",
@@ -258,6 +280,26 @@ class BackfillPlan(models.Model):
         indexes = [
             # The dashboard's "active backfills" and the list page's grouping by status.
             models.Index(fields=["status", "-created_at"], name="backfill_status_created_idx"),
+        ]
+        constraints = [
+            # The estimate and the pacing divide by these: finite and positive (a range
+            # check refuses NaN and infinity on PostgreSQL too).
+            models.CheckConstraint(
+                condition=models.Q(visits_per_day__gte=1, visits_per_day__lte=MAX_VISITS_PER_DAY),
+                name="backfill_visits_per_day_range",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(max_requests_per_second__isnull=True)
+                | models.Q(
+                    max_requests_per_second__gte=MIN_REQUESTS_PER_SECOND,
+                    max_requests_per_second__lte=MAX_REQUESTS_PER_SECOND,
+                ),
+                name="backfill_requests_per_second_range",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(batch_size__gte=1, batch_size__lte=MAX_BATCH_SIZE),
+                name="backfill_batch_size_range",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -352,12 +394,16 @@ class BackfillPlan(models.Model):
         """draft -> confirmed after the user saw the estimate: re-checks every guardrail,
         freezes the per-day plan and the estimate, records who and when. Raises
         ValidationError when a guardrail fails; returns False if no longer a draft."""
-        from backfill.planning import build_estimate, check_plan, planned_days
+        from backfill.planning import build_estimate, check_plan, funnels_to_json, plan_funnels, planned_days
 
         if self.status != self.Status.DRAFT:
             return False
         targets = list(self.targets.order_by("name"))
         check_plan(self, targets, today=today)
+        # Everything that shapes the traffic is fixed from here on: the profile (the
+        # preset's snapshot, with its catalog), the seed, the per-day plan and now the
+        # funnels, so a resumed day regenerates exactly the confirmed stream.
+        self.frozen_funnels = funnels_to_json(plan_funnels(self))
         days = planned_days(self, targets)
         estimate = build_estimate(self, targets, days=days)
         who = actor(by_name or by, default="unknown")
@@ -368,6 +414,7 @@ class BackfillPlan(models.Model):
                 confirmed_by_name=who,
                 confirmed_at=timezone.now(),
                 estimate=estimate.as_json(),
+                frozen_funnels=self.frozen_funnels,
             )
             if not won:
                 return False

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 from django.core.exceptions import ValidationError
@@ -23,12 +24,15 @@ from funnels.models import Funnel
 from targets.models import Target
 from trafficinator.traffic import Catalog, Population, Profile, SiteGoals, day_visits, visits_for_day_count
 from trafficinator.traffic.clock import local_day_bounds
+from trafficinator.traffic.funnels import FunnelSpec, FunnelStep
 
 SAMPLE_VISITS = 400
 # A bulk request carries a quarter of a batch (the checkpoint unit), at least
 # MIN_PART_HITS hits (see backfill.runner and request_hits()).
 REQUESTS_PER_BATCH = 4
 MIN_PART_HITS = 100
+# Matomo refuses dates before the first website went online (Piwik\Date::FIRST_WEBSITE_TIMESTAMP).
+FIRST_WEBSITE_DAY = date(1991, 8, 6)
 
 
 def request_hits(batch_size: int) -> int:
@@ -59,11 +63,79 @@ def plan_population(plan: BackfillPlan, lane: int) -> Population:
     return plan.population(lane)
 
 
-def plan_funnels(plan: BackfillPlan) -> list:
-    """The funnels of the plan's preset as traffic-model specs (read when a day starts)."""
+def plan_funnels(plan: BackfillPlan) -> list[FunnelSpec]:
+    """The funnels a plan's visits follow: frozen at confirmation (so a resumed day
+    replays exactly the confirmed stream whatever was edited since); a draft reads the
+    preset's current funnels."""
+    if plan.frozen_funnels is not None:
+        return funnels_from_json(plan.frozen_funnels)
     if plan.preset is None:
         return []
     return Funnel.objects.specs_for_preset(plan.preset)
+
+
+def funnels_to_json(specs: list[FunnelSpec]) -> list[dict]:
+    """Traffic-model funnel specs as JSON, exactly (money stays Decimal, see _freeze)."""
+    return [
+        {
+            "name": spec.name,
+            "share": spec.share,
+            "priority": spec.priority,
+            "steps": [
+                {
+                    "kind": step.kind,
+                    "params": _freeze(dict(step.params)),
+                    "delay_min": step.delay_min,
+                    "delay_max": step.delay_max,
+                    "continue_probability": step.continue_probability,
+                }
+                for step in spec.steps
+            ],
+        }
+        for spec in specs
+    ]
+
+
+def funnels_from_json(data: list[dict]) -> list[FunnelSpec]:
+    return [
+        FunnelSpec(
+            name=entry["name"],
+            share=entry["share"],
+            priority=entry["priority"],
+            steps=tuple(
+                FunnelStep(
+                    step["kind"],
+                    _thaw(step["params"]),
+                    delay_min=step["delay_min"],
+                    delay_max=step["delay_max"],
+                    continue_probability=step["continue_probability"],
+                )
+                for step in entry["steps"]
+            ),
+        )
+        for entry in data
+    ]
+
+
+def _freeze(value):
+    """JSON has no Decimal: money values become {"decimal": "12.50"} (exact)."""
+    if isinstance(value, Decimal):
+        return {"decimal": str(value)}
+    if isinstance(value, dict):
+        return {key: _freeze(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_freeze(item) for item in value]
+    return value
+
+
+def _thaw(value):
+    if isinstance(value, dict):
+        if set(value) == {"decimal"} and isinstance(value["decimal"], str):
+            return Decimal(value["decimal"])
+        return {key: _thaw(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_thaw(item) for item in value]
+    return value
 
 
 def target_timezone(target: Target, plan: BackfillPlan) -> str:
@@ -77,8 +149,8 @@ def site_today(timezone_name: str, now: datetime | None = None) -> date:
 def last_days_window(days: int, targets: list[Target], preset_timezone: str, today: date | None = None):
     """ "The last N days": the N fully past days ending yesterday in the sites' time zone
     (the earliest "today" when targets sit in different zones)."""
-    if days < 1:
-        raise ValidationError({"last_days": "Enter 1 or more days."})
+    if not 1 <= days <= MAX_WINDOW_DAYS:
+        raise ValidationError({"last_days": f"Enter 1 to {MAX_WINDOW_DAYS} days."})
     if today is None:
         zones = [target.effective_timezone(preset_timezone) for target in targets] or [preset_timezone]
         today = min(site_today(zone) for zone in zones)
@@ -152,6 +224,19 @@ def check_plan(plan: BackfillPlan, targets: list[Target], *, today: date | None 
                 f"A backfill covers at most {MAX_WINDOW_DAYS} days; this window has {plan.day_count}. "
                 "Split it into several plans.",
             )
+        if plan.start_date < FIRST_WEBSITE_DAY:
+            add(
+                "start_date",
+                f"Matomo accepts no dates before {FIRST_WEBSITE_DAY} (the first website); "
+                "choose a first day after the site was created.",
+            )
+        for target in targets:
+            if target.site_created and plan.start_date < target.site_created:
+                add(
+                    "start_date",
+                    f"Site {target.site_id} of {target.name} was created on {target.site_created} (Matomo's "
+                    "ts_created); its reports start that day. Choose that day or a later one as the first day.",
+                )
         zones = {target_timezone(target, plan) for target in targets} or {plan.snapshot.timezone}
         for zone in sorted(zones):
             current = today or site_today(zone)
@@ -461,6 +546,10 @@ def _notes(plan: BackfillPlan, rows: list[DayEstimate], days: list[PlannedDay]) 
         goals_notice = target.goals_notice(catalog)
         if goals_notice:
             notes.append(goals_notice)
+    for target in {item.target.pk: item.target for item in days}.values():
+        warning = target.timezone_warning(plan.snapshot.timezone)
+        if warning:
+            notes.append(f"{target.name}: {warning}")
     capped = [row for row in rows if row.capped]
     if plan.daily_cap and capped:
         notes.append(f"The daily cap of {plan.daily_cap:,} visits clips {len(capped)} day(s).")

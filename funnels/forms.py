@@ -9,6 +9,7 @@ from django.forms.models import BaseInlineFormSet
 
 from funnels.kinds import DETAIL_COLUMNS
 from funnels.models import Funnel, FunnelStep
+from trafficinator.validation import StrictJSONFormField
 
 MAX_PREVIEW_JOURNEYS = 100_000
 MAX_IMPORT_BYTES = 5 * 1024 * 1024
@@ -33,6 +34,7 @@ class FunnelStepForm(forms.ModelForm):
         model = FunnelStep
         fields = ["position", "kind", "delay_min", "delay_max", "continue_probability", *DETAIL_COLUMNS]
         widgets = {"items": forms.Textarea(attrs={"rows": 3, "cols": 80})}
+        field_classes = {"items": StrictJSONFormField}
 
 
 class FunnelStepFormSet(BaseInlineFormSet):

@@ -22,6 +22,7 @@ from presets.models import Preset
 from trafficinator.traffic.funnels import MAX_DELAY_SECONDS, FunnelSpec, parse_items
 from trafficinator.traffic.funnels import FunnelStep as TrafficStep
 from trafficinator.traffic.rules import is_absolute_url
+from trafficinator.validation import check_model_values
 
 ONE = Decimal(1)
 # Money in step parameters: at least a cent, at most what a DecimalField(12, 2) holds.
@@ -188,6 +189,10 @@ class Funnel(models.Model):
 
     def clean(self) -> None:
         super().clean()
+        # NaN, infinity, NUL and control characters that field validators let through.
+        plain = check_model_values(self)
+        if plain:
+            raise ValidationError(plain)
         preset_ids = self.preset_ids_for_validation()
         if not self.all_presets and not preset_ids:
             raise ValidationError(
@@ -389,6 +394,10 @@ class FunnelStep(models.Model):
 
     def clean(self) -> None:
         super().clean()
+        # NaN, infinity, NUL and control characters that field validators let through.
+        plain = check_model_values(self)
+        if plain:
+            raise ValidationError(plain)
         if self.kind not in KIND_PARAMS:
             return  # the choices validator has said so
         self.clear_unused_columns()

@@ -16,6 +16,7 @@ Export → import → export gives the same text.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
@@ -27,6 +28,7 @@ from django.db import transaction
 from funnels.kinds import KIND_PARAMS, TIMING_COLUMNS, StepKind, key_for_column
 from funnels.models import Funnel, FunnelStep, ShareClaim, share_overflows
 from presets.models import Preset
+from trafficinator.validation import StrictJSONError, check_json_value, loads_strict
 
 FORMAT = "trafficinator-funnels"
 VERSION = 1
@@ -150,13 +152,18 @@ def import_funnels(source: str | bytes | dict | list, *, replace: bool = False, 
 
 def _parse(source: str | bytes | dict | list, problems: list[str]) -> Any:
     if not isinstance(source, (str, bytes)):
+        problem = check_json_value(source)
+        if problem:
+            problems.append(f"JSON: {problem}")
+            return None
         return source
     try:
-        return json.loads(source)
-    except UnicodeDecodeError:
-        problems.append("file: not UTF-8 text")
-    except json.JSONDecodeError as exc:
-        problems.append(f"JSON: {exc.msg} at line {exc.lineno} column {exc.colno}")
+        # Strict: NaN and Infinity are not JSON numbers (Python's json accepts them, and
+        # an event value of Infinity would reach Matomo as e_v=inf), nor is nesting deep
+        # enough to exhaust the stack.
+        return loads_strict(source)
+    except StrictJSONError as exc:
+        problems.append(f"JSON: {exc}")
     return None
 
 
@@ -263,7 +270,7 @@ def _preset_ids(raw: Any, presets: dict[str, int], where: str, problems: list[st
         return []
     ids = []
     for number, name in enumerate(raw):
-        if name in presets:
+        if isinstance(name, str) and name in presets:
             ids.append(presets[name])
         else:
             known = ", ".join(sorted(presets)) or "none"
@@ -341,7 +348,13 @@ def _convert(column: str, value: Any) -> tuple[Any, str]:
     if column in _WHOLE_COLUMNS:
         return (value, "") if is_number and isinstance(value, int) else (None, "must be a whole number")
     if column in _NUMBER_COLUMNS:
-        return (float(value), "") if is_number else (None, "must be a number")
+        if not is_number:
+            return None, "must be a number"
+        try:
+            number = float(value)
+        except OverflowError:  # an integer too large for a float
+            number = math.inf
+        return (number, "") if math.isfinite(number) else (None, "must be a finite number")
     if column in _MONEY_COLUMNS:
         amount = _money(value)
         return (amount, "") if amount is not None else (None, "must be an amount, e.g. 19.99")

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from django.contrib.auth.decorators import permission_required
 from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, render
 from django.utils.cache import patch_vary_headers
@@ -12,6 +13,7 @@ from trafficinator.http import HtmxHttpRequest
 
 
 @require_GET
+@permission_required("funnels.view_funnel", raise_exception=True)
 def preview(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     """Simulate N journeys through the funnel and show one sample journey's hits.
 

@@ -10,6 +10,7 @@ from django import forms
 
 from presets.models import Preset
 from trafficinator.traffic import Catalog, CatalogError
+from trafficinator.validation import StrictJSONError, StrictJSONFormField, loads_strict
 
 MAX_UPLOAD_BYTES = 2_000_000
 
@@ -44,6 +45,11 @@ class PresetForm(forms.ModelForm):
     class Meta:
         model = Preset
         fields = "__all__"  # noqa: DJ007 - the admin's fieldsets choose what is shown
+        # NaN, Infinity, deeply nested or broken JSON: a form error, never a 500.
+        field_classes = dict.fromkeys(
+            ["ecommerce_shipping_options", "device_mix", "persona_mix", "channel_mix", "catalog_overrides"],
+            StrictJSONFormField,
+        )
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -65,23 +71,30 @@ class PresetForm(forms.ModelForm):
         if upload.size > MAX_UPLOAD_BYTES:
             raise forms.ValidationError("The file is larger than 2 MB; split it or paste the most visited pages.")
         try:
-            return upload.read().decode("utf-8")
+            text = upload.read().decode("utf-8")
         except UnicodeDecodeError:
             raise forms.ValidationError("The file is not UTF-8 text.") from None
+        if "\x00" in text:
+            raise forms.ValidationError("The file contains NUL bytes: it is not a text file of URLs.")
+        return text
 
     def clean_events_json(self):
         text = self.cleaned_data.get("events_json", "").strip()
         if not text:
             return None
         try:
-            return json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise forms.ValidationError(f"Not valid JSON (line {exc.lineno}, column {exc.colno}): {exc.msg}.") from None
+            return loads_strict(text)
+        except StrictJSONError as exc:
+            raise forms.ValidationError(f"Not valid JSON: {exc}.") from None
 
     def clean(self) -> dict[str, Any]:
         super().clean()
         cleaned = self.cleaned_data
-        overrides = dict(cleaned.get("catalog_overrides") or {})
+        raw = cleaned.get("catalog_overrides")
+        if raw is not None and not isinstance(raw, dict):
+            self.add_error("catalog_overrides", 'Catalog overrides are a JSON object, e.g. {"pages": ...}, or {}.')
+            return cleaned
+        overrides = dict(raw or {})
         sources = {"site": "site_url", "pages": "pages_text", "events": "events_json"}
         if cleaned.get("site_url"):
             overrides["site"] = {"url": cleaned["site_url"]}

@@ -17,6 +17,7 @@ from django.db import models, transaction
 
 from presets.currencies import ISO_4217
 from trafficinator.traffic import Catalog, CatalogError, Profile, live_visits
+from trafficinator.validation import check_model_values
 
 # The start form's estimate generates this many visits with the traffic model. Hits per
 # visit vary a lot (a bounce is one hit, a buyer's visit twenty): 3,000 visits put the
@@ -324,6 +325,10 @@ class Preset(models.Model):
         super().clean()
         if self.is_builtin and self.pk:
             raise BuiltinPresetError("Built-in presets cannot be edited. Duplicate it into a custom preset instead.")
+        # NaN, infinity, NUL and control characters that field validators let through.
+        plain = check_model_values(self)
+        if plain:
+            raise ValidationError(plain)
         errors: dict[str, str] = {}
         pairs = [
             ("pageviews_min", "pageviews_max", "page views"),
@@ -350,6 +355,8 @@ class Preset(models.Model):
         return {field.name for field in cls._meta.get_fields()}
 
     def _catalog_errors(self) -> dict[str, str]:
+        if not isinstance(self.catalog_overrides, dict):
+            return {"catalog_overrides": 'Catalog overrides are a JSON object, e.g. {"pages": ...}, or {}.'}
         if not self.catalog_overrides:
             return {}
         try:

@@ -11,6 +11,7 @@ from django.core.exceptions import ValidationError
 
 from backfill.models import BackfillPlan
 from presets.models import HITS_SAMPLE_VISITS, Preset
+from runs.models import MAX_VISITS
 from targets.models import Target
 from trafficinator.thresholds import ThresholdError, parse_many
 
@@ -43,7 +44,11 @@ class StartRunForm(forms.Form):
         help_text="Blank: the preset's auto-stop, or until stopped.",
     )
     max_visits = forms.IntegerField(
-        label="Visit limit", required=False, min_value=1, help_text="Blank: the preset's, or no limit."
+        label="Visit limit",
+        required=False,
+        min_value=1,
+        max_value=MAX_VISITS,
+        help_text="Blank: the preset's, or no limit.",
     )
     bulk = forms.BooleanField(label="Bulk", required=False, help_text="Send whole visits in bulk batches.")
     without_countries = forms.BooleanField(

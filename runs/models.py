@@ -12,6 +12,7 @@ and stops sending at its next ``check_claim``.
 
 from __future__ import annotations
 
+import math
 import secrets
 import uuid
 from collections.abc import Sequence
@@ -35,6 +36,11 @@ from trafficinator.sending.telemetry import RunStats, RunTotals
 HEARTBEAT_STALE_AFTER = timedelta(seconds=settings.RUN_HEARTBEAT_STALE_SECONDS)
 # After this long without a heartbeat the reaper closes the run as failed.
 REAP_AFTER = timedelta(minutes=15)
+# Bounds of what a run may ask for (the form, the command and CHECK constraints agree).
+MAX_VISITS_PER_DAY = 50_000_000
+MAX_VISITS = 1_000_000_000
+MAX_TARGET_WEIGHT = 1_000_000
+MAX_BATCH_SIZE = 5000
 
 
 def _hours_to_seconds(hours: float | None) -> int | None:
@@ -69,6 +75,10 @@ class RunQuerySet(models.QuerySet["Run"]):
             raise ValidationError({"targets": f"Disabled target(s): {', '.join(disabled)}. Enable them first."})
         if len({target.pk for target, _, _ in entries}) != len(entries):
             raise ValidationError({"targets": "A target is listed twice."})
+        for target, weight, rate in entries:
+            problem = RunTarget.share_problem(weight, rate)
+            if problem:
+                raise ValidationError({"targets": f"{target.name}: {problem}"})
         if all((weight or 0) <= 0 and not rate for _, weight, rate in entries):
             raise ValidationError({"targets": "Give at least one target a weight above 0 or its own visits per day."})
         texts = check_thresholds(
@@ -93,7 +103,8 @@ class RunQuerySet(models.QuerySet["Run"]):
         run.full_clean()
         run.save()
         for target, weight, rate in entries:
-            RunTarget.objects.create(run=run, target=target, weight=weight, visits_per_day=rate)
+            # With an explicit rate the weight does not apply; store the neutral 1.
+            RunTarget.objects.create(run=run, target=target, weight=1.0 if rate else weight, visits_per_day=rate)
         run.log(
             RunLog.Level.INFO,
             f"Created by {actor(created_by)}: preset {preset.name}, {run.visits_per_day:,} visits/day, "
@@ -153,12 +164,24 @@ class Run(models.Model):
     profile = models.JSONField(help_text="The preset's knobs as they were when the run was created.")
     seed = models.BigIntegerField()
     bulk = models.BooleanField(default=False, help_text="Send whole visits in bulk batches.")
-    batch_size = models.PositiveIntegerField(default=100, validators=[MinValueValidator(1), MaxValueValidator(5000)])
-    visits_per_day = models.PositiveIntegerField(
-        validators=[MinValueValidator(1)], help_text="Total rate over all targets (the preset's unless overridden)."
+    batch_size = models.PositiveIntegerField(
+        default=100, validators=[MinValueValidator(1), MaxValueValidator(MAX_BATCH_SIZE)]
     )
-    duration_seconds = models.PositiveIntegerField(null=True, blank=True, help_text="Stop after this long.")
-    max_visits = models.PositiveIntegerField(null=True, blank=True, help_text="Stop after this many visits.")
+    visits_per_day = models.PositiveIntegerField(
+        validators=[MinValueValidator(1), MaxValueValidator(MAX_VISITS_PER_DAY)],
+        help_text="Total rate over all targets (the preset's unless overridden).",
+    )
+    # Bounded by settings.MAX_RUN_HOURS in clean() (a setting, so not a field validator
+    # that would make migrations depend on the environment).
+    duration_seconds = models.PositiveIntegerField(
+        null=True, blank=True, validators=[MinValueValidator(1)], help_text="Stop after this long."
+    )
+    max_visits = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1), MaxValueValidator(MAX_VISITS)],
+        help_text="Stop after this many visits.",
+    )
     daily_cap = models.PositiveIntegerField(null=True, blank=True, help_text="Pause after this many visits a day.")
     thresholds = models.JSONField(
         default=list, blank=True, help_text='Pass/fail criteria, e.g. "p95_ms < 500" (README “Thresholds”).'
@@ -199,9 +222,24 @@ class Run(models.Model):
             # The dashboard's "active runs" and the reaper's stale-run query.
             models.Index(fields=["status", "heartbeat_at"], name="run_status_heartbeat_idx"),
         ]
+        constraints = [
+            # The dashboard divides by and formats the rate: it is never 0 or absurd.
+            models.CheckConstraint(
+                condition=models.Q(visits_per_day__gte=1, visits_per_day__lte=MAX_VISITS_PER_DAY),
+                name="run_visits_per_day_range",
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"Run {self.pk} ({self.preset_name})"
+
+    def clean(self) -> None:
+        super().clean()
+        limit = settings.MAX_RUN_HOURS * 3600
+        if self.duration_seconds is not None and self.duration_seconds > limit:
+            raise ValidationError(
+                {"duration_seconds": f"At most {settings.MAX_RUN_HOURS} hours (TRAFFICINATOR_MAX_RUN_HOURS)."}
+            )
 
     # --- derived state -------------------------------------------------------------
 
@@ -446,16 +484,45 @@ class RunTarget(models.Model):
 
     run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="run_targets")
     target = models.ForeignKey(Target, on_delete=models.PROTECT, related_name="run_targets")
-    weight = models.FloatField(default=1.0, validators=[MinValueValidator(0.0)])
+    weight = models.FloatField(
+        default=1.0, validators=[MinValueValidator(0.000001), MaxValueValidator(MAX_TARGET_WEIGHT)]
+    )
     visits_per_day = models.PositiveIntegerField(
-        null=True, blank=True, help_text="Explicit rate for this target; overrides the weight."
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1), MaxValueValidator(MAX_VISITS_PER_DAY)],
+        help_text="Explicit rate for this target; overrides the weight.",
     )
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["run", "target"], name="run_target_unique")]
+        constraints = [
+            models.UniqueConstraint(fields=["run", "target"], name="run_target_unique"),
+            # Pages and the loader divide by weights: a range check also refuses NaN and
+            # infinity (NaN and inf compare false on PostgreSQL; SQLite stores NaN as NULL).
+            models.CheckConstraint(
+                condition=models.Q(weight__gt=0, weight__lte=MAX_TARGET_WEIGHT),
+                name="run_target_weight_range",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(visits_per_day__isnull=True)
+                | models.Q(visits_per_day__gte=1, visits_per_day__lte=MAX_VISITS_PER_DAY),
+                name="run_target_visits_per_day_range",
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.run_id} → {self.target}"
+
+    @staticmethod
+    def share_problem(weight: float | None, visits_per_day: int | None) -> str:
+        """Why a target's weight or explicit rate cannot be stored, or ""."""
+        if visits_per_day is not None:
+            if isinstance(visits_per_day, bool) or not 1 <= visits_per_day <= MAX_VISITS_PER_DAY:
+                return f"the rate must be 1 to {MAX_VISITS_PER_DAY:,} visits per day."
+            return ""  # an explicit rate: the weight does not apply
+        if weight is None or not math.isfinite(weight) or not 0 < weight <= MAX_TARGET_WEIGHT:
+            return f"give it a weight above 0 (at most {MAX_TARGET_WEIGHT:,}) or its own visits per day."
+        return ""
 
     def share_of(self, run: Run, siblings: list[RunTarget]) -> int:
         """This target's visits per day: its explicit rate, or its weight's share of what
@@ -464,7 +531,9 @@ class RunTarget(models.Model):
             return self.visits_per_day
         explicit = sum(rt.visits_per_day or 0 for rt in siblings)
         weights = sum(rt.weight for rt in siblings if not rt.visits_per_day)
-        if weights <= 0:
+        # Rows written before the CHECK constraints existed may hold NaN or infinity:
+        # show them as no share rather than fail the page.
+        if not math.isfinite(weights) or not math.isfinite(self.weight or 0.0) or weights <= 0:
             return 0
         return max(0, round((run.visits_per_day - explicit) * self.weight / weights))
 

@@ -73,7 +73,9 @@ class TargetAdmin(admin.ModelAdmin):
             '<span style="color:{}" title="{}">{}</span>', colour, obj.last_check_message, obj.check_status
         )
 
-    @admin.action(description="Check connection to Matomo")
+    # A check sends the stored token to the Matomo URL: only users who may change
+    # targets may do that (view-only users do not get the action).
+    @admin.action(description="Check connection to Matomo", permissions=["change"])
     def check_connection(self, request: HttpRequest, queryset) -> None:
         for target in queryset:
             self._report(request, target)

@@ -7,19 +7,35 @@ everything else goes through the Reporting API with the token in the POST body.
 
 from __future__ import annotations
 
+import json
+import re
 import socket
 import ssl
 from dataclasses import dataclass, field
+from datetime import date, datetime
 from typing import Any
 from urllib.parse import urlparse
 
 import requests
 
 from targets.models import Target
+from trafficinator.validation import timezone_is_known
+
+# Column sizes of what the check stores on a Target.
+SITE_NAME_MAX: int = Target._meta.get_field("site_name").max_length or 255
+VERSION_MAX: int = Target._meta.get_field("matomo_version").max_length or 32
+_CURRENCY = re.compile(r"^[A-Z]{3}$")
+# "5.0.2", "4.16.1-b2", "5.1.0-rc1": digits and dots, then an optional pre-release tag.
+_VERSION = re.compile(r"^\d{1,4}(\.\d{1,6}){0,3}([-+.~][0-9A-Za-z.-]{1,20})?$")
+# Matomo's manual offsets ("UTC+5.5", "UTC-3"), which are not IANA names.
+_UTC_OFFSET = re.compile(r"^UTC([+-])(\d{1,2}(?:\.\d+)?)$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 CHECK_TIMEOUT_SECONDS = 10.0
 # The visitor IP of the token probes (rec=0: recorded nowhere). TEST-NET-3, no bot range.
 PROBE_IP = "203.0.113.7"
+# The check's answers are a few kB; getSitesIdWithAdminAccess of a big instance maybe 1 MB.
+MAX_ANSWER_BYTES = 4_000_000
 USER_AGENT = "Trafficinator connection check"
 
 
@@ -35,13 +51,15 @@ class CheckResult:
     site_name: str = ""
     site_timezone: str = ""
     site_currency: str = ""
+    site_created: date | None = None
     matomo_version: str = ""
     token_can_write: bool | None = None
     token_secure_only: bool | None = None
     site_goals: dict[int, str] | None = None
     site_ecommerce: bool | None = None
     site_search: bool | None = None
-    # Things that work but will not look as the preset says (goals missing, ...).
+    # Things that work but will not look as the preset says (goals missing, ...), and
+    # what Matomo answered that we could not use as it was (an unknown time zone, ...).
     warnings: list[str] = field(default_factory=list)
 
 
@@ -172,21 +190,41 @@ class MatomoClient:
         Matomo wraps scalars as {"value": x} and reports errors as
         {"result": "error", "message": "..."}; the latter raises ``ApiError``."""
         query = {"module": "API", "method": method, "format": "json", **params}
-        response = self._request("POST", self.target.api_url, params=query, data={"token_auth": self.target.token_auth})
+        response = self._request(
+            "POST", self.target.api_url, params=query, data={"token_auth": self.target.token_auth}, stream=True
+        )
         if response.status_code >= 400 and not response.headers.get("Content-Type", "").startswith("application/json"):
+            response.close()
             raise CheckFailed(f"The Reporting API at {self.target.api_url} answered HTTP {response.status_code}.")
+        body = self._read_limited(response)
         try:
-            data = response.json()
-        except ValueError:
+            data = json.loads(body)
+        except (ValueError, RecursionError):  # not JSON (or nested deeper than anyone would)
             raise CheckFailed(
                 f"The Reporting API at {self.target.api_url} did not answer JSON (HTTP {response.status_code}). "
                 "Is this a Matomo?"
             ) from None
         if isinstance(data, dict) and data.get("result") == "error":
-            raise ApiError(str(data.get("message", "")))
+            raise ApiError(_short(_text(data.get("message", "")), 500))
         if isinstance(data, dict) and set(data) == {"value"}:
             return data["value"]
         return data
+
+    def _read_limited(self, response: requests.Response) -> bytes:
+        """The body, refusing answers far bigger than any the check asks for (a hostile
+        or misconfigured server must not fill our memory)."""
+        try:
+            body = response.raw.read(MAX_ANSWER_BYTES + 1, decode_content=True)
+        except (requests.RequestException, OSError, ValueError) as exc:
+            raise CheckFailed(f"Reading the answer of {self.target.api_url} failed: {_short(str(exc))}.") from None
+        finally:
+            response.close()
+        if len(body) > MAX_ANSWER_BYTES:
+            raise CheckFailed(
+                f"The Reporting API at {self.target.api_url} answered more than {MAX_ANSWER_BYTES // 1_000_000} MB "
+                "to a small request. Is this a Matomo?"
+            )
+        return body
 
 
 class ApiError(CheckFailed):
@@ -241,9 +279,83 @@ def check_target(target: Target, *, timeout: float = CHECK_TIMEOUT_SECONDS) -> C
     return result
 
 
+# --- Matomo's answers, validated before anything is stored -----------------------------
+
+
+def _text(value: Any) -> str:
+    """A scalar answer as one line of text (lists, dicts and None count as nothing)."""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        return ""
+    return _CONTROL.sub(" ", str(value)).strip()
+
+
+def parse_version(value: Any, warnings: list[str]) -> str:
+    text = _text(value)
+    if _VERSION.match(text) and len(text) <= VERSION_MAX:
+        return text
+    warnings.append(f"Matomo's version answer “{_short(text or repr(value), 60)}” is not a version number; ignored.")
+    return ""
+
+
+def parse_timezone(value: Any, warnings: list[str]) -> str:
+    """An IANA zone name this machine knows, or "" with a warning (days then follow the
+    preset's time zone). Matomo's manual whole-hour offsets ("UTC+3") map to Etc/GMT-3."""
+    text = _text(value)
+    offset = _UTC_OFFSET.match(text)
+    if offset:
+        sign, hours = offset.groups()
+        if float(hours) == 0:
+            return "UTC"
+        if float(hours).is_integer() and int(float(hours)) <= 14:
+            # POSIX-style Etc zones have the sign inverted: UTC+3 is Etc/GMT-3.
+            return f"Etc/GMT{'-' if sign == '+' else '+'}{int(float(hours))}"
+    if timezone_is_known(text):
+        return text
+    warnings.append(
+        f"Matomo's time zone “{_short(text or repr(value), 70)}” is unknown on this machine (install a newer "
+        "tzdata package, or set an IANA zone on the site in Matomo); days follow the preset's time zone "
+        "instead, so backfilled days may be shifted against the site's days."
+    )
+    return ""
+
+
+def parse_currency(value: Any, warnings: list[str]) -> str:
+    text = _text(value)
+    if _CURRENCY.match(text):
+        return text
+    warnings.append(f"Matomo's currency “{_short(text or repr(value), 20)}” is not a 3-letter code; ignored.")
+    return ""
+
+
+def parse_site_name(value: Any) -> str:
+    return _short(_text(value), SITE_NAME_MAX)
+
+
+def parse_created(value: Any, warnings: list[str]) -> date | None:
+    """``ts_created`` ("YYYY-MM-DD HH:MM:SS", UTC) as the day the site was created."""
+    text = _text(value)
+    try:
+        created = datetime.fromisoformat(text).date() if text else None
+    except ValueError:
+        created = None
+    if created is None or created.year < 2000:
+        warnings.append(f"Matomo's site creation date “{_short(text or repr(value), 40)}” is not a date; ignored.")
+        return None
+    return created
+
+
+def parse_site(site: Any, result: CheckResult) -> None:
+    """Fill ``result`` from a ``SitesManager.getSiteFromId`` answer, every value checked:
+    a hostile or unexpected answer becomes a warning, never a value we cannot use."""
+    result.site_name = parse_site_name(site.get("name"))
+    result.site_timezone = parse_timezone(site.get("timezone"), result.warnings)
+    result.site_currency = parse_currency(site.get("currency"), result.warnings)
+    result.site_created = parse_created(site.get("ts_created"), result.warnings)
+
+
 def _check_with_token(client: MatomoClient, target: Target, result: CheckResult) -> None:
-    result.matomo_version = str(client.call_api("API.getMatomoVersion"))
-    result.steps.append(f"Token accepted by Matomo {result.matomo_version}.")
+    result.matomo_version = parse_version(client.call_api("API.getMatomoVersion"), result.warnings)
+    result.steps.append(f"Token accepted by Matomo {result.matomo_version or '(unknown version)'}.")
     try:
         site = client.call_api("SitesManager.getSiteFromId", idSite=target.site_id)
     except ApiError as exc:
@@ -261,11 +373,11 @@ def _check_with_token(client: MatomoClient, target: Target, result: CheckResult)
         raise
     if not isinstance(site, dict) or "idsite" not in site:
         raise CheckFailed(f"Unknown site id {target.site_id}: Matomo returned no site.")
-    result.site_name = str(site.get("name", ""))
-    result.site_timezone = str(site.get("timezone", ""))
-    result.site_currency = str(site.get("currency", ""))
+    parse_site(site, result)
     result.steps.append(
-        f"Site {target.site_id} is “{result.site_name}” ({result.site_timezone}, {result.site_currency})."
+        f"Site {target.site_id} is “{result.site_name}” ({result.site_timezone or 'unknown time zone'}, "
+        f"{result.site_currency or 'unknown currency'})"
+        + (f", created {result.site_created}." if result.site_created else ".")
     )
 
     result.token_can_write = _token_can_write(client, target.site_id)
@@ -304,8 +416,9 @@ def _check_with_token(client: MatomoClient, target: Target, result: CheckResult)
         result.warnings.append("ecommerce off")
     result.ok = True
     result.message = (
-        f"OK: Matomo {result.matomo_version}, site {target.site_id} “{result.site_name}” "
-        f"({result.site_timezone}, {result.site_currency}); token has write access."
+        f"OK: Matomo {result.matomo_version or '(unknown version)'}, site {target.site_id} “{result.site_name}” "
+        f"({result.site_timezone or 'unknown time zone'}, {result.site_currency or 'unknown currency'}); "
+        "token has write access."
     )
     if result.warnings:
         result.message += f" Note: {'; '.join(result.warnings)}."

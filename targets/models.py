@@ -2,21 +2,34 @@
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
 from django.core.exceptions import ValidationError
-from django.core.validators import MinValueValidator
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.utils import timezone
 
 from trafficinator.traffic import Catalog, SiteGoals
+from trafficinator.validation import check_model_values, no_control_characters, timezone_is_known
 
 if TYPE_CHECKING:
     from targets.checks import CheckResult
 
+MAX_SITE_ID = 2**31 - 1
+# A check's message is a sentence or two; Matomo's error text in it is bounded too.
+CHECK_MESSAGE_MAX = 2000
+
 # Paths a user may paste that point at a file inside the Matomo folder rather than at it.
 _MATOMO_ENTRY_POINTS = ("matomo.php", "piwik.php", "index.php", "matomo.js", "piwik.js")
+MATOMO_URL_MAX_LENGTH = 500
+_FORBIDDEN_IN_URL = frozenset(chr(code) for code in [*range(0x20), *range(0x7F, 0xA0)]) | {"\\", "<", ">", '"'}
+# Letters, digits, hyphens and dots (internationalised names in their xn-- form, as
+# requests sends them); an IP address literal is checked separately.
+_LABEL = r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?"
+_HOST = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*\.?$", re.IGNORECASE)
 
 
 def normalize_matomo_url(raw: str) -> str:
@@ -29,9 +42,16 @@ def normalize_matomo_url(raw: str) -> str:
     value = (raw or "").strip()
     if not value:
         raise ValidationError("Enter the Matomo URL, e.g. https://matomo.example.com/.")
+    # urlsplit() silently drops tabs and line breaks and keeps spaces: refuse them, so
+    # the URL we store is the URL the user typed.
+    if any(ch.isspace() or ch in _FORBIDDEN_IN_URL for ch in value):
+        raise ValidationError("A URL has no spaces, line breaks or control characters; paste it again.")
     if "://" not in value:
         raise ValidationError(f"“{value}” has no scheme; start it with https:// (or http://).")
-    parts = urlsplit(value)
+    try:
+        parts = urlsplit(value)
+    except ValueError as exc:  # e.g. "Invalid IPv6 URL" for http://[::1
+        raise ValidationError(f"“{value}” is not a valid URL ({exc}).") from None
     if parts.scheme.lower() not in ("http", "https"):
         raise ValidationError(f"“{parts.scheme}” URLs are not supported; use https:// or http://.")
     if not parts.hostname:
@@ -42,13 +62,39 @@ def normalize_matomo_url(raw: str) -> str:
         parts.port  # noqa: B018 - raises ValueError for a port out of range or not a number
     except ValueError:
         raise ValidationError(f"“{value}” has an invalid port.") from None
+    if not _is_ip_literal(parts.hostname) and not _HOST.match(_ascii_host(parts.hostname)):
+        raise ValidationError(f"“{parts.hostname}” is not a valid host name.")
     path = parts.path or "/"
     last = path.rsplit("/", 1)[-1]
     if last.lower() in _MATOMO_ENTRY_POINTS:
         path = path[: -len(last)]
     if not path.endswith("/"):
         path += "/"
-    return urlunsplit((parts.scheme.lower(), parts.netloc.lower(), path, "", ""))
+    normalized = urlunsplit((parts.scheme.lower(), parts.netloc.lower(), path, "", ""))
+    if len(normalized) > MATOMO_URL_MAX_LENGTH:
+        raise ValidationError(f"The URL is too long: at most {MATOMO_URL_MAX_LENGTH} characters.")
+    return normalized
+
+
+def _ascii_host(host: str) -> str:
+    """An internationalised host name in the xn-- form requests sends ("" if impossible)."""
+    try:
+        return host.encode("idna").decode("ascii")
+    except UnicodeError:
+        return ""
+
+
+def _is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def no_whitespace_or_control(value: str) -> None:
+    if any(ch.isspace() or ch in _FORBIDDEN_IN_URL for ch in value):
+        raise ValidationError("A token has no spaces, line breaks or control characters; paste it again.")
 
 
 class TargetQuerySet(models.QuerySet["Target"]):
@@ -62,17 +108,24 @@ class Target(models.Model):
     The token is write-only: forms show whether one is set, never its value, and it is
     sent to Matomo only in POST bodies (see ``targets.checks`` and the loader)."""
 
-    name = models.CharField(max_length=100, help_text="A unique name, used on the command line too.")
+    name = models.CharField(
+        max_length=100,
+        validators=[no_control_characters],
+        help_text="A unique name, used on the command line too.",
+    )
     # A CharField: normalize_matomo_url() validates and normalises (see clean()).
     matomo_url = models.CharField(
         "Matomo URL",
         max_length=500,
         help_text="Where Matomo is installed, e.g. https://matomo.example.com/ (…/matomo.php works too).",
     )
-    site_id = models.PositiveIntegerField("site id", validators=[MinValueValidator(1)], help_text="Matomo's idsite.")
+    site_id = models.PositiveIntegerField(
+        "site id", validators=[MinValueValidator(1), MaxValueValidator(MAX_SITE_ID)], help_text="Matomo's idsite."
+    )
     token_auth = models.CharField(
         max_length=255,
         blank=True,
+        validators=[no_whitespace_or_control],
         help_text="Needed for visitor countries (cip), backfill (cdt older than 24 h) and the Reporting API.",
     )
     enabled = models.BooleanField(default=True)
@@ -81,6 +134,9 @@ class Target(models.Model):
     site_name = models.CharField(max_length=255, blank=True)
     site_timezone = models.CharField(max_length=64, blank=True)
     site_currency = models.CharField(max_length=3, blank=True)
+    site_created = models.DateField(
+        null=True, blank=True, help_text="The site's creation day in Matomo (ts_created): no backfill before it."
+    )
     matomo_version = models.CharField(max_length=32, blank=True)
     token_can_write = models.BooleanField(
         null=True, blank=True, help_text="Whether the token may send token-only parameters (cip, old cdt) to this site."
@@ -115,6 +171,10 @@ class Target(models.Model):
 
     def clean(self) -> None:
         super().clean()
+        # NaN, infinity, NUL and control characters that field validators let through.
+        plain = check_model_values(self)
+        if plain:
+            raise ValidationError(plain)
         if self.matomo_url:
             try:
                 self.matomo_url = normalize_matomo_url(self.matomo_url)
@@ -135,15 +195,29 @@ class Target(models.Model):
 
     def effective_timezone(self, preset_timezone: str) -> str:
         """The site's own time zone wins once a check has learned it (Matomo splits visits
-        and reports days in the site's time zone, not ours)."""
-        return self.site_timezone or preset_timezone
+        and reports days in the site's time zone, not ours). A stored zone this machine
+        cannot resolve (stored before checks validated it, or tz data older than
+        Matomo's) falls back to the preset's, then to UTC: see ``timezone_warning``."""
+        for name in (self.site_timezone, preset_timezone):
+            if name and timezone_is_known(name):
+                return name
+        return "UTC"
+
+    def timezone_warning(self, preset_timezone: str) -> str:
+        """Why the days do not follow the site's own time zone, or ""."""
+        if not self.site_timezone or timezone_is_known(self.site_timezone):
+            return ""
+        return (
+            f"The site's time zone “{self.site_timezone[:70]}” is unknown on this machine (install a newer tzdata "
+            f"package); days follow {self.effective_timezone(preset_timezone)} instead."
+        )
 
     def record_check(self, result: CheckResult) -> None:
         """Store what a connection check learned; a failed check keeps earlier site facts."""
         self.last_checked_at = timezone.now()
         self.last_check_ok = result.ok
-        self.last_check_message = result.message
-        for field in ("site_name", "site_timezone", "site_currency", "matomo_version"):
+        self.last_check_message = result.message[:CHECK_MESSAGE_MAX]
+        for field in ("site_name", "site_timezone", "site_currency", "site_created", "matomo_version"):
             value = getattr(result, field)
             if value:
                 setattr(self, field, value)
@@ -163,6 +237,7 @@ class Target(models.Model):
                 "site_name",
                 "site_timezone",
                 "site_currency",
+                "site_created",
                 "matomo_version",
                 "token_can_write",
                 "token_secure_only",

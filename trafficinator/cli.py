@@ -1,14 +1,34 @@
 """What every management command shares: argument types, name lookups that list the
-known names, and validation errors as text a terminal user can act on."""
+known names, and validation errors as text a terminal user can act on.
+
+Bad input never ends in a traceback: an argument type raises ``ArgumentTypeError`` with
+the allowed range (argparse names the flag and exits with status 2, or raises
+``CommandError`` under ``call_command``), and a check that needs the database raises
+``usage_error()``, a ``CommandError`` with the same bad-usage exit status 2."""
 
 from __future__ import annotations
 
+import math
 from argparse import ArgumentTypeError
+from collections.abc import Callable
 from datetime import date
 from enum import IntEnum
 
 from django.core.exceptions import ValidationError
 from django.core.management.base import CommandError
+
+# The exit status of a command given bad arguments (argparse's own, and Django's
+# CommandError(returncode=2)); 1 stays "the work failed".
+USAGE_EXIT_CODE = 2
+# Largest value a seed may have: it is stored in a 64-bit integer column.
+MAX_SEED = 2**63 - 1
+# Largest value of a PositiveIntegerField on every database we support.
+MAX_POSITIVE_INT = 2**31 - 1
+
+
+def usage_error(message: str) -> CommandError:
+    """A CommandError for bad input (exit status 2), as opposed to a failed run (1)."""
+    return CommandError(message, returncode=USAGE_EXIT_CODE)
 
 
 class ExitCode(IntEnum):
@@ -34,14 +54,41 @@ def iso_date(text: str) -> date:
         raise ArgumentTypeError(f"“{text}” is not a date; use YYYY-MM-DD.") from None
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise ArgumentTypeError(f"“{text}” is not a whole number.") from None
-    if value < 1:
-        raise ArgumentTypeError(f"{value} must be 1 or more.")
-    return value
+def int_between(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: a whole number in [low, high], with the range in the message."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text.strip())
+        except ValueError:
+            raise ArgumentTypeError(f"“{text}” is not a whole number; use {low:,} to {high:,}.") from None
+        if not low <= value <= high:
+            raise ArgumentTypeError(f"{value:,} is out of range; use {low:,} to {high:,}.")
+        return value
+
+    parse.__name__ = f"whole number {low}..{high}"
+    return parse
+
+
+def float_between(low: float, high: float) -> Callable[[str], float]:
+    """An argparse type: a finite number in [low, high] (never NaN or infinity)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text.strip())
+        except ValueError:
+            raise ArgumentTypeError(f"“{text}” is not a number; use {low:g} to {high:g}.") from None
+        if not math.isfinite(value) or not low <= value <= high:
+            raise ArgumentTypeError(f"{text.strip()} is out of range; use {low:g} to {high:g}.")
+        return value
+
+    parse.__name__ = f"number {low}..{high}"
+    return parse
+
+
+# 1 or more, up to what the database columns hold.
+positive_int = int_between(1, MAX_POSITIVE_INT)
+seed_int = int_between(0, MAX_SEED)
 
 
 def get_preset(name: str):
@@ -51,7 +98,7 @@ def get_preset(name: str):
         return Preset.objects.get(name=name)
     except Preset.DoesNotExist:
         names = ", ".join(Preset.objects.values_list("name", flat=True))
-        raise CommandError(f"No preset named “{name}”. Presets: {names}.") from None
+        raise usage_error(f"No preset named “{name}”. Presets: {names}.") from None
 
 
 def get_target(name: str):
@@ -61,7 +108,7 @@ def get_target(name: str):
         return Target.objects.get(name=name)
     except Target.DoesNotExist:
         names = ", ".join(Target.objects.values_list("name", flat=True)) or "none yet"
-        raise CommandError(f"No target named “{name}”. Known targets: {names}.") from None
+        raise usage_error(f"No target named “{name}”. Known targets: {names}.") from None
 
 
 def format_errors(exc: ValidationError) -> str:
@@ -69,3 +116,8 @@ def format_errors(exc: ValidationError) -> str:
     if hasattr(exc, "message_dict"):
         return "\n".join(f"{field}: {message}" for field, messages in exc.message_dict.items() for message in messages)
     return "\n".join(exc.messages)
+
+
+def validation_error(exc: ValidationError) -> CommandError:
+    """A model's ValidationError for input given on the command line (exit status 2)."""
+    return usage_error(format_errors(exc))

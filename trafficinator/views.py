@@ -19,10 +19,13 @@ from trafficinator.health import report as health_report
 @require_GET
 def home(request: HttpRequest) -> HttpResponse:
     """The dashboard: live runs (refreshed by runs:dashboard), the start form, configuration."""
-    context: dict[str, Any] = {
-        "targets": Target.objects.order_by("name"),
-        "presets": Preset.objects.order_by("-is_builtin", "visits_per_day", "name"),
-    }
+    # Targets (names, Matomo URLs, check messages) and presets are listed only to users
+    # who may view them; a user without those permissions sees the rest of the page.
+    context: dict[str, Any] = {}
+    if request.user.has_perm("targets.view_target"):
+        context["targets"] = Target.objects.order_by("name")
+    if request.user.has_perm("presets.view_preset"):
+        context["presets"] = Preset.objects.order_by("-is_builtin", "visits_per_day", "name")
     if request.user.has_perm("runs.view_run"):
         context.update(dashboard_context())
     if request.user.has_perm("runs.run_traffic"):

@@ -11,7 +11,7 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture
 def user_client(client):
-    client.force_login(make_user())
+    client.force_login(make_user(perms=("funnels.view_funnel",)))
     return client
 
 

@@ -268,7 +268,7 @@ def test_run_traffic_accepts_weights_and_explicit_rates_per_target(fake_matomo):
     assert target_share("blog:eu") == (blog, 1.0, None)  # a name with a colon still works
     with pytest.raises(CommandError, match="not a number"):
         target_share("shop:lots")
-    with pytest.raises(CommandError, match="must be above 0"):
+    with pytest.raises(CommandError, match="the rate must be 1 to 50,000,000"):
         target_share("shop=0")
 
 

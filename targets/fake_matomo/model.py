@@ -48,6 +48,9 @@ class Site:
     # that is not here is rejected ("idGoal N does not exist"). Given as ids or a mapping;
     # Goals.addGoal adds to it (the dict is shared, the site stays frozen).
     goals: dict[int, str] = field(default_factory=dict)
+    # Fake-only: values that replace fields of the getSiteFromId answer, to play a
+    # hostile or broken server (a zone unknown here, a 20-letter currency, ...).
+    answer_overrides: Mapping[str, Any] = field(default_factory=dict, hash=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "id", int(self.id))
@@ -99,6 +102,7 @@ class Site:
         if not superuser:
             # Matomo hides other users' logins from non-super users.
             del data["creator_login"]
+        data.update(self.answer_overrides)
         return data
 
 

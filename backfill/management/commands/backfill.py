@@ -15,29 +15,40 @@ import signal
 import socket
 import sys
 import time
-from argparse import ArgumentParser, ArgumentTypeError
+from argparse import ArgumentParser
 
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 from django.db.models import Sum
 
 from backfill.foreground import run_in_foreground
-from backfill.models import DEFAULT_REQUESTS_IN_FLIGHT, BackfillDay, BackfillPlan
+from backfill.models import (
+    DEFAULT_REQUESTS_IN_FLIGHT,
+    MAX_BATCH_SIZE,
+    MAX_REQUESTS_PER_SECOND,
+    MAX_TOTAL_VISITS,
+    MAX_VISITS_PER_DAY,
+    MAX_WINDOW_DAYS,
+    MIN_REQUESTS_PER_SECOND,
+    BackfillDay,
+    BackfillPlan,
+)
 from backfill.planning import Estimate, build_estimate, format_duration
 from backfill.runner import DayOutcome, DayResult, DayState
-from trafficinator.cli import ExitCode, format_errors, get_preset, get_target, iso_date, positive_int
+from trafficinator.cli import (
+    MAX_POSITIVE_INT,
+    ExitCode,
+    float_between,
+    get_preset,
+    get_target,
+    int_between,
+    iso_date,
+    seed_int,
+    usage_error,
+    validation_error,
+)
 
 INTERRUPTED_EXIT_CODE = ExitCode.INTERRUPTED
-
-
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise ArgumentTypeError(f"“{text}” is not a number.") from None
-    if value <= 0:
-        raise ArgumentTypeError(f"{value} must be above 0.")
-    return value
 
 
 def summary_line(plan: BackfillPlan) -> str:
@@ -58,21 +69,49 @@ class Command(BaseCommand):
         parser.add_argument("--preset", help="Preset name, e.g. Medium.")
         parser.add_argument("--start", type=iso_date, help="First day, YYYY-MM-DD (site time zone).")
         parser.add_argument("--end", type=iso_date, help="Last day, YYYY-MM-DD; yesterday at the latest.")
-        parser.add_argument("--last-days", type=positive_int, help="The N fully past days ending yesterday.")
-        parser.add_argument("--visits-per-day", type=positive_int, help="Average visits per day (default: preset's).")
-        parser.add_argument("--daily-cap", type=positive_int, help="At most this many visits on any day.")
-        parser.add_argument("--total-cap", type=positive_int, help="At most this many visits in all.")
-        parser.add_argument("--seed", type=int, help="Seed (default: random). Same seed, same visits.")
-        parser.add_argument("--rps", type=positive_float, help="At most this many bulk requests per second.")
-        parser.add_argument("--batch-size", type=positive_int, default=400, help="Hits per batch (default 400).")
+        parser.add_argument(
+            "--last-days",
+            type=int_between(1, MAX_WINDOW_DAYS),
+            help=f"The N fully past days ending yesterday (1 to {MAX_WINDOW_DAYS}).",
+        )
+        parser.add_argument(
+            "--visits-per-day",
+            type=int_between(1, MAX_VISITS_PER_DAY),
+            help=f"Average visits per day, 1 to {MAX_VISITS_PER_DAY:,} (default: preset's).",
+        )
+        parser.add_argument(
+            "--daily-cap", type=int_between(1, MAX_VISITS_PER_DAY), help="At most this many visits on any day."
+        )
+        parser.add_argument(
+            "--total-cap",
+            type=int_between(1, MAX_TOTAL_VISITS),
+            help=f"At most this many visits in all (1 to {MAX_TOTAL_VISITS:,}).",
+        )
+        parser.add_argument(
+            "--seed", type=seed_int, help="Seed, 0 to 2**63-1 (default: random). Same seed, same visits."
+        )
+        parser.add_argument(
+            "--rps",
+            type=float_between(MIN_REQUESTS_PER_SECOND, MAX_REQUESTS_PER_SECOND),
+            help=f"At most this many bulk requests per second ({MIN_REQUESTS_PER_SECOND:g} to "
+            f"{MAX_REQUESTS_PER_SECOND:g}).",
+        )
+        parser.add_argument(
+            "--batch-size",
+            type=int_between(1, MAX_BATCH_SIZE),
+            default=400,
+            help=f"Hits per batch, 1 to {MAX_BATCH_SIZE:,} (default 400).",
+        )
         parser.add_argument(
             "--in-flight",
-            type=positive_int,
+            type=int_between(1, 32),
             default=DEFAULT_REQUESTS_IN_FLIGHT,
             help=f"Bulk requests kept in flight (default {DEFAULT_REQUESTS_IN_FLIGHT}; match Matomo's PHP workers).",
         )
         parser.add_argument("--yes", action="store_true", help="Confirm without asking (for scripts).")
-        parser.add_argument("--resume", type=positive_int, metavar="PLAN_ID", help="Continue an interrupted plan.")
+        parser.add_argument(
+            "--resume", type=int_between(1, MAX_POSITIVE_INT), metavar="PLAN_ID", help="Continue an interrupted plan."
+        )
 
     def handle(self, *args, **options) -> None:
         self.interrupted = False
@@ -90,11 +129,11 @@ class Command(BaseCommand):
 
     def create_and_confirm(self, options) -> BackfillPlan:
         if not options["target"] or not options["preset"]:
-            raise CommandError("Give --target NAME and --preset NAME (or --resume PLAN_ID).")
+            raise usage_error("Give --target NAME and --preset NAME (or --resume PLAN_ID).")
         if options["last_days"] and (options["start"] or options["end"]):
-            raise CommandError("Give either --start and --end or --last-days, not both.")
+            raise usage_error("Give either --start and --end or --last-days, not both.")
         if not options["last_days"] and not (options["start"] and options["end"]):
-            raise CommandError("Give the window: --start YYYY-MM-DD --end YYYY-MM-DD, or --last-days N.")
+            raise usage_error("Give the window: --start YYYY-MM-DD --end YYYY-MM-DD, or --last-days N.")
         preset = get_preset(options["preset"])
         targets = [get_target(name) for name in options["target"]]
         try:
@@ -113,7 +152,7 @@ class Command(BaseCommand):
                 requests_in_flight=options["in_flight"],
             )
         except ValidationError as exc:
-            raise CommandError(format_errors(exc)) from None
+            raise validation_error(exc) from None
         estimate = build_estimate(plan, targets)
         self.print_estimate(plan, estimate)
         if not options["yes"]:
@@ -121,7 +160,7 @@ class Command(BaseCommand):
         try:
             plan.confirm(by_name=f"{getpass.getuser()}@{socket.gethostname()} (command line)")
         except ValidationError as exc:
-            raise CommandError(format_errors(exc)) from None
+            raise validation_error(exc) from None
         plan.start(enqueue=False)
         return plan
 

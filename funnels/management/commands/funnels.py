@@ -11,6 +11,7 @@ from django.core.management.base import BaseCommand, CommandError
 from funnels.library import create_from_template, templates
 from funnels.models import Funnel
 from funnels.transfer import FunnelImportError, export_queryset, import_funnels
+from trafficinator.cli import usage_error
 
 
 class Command(BaseCommand):
@@ -69,7 +70,7 @@ class Command(BaseCommand):
             result = import_funnels(source, replace=replace, dry_run=dry_run)
         except FunnelImportError as exc:
             lines = "\n".join(f"  {problem}" for problem in exc.problems)
-            raise CommandError(f"Nothing was imported; {len(exc.problems)} problem(s):\n{lines}") from None
+            raise usage_error(f"Nothing was imported; {len(exc.problems)} problem(s):\n{lines}") from None
         self.stdout.write(self.style.SUCCESS(result.summary(dry_run=dry_run)))
 
     def read_source(self, file: str) -> bytes:
@@ -78,7 +79,7 @@ class Command(BaseCommand):
         try:
             return Path(file).read_bytes()
         except OSError as exc:
-            raise CommandError(f"Cannot read {file}: {exc.strerror}.") from None
+            raise usage_error(f"Cannot read {file}: {exc.strerror}.") from None
 
     def handle_template(self, *, key: str | None, **_) -> None:
         if not key:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import socket
@@ -9,29 +10,62 @@ import sys
 from argparse import ArgumentParser, ArgumentTypeError
 from pathlib import Path
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
 from runs import reports
 from runs.forms import countries_without_token
 from runs.loader import LoaderSuperseded, execute_loader
-from runs.models import Run
+from runs.models import MAX_BATCH_SIZE, MAX_TARGET_WEIGHT, MAX_VISITS, MAX_VISITS_PER_DAY, Run
 from targets.models import Target
-from trafficinator.cli import EXIT_CODES_HELP, ExitCode, format_errors, get_preset, get_target, positive_int
+from trafficinator.cli import (
+    EXIT_CODES_HELP,
+    ExitCode,
+    get_preset,
+    get_target,
+    int_between,
+    seed_int,
+    usage_error,
+    validation_error,
+)
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def parse_duration(text: str) -> int:
-    """'30s', '10m', '2h', '1d' or plain seconds."""
+    """'30s', '10m', '2h', '1d' or plain seconds, up to MAX_RUN_HOURS (as the web form)."""
     match = _DURATION.match(text.strip().lower())
     if not match:
         raise ArgumentTypeError(f"“{text}” is not a duration; use e.g. 30s, 10m, 2h or 1d.")
-    seconds = round(float(match.group(1)) * _UNIT_SECONDS[match.group(2)])
-    if seconds < 1:
-        raise ArgumentTypeError("The duration must be at least 1 second.")
-    return seconds
+    limit = settings.MAX_RUN_HOURS * 3600
+    seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    if not math.isfinite(seconds) or round(seconds) < 1 or seconds > limit:
+        raise ArgumentTypeError(
+            f"“{text}” is out of range; use 1s to {settings.MAX_RUN_HOURS}h (TRAFFICINATOR_MAX_RUN_HOURS)."
+        )
+    return round(seconds)
+
+
+def parse_weight(text: str, spec: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise usage_error(f"“{text}” in --target {spec} is not a number.") from None
+    if not math.isfinite(value) or not 0 < value <= MAX_TARGET_WEIGHT:
+        raise usage_error(f"--target {spec}: the weight must be a number above 0 and at most {MAX_TARGET_WEIGHT:,}.")
+    return value
+
+
+def parse_target_rate(text: str, spec: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise usage_error(f"“{text}” in --target {spec} is not a whole number of visits per day.") from None
+    if not 1 <= value <= MAX_VISITS_PER_DAY:
+        raise usage_error(f"--target {spec}: the rate must be 1 to {MAX_VISITS_PER_DAY:,} visits per day.")
+    return value
 
 
 def target_share(spec: str) -> tuple:
@@ -42,14 +76,9 @@ def target_share(spec: str) -> tuple:
             name, found, amount = spec.rpartition(separator)
             if not found:
                 continue
-            try:
-                value = float(amount) if separator == ":" else int(amount)
-            except ValueError:
-                raise CommandError(f"“{amount}” in --target {spec} is not a number.") from None
-            if value <= 0:
-                raise CommandError(f"--target {spec}: the {'weight' if separator == ':' else 'rate'} must be above 0.")
-            target = get_target(name)
-            return (target, value, None) if separator == ":" else (target, 1.0, value)
+            if separator == ":":
+                return (get_target(name), parse_weight(amount, spec), None)
+            return (get_target(name), 1.0, parse_target_rate(amount, spec))
     return (get_target(spec), 1.0, None)
 
 
@@ -117,12 +146,29 @@ class Command(BaseCommand):
             "NAME=5000 its own 5,000 visits per day. Default weight 1.",
         )
         parser.add_argument("--preset", required=True, help="Preset name, e.g. Light.")
-        parser.add_argument("--duration", type=parse_duration, help="Stop after this long: 30s, 10m, 2h, 1d.")
-        parser.add_argument("--visits", type=positive_int, help="Stop after this many visits.")
-        parser.add_argument("--seed", type=int, help="Seed for a reproducible stream (default: random).")
+        parser.add_argument(
+            "--duration",
+            type=parse_duration,
+            help=f"Stop after this long: 30s, 10m, 2h, 1d (at most {settings.MAX_RUN_HOURS}h).",
+        )
+        parser.add_argument(
+            "--visits", type=int_between(1, MAX_VISITS), help=f"Stop after this many visits (1 to {MAX_VISITS:,})."
+        )
+        parser.add_argument(
+            "--seed", type=seed_int, help="Seed for a reproducible stream, 0 to 2**63-1 (default: random)."
+        )
         parser.add_argument("--bulk", action="store_true", help="Send whole visits in bulk batches.")
-        parser.add_argument("--batch-size", type=positive_int, default=100, help="Hits per bulk batch (default 100).")
-        parser.add_argument("--rate", type=positive_int, help="Visits per day over all targets (default: preset's).")
+        parser.add_argument(
+            "--batch-size",
+            type=int_between(1, MAX_BATCH_SIZE),
+            default=100,
+            help=f"Hits per bulk batch, 1 to {MAX_BATCH_SIZE:,} (default 100).",
+        )
+        parser.add_argument(
+            "--rate",
+            type=int_between(1, MAX_VISITS_PER_DAY),
+            help=f"Visits per day over all targets, 1 to {MAX_VISITS_PER_DAY:,} (default: preset's).",
+        )
         parser.add_argument(
             "--without-countries",
             action="store_true",
@@ -213,7 +259,7 @@ class Command(BaseCommand):
                 thresholds=thresholds,
             )
         except ValidationError as exc:
-            raise CommandError(format_errors(exc), returncode=ExitCode.USAGE) from None
+            raise validation_error(exc) from None
 
     def write_report(self, run: Run, path: str) -> None:
         content, _ = reports.render(run, "json")

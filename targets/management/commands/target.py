@@ -9,9 +9,9 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
 from targets.checks import run_check
-from targets.models import Target
+from targets.models import MAX_SITE_ID, Target
 from targets.prepare import prepare_site
-from trafficinator.cli import format_errors, get_preset, get_target
+from trafficinator.cli import get_preset, get_target, usage_error, validation_error
 from trafficinator.traffic import Catalog
 
 
@@ -24,7 +24,8 @@ class Command(BaseCommand):
         add = sub.add_parser("add", help="Add a target (validated like the admin form).")
         add.add_argument("--name", required=True)
         add.add_argument("--url", required=True, help="Matomo URL, e.g. https://matomo.example.com/")
-        add.add_argument("--site-id", required=True, type=int)
+        # A plain int: the range is the model's, reported with every other invalid field.
+        add.add_argument("--site-id", required=True, type=int, help=f"Matomo's idsite (1 to {MAX_SITE_ID:,}).")
         add.add_argument(
             "--token-stdin",
             action="store_true",
@@ -62,7 +63,7 @@ class Command(BaseCommand):
         try:
             target.full_clean()
         except ValidationError as exc:
-            raise CommandError(format_errors(exc)) from None
+            raise validation_error(exc) from None
         target.save()
         self.stdout.write(
             self.style.SUCCESS(
@@ -78,7 +79,7 @@ class Command(BaseCommand):
             self.stderr.write("Paste the token_auth and press Enter: ", ending="")
         token = sys.stdin.readline().strip()
         if not token:
-            raise CommandError("--token-stdin was given but standard input had no token.")
+            raise usage_error("--token-stdin was given but standard input had no token.")
         return token
 
     def handle_list(self, **_) -> None:
@@ -96,7 +97,7 @@ class Command(BaseCommand):
 
     def handle_check(self, *, name: str | None, all: bool, **_) -> None:
         if all == bool(name):
-            raise CommandError("Give one target name, or --all.")
+            raise usage_error("Give one target name, or --all.")
         targets = [get_target(name)] if name else list(Target.objects.enabled())
         failed = [target for target in targets if not self.check_one(target)]
         if failed:

@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('runs', '0004_claim_epoch'),
+        ('runs', '0005_run_bounds_checks'),
     ]
 
     operations = [
