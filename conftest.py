@@ -107,7 +107,15 @@ def browser_page(live_server, monkeypatch):
         # Requests that failed or got an error answer (a missing favicon, a 500 from a
         # refresh): every page is checked to have none.
         page.failed_requests = []
-        page.on("requestfailed", lambda request: page.failed_requests.append(f"{request.url} ({request.failure})"))
+        # net::ERR_ABORTED is the browser cancelling a request itself (a navigation or an htmx
+        # swap while the favicon or a poll was loading), not an answer that failed.
+        page.on(
+            "requestfailed",
+            lambda request: (
+                "ERR_ABORTED" not in (request.failure or "")
+                and page.failed_requests.append(f"{request.url} ({request.failure})")
+            ),
+        )
         page.on(
             "response",
             lambda response: (

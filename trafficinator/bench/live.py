@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from presets.models import Preset
-from runs.models import Run
+from runs.models import MAX_VISITS_PER_DAY, Run
 from targets.fake_matomo.process import fake_call, start_fake_server, stop_fake_server
 from targets.models import Target
 from trafficinator.testing import subprocess_env
@@ -79,17 +79,18 @@ def benchmark_live(
     *,
     bulk: bool,
     seconds: float = 20.0,
-    visits_per_day: int = 200_000_000,
+    visits_per_day: int = MAX_VISITS_PER_DAY,
     concurrency: int = 20,
     batch_size: int = 100,
     server_workers: int = 2,
     stop_after: float | None = None,
+    server_args: list[str] | None = None,
 ) -> dict:
     """Run the live loader for ``seconds`` (or press Stop after ``stop_after`` seconds and
     measure how long it takes to end) and return its figures."""
     token = secrets.token_hex(16)
     server, url = start_fake_server(
-        ["--sites", f"1:{BENCH_TIMEZONE}", "--token", token, "--workers", str(server_workers)]
+        ["--sites", f"1:{BENCH_TIMEZONE}", "--token", token, "--workers", str(server_workers), *(server_args or [])]
     )
     targets: list[Target] = []
     preset = run = None
