@@ -23,7 +23,7 @@ from backfill.foreground import run_in_foreground
 from backfill.models import BackfillPlan
 from presets.models import Preset
 from targets.fake_matomo.process import fake_call, start_fake_server, stop_fake_server
-from targets.models import Target
+from trafficinator.bench.common import make_bench_target
 
 BENCH_TIMEZONE = "Europe/Stockholm"
 
@@ -44,16 +44,7 @@ def benchmark_backfill(
     )
     target = plan = None
     try:
-        target = Target.objects.create(
-            name=f"bench-{secrets.token_hex(4)}",
-            matomo_url=url,
-            site_id=1,
-            token_auth=token,
-            last_check_ok=True,
-            token_can_write=True,
-            site_timezone=BENCH_TIMEZONE,
-            site_name="Benchmark",
-        )
+        target = make_bench_target(url, token, BENCH_TIMEZONE)
         preset = Preset.objects.get(name=preset_name)
         yesterday = datetime.now(UTC).astimezone(ZoneInfo(BENCH_TIMEZONE)).date() - timedelta(days=1)
         plan = BackfillPlan.objects.create_plan(

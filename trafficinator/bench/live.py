@@ -26,6 +26,7 @@ from presets.models import Preset
 from runs.models import MAX_VISITS_PER_DAY, Run
 from targets.fake_matomo.process import fake_call, start_fake_server, stop_fake_server
 from targets.models import Target
+from trafficinator.bench.common import make_bench_target
 from trafficinator.testing import subprocess_env
 
 # The traffic model's ceiling per target: higher rates use several targets (on one server).
@@ -96,18 +97,7 @@ def benchmark_live(
     preset = run = None
     try:
         for _ in range(-(-visits_per_day // MAX_VISITS_PER_DAY_PER_TARGET)):
-            targets.append(
-                Target.objects.create(
-                    name=f"bench-{secrets.token_hex(4)}",
-                    matomo_url=url,
-                    site_id=1,
-                    token_auth=token,
-                    last_check_ok=True,
-                    token_can_write=True,
-                    site_timezone=BENCH_TIMEZONE,
-                    site_name="Benchmark",
-                )
-            )
+            targets.append(make_bench_target(url, token, BENCH_TIMEZONE))
         preset = _bench_preset(concurrency)
         run = Run.objects.create_run(
             preset=preset,

@@ -43,6 +43,7 @@ from geventhttpclient import HTTPClient
 from geventhttpclient.url import URL
 
 from targets.fake_matomo.process import fake_call, start_fake_server, stop_fake_server
+from trafficinator.bench.common import make_bench_target
 from trafficinator.sending.sender import bulk_requests_json
 
 BENCH_TIMEZONE = "Europe/Stockholm"
@@ -188,21 +189,6 @@ def benchmark_matomo(
     return results
 
 
-def _make_target(url: str, token: str):
-    from targets.models import Target
-
-    return Target.objects.create(
-        name=f"bench-{secrets.token_hex(4)}",
-        matomo_url=url,
-        site_id=1,
-        token_auth=token,
-        last_check_ok=True,
-        token_can_write=True,
-        site_timezone=BENCH_TIMEZONE,
-        site_name="Benchmark",
-    )
-
-
 def _backfill(
     url: str, token: str, visits: int, batch_size: int, in_flight: int
 ) -> tuple[dict[str, Any], list[list[str]]]:
@@ -213,7 +199,7 @@ def _backfill(
 
     target = plan = None
     try:
-        target = _make_target(url, token)
+        target = make_bench_target(url, token, BENCH_TIMEZONE)
         yesterday = datetime.now(UTC).astimezone(ZoneInfo(BENCH_TIMEZONE)).date() - timedelta(days=1)
         plan = BackfillPlan.objects.create_plan(
             targets=[target],
@@ -268,7 +254,7 @@ def _live(url: str, token: str, offered_hits_per_second: float, seconds: float) 
     target: Target | None = None
     preset: Preset | None = None
     try:
-        target = _make_target(url, token)
+        target = make_bench_target(url, token, BENCH_TIMEZONE)
         # Short visits (well under a second), flat curve: the offered rate is the rate.
         preset = make_preset(
             name=f"bench-live-{secrets.token_hex(4)}",
