@@ -266,7 +266,11 @@ def _live(url: str, token: str, offered_hits_per_second: float, seconds: float) 
             visit_duration_max=0.01,
             concurrency=8,
         )
-        visits_per_day = min(100_000_000, int(offered_hits_per_second / 3.0 * 86400))  # ~3 hits a visit
+        from runs.models import MAX_VISITS_PER_DAY
+
+        # ~3 hits a visit; never more than a run may ask for (at the default capacity twice
+        # the bare rate is ~54 M visits/day, so the cap makes the offer ~1.9x, still over).
+        visits_per_day = min(MAX_VISITS_PER_DAY, int(offered_hits_per_second / 3.0 * 86400))
         loader = subprocess.Popen(  # noqa: S603 - our own interpreter and command
             [
                 sys.executable,
