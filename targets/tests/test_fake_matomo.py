@@ -108,6 +108,14 @@ def days_ago(days: float) -> int:
     return int(time.time() - days * 86400)
 
 
+def morning_days_ago(days: int) -> int:
+    """06:00 UTC (the fake's default site zone) that many days ago: hits an hour or two
+    later never cross the site's midnight, where Matomo would split the visit, whatever
+    the hour the test runs at."""
+    day = datetime.fromtimestamp(days_ago(days), UTC)
+    return int(day.replace(hour=6, minute=0, second=0, microsecond=0).timestamp())
+
+
 # -- single hits ----------------------------------------------------------------------------------
 
 
@@ -543,7 +551,7 @@ def send_visit_hits(http, matomo, times, *, cid=CID, site=1, **extra):
 
 
 def test_a_visit_ends_after_30_minutes_without_actions(matomo, http):
-    start = days_ago(2)
+    start = morning_days_ago(2)
     send_visit_hits(http, matomo, [start, start + 600, start + 600 + 1799, start + 600 + 1799 + 1801])
     visits = matomo.visits(1)
     assert [len(v.hits) for v in visits] == [3, 1]
@@ -561,7 +569,7 @@ def test_a_visit_is_split_at_midnight_in_the_site_time_zone(http):
 
 
 def test_new_visit_and_campaign_changes_start_new_visits(matomo, http):
-    start = days_ago(1)
+    start = morning_days_ago(1)
     entries = [
         query(hit(cdt=start, url="https://shop.example.com/?mtm_campaign=Spring&mtm_kwd=shoes")),
         query(hit(cdt=start + 60, url="https://shop.example.com/next")),  # no campaign: same visit
@@ -579,7 +587,7 @@ def test_new_visit_and_campaign_changes_start_new_visits(matomo, http):
 
 
 def test_a_ping_never_starts_a_visit(matomo, http):
-    start = days_ago(1)
+    start = morning_days_ago(1)
     send_visit_hits(http, matomo, [start])
     bulk(http, matomo, [query(hit(cdt=start + 3600, ping=1))], token=WRITE)
     assert [len(v.hits) for v in matomo.visits(1)] == [1]
