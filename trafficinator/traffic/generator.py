@@ -8,6 +8,7 @@ the stream passes in, so a stream is reproducible hit for hit.
 from __future__ import annotations
 
 import hashlib
+from _random import Random as _CRandom
 from collections.abc import Sequence
 from datetime import date
 from random import Random
@@ -27,6 +28,12 @@ from .visit import Hit, Visit
 from .visitors import Members, Population, Traits, TraitSampler
 
 _CLOCK = [f"{n}" for n in range(60)]
+# Members whose traits and visitor id are kept for their next visit (a loyal core member
+# comes back often); about 1.5 MB at most. Evicted first in, first out.
+MEMBER_CACHE_SIZE = 4096
+# Random.seed(int) without Python's wrapper: the same state as Random(int), a third of the
+# cost (a member's first visit re-seeds once; that was most of what members cost).
+_seed_int = _CRandom.seed
 _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 
 
@@ -76,6 +83,9 @@ class Generator:
         # keyed by the stream so that two streams never share visitors by accident.
         self.own_population_seed = f"{seed}:{stream_label}"
         self.members = Members(population, profile) if population is not None else None
+        self._member_rng = Random()
+        self._day_key: int | None = None  # the local day (days since 1970) of the last visit
+        self._member_cache: dict[int, tuple[Traits, str]] = {}
         self.returning_share = profile.returning_visitor_share
         self.visits_made = 0
         self.returning_made = 0
@@ -100,11 +110,14 @@ class Generator:
         funnel = self.partition.pick(random())
 
         members = self.members
-        local_day = date.fromordinal(_EPOCH_ORDINAL + int((start + utc_offset) // 86400))
-        if members is None:
-            members = self.members = Members(Population(self.own_population_seed, local_day), self.profile)
-        population = members.population
-        members.start_day(population.day_number(local_day))
+        day_key = int((start + utc_offset) // 86400)
+        if day_key != self._day_key or members is None:
+            # A new local day (once a day: dates are slow next to the rest of a visit).
+            self._day_key = day_key
+            local_day = date.fromordinal(_EPOCH_ORDINAL + day_key)
+            if members is None:
+                members = self.members = Members(Population(self.own_population_seed, local_day), self.profile)
+            members.start_day(members.population.day_number(local_day))
         # Returning visits come only from members Matomo has seen (see Population). When
         # none is free (a population's first hours), later visits catch up on the share.
         share = self.returning_share
@@ -199,13 +212,22 @@ class Generator:
 
     def _member(self, member: int) -> tuple[Traits, str]:
         """A member's traits and visitor id, the same in every stream of the population."""
+        cache = self._member_cache
+        found = cache.get(member)
+        if found is not None:
+            return found
         assert self.members is not None
         visitor_seed = self.members.member_seed(member)
-        traits = self.traits.draw(Random(visitor_seed), pooled=True)
+        rng = self._member_rng
+        _seed_int(rng, visitor_seed)  # the same draws as Random(visitor_seed)
+        traits = self.traits.draw(rng, pooled=True)
         # A logged-in member's id is Matomo's id for its user id from the first visit on,
         # so the visit that later sends `uid` is found by id, never by fingerprint.
         cid = _uid_visitor_id(traits.uid) if traits.uid else f"{visitor_seed:016x}"
-        return traits, cid
+        if len(cache) >= MEMBER_CACHE_SIZE:
+            del cache[next(iter(cache))]
+        cache[member] = found = (traits, cid)
+        return found
 
     def _accepted_conversions(self, hits: list[Hit]) -> list[Hit]:
         """Conversions as the site's goal ids; those for goals it lacks are left out."""

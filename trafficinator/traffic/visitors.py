@@ -10,6 +10,7 @@ within 30 minutes of each other (Matomo would merge them).
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 from datetime import date
@@ -121,6 +122,8 @@ class Members:
     def __init__(self, population: Population, profile: Profile):
         self.population = population
         self.key = derive_seed("visitors", population.seed)
+        # derive_seed(key, member) without building the joined text each time (same value).
+        self._seed_prefix = f"{self.key}\x1f".encode()
         self.joins = population.joins_per_day(profile)
         self.last_end: dict[int, float] = {}
         self.day: int | None = None
@@ -148,7 +151,10 @@ class Members:
         return member
 
     def free_member(self, rng: Random, start: float) -> int | None:
-        known = self.known()
+        # known(), inlined: this runs for every returning visit.
+        day = self.day or 0
+        known_days = self.population.known_days
+        known = self.joins * (day if known_days is None else min(day, known_days)) + self.joined_today
         if known == 0:
             return None
         core = max(1, int(known * CORE_SHARE))
@@ -169,4 +175,6 @@ class Members:
             self.last_end = {m: t for m, t in self.last_end.items() if t >= horizon}
 
     def member_seed(self, member: int) -> int:
-        return derive_seed(self.key, member)
+        """derive_seed(key, member): the same value, computed in the hot path."""
+        digest = hashlib.blake2b(self._seed_prefix + str(member).encode(), digest_size=8).digest()
+        return int.from_bytes(digest, "big")

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import gc
 from datetime import UTC, datetime
+from itertools import islice
 
 import pytest
 
 from trafficinator.bench.generation import benchmark_generation
-from trafficinator.traffic import encode_visit, encoding, live_visits
+from trafficinator.traffic import encode_visit, encoding, generator, live_visits
 
 from .conftest import make_profile
 
@@ -41,8 +42,9 @@ def test_memory_does_not_grow_with_the_length_of_the_stream():
         encode_visit(next(visits))
     gc.collect()
     # Four times more visits, and the live objects are the same (within the bounded
-    # quoting cache and the returning-visitor pool).
-    assert len(gc.get_objects()) - objects_before < 2_000
+    # quoting cache, the returning-visitor pool and the members' traits: a tuple and a
+    # Traits per cached member).
+    assert len(gc.get_objects()) - objects_before < 2_000 + 2 * generator.MEMBER_CACHE_SIZE
     # Strings are not tracked by gc: the quoting cache is bounded by construction.
     assert len(encoding._cache) <= encoding._CACHE_LIMIT
 
@@ -63,3 +65,17 @@ def test_the_generation_benchmark_measures_speed_and_memory():
     # Traced peak while compiling the model and streaming 2,000 encoded visits.
     assert result["peak_memory_bytes"] < 4 * 1024 * 1024
     assert set(result) >= {"hits_per_second", "visits_per_second", "peak_memory_bytes"}
+
+
+def _visits(count: int) -> list[tuple]:
+    visits = live_visits(make_profile(visits_per_day=100_000), seed="members", start=START)
+    return [(v.cid, v.uid, v.returning, v.params, [h.params for h in v.hits]) for v in islice(visits, count)]
+
+
+def test_the_member_cache_changes_nothing(monkeypatch):
+    """Members' traits are cached for their next visit: the stream is the same as one
+    that draws every member afresh (a cache of one)."""
+    cached = _visits(6_000)
+    assert sum(visit[2] for visit in cached) > 1_000  # returning visits came from the cache
+    monkeypatch.setattr(generator, "MEMBER_CACHE_SIZE", 1)
+    assert _visits(6_000) == cached
