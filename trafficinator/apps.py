@@ -15,6 +15,8 @@ class TrafficinatorConfig(AppConfig):
 
     def ready(self) -> None:
         from trafficinator.health import install_queue_stats
+        from trafficinator.taskqueue import install_loader_shutdown
 
         install_queue_stats()
+        install_loader_shutdown()
         post_migrate.connect(create_cache_table, dispatch_uid="trafficinator-create-cache-table")

@@ -286,6 +286,13 @@ RUN_HEARTBEAT_STALE_SECONDS = env_int("RUN_HEARTBEAT_STALE_SECONDS", 30, minimum
 LOADER_MAX_VISITS_IN_PROGRESS = env_int("LOADER_MAX_VISITS_IN_PROGRESS", 20_000, minimum=10)
 LOADER_MEMORY_BUDGET_MB = env_int("LOADER_MEMORY_BUDGET_MB", 48, minimum=1)
 _loader_timeout = MAX_RUN_HOURS * 3600 + 600
+# A run or backfill day taken off the broker by a cluster that died (or that is busy) is
+# enqueued again once it has been missing from the broker this long: the bound on
+# re-delivery, on the ORM broker and on Redis alike (trafficinator/taskqueue.py, README
+# "Scaling out"). Short enough that a lost task costs a minute; long enough that a task on
+# its way from the broker to a worker is never counted as missing.
+TASK_REDELIVER_AFTER_SECONDS = env_int("TASK_REDELIVER_AFTER_SECONDS", 60, minimum=2)
+REDIS_URL = env_str("REDIS_URL")
 Q_CLUSTER = {
     "name": "trafficinator",
     "workers": Q_WORKERS,
@@ -296,22 +303,28 @@ Q_CLUSTER = {
     "catch_up": False,
     "save_limit": 500,
     "label": "Task queue",
+    # Our brokers (django-q2's ORM and Redis brokers plus two things): a cluster takes a
+    # task off the broker only for a worker of its own that is free, so an idle cluster
+    # gets the next run, shard or backfill day instead of a busy one holding it; and a task
+    # a cluster took and never ran is enqueued again after TASK_REDELIVER_AFTER_SECONDS.
+    "broker_class": f"trafficinator.taskqueue.{'RedisBroker' if REDIS_URL else 'ORMBroker'}",
+    # The cluster's own queue between broker and workers; the broker gate above keeps it
+    # to the tasks its free workers are about to start.
+    "queue_limit": 1,
     "ALT_CLUSTERS": {
         "loaders": {
             "workers": LOADER_WORKERS,
             "timeout": _loader_timeout,
+            # django-q2's own re-delivery (ORM broker only) of a task not acknowledged in
+            # time; a run's task is unacknowledged for as long as the run lasts, so this
+            # exceeds the longest run. Our re-delivery (above) is what bounds a lost task.
             "retry": _loader_timeout + 3600,
             "max_attempts": 1,
             "ack_failures": True,
-            # A cluster takes tasks off the broker ahead of its workers (by default up to
-            # workers² of them) and holds them until a worker frees up: with several loader
-            # clusters a new run could wait behind a full one while another sits idle.
-            # 1 keeps that to the least django-q2 allows.
             "queue_limit": 1,
         },
     },
 }
-REDIS_URL = env_str("REDIS_URL")
 if REDIS_URL:
     Q_CLUSTER["redis"] = REDIS_URL
 else:
