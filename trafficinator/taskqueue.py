@@ -117,7 +117,7 @@ class WorkerSlots:
                 elif pid:
                     busy += 1
             idle = workers - busy
-            if self.held.value and idle > self.held.value and time.time() - self.changed.value > HELD_LEAK_SECONDS:
+            if self.held.value and idle > 0 and time.time() - self.changed.value > HELD_LEAK_SECONDS:
                 # An idle worker takes a queued task within milliseconds: a task still
                 # counted as held after this long was lost on its way (worker died).
                 logger.warning("Task queue: %d task(s) taken but never started; no longer counted.", self.held.value)

@@ -24,7 +24,7 @@ from backfill.tests.conftest import make_backfill_target
 from backfill.tests.test_sending import expected_keys, hit_keys
 from conftest import TOKEN
 from runs.models import Run, RunLog, enqueue_run
-from trafficinator.taskqueue import RUN_TASK, task_key
+from trafficinator.taskqueue import RUN_TASK, WorkerSlots, task_key
 from trafficinator.testing import confirmed_plan, make_preset, make_target, subprocess_env
 
 MANAGE = str(Path(settings.BASE_DIR) / "manage.py")
@@ -152,6 +152,29 @@ def slow_run(target, preset) -> Run:
 def running(run: Run) -> bool:
     run.refresh_from_db()
     return run.status == Run.Status.RUNNING and bool(run.loader_pid) and run.loader_pid != os.getpid()
+
+
+def test_a_cluster_takes_tasks_only_for_workers_that_are_free_and_not_about_to_start_one():
+    slots = WorkerSlots(size=8)
+    assert slots.free_workers(2) == 2
+    slots.taken(1)  # the pusher took a task; no worker started it yet
+    assert slots.free_workers(2) == 1
+    slots.started(os.getpid())
+    assert slots.free_workers(2) == 1
+    slots.taken(1)
+    assert slots.free_workers(2) == 0  # one busy, one about to start: take nothing more
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    slots.started(dead.pid)  # a worker that died while busy frees its slot
+    assert slots.free_workers(2) == 1
+    slots.finished(os.getpid())
+    assert slots.free_workers(2) == 2
+    slots.taken(1)
+    slots.changed.value = time.time() - 60  # taken long ago and never started: lost on its way
+    assert slots.free_workers(2) == 2
+    slots.taken(1)
+    slots.dropped()  # django-q2 could not read it: it never reaches a worker
+    assert slots.free_workers(2) == 2
 
 
 @pytest.mark.django_db(transaction=True)
