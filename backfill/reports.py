@@ -27,6 +27,8 @@ DAY_COLUMNS = [
     "hits_failed",
     "hits_resent",
 ]
+# What Matomo's day reports said at the last verification (empty: not read, or no such row).
+MATOMO_COLUMNS = ["matomo_visits", "matomo_actions", "matomo_note"]
 
 
 def _iso(value) -> str | None:
@@ -51,6 +53,13 @@ def build_report(plan: BackfillPlan) -> dict[str, Any]:
         for day in days
     ]
     totals = {key: sum(row[key] for row in rows) for key in DAY_COLUMNS[3:]}
+    reading = matomo_reading(plan)
+    found = {(row["label"], row["target"]): row for row in (reading or {}).get("rows", [])}
+    for row in rows:
+        compared = found.get((row["day"], row["target"]))
+        row["matomo_visits"] = compared["matomo_visits"] if compared else None
+        row["matomo_actions"] = compared["matomo_actions"] if compared else None
+        row["matomo_note"] = (compared["cause"] or "as sent") if compared else ""
     return {
         "format": REPORT_FORMAT,
         "version": REPORT_VERSION,
@@ -80,15 +89,27 @@ def build_report(plan: BackfillPlan) -> dict[str, Any]:
             "profile": plan.profile,
         },
         "estimate": plan.estimate,
+        "matomo": reading,
         "totals": totals,
         "days": rows,
     }
 
 
+def matomo_reading(plan: BackfillPlan) -> dict[str, Any] | None:
+    """The last comparison with Matomo's day reports (``manage.py verify backfill:ID`` or
+    the plan page's button), or None: ``read_at`` and one row per day and target with the
+    visits and actions sent and in Matomo, and the likely cause of a difference."""
+    stored = plan.verification if isinstance(plan.verification, dict) else None
+    if not stored:
+        return None
+    return {"source": "VisitsSummary.get", "read_at": stored.get("at"), "rows": list(stored.get("rows", []))}
+
+
 def report_csv(report: dict[str, Any]) -> str:
-    """One row per day and target: planned, sent, accepted, invalid, failed."""
+    """One row per day and target: planned, sent, accepted, invalid, failed, and what
+    Matomo's day report said at the last verification."""
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=DAY_COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(out, fieldnames=DAY_COLUMNS + MATOMO_COLUMNS, lineterminator="\n")
     writer.writeheader()
     writer.writerows(report["days"])
     return out.getvalue()

@@ -179,6 +179,7 @@ def build_report(run: Run) -> dict[str, Any]:
             for rt in siblings
         ],
         "thresholds": {"outcome": run.outcome or None, "results": list(run.threshold_results or [])},
+        "matomo": matomo_reading(run),
         "samples": _sample_rows(samples, names, run.started_at),
         "log": [
             {
@@ -192,13 +193,33 @@ def build_report(run: Run) -> dict[str, Any]:
     }
 
 
+def matomo_reading(run: Run) -> dict[str, Any] | None:
+    """Matomo's own live counter as last read for the run (runs.verification), or None:
+    ``read_at``, ``running`` (read while the run was sending: not judged), and per target
+    visits sent, Matomo's visits and actions and the likely cause of a difference (or why
+    Matomo could not be read)."""
+    stored = run.verification if isinstance(run.verification, dict) else None
+    if not stored:
+        return None
+    return {
+        "source": "Live.getCounters",
+        "read_at": stored.get("at"),
+        "running": bool(stored.get("running", False)),
+        "rows": [dict(row) for row in stored.get("rows", [])],
+    }
+
+
 CSV_COLUMNS = ["minute", "seconds_since_start", "target", "hits", "accepted", "errors", "p95_ms"]
+# Matomo's live counter as last read: one extra row per target at the time of the reading.
+CSV_MATOMO_COLUMNS = ["visits_sent", "matomo_visits", "matomo_actions", "matomo_note"]
 
 
 def report_csv(report: dict[str, Any]) -> str:
-    """The per-minute series, one row per minute and target (target "*": all targets)."""
+    """The per-minute series, one row per minute and target (target "*": all targets),
+    then Matomo's live counter as last read, one row per target (the ``matomo_*`` columns,
+    empty on the per-minute rows)."""
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS + CSV_MATOMO_COLUMNS, lineterminator="\n", restval="")
     writer.writeheader()
     for sample in report["samples"]:
         base = {"minute": sample["minute"], "seconds_since_start": sample["seconds_since_start"]}
@@ -206,6 +227,24 @@ def report_csv(report: dict[str, Any]) -> str:
         for name, values in sorted(sample["targets"].items()):
             writer.writerow(
                 {**base, "target": name, **{k: values.get(k) for k in ("hits", "accepted", "errors", "p95_ms")}}
+            )
+    reading = report.get("matomo")
+    if reading:
+        read_at = reading["read_at"]
+        started = report["run"]["started_at"]
+        since = _since(datetime.fromisoformat(read_at), datetime.fromisoformat(started)) if started else None
+        for row in reading["rows"]:
+            note = row["cause"] or ("still sending" if reading["running"] else "as sent")
+            writer.writerow(
+                {
+                    "minute": read_at,
+                    "seconds_since_start": since,
+                    "target": row["target"],
+                    "visits_sent": row["sent_visits"],
+                    "matomo_visits": row["matomo_visits"],
+                    "matomo_actions": row["matomo_actions"],
+                    "matomo_note": note,
+                }
             )
     return out.getvalue()
 

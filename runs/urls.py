@@ -12,6 +12,7 @@ urlpatterns = [
     path("<int:pk>/log/", views.log, name="log"),
     path("<int:pk>/stop/", views.stop, name="stop"),
     path("<int:pk>/verify/", views.verify, name="verify"),
+    path("<int:pk>/matomo/", views.matomo, name="matomo"),
     path("<int:pk>/resume/", views.resume, name="resume"),
     path("<int:pk>/close/", views.close, name="close"),
     re_path(r"^(?P<pk>[0-9]+)/report\.(?P<fmt>json|csv|html)$", views.report, name="report"),

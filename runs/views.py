@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 
+from django.conf import settings
 from django.contrib.auth.decorators import permission_required
 from django.core.exceptions import ValidationError
 from django.db import transaction
@@ -27,7 +28,7 @@ from runs import reports
 from runs.forms import StartRunForm
 from runs.models import Run, RunLog, RunSample, RunTarget, enqueue_run
 from runs.presentation import LiveRun, chart_end, chart_minutes, run_charts, samples_since, target_rows
-from runs.verification import verify_run
+from runs.verification import can_read_live, live_reading_due, reading_time, refresh_live_reading, verify_run
 from trafficinator.http import HtmxHttpRequest
 
 RECENT_RUNS = 10
@@ -74,6 +75,23 @@ def charts_context(run: Run) -> dict:
     return {"run": run, "charts": charts, "chart_window": charts[0].window_label}
 
 
+def matomo_context(run: Run) -> dict:
+    """Matomo's live counter as last read (never read here: runs:matomo reads it)."""
+    reading_at = reading_time(run)
+    can_verify = can_read_live(run)
+    due = can_verify and live_reading_due(run)
+    return {
+        "run": run,
+        "verification": run.verification,
+        "reading_at": reading_at,
+        "reading_age": int((timezone.now() - reading_at).total_seconds()) if reading_at else None,
+        "can_verify": can_verify,
+        "live_due": due,
+        "live_polling": can_verify and (run.is_active or due),
+        "live_seconds": settings.MATOMO_LIVE_SECONDS,
+    }
+
+
 def log_context(run: Run, params) -> dict:
     level = params.get("level", "")
     text = params.get("q", "").strip()
@@ -116,13 +134,7 @@ def dashboard_runs(request: HtmxHttpRequest) -> HttpResponse:
 @require_GET
 def detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     run = _run(pk)
-    context = {
-        "run": run,
-        "verification": run.verification,
-        "is_run": True,
-        "verify_url": reverse("runs:verify", args=[run.pk]),
-        "can_verify": any(rt.target.has_token for rt in run.run_targets.select_related("target")),
-    }
+    context = {"run": run, **matomo_context(run), "first_render": True}
     for panel in (summary_context(run), charts_context(run), targets_context(run), log_context(run, request.GET)):
         context.update(panel)
     return render(request, "runs/detail.html", context)
@@ -145,6 +157,18 @@ def page_refresh_context(run: Run) -> dict:
 @require_GET
 def summary(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     return _panel(request, pk, "runs/partials/run_summary.html", page_refresh_context)
+
+
+@permission_required("runs.view_run", raise_exception=True)
+@require_GET
+def matomo(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+    """Matomo's live counter panel; reads Matomo first when a reading is due (short
+    timeout, one reader per run and interval: see runs.verification)."""
+    run = get_object_or_404(Run.objects.prefetch_related("run_targets__target"), pk=pk)
+    if not request.htmx:
+        return redirect(_run_url(run))
+    refresh_live_reading(run)
+    return render(request, "runs/partials/matomo_live.html", matomo_context(run))
 
 
 @permission_required("runs.view_run", raise_exception=True)

@@ -80,7 +80,7 @@ def _causes(exc: BaseException) -> list[BaseException]:
     return found
 
 
-def describe_network_error(exc: requests.RequestException, url: str) -> str:
+def describe_network_error(exc: requests.RequestException, url: str, timeout: float = CHECK_TIMEOUT_SECONDS) -> str:
     """A specific, human sentence for a failed request (DNS, refused, timeout, TLS, ...)."""
     host = urlparse(url).hostname or url
     causes = _causes(exc)
@@ -93,7 +93,7 @@ def describe_network_error(exc: requests.RequestException, url: str) -> str:
             )
         return f"TLS error talking to {host}: {_short(detail)}."
     if isinstance(exc, requests.exceptions.Timeout):
-        return f"Timeout: {host} did not answer within {CHECK_TIMEOUT_SECONDS:g} s."
+        return f"Timeout: {host} did not answer within {timeout:g} s."
     if any(isinstance(c, socket.gaierror) for c in causes) or "NameResolutionError" in repr(causes):
         return f"DNS error: the host name {host} could not be resolved. Check the spelling of the Matomo URL."
     if any(isinstance(c, ConnectionRefusedError) for c in causes) or "Connection refused" in str(exc):
@@ -121,7 +121,7 @@ class MatomoClient:
         try:
             return self.session.request(method, url, timeout=self.timeout, allow_redirects=False, **kwargs)
         except requests.RequestException as exc:
-            raise CheckFailed(describe_network_error(exc, url)) from None
+            raise CheckFailed(describe_network_error(exc, url, self.timeout)) from None
 
     def probe_tracker(self) -> None:
         """GET matomo.php with no parameters: Matomo answers with a short text naming itself

@@ -69,10 +69,10 @@ class ReadBackError(Exception):
     """Matomo could not be asked (no token, network, API error); the message says why."""
 
 
-def _client(target: Target) -> MatomoClient:
+def _client(target: Target, timeout: float | None = None) -> MatomoClient:
     if not target.has_token:
         raise ReadBackError(f"Target {target.name} has no token: Matomo's reports can only be read with one.")
-    return MatomoClient(target)
+    return MatomoClient(target) if timeout is None else MatomoClient(target, timeout=timeout)
 
 
 def day_summary(target: Target, day: date) -> tuple[int, int] | None:
@@ -90,9 +90,10 @@ def day_summary(target: Target, day: date) -> tuple[int, int] | None:
     return int(data.get("nb_visits") or 0), int(data.get("nb_actions") or 0)
 
 
-def live_counters(target: Target, minutes: int) -> tuple[int, int]:
-    """(visits, actions) Matomo's raw log has for the last ``minutes`` (Live.getCounters)."""
-    client = _client(target)
+def live_counters(target: Target, minutes: int, *, timeout: float | None = None) -> tuple[int, int]:
+    """(visits, actions) Matomo's raw log has for the last ``minutes`` (Live.getCounters);
+    ``timeout`` (seconds) bounds the wait, by default a connection check's."""
+    client = _client(target, timeout)
     minutes = max(1, min(LIVE_MAX_MINUTES, minutes))
     try:
         data = client.call_api("Live.getCounters", idSite=target.site_id, lastMinutes=minutes)
@@ -100,8 +101,15 @@ def live_counters(target: Target, minutes: int) -> tuple[int, int]:
         raise ReadBackError(f"Matomo's Live.getCounters for {target.name} failed: {exc}") from None
     finally:
         client.session.close()
-    row = data[0] if isinstance(data, list) and data else data if isinstance(data, dict) else {}
-    return int(row.get("visits") or 0), int(row.get("actions") or 0)
+    row = data[0] if isinstance(data, list) and data else data if isinstance(data, dict) else None
+    try:
+        if not isinstance(row, dict):
+            raise ValueError(row)
+        return int(row.get("visits") or 0), int(row.get("actions") or 0)
+    except (TypeError, ValueError):
+        raise ReadBackError(
+            f"Matomo's Live.getCounters for {target.name} answered something unexpected: {str(data)[:200]}"
+        ) from None
 
 
 def judge(

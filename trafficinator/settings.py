@@ -275,6 +275,9 @@ for _network in METRICS_ALLOWED_IPS:
         raise ImproperlyConfigured(
             f"TRAFFICINATOR_METRICS_ALLOWED_IPS: “{_network}” is not an IP address or network (e.g. 10.0.0.0/8)."
         ) from None
+# How often a run's page reads Matomo's live counter (Live.getCounters) while the run is
+# active, whatever the number of open pages: each read is a Reporting API request to Matomo.
+MATOMO_LIVE_SECONDS = env_int("MATOMO_LIVE_SECONDS", 30, minimum=10)
 Q_WORKERS = env_int("Q_WORKERS", 2, minimum=1)
 LOADER_WORKERS = env_int("LOADER_WORKERS", 4, minimum=1)
 # A running run whose loader has not reported (heartbeat) for this long is shown as lost and

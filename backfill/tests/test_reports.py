@@ -51,3 +51,24 @@ def test_a_plans_json_and_csv_reports_give_each_days_planned_sent_accepted_and_i
     response = client.get(f"/backfill/{plan.pk}/report.json")
     assert response["Content-Disposition"] == f'attachment; filename="backfill-{plan.pk}.json"'
     assert response.json()["totals"] == report["totals"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_last_comparison_with_matomos_day_reports_is_in_the_plans_reports(fake_matomo, shop, small_preset):
+    command("backfill", "--target", "shop", "--preset", "Small", "--last-days", "2", "--yes")
+    plan = BackfillPlan.objects.get()
+    report = json.loads(command("run_report", "--plan", str(plan.pk)))
+    assert report["matomo"] is None and all(row["matomo_visits"] is None for row in report["days"])
+
+    command("verify", f"backfill:{plan.pk}")
+    report = json.loads(command("run_report", "--plan", str(plan.pk)))
+    assert report["matomo"]["source"] == "VisitsSummary.get"
+    assert report["matomo"]["read_at"] == BackfillPlan.objects.get().verification["at"]
+    sent = [row for row in report["days"] if row["visits_done"]]
+    assert sent and all(row["matomo_visits"] == row["visits_done"] for row in sent)
+    assert all(row["matomo_note"] == "as sent" for row in sent)
+
+    rows = list(csv.DictReader(io.StringIO(command("run_report", "--plan", str(plan.pk), "--format", "csv"))))
+    assert [(row["day"], row["matomo_visits"], row["matomo_note"]) for row in rows if row["visits_done"] != "0"] == [
+        (row["day"], str(row["matomo_visits"]), "as sent") for row in sent
+    ]

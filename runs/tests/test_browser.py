@@ -275,3 +275,42 @@ def test_a_real_run_sends_traffic_to_a_fake_matomo_end_to_end(page, live_server,
         run = Run.objects.get(pk=run_id)
         assert run.totals["accepted"] > 0
         assert matomo.stats()["tracked"] >= run.totals["accepted"]  # what the page counted really arrived
+
+
+def test_matomos_live_counter_shows_next_to_ours_and_stops_after_the_run(page, live_server, fake_matomo, settings):
+    """The run page reads Matomo's live counter by itself while the run is active (here every
+    10 s, the lowest MATOMO_LIVE_SECONDS), shows when it was read, and reads once more after
+    the run ended; then its panel stops polling."""
+    import requests
+
+    from conftest import TOKEN
+
+    settings.MATOMO_LIVE_SECONDS = 10
+    target = make_target(name="counted", matomo_url=fake_matomo.url, site_id=1, token_auth=TOKEN)
+
+    def visits_arrive(first: int, count: int) -> None:
+        for number in range(first, first + count):
+            data = {"idsite": "1", "rec": "1", "send_image": "0", "cid": f"{number:016x}", "url": "https://shop/"}
+            assert requests.post(target.tracking_url, data=data, timeout=10).status_code == 204
+
+    run = Run.objects.create_run(preset=make_preset(), targets=[(target, 1.0, None)])
+    run.claim(pid=1, host="test")
+    visits_arrive(1, 3)
+    log_in(page, live_server, make_user(superuser=True))
+    page.goto(f"{live_server.url}/runs/{run.pk}/")
+    counter = "#verification [data-matomo-visits]"
+    page.wait_for_function(f"() => document.querySelector('{counter}')?.textContent.trim() === '3'", timeout=30_000)
+    assert "read at" in page.locator("#verification").inner_text()
+    assert "still sending" in page.locator("#verification").inner_text()
+
+    visits_arrive(4, 2)  # the next reading, at most 10 s later, sees them
+    page.wait_for_function(f"() => document.querySelector('{counter}').textContent.trim() === '5'", timeout=40_000)
+    page.screenshot(path=str(ARTIFACTS / "run-page-matomo-counter.png"), full_page=True)
+
+    Run.objects.filter(pk=run.pk).update(status=Run.Status.COMPLETED, finished_at=timezone.now())
+    page.wait_for_function("() => !document.querySelector('#verification').hasAttribute('hx-trigger')", timeout=40_000)
+    final = Run.objects.get(pk=run.pk).verification
+    assert final["running"] is False and final["rows"][0]["matomo_visits"] == 5
+    assert "visits more" in page.locator("#verification").inner_text()  # judged: our run started none of them
+    assert page.console_errors == [], "\n".join(page.console_errors)
+    assert page.failed_requests == [], page.failed_requests

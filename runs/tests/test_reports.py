@@ -93,7 +93,11 @@ def test_the_json_report_holds_the_runs_counters_settings_samples_thresholds_and
 def test_the_csv_report_has_a_row_per_minute_and_target_that_add_up_to_the_run(finished_run):
     run, report = finished_run
     rows = list(csv.DictReader(io.StringIO(command("run_report", str(run.pk), "--format", "csv"))))
-    assert rows and set(rows[0]) == {"minute", "seconds_since_start", "target", "hits", "accepted", "errors", "p95_ms"}
+    assert rows and set(rows[0]) == {
+        *("minute", "seconds_since_start", "target", "hits", "accepted", "errors", "p95_ms"),
+        *("visits_sent", "matomo_visits", "matomo_actions", "matomo_note"),
+    }
+    assert not any(row["matomo_visits"] for row in rows)  # Matomo was not read for this run
     everything = [row for row in rows if row["target"] == "*"]
     assert len(everything) == RunSample.objects.filter(run=run).count()
     assert sum(int(row["hits"]) for row in everything) == answered_hits(run.stats["totals"])
@@ -221,3 +225,32 @@ def test_the_html_report_opens_in_a_browser_without_errors_or_requests(browser_p
     artifacts = Path(settings.BASE_DIR) / "test-artifacts"
     artifacts.mkdir(exist_ok=True)
     browser_page.screenshot(path=str(artifacts / "run-report.png"), full_page=True)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_matomos_own_counts_are_in_every_format_of_the_report(fake_matomo, fast_preset):
+    make_target(name="shop", matomo_url=fake_matomo.url, site_id=1, token_auth=TOKEN)
+    command("run_traffic", "--target", "shop", "--preset", "Fast", "--visits", "20", "--seed", "5")
+    run = Run.objects.get()
+    assert json.loads(command("run_report", str(run.pk)))["matomo"] is None
+    command("verify", str(run.pk))  # reads Matomo's live counter and keeps the answer on the run
+
+    report = json.loads(command("run_report", str(run.pk), "--format", "json"))
+    reading = report["matomo"]
+    assert reading["source"] == "Live.getCounters" and reading["running"] is False
+    assert reading["read_at"] == Run.objects.get().verification["at"]
+    assert [(row["target"], row["sent_visits"], row["matomo_visits"], row["cause"]) for row in reading["rows"]] == [
+        ("shop", 20, 20, "")
+    ]
+
+    rows = list(csv.DictReader(io.StringIO(command("run_report", str(run.pk), "--format", "csv"))))
+    matomo_rows = [row for row in rows if row["matomo_visits"]]
+    assert [(row["target"], row["visits_sent"], row["matomo_visits"], row["matomo_note"]) for row in matomo_rows] == [
+        ("shop", "20", "20", "as sent")
+    ]
+    assert matomo_rows[0]["minute"] == reading["read_at"] and matomo_rows[0]["hits"] == ""
+
+    html = command("run_report", str(run.pk), "--format", "html")
+    section = html[html.index('<table id="matomo">') :]
+    section = section[: section.index("</table>")]
+    assert "<th>shop</th>" in section and "as sent" in section and section.count(">20<") == 2

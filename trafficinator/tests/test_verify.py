@@ -73,7 +73,8 @@ def test_the_run_and_backfill_pages_compare_with_matomo_on_request(client, fake_
     call_command("run_traffic", "--target", "local", "--preset", "Fast", "--visits", "20", stdout=io.StringIO())
     run = Run.objects.get()
     page = client.get(reverse("runs:detail", args=[run.pk])).content.decode()
-    assert "Not compared yet" in page and "Compare with Matomo" in page
+    # Finished and never read: the page asks its panel to read Matomo once, and offers the button.
+    assert "Reading Matomo's live counter" in page and "Compare with Matomo" in page
     response = client.post(reverse("runs:verify", args=[run.pk]))
     assert response.status_code == 302
     page = client.get(reverse("runs:detail", args=[run.pk])).content.decode()
