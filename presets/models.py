@@ -15,6 +15,7 @@ from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models, transaction
 
+from presets.channels import misfiled_referrers
 from presets.currencies import ISO_4217
 from trafficinator.traffic import Catalog, CatalogError, Profile, live_visits
 from trafficinator.validation import check_model_values
@@ -360,9 +361,13 @@ class Preset(models.Model):
         if not self.catalog_overrides:
             return {}
         try:
-            self.catalog()
+            catalog = self.catalog()
         except CatalogError as exc:
             return {"catalog_overrides": "; ".join(exc.messages())}
+        # Referrers are checked like the built-in catalog's: against Matomo's own lists.
+        misfiled = misfiled_referrers(catalog)
+        if misfiled:
+            return {"catalog_overrides": "; ".join(misfiled) + "."}
         return {}
 
     def to_profile(self, **overrides) -> Profile:
