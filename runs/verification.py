@@ -94,7 +94,8 @@ def live_reading_due(run: Run, now: datetime | None = None) -> bool:
         return last is None or now - last >= timedelta(seconds=settings.MATOMO_LIVE_SECONDS - 1)
     if run.finished_at is None or now - run.started_at > timedelta(minutes=LIVE_MAX_MINUTES - 2):
         return False
-    return last is None or last < run.finished_at
+    # A reading taken while the run was still sending (even one that ended after it) is not final.
+    return last is None or last < run.finished_at or bool((run.verification or {}).get("running"))
 
 
 def refresh_live_reading(run: Run) -> bool:

@@ -84,6 +84,18 @@ def test_a_finished_run_is_read_once_more_judged_and_the_panel_stops_polling(vie
 
 
 @pytest.mark.django_db
+def test_a_reading_taken_while_the_run_was_ending_is_not_the_final_one(fake_matomo):
+    target = make_target(name="local", matomo_url=fake_matomo.url, site_id=1, token_auth=TOKEN)
+    run = finished(running(make_run(targets=[target])))
+    # Read while the run still counted as sending, stored just after it finished.
+    Run.objects.filter(pk=run.pk).update(verification={"at": timezone.now().isoformat(), "running": True, "rows": []})
+    run.refresh_from_db()
+    assert verification.live_reading_due(run)
+    assert verification.refresh_live_reading(run)
+    assert not verification.live_reading_due(run) and run.verification["running"] is False
+
+
+@pytest.mark.django_db
 def test_a_slow_matomo_is_given_up_quickly_and_the_error_is_shown(viewer, fake_matomo, monkeypatch):
     monkeypatch.setattr(verification, "LIVE_READ_TIMEOUT_SECONDS", 0.3)
     fake_matomo.set_latency(5.0)
