@@ -18,10 +18,11 @@ Order and resume, per day:
    ``request_hits(batch_size)`` hits (a quarter of a batch, at least 100), the same way
    on every attempt. The plan's ``requests_in_flight`` are in flight all the time:
    the next one leaves as soon as a slot is free, not when the slowest of a group is
-   answered. The sender keeps each visitor's visits out of two requests at once, so
-   Matomo sees every visitor's hits oldest first whatever order it serves requests in,
-   and the day's first request goes alone (requests that start a site-day together
-   can deadlock Matomo 5.0.2).
+   answered. The sender keeps each visitor's visits out of two requests at once (the
+   visits of a visitor still in flight follow in a second part of the request, once
+   that is answered; the rest does not wait), so Matomo sees every visitor's hits
+   oldest first whatever order it serves requests in, and the day's first visit goes
+   alone (requests that start a site-day together can deadlock Matomo 5.0.2).
 3. Answers are counted in send order: the checkpoint (``visits_done``) is the prefix of
    requests all answered. ONE fenced UPDATE stores it (the counters, a heartbeat) and the
    window of visits after it that may be sent before the next checkpoint
@@ -34,7 +35,9 @@ Order and resume, per day:
    ``visits_done``, packs the same requests, and resends those inside the window one at
    a time as resends: Matomo refuses a resent request it holds as older than the
    visitors' last actions (HTTP 500) and the sender, seeing Matomo answer a harmless
-   probe, counts it once as accepted; a request it accepts was not recorded, except for
+   probe, resends each of its visitors alone (the dead worker may have sent the request
+   in parts, so only some of it may be stored): refused means recorded, counted once as
+   accepted; a request it accepts was not recorded, except for
    visitors whose hits all share one second, which Matomo records again (counted
    "possibly duplicated"). So: no visit is lost, and at most the window (the requests in
    flight plus one batch) per interrupted worker can be repeated, in practice only its
@@ -276,6 +279,7 @@ class DaySender:
         self.resent_hits = 0
         self.resent_logged = False
         self.already_before: dict[str, int] = {}
+        self.failing = False  # the plan fails once what is in flight is counted
 
     # --- the loop ------------------------------------------------------------------------
 
@@ -352,7 +356,7 @@ class DaySender:
         if self.sent + request.count > self.window_end or self.hits_since_checkpoint >= self.plan.batch_size:
             self._checkpoint(next_visits=request.count)
         self._pace()
-        while not sender.ready(request.visits, 1.0):
+        while not sender.ready(1.0):
             self._beat_if_due()
             self._advance()
         sender.send_request(request.visits, request.settle, resend=resend)
@@ -451,7 +455,13 @@ class DaySender:
 
     def _check_invalid(self) -> None:
         sender, state = self.sender, self.state
+        if self.failing:
+            return
         if sender.secure_only_token:
+            # Count what Matomo answered first (the request that showed it may still wait
+            # for its other part), so the plan's counters say what Matomo refused.
+            self.failing = True
+            self._drain()
             raise Abort(SECURE_ONLY_ADVICE.format(target=self.target.name))
         answered = state.hits_accepted + state.hits_invalid
         if answered >= INVALID_MIN_HITS and state.hits_invalid > INVALID_SHARE_LIMIT * answered:

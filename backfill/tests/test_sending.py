@@ -108,7 +108,9 @@ def test_500s_that_stored_the_request_and_lost_answers_still_store_each_visit_ex
     # Every day's first request is stored and answered 500 (Matomo 5.0.2's deadlock);
     # some answers are lost after Matomo stored the request.
     fake_matomo.add_fault(kind="stored_500", target="bulk", count=None)
-    fake_matomo.add_fault(kind="reset", processed=True, target="bulk", count=None, probability=0.2, seed=7)
+    # At most 4 resets: a request (5 attempts) can lose every answer only by chance otherwise,
+    # which made this test fail now and then.
+    fake_matomo.add_fault(kind="reset", processed=True, target="bulk", count=4, probability=0.2, seed=7)
     plan = send(confirmed_plan([shop], small_preset, start_date=days_ago(3), end_date=days_ago(1), batch_size=120))
 
     assert plan.status == BackfillPlan.Status.COMPLETED
@@ -168,7 +170,7 @@ def test_a_resumed_day_resends_its_window_and_matomo_refuses_what_it_holds(fake_
     # Only visitors whose hits share one second can be recorded twice, and are counted so.
     doubled = stats["recorded"] - before
     assert doubled < hits
-    assert hit_keys(fake_matomo.hits_for(1)) - expected_keys(plan) == Counter()
+    assert sum((hit_keys(fake_matomo.hits_for(1)) - expected_keys(plan)).values()) == doubled
     assert set(expected_keys(plan)) <= set(hit_keys(fake_matomo.hits_for(1)))
     assert plan.logs.filter(message__contains="in flight when the previous worker stopped").exists()
     assert plan.logs.filter(message__contains=f"{doubled:,} possibly duplicated").exists()
@@ -375,7 +377,8 @@ def test_cancelling_stops_a_worker_at_its_next_checkpoint(fake_matomo, shop, sma
     assert result.outcome == "lost" and "cancelled" in result.message
     plan.refresh_from_db()
     assert plan.status == BackfillPlan.Status.CANCELLED
-    assert fake_matomo.stats()["bulk_requests"] <= 3  # the probe and two batches
+    # The probe and two batches, the first in two parts (the site-day's first visit goes alone).
+    assert fake_matomo.stats()["bulk_requests"] <= 4
 
 
 @pytest.mark.django_db(transaction=True)

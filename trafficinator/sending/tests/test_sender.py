@@ -252,8 +252,9 @@ def test_bulk_counters_equal_what_the_server_recorded_and_visits_are_never_split
     counts = assert_settled(sender.telemetry)
     stats = matomo.stats()
     assert counts["accepted"] == stats["tracked"] == stats["recorded"] == 51
-    # 3 visits (9 hits) per batch of 10: 4 full batches, one with the 13th visit, one for the big visit.
-    assert counts["requests"] == stats["bulk_requests"] == 6
+    # 3 visits (9 hits) per batch of 10: 4 full batches, one with the 13th visit, one for the big
+    # visit; the first batch in two parts (its first visit starts the site-day and goes alone).
+    assert counts["requests"] == stats["bulk_requests"] == 7
     assert counts["visits_started"] == 0  # visits are the caller's to count
     assert outcomes == ["accepted"] * 14
     assert len(matomo.visits(1)) == 14
@@ -304,7 +305,7 @@ def test_bulk_500_resends_the_whole_batch_and_400_rejects_it(matomo, make_sender
     assert counts["rejected"] == 6
     assert sender.telemetry.snapshot()["rejected_by_status"] == {"400": 6}
     assert counts["retries"] == 1
-    assert matomo.stats()["bulk_requests"] == 3
+    assert matomo.stats()["bulk_requests"] == 4  # the first visit of the site-day went alone
     assert outcomes == ["accepted", "accepted", "rejected", "rejected"]
 
 
@@ -316,6 +317,15 @@ def make_dated_visits(count: int, hits: int = 3, *, first: int = 0, start: float
         [make_hit(first + v, step, extra=f"&cdt={int(start) + v + 10 * step}") for step in range(hits)]
         for v in range(count)
     ]
+
+
+def start_site_day(sender: TargetSender) -> int:
+    """Send one visit of its own first, so the batch a test is about is not split by the
+    site-day rule (the first visit of a site-day goes alone); returns its hits."""
+    (visit,) = make_dated_visits(1, first=900)
+    sender.send_visit(visit)
+    assert sender.join(5)
+    return len(visit)
 
 
 def test_a_bulk_500_that_counts_every_entry_was_stored_and_is_not_resent(matomo, make_sender):
@@ -330,17 +340,19 @@ def test_a_bulk_500_that_counts_every_entry_was_stored_and_is_not_resent(matomo,
     stats = matomo.stats()
     assert stats["faults_fired"] == {"stored_500": 1}
     assert counts["accepted"] == stats["recorded"] == 9  # each hit once
-    assert stats["duplicates"] == 0 and stats["bulk_requests"] == 1
+    # The fault fired on the site-day's first visit, sent alone; the rest went after it.
+    assert stats["duplicates"] == 0 and stats["bulk_requests"] == 2
     assert counts["retries"] == counts["server_errors"] == counts["possibly_duplicated"] == 0
     assert outcomes == ["accepted"] * 3
-    assert any("processed all its 9 entries" in m for _, m in sender.telemetry.drain_events())
+    assert any("processed all its 3 entries" in m for _, m in sender.telemetry.drain_events())
 
 
 def test_a_bulk_resend_refused_as_already_recorded_counts_once_as_accepted(matomo, make_sender):
     # The answer is lost after Matomo stored the batch: the resend is refused as older
     # than what Matomo holds, and a probe shows Matomo works.
-    matomo.reset_next(1, processed=True, target="bulk")
     sender = make_sender(bulk=True, batch_size=9)
+    before = start_site_day(sender)
+    matomo.reset_next(1, processed=True, target="bulk")
     outcomes = []
     for visit in make_dated_visits(3):
         sender.send_visit(visit, outcomes.append)
@@ -348,7 +360,7 @@ def test_a_bulk_resend_refused_as_already_recorded_counts_once_as_accepted(matom
 
     counts = assert_settled(sender.telemetry)
     stats = matomo.stats()
-    assert counts["accepted"] == stats["recorded"] == 9
+    assert counts["accepted"] == stats["recorded"] == before + 9
     assert counts["already_recorded"] == 9 and counts["possibly_duplicated"] == 0
     assert counts["server_errors"] == counts["network_errors"] == 0
     assert stats["duplicates"] == 0
@@ -359,15 +371,16 @@ def test_a_bulk_resend_refused_as_already_recorded_counts_once_as_accepted(matom
 def test_a_bulk_resend_after_a_lost_answer_counts_visits_it_cannot_judge_as_possibly_duplicated(matomo, make_sender):
     # Nothing was stored (the reset came first); the resend is accepted. A one-hit visit
     # would have been accepted again even if Matomo had held it: possibly duplicated.
-    matomo.reset_next(1, target="bulk")
     sender = make_sender(bulk=True, batch_size=7)
+    before = start_site_day(sender)
+    matomo.reset_next(1, target="bulk")
     visits = make_dated_visits(2) + make_dated_visits(1, hits=1, first=50)
     for visit in visits:
         sender.send_visit(visit)
     assert sender.join(5)
 
     counts = assert_settled(sender.telemetry)
-    assert counts["accepted"] == matomo.stats()["recorded"] == 7
+    assert counts["accepted"] == matomo.stats()["recorded"] == before + 7
     assert counts["possibly_duplicated"] == 1
     assert counts["already_recorded"] == counts["network_errors"] == 0
 
@@ -437,6 +450,32 @@ def test_pipelined_bulk_keeps_every_visitors_hits_in_order(matomo, make_sender):
     for visitor in range(12):
         hits = [hit for hit in matomo.hits_for(1) if hit.visitor_id == f"{visitor:016x}"]
         assert [hit.time for hit in hits] == sorted(hit.time for hit in hits)
+
+
+def test_a_returning_visitor_in_flight_holds_back_only_its_own_visit(matomo, make_sender):
+    # Visitor 1's first visit is in a request Matomo is slow to answer; the next request
+    # holds visitor 2's visit and visitor 1's second one. Visitor 2's visit goes at once
+    # (a stalled pipeline left Matomo's workers idle), visitor 1's waits for the answer.
+    sender = make_sender(bulk=True, timeout=20)
+    start_site_day(sender)
+    start = int(time.time()) - 7200
+    first, second, other = (
+        [make_hit(visitor, step, extra=f"&cdt={start + offset + 10 * step}") for step in range(2)]
+        for visitor, offset in ((1, 0), (1, 2000), (2, 2001))
+    )
+    matomo.hang_next(1, seconds=4, target="bulk")
+    tallies = []
+    sender.send_request([first], lambda *result: tallies.append(result))
+    sender.send_request([other, second], lambda *result: tallies.append(result))
+    wait_until(lambda: any(hit.visitor_id == f"{2:016x}" for hit in matomo.hits_for(1)), sleep=gevent.sleep)
+    assert sender.join(20)
+
+    counts = assert_settled(sender.telemetry)
+    assert counts["accepted"] == matomo.stats()["recorded"] == 3 + 6
+    order = [hit.visitor_id[-1] for hit in matomo.hits_for(1)][3:]  # after start_site_day's visit
+    assert order == ["2", "2", "1", "1", "1", "1"]  # visitor 2 did not wait; visitor 1 in order
+    assert tallies == [("accepted", {"accepted": 2}), ("accepted", {"accepted": 4})]
+    assert matomo.stats()["backdated"] == 0
 
 
 def test_send_request_reports_its_tally_and_the_first_request_of_a_site_day_goes_alone(make_sender):
@@ -614,10 +653,10 @@ def test_a_stop_mid_request_counts_no_network_error_and_flags_nothing(matomo, ma
 
     waiting.get(timeout=2)
     counts = assert_settled(sender.telemetry)
-    # The first request was on the wire; the second waited for it (the first request of
-    # a site-day goes alone), the third for a free slot; the rest was never handed over.
+    # The first visit was on the wire (the first of a site-day goes alone); the next ones
+    # waited for its answer, and were never sent; the rest was never handed over.
     assert result["abandoned"] == 3
-    assert counts["unsent"] + counts["abandoned"] == len(outcomes) * 3 == 9
+    assert counts["unsent"] + counts["abandoned"] == len(outcomes) * 3 < 15
     assert counts["network_errors"] == counts["timeouts"] == counts["server_errors"] == 0
     assert not sender.degraded and sender.telemetry.snapshot()["errors"] == 0
     assert set(outcomes) == {"abandoned"}
