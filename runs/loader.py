@@ -6,10 +6,13 @@ Greenlets and threads:
 - the scheduler (``LiveLoader.run_loop``, the main greenlet) admits due visits, within
   bounds (admission control, below), and hands DB work to the DB threads, never waiting
   for it;
-- one dispatcher greenlet per target pops due hits (single) or due visits (bulk) from the
-  target's heap and hands them to its sender, which blocks while ``concurrency``
-  requests are in flight: that is the backpressure;
-- the senders' own greenlets do the HTTP;
+- single hits: ``concurrency`` worker greenlets per target each pop the next due hit
+  from the target's heap and send it themselves (``TargetSender.deliver_hit``), one at
+  a time: no greenlet per hit, and at most ``concurrency`` requests in flight, which is
+  the backpressure;
+- bulk: one dispatcher greenlet per target pops due visits and hands them to its
+  sender, which batches them and blocks while ``concurrency`` requests are in flight;
+  the sender's own greenlets do the HTTP;
 - two real OS threads do all database work, so a slow or locked database never stops
   the sending: the *checker* reads the claim and stop requests every ``CHECK_EVERY``
   (a plain SELECT, which another process's write lock does not block), the *writer*
@@ -56,6 +59,7 @@ from typing import cast
 
 import gevent
 import gevent.event
+import gevent.lock
 import gevent.threadpool
 from django.conf import settings
 from django.db import connections
@@ -172,6 +176,7 @@ class TargetRuntime:
     saturated: bool = False
     wake: gevent.event.Event = field(default_factory=gevent.event.Event)
     on_slot_free: Callable[[], None] | None = None
+    workers: list[gevent.Greenlet] = field(default_factory=list)  # single hits: see LiveLoader._send_hits
     # Monotonic start times of the visits of the last minute, for the actual visits/day.
     recent_starts: deque = field(default_factory=deque)
     _seq: Iterator[int] = field(default_factory=itertools.count)
@@ -329,7 +334,14 @@ class LiveLoader:
         started = time.monotonic()
         self.lease_until = started + lease  # the claim was confirmed just before the loop
         deadline = started + self.run.duration_seconds if self.run.duration_seconds else None
-        self.dispatchers = [gevent.spawn(self._dispatch, runtime) for runtime in self.runtimes]
+        for runtime in self.runtimes:
+            if runtime.bulk:
+                self.dispatchers.append(gevent.spawn(self._dispatch, runtime))
+            else:
+                lead = gevent.lock.Semaphore()
+                runtime.workers = [
+                    gevent.spawn(self._send_hits, runtime, lead) for _ in range(runtime.sender.concurrency)
+                ]
         check: gevent.event.AsyncResult | None = None
         check_started = 0.0
         report: gevent.event.AsyncResult | None = None
@@ -491,13 +503,11 @@ class LiveLoader:
 
     # --- sending -------------------------------------------------------------------
 
-    def _dispatch(self, runtime: TargetRuntime) -> None:
-        """Hand the target's due hits (single) or visits (bulk) to its sender, in due
-        order. The sender blocks while ``concurrency`` requests are in flight."""
+    def _next_due(self, runtime: TargetRuntime) -> tuple[VisitInProgress, float] | None:
+        """Wait until the target's earliest hit (single) or visit (bulk) is due and the
+        claim is confirmed, pop it; (visit, due time), or None once the loader stops."""
         heap, wake, stop = runtime.heap, runtime.wake, self.stop_event
-        sender, telemetry = runtime.sender, runtime.telemetry
-        bulk = runtime.bulk
-        pop, clock, mono = heapq.heappop, time.time, time.monotonic
+        clock, mono = time.time, time.monotonic
         while not stop.is_set():
             if not heap:
                 wake.clear()
@@ -514,20 +524,53 @@ class LiveLoader:
                 # send nothing until it is, as another loader may own the run by now.
                 stop.wait(0.05)
                 continue
-            visit = pop(heap)[2]
-            try:
-                if bulk:  # (sent as single hits if the sender fell back for a secure-only token)
-                    sender.send_visit(visit.items, on_done=visit)
-                    telemetry.record_wait(clock() - due, len(visit.items))
-                else:
-                    sender.send_hit(visit.items[visit.index][1], on_done=visit)
-                    telemetry.record_wait(clock() - due)
+            return heapq.heappop(heap)[2], due
+        return None
+
+    def _dispatch(self, runtime: TargetRuntime) -> None:
+        """Bulk: hand the target's due visits to its sender, in due order. The sender
+        blocks while ``concurrency`` requests are in flight."""
+        sender, telemetry = runtime.sender, runtime.telemetry
+        clock = time.time
+        while (popped := self._next_due(runtime)) is not None:
+            visit, due = popped
+            try:  # (sent as single hits if the sender fell back for a secure-only token)
+                sender.send_visit(visit.items, on_done=visit)
+                telemetry.record_wait(clock() - due, len(visit.items))
             except SenderClosed:
                 return
             except Exception as exc:  # a bug: never silent, never the end of the target
-                logger.exception("Dispatch failed")
-                telemetry.event_once(f"visit-error:{type(exc).__name__}", "error", f"Visit failed: {exc!r}")
+                self._visit_failed(runtime, visit, exc)
+
+    def _send_hits(self, runtime: TargetRuntime, lead: gevent.lock.Semaphore) -> None:
+        """Single hits: one of the target's ``concurrency`` workers. Each sends one due
+        hit at a time in its own greenlet (no greenlet per hit, no hand-over); only the
+        worker holding ``lead`` waits for the next due hit, so a new due hit wakes one
+        worker, not all of them."""
+        sender, telemetry = runtime.sender, runtime.telemetry
+        clock = time.time
+        while True:
+            with lead:
+                popped = self._next_due(runtime)
+            if popped is None:
+                return
+            visit, due = popped
+            telemetry.record_wait(clock() - due)
+            try:
+                outcome = sender.deliver_hit(visit.items[visit.index][1])
+            except SenderClosed:
                 runtime.visit_over(visit, finished=False)
+                return
+            except Exception as exc:  # a bug: never silent, never the end of the target
+                self._visit_failed(runtime, visit, exc)
+                continue
+            visit(outcome)  # queues the visit's next hit, or ends the visit
+
+    @staticmethod
+    def _visit_failed(runtime: TargetRuntime, visit: VisitInProgress, exc: Exception) -> None:
+        logger.exception("Dispatch failed")
+        runtime.telemetry.event_once(f"visit-error:{type(exc).__name__}", "error", f"Visit failed: {exc!r}")
+        runtime.visit_over(visit, finished=False)
 
     # --- stopping ------------------------------------------------------------------
 
@@ -548,7 +591,7 @@ class LiveLoader:
         superseded = self.final_status == SUPERSEDED
         gevent.killall(self.dispatchers, block=True, timeout=1.0)
         grace = 0.0 if superseded else STOP_GRACE
-        closing = [gevent.spawn(rt.sender.close, grace_seconds=grace, flush=False) for rt in self.runtimes]
+        closing = [gevent.spawn(self._close_target, rt, grace) for rt in self.runtimes]
         gevent.joinall(closing, timeout=grace + 3.0)
         self.checker.close()
         for runtime in self.runtimes:
@@ -560,6 +603,17 @@ class LiveLoader:
             status = Run.Status.FAILED
             self.stop_reason += " Most hits failed on every target; see the log."
         return status
+
+    @staticmethod
+    def _close_target(runtime: TargetRuntime, grace: float) -> None:
+        """Hits in flight get ``grace`` seconds (no new retries), then count abandoned."""
+        sender = runtime.sender
+        if runtime.workers:
+            sender.stop_retrying()
+            gevent.joinall(runtime.workers, timeout=grace)
+            gevent.killall(runtime.workers, block=True, timeout=2.0)
+            grace = 0.0
+        sender.close(grace_seconds=grace, flush=False)
 
     def _all_targets_failed(self) -> bool:
         snapshot = self.telemetry.snapshot()["targets"]

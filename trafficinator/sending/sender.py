@@ -361,6 +361,35 @@ class TargetSender:
         self._check_open()
         self._pool.spawn(self._run_single, (query,), on_done)
 
+    def deliver_hit(self, query: str) -> str:
+        """Send one hit as a single POST in the calling greenlet and wait until it is
+        settled (retries included); returns "accepted", "rejected", "failed" or
+        "abandoned", like ``send_hit``'s ``on_done``.
+
+        For callers that run their own greenlets, at most ``concurrency`` of them (the
+        live loader's hit workers): no greenlet is spawned per hit. Killed mid-request
+        (at close), the hit counts abandoned and "abandoned" is returned."""
+        self._check_open()
+        telemetry = self.telemetry
+        telemetry.start_hits(1)
+        try:
+            kind = self._send_single(query)
+        except GreenletExit:  # killed mid-request at close: the hit's fate is unknown
+            telemetry.record_outcome("abandoned", 1)
+            return "abandoned"
+        except Exception as exc:  # a bug of ours: settle the hit, say so
+            telemetry.record_outcome("network_errors", 1)
+            self._internal_error(exc)
+            return "failed"
+        if kind == "accepted" or kind == "abandoned":
+            return kind
+        return "rejected" if kind == "rejected" else "failed"
+
+    def stop_retrying(self) -> None:
+        """Closing soon: hits waiting to retry give up now (counted abandoned), requests
+        in flight carry on. ``close()`` does it too."""
+        self._stop.set()
+
     def send_visit(self, hits: Sequence[str], on_done: Callback | None = None, *, visitor: str | None = None) -> None:
         """Send a visit's hits, oldest first: in bulk mode buffered into the next batch
         (never split across batches), else one after the other as single POSTs.

@@ -662,6 +662,27 @@ def test_a_stop_mid_request_counts_no_network_error_and_flags_nothing(matomo, ma
     assert set(outcomes) == {"abandoned"}
 
 
+def test_deliver_hit_sends_in_the_calling_greenlet_and_settles_every_hit(matomo, make_sender):
+    # The live loader's hit workers: each sends one hit at a time in its own greenlet.
+    matomo.fail_next(1, 503)
+    sender = make_sender(concurrency=3, timeout=10)
+    outcomes = [sender.deliver_hit(make_hit(1, 0)), sender.deliver_hit(make_hit(1, 1))]  # a retried 503, then ok
+    matomo.hang_next(1, seconds=5)
+    stuck = gevent.spawn(sender.deliver_hit, make_hit(2, 0))  # its answer hangs
+    wait_until(lambda: matomo.stats()["requests"] == 4, what="the hanging request", sleep=gevent.sleep)
+    sender.stop_retrying()
+    stuck.kill(block=True, timeout=2)  # killed mid-request at close: abandoned, never a network error
+    sender.close(0)
+
+    assert outcomes == ["accepted", "accepted"]
+    assert stuck.value == "abandoned"
+    counts = assert_settled(sender.telemetry)
+    assert (counts["accepted"], counts["abandoned"], counts["retries"], counts["network_errors"]) == (2, 1, 1, 0)
+    assert matomo.stats()["recorded"] == 2
+    with pytest.raises(SenderClosed):
+        sender.deliver_hit(make_hit(3, 0))
+
+
 def test_close_abandons_hits_waiting_to_retry(matomo, make_sender):
     matomo.fail_next(1, 503, retry_after=30)
     sender = make_sender(retry=RetryPolicy(retry_after_max=60))
