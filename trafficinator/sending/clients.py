@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import errno
 import re
+import socket
 from urllib.parse import urlsplit
 
 import gevent
+from gevent.monkey import get_original
 from geventhttpclient.connectionpool import ConnectionPool, SSLConnectionPool
 from geventhttpclient.response import HTTPParseError, HTTPSocketPoolResponse
 
@@ -54,6 +56,32 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"[:200] if text else type(exc).__name__
 
 
+# The real select(): gevent's (in a monkey-patched process) yields to the hub even with a
+# zero timeout, a full loop round per request just to check an idle socket.
+_select = get_original("select", "select")
+
+
+def _idle_socket_alive(sock: socket.socket | None) -> bool:
+    """geventhttpclient's check of a pooled keep-alive socket before reuse (a socket that
+    is readable while idle got a FIN or stray data: not reusable), without the yield."""
+    if sock is None:
+        return False
+    try:
+        return sock.fileno() >= 0 and not _select([sock], [], [], 0.0)[0]
+    except (OSError, ValueError):
+        return False
+
+
+class _Pool(ConnectionPool):
+    def _is_socket_alive(self, sock: socket.socket | None) -> bool:
+        return _idle_socket_alive(sock)
+
+
+class _SSLPool(SSLConnectionPool):
+    def _is_socket_alive(self, sock: socket.socket | None) -> bool:
+        return _idle_socket_alive(sock)
+
+
 class GeventTransport:
     """geventhttpclient's keep-alive connection pool (``concurrency`` connections at
     most) and its C response parser, with the request head prepared once.
@@ -74,7 +102,7 @@ class GeventTransport:
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         if not _REQUEST_TARGET.fullmatch(target):
             raise ValueError("tracking URL path must not contain spaces or control characters")
-        pool_class = SSLConnectionPool if secure else ConnectionPool
+        pool_class = _SSLPool if secure else _Pool
         self._pool = pool_class(
             host,
             port,

@@ -156,11 +156,17 @@ class LatencyHistogram:
         self.total = 0.0
         self.max = 0.0
 
-    def add(self, seconds: float) -> None:
+    def add(self, seconds: float) -> int:
+        """Count one sample; returns its bucket (for ``add_to_bucket`` of a twin histogram)."""
         if seconds < self.MIN_SECONDS:
             index = 0
         else:
             index = min(self.BUCKETS - 1, 1 + int(math.log(seconds / self.MIN_SECONDS) / self._log_growth))
+        self.add_to_bucket(index, seconds)
+        return index
+
+    def add_to_bucket(self, index: int, seconds: float) -> None:
+        """``add(seconds)`` when its bucket is known (one logarithm for two histograms)."""
         self.counts[index] += 1
         self.count += 1
         self.total += seconds
@@ -303,7 +309,8 @@ class HealthWindow:
         if self.total < self.min_hits:
             return None
         share = self.failed / self.total
-        rejected = self.rejected_share()
+        # The 4xx share only when something failed (it is a sum over the failure kinds).
+        rejected = self.rejected_share() if self.failed else 0.0
         if not self.degraded and (share > self.degrade_above or rejected > self.degrade_rejected_above):
             self.degraded = True
             return "degraded"
@@ -465,8 +472,7 @@ class TargetTelemetry:
             counts[kind] += hits
             if latency is not None:
                 counts["requests"] += 1
-                self._latency.add(latency)
-                self._minute_latency.add(latency)
+                self._minute_latency.add_to_bucket(self._latency.add(latency), latency)
             if kind == "abandoned" or hits <= 0:
                 return
             now = self._clock()
@@ -520,8 +526,7 @@ class TargetTelemetry:
             self._retries_by_reason[reason] += 1
             if latency is not None:
                 counts["requests"] += 1
-                self._latency.add(latency)
-                self._minute_latency.add(latency)
+                self._minute_latency.add_to_bucket(self._latency.add(latency), latency)
             self._retries_since_event[reason] += 1
             now = self._clock()
             if now - self._last_backoff_event >= BACKOFF_EVENT_EVERY_SECONDS:
