@@ -21,7 +21,9 @@ Greenlets and threads:
 
 Admission control. A visit is started only while the target has fewer than its share of
 ``LOADER_MAX_VISITS_IN_PROGRESS`` visits in progress, holds less than its share of
-``LOADER_MEMORY_BUDGET_MB`` of encoded hits, and its due hits are not waiting more than
+``LOADER_MEMORY_BUDGET_MB`` of encoded hits, with single hits fewer than keep its
+sender busy twice over (``single_visit_cap``: more would only queue hits that wait, hold
+memory and drain slowly at stop), and its due hits are not waiting more than
 ``ADMIT_MAX_LAG``. So memory is bounded whatever rate is asked. A loader that cannot keep
 up starts visits later than scheduled (each visit keeps its own relative timing) and says
 so: ``lag_seconds`` (how far behind schedule it is), ``visits_behind`` (visits due but not
@@ -167,7 +169,10 @@ class TargetRuntime:
     stream: TargetStream
     sender: TargetSender
     telemetry: TargetTelemetry
-    max_visits: int = 1000
+    max_visits: int = 1000  # the target's share of LOADER_MAX_VISITS_IN_PROGRESS
+    # Single hits: visits in progress that keep the sender busy (single_visit_cap); until
+    # the first answers tell the latency, 2 x concurrency. None: no such cap (bulk).
+    visit_cap: int | None = None
     max_bytes: int = 8 << 20
     heap: list = field(default_factory=list)  # (due, seq, VisitInProgress)
     next_visit: Visit | None = None
@@ -180,6 +185,10 @@ class TargetRuntime:
     # Monotonic start times of the visits of the last minute, for the actual visits/day.
     recent_starts: deque = field(default_factory=deque)
     _seq: Iterator[int] = field(default_factory=itertools.count)
+    # Single hits: seconds between a visit's first and last hit, and hits, summed over the
+    # visits started (their mean gap between hits, for single_visit_cap).
+    gap_seconds: float = 0.0
+    gap_hits: int = 0
 
     @property
     def bulk(self) -> bool:
@@ -202,6 +211,8 @@ class TargetRuntime:
             timed = self.stream.encode_timed(visit)
             state = VisitInProgress(self, timed, shift, sum(len(body) for _, body in timed))
             due = timed[0][0] + shift
+            self.gap_seconds += timed[-1][0] - timed[0][0]
+            self.gap_hits += len(timed)
         size = state.size
         self.in_progress += 1
         self.held_bytes += size
@@ -221,9 +232,22 @@ class TargetRuntime:
             self.on_slot_free()
 
     def can_admit(self, now: float) -> bool:
-        if self.in_progress >= self.max_visits or self.held_bytes >= self.max_bytes:
+        if self.in_progress >= (self.visit_cap or self.max_visits) or self.held_bytes >= self.max_bytes:
             return False
         return not (self.heap and now - self.heap[0][0] > ADMIT_MAX_LAG)
+
+    def update_visit_cap(self) -> None:
+        """Single hits: bound the visits in progress by what the sender can serve at the
+        latency seen so far (bulk visits wait for their last hit, not for the sender)."""
+        if self.bulk:
+            self.visit_cap = None
+            return
+        latency = self.telemetry.mean_latency()
+        if latency is None or not self.gap_hits:
+            self.visit_cap = min(self.max_visits, 2 * self.sender.concurrency)
+        else:
+            gap = self.gap_seconds / self.gap_hits
+            self.visit_cap = single_visit_cap(self.sender.concurrency, latency, gap, self.max_visits)
 
     def lag(self, now: float) -> float:
         """Seconds behind schedule: the oldest due visit not started, or hit not sent."""
@@ -249,6 +273,19 @@ class TargetRuntime:
         while starts and starts[0] < now - 60:
             starts.popleft()
         return len(starts) * 1440
+
+
+def single_visit_cap(concurrency: int, latency: float, gap: float, ceiling: int) -> int:
+    """Visits in progress that keep ``concurrency`` single-hit requests busy, twice over.
+
+    A visit in progress asks for a hit every ``gap + latency`` seconds (its mean gap
+    between hits, then the request); a request slot sends one every ``latency`` seconds.
+    More visits than that only queue hits that wait (memory, late hits, a long drain at
+    stop); fewer would leave the sender idle. Within ``2 * concurrency`` and ``ceiling``."""
+    if latency <= 0:
+        return ceiling
+    wanted = math.ceil(2 * concurrency * (1 + gap / latency))
+    return max(2 * concurrency, min(ceiling, wanted))
 
 
 class LiveLoader:
@@ -443,6 +480,7 @@ class LiveLoader:
         """Start due visits, at most ADMIT_PER_PASS per target and pass, within the
         admission bounds; what cannot start now stays due (behind schedule)."""
         for runtime in self.runtimes:
+            runtime.update_visit_cap()
             admitted = 0
             while admitted < ADMIT_PER_PASS:
                 visit = runtime.next_visit

@@ -25,7 +25,7 @@ from django.db import connection
 import runs.models
 from conftest import TOKEN
 from runs import loader as loader_module
-from runs.loader import LiveLoader, TargetRuntime, execute_loader, target_streams
+from runs.loader import LiveLoader, TargetRuntime, execute_loader, single_visit_cap, target_streams
 from runs.models import Run, RunLog
 from trafficinator.sending.telemetry import RunTelemetry, TargetTelemetry
 from trafficinator.testing import make_preset, make_target, subprocess_env
@@ -296,6 +296,46 @@ def test_overload_keeps_visits_in_progress_bounded_and_reports_the_shortfall(fak
     assert saturated.count() == 1
     assert saturated.get().created_at - run.started_at < timedelta(seconds=10)
     assert "could not keep up" in run.end_reason
+
+
+@pytest.mark.django_db(transaction=True)
+def test_single_hits_keep_only_the_visits_their_sender_can_serve_in_progress(
+    fake_matomo, overload, settings, monkeypatch
+):
+    # The generous overall bound (20,000) is not what holds an overloaded single-hit
+    # target back: the visits in progress follow the sender's concurrency and latency.
+    settings.LOADER_MAX_VISITS_IN_PROGRESS = 20_000
+    # Pauses of about a second: a visit's next hit is due long after the previous one, so
+    # the schedule alone admits a visit every few milliseconds until the hits wait.
+    overload.pause_min, overload.pause_max = 0.5, 1.0
+    overload.save()
+    seen = []
+    original = TargetRuntime.start_visit
+
+    def counting_start(self, visit, now, now_mono):
+        original(self, visit, now, now_mono)
+        seen.append((self.visit_cap, self.in_progress))
+
+    monkeypatch.setattr(TargetRuntime, "start_visit", counting_start)
+    run = Run.objects.create_run(preset=overload, targets=[local_target(fake_matomo)], duration_seconds=6)
+    run.claim(pid=0, host="test")
+    run = execute_loader(run)
+
+    capped = [(cap, in_progress) for cap, in_progress in seen if cap is not None]
+    assert capped, "the cap follows the first answers"
+    assert all(in_progress <= cap <= 100 for cap, in_progress in capped)  # 2 connections, ~20 ms per hit
+    totals = run.stats["totals"]
+    assert totals["saturated"]
+    assert totals["accepted"] == fake_matomo.stats()["recorded"] == totals["sent"] - totals["abandoned"]
+
+
+def test_the_single_hit_visit_cap_keeps_the_requests_busy_twice_over_within_bounds():
+    # 20 requests of 10 ms, a visit asks for a hit every 90 + 10 ms: 20 x 10 visits keep
+    # them busy, twice that is the cap.
+    assert single_visit_cap(20, latency=0.01, gap=0.09, ceiling=20_000) == 400
+    assert single_visit_cap(20, latency=0.01, gap=30.0, ceiling=20_000) == 20_000  # realistic pauses: the ceiling
+    assert single_visit_cap(20, latency=5.0, gap=0.0, ceiling=20_000) == 40  # never below 2 x concurrency
+    assert single_visit_cap(20, latency=0.0, gap=1.0, ceiling=500) == 500
 
 
 def test_saturation_figures_add_up_over_targets():

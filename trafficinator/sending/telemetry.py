@@ -636,6 +636,13 @@ class TargetTelemetry:
         )
         return cast(TargetStats, data)  # the counter keys are TargetStats' int fields
 
+    def mean_latency(self) -> float | None:
+        """Mean seconds per request this minute (since the run started while the minute
+        has few answers yet); None before any answer."""
+        with self._lock:
+            latency = self._minute_latency if self._minute_latency.count >= 20 else self._latency
+            return latency.total / latency.count if latency.count else None
+
     def minute_sample(self) -> dict[str, Any]:
         """Hits, accepted, errors and p95 latency (ms) since the previous call; resets them."""
         with self._lock:
