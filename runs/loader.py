@@ -311,6 +311,7 @@ class LiveLoader:
         self.pending_logs: deque[tuple[str, str, int | None]] = deque(maxlen=200)
         self.reported_sent = 0  # hits sent as of the last report the database took
         self._day_key: str | None = None
+        self._day_span = (0.0, 0.0)  # [start, end) of the day _day_key, in epoch seconds
         self._visits_today = 0
         self._cap_logged_for: str | None = None
         self._cap_restarts = 0
@@ -509,7 +510,17 @@ class LiveLoader:
         the next day starts (and resumes by itself)."""
         if not self.run.daily_cap:
             return False
-        day = datetime.fromtimestamp(start, self._cap_zone()).date().isoformat()
+        if self._day_span[0] <= start < self._day_span[1]:
+            day = self._day_key or ""
+        else:  # once a day, not per visit
+            zone = self._cap_zone()
+            local = datetime.fromtimestamp(start, zone)
+            day = local.date().isoformat()
+            end = datetime.combine(local.date() + timedelta(days=1), datetime.min.time(), zone).timestamp()
+            # Kept only without a clock change before the next midnight: local time then
+            # runs with the epoch, so the date changes exactly there.
+            same_offset = datetime.fromtimestamp(end, zone).utcoffset() == local.utcoffset()
+            self._day_span = (start, end) if same_offset else (0.0, 0.0)
         if day != self._day_key:
             if self._cap_logged_for:
                 self.log(RunLog.Level.INFO, f"New day {day}: resuming after the daily cap.")
