@@ -24,7 +24,9 @@ class Fault:
 
     kind:
       * ``status``: answer ``status`` (with ``Retry-After: retry_after`` if given) without
-        processing the request; a bulk batch is therefore rolled back as a whole.
+        processing the request; a bulk batch is therefore rolled back as a whole. With
+        ``processed=True`` the request is processed (and recorded) first, like a proxy
+        (nginx before php-fpm) that answers 502/504 after Matomo got the request.
       * ``hang``: wait ``seconds`` (to trigger client timeouts), then process and answer
         normally, like a slow Matomo that still records what it got.
       * ``reset``: close the connection without an answer (TCP reset). With

@@ -393,6 +393,9 @@ class FakeMatomo:
                 workers.release()
         if fault and fault.kind == "reset":
             return RESET
+        if fault and fault.kind == "status":  # processed, then answered with the fault's status
+            recorder.count_rejected(fault.status)
+            return self._fault_response(fault, is_bulk)
         if response.status >= 400:
             recorder.count_rejected(response.status)
         return response
@@ -438,7 +441,7 @@ class FakeMatomo:
         if fault:
             self.recorder.count_fault(fault.kind)
         self._wait(delay)
-        if fault and fault.kind == "status":
+        if fault and fault.kind == "status" and not fault.processed:
             self.recorder.count_rejected(fault.status)
             return fault, self._fault_response(fault, is_bulk)
         if fault and fault.kind == "reset" and not fault.processed:

@@ -30,8 +30,9 @@ Ambiguous answers are settled, not guessed:
   is 500 with the counts. It is counted as Matomo reports it and never resent.
 * A bulk 500 that counts fewer entries was rolled back by Matomo's bulk handler (it rolls
   its transaction back on an exception) and is resent.
-* A request that went out whole and got no answer (reset, timeout) may have been
-  recorded. A bulk resend then judges it: Matomo refuses a resend of visits it holds as
+* A request that went out whole and got no answer (reset, timeout), or a proxy's 502 or
+  504 instead of Matomo's (nginx before php-fpm answers so after the body went on to
+  Matomo), may have been recorded. A bulk resend then judges it: Matomo refuses a resend of visits it holds as
   older than the visitors' last actions (500), so a 500 while Matomo answers a harmless
   probe (an entry without ``rec``) means "already recorded": counted once as accepted
   (``already_recorded``). A resend that is accepted proves nothing was recorded, except
@@ -71,6 +72,10 @@ from .telemetry import TargetTelemetry
 _TOKEN_PARAM = re.compile(r"(?:^|[?&])(?:cip|country|region|city|lat|long)=[^&]")
 _CDT_PARAM = re.compile(r"(?:^|[?&])cdt=([^&]*)")
 CDT_WITHOUT_TOKEN_SECONDS = 86400
+# Answers a proxy (nginx before php-fpm) gives after the request went out: Matomo may
+# have processed it (504: it was too slow to answer; 502: it failed, maybe after storing
+# part of it). Settled like a lost answer, never resent blindly.
+AMBIGUOUS_STATUSES = frozenset({502, 504})
 # Tries of the harmless probe that tells "Matomo refused a resend" from "Matomo is broken".
 PROBE_ATTEMPTS = 3
 # Characters a JSON string cannot hold as they are: these, a quote and a backslash.
@@ -587,6 +592,8 @@ class TargetSender:
                         telemetry.record_possibly_duplicated(maybe_recorded)
                     return "accepted"
                 kind, reason, message = _failure_kind(status), str(status), ""
+                if status in AMBIGUOUS_STATUSES:
+                    maybe_recorded += 1  # a proxy's answer: Matomo may have recorded the hit
                 if status not in policy.statuses:
                     if telemetry.is_new_failure(kind, status):
                         message = self._status_message(status, data)
@@ -832,6 +839,8 @@ class TargetSender:
                 # A 2xx "error" is Matomo's failure too, like a 500.
                 kind = "server_errors" if status < 300 else _failure_kind(status)
                 reason = str(status)
+                if status in AMBIGUOUS_STATUSES:
+                    maybe_recorded += 1  # a proxy's answer: Matomo may have stored it
                 if counts is not None and counts[1] + counts[2] == total and (status == 500 or status < 300):
                     outcome = self._settle_stored_error(status, entries, latency, counts, tally)
                     if maybe_recorded:

@@ -385,6 +385,35 @@ def test_a_bulk_resend_after_a_lost_answer_counts_visits_it_cannot_judge_as_poss
     assert counts["already_recorded"] == counts["network_errors"] == 0
 
 
+@pytest.mark.parametrize("status", [502, 504])
+def test_a_proxy_error_after_matomo_stored_the_request_is_settled_not_resent_blindly(matomo, make_sender, status):
+    # nginx before php-fpm answers 502/504 although Matomo got (and stored) the request:
+    # the resend is refused as older than what Matomo holds, so it is counted once.
+    sender = make_sender(bulk=True, batch_size=9)
+    before = start_site_day(sender)
+    matomo.add_fault(kind="status", status=status, processed=True, target="bulk", count=1)
+    for visit in make_dated_visits(3):
+        sender.send_visit(visit)
+    assert sender.join(5)
+
+    counts = assert_settled(sender.telemetry)
+    stats = matomo.stats()
+    assert counts["accepted"] == stats["recorded"] == before + 9 and stats["duplicates"] == 0
+    assert counts["already_recorded"] == 9 and counts["possibly_duplicated"] == 0
+    assert counts["server_errors"] == 0 and sender.telemetry.snapshot()["retries_by_reason"] == {str(status): 1}
+
+
+def test_a_proxy_error_on_a_single_hit_counts_it_possibly_duplicated(matomo, make_sender):
+    matomo.add_fault(kind="status", status=504, processed=True, target="single", count=1)
+    sender = make_sender()
+    sender.send_hit(make_hit(1, 0))
+    assert sender.join(5)
+
+    counts = assert_settled(sender.telemetry)
+    assert counts["accepted"] == 1 and counts["possibly_duplicated"] == 1
+    assert matomo.stats()["recorded"] == 2  # what the counter warns about
+
+
 def test_a_bulk_500_that_does_not_count_every_entry_is_resent_and_never_taken_for_recorded(matomo, make_sender):
     # Matomo's bulk handler rolled the request back: the resend is a plain retry, and a
     # request refused every time fails instead of being counted as recorded.
