@@ -33,6 +33,19 @@ _MODULE_CLASSES = {
 }
 
 
+# Matomo's actionDetails "type" per kind of hit (plugins/*/VisitorDetails.php).
+_LIVE_ACTION_TYPES = {
+    "pageview": "action",
+    "event": "event",
+    "outlink": "outlink",
+    "download": "download",
+    "site_search": "search",
+    "goal": "goal",
+    "ecommerce_order": "ecommerceOrder",
+    "ecommerce_cart": "ecommerceAbandonedCart",
+}
+
+
 class ApiError(Exception):
     def __init__(self, message: str, status: int = 200) -> None:
         super().__init__(message)
@@ -95,6 +108,7 @@ class ReportingApi:
             "VisitsSummary.get": self.visits_summary_get,
             "Goals.getGoals": self.goals_get_goals,
             "Live.getCounters": self.live_get_counters,
+            "Live.getLastVisitsDetails": self.live_get_last_visits_details,
             "Goals.addGoal": self.goals_add_goal,
             "SitesManager.updateSite": self.sites_update_site,
         }
@@ -351,6 +365,73 @@ class ReportingApi:
             sitesearch = params["siteSearch"] in ("1", "true")
         self.sites[site_id] = replace(site, ecommerce=ecommerce, sitesearch=sitesearch)
         return None
+
+    def live_get_last_visits_details(self, caller: Caller, params: dict[str, str]) -> Any:
+        """The visit log (raw data, no archiving), most recent visit first, in the shape of
+        Matomo 5's ``Live.getLastVisitsDetails`` (plugins/Live/API.php; the action fields
+        from plugins/Actions/VisitorDetails.php, ``timestamp`` being the action's UTC
+        epoch seconds). Only what the project reads: ``period`` day or range with
+        ``date``, a ``segment`` of ``visitorId==...`` (``,`` = or), ``filter_limit``
+        (default 10, -1 = all). A visit is in the period when its last action is."""
+        site = self._require_site(caller, self._site_id(params), "view")
+        period = self._param(params, "period")
+        dates = self._param(params, "date").split(",")
+        try:
+            first, last = date.fromisoformat(dates[0]), date.fromisoformat(dates[-1])
+        except ValueError:
+            raise ApiError(
+                f"Date format must be: YYYY-MM-DD, or 'today' or 'yesterday', not '{params['date']}'"
+            ) from None
+        if period not in ("day", "range") or (period == "day" and len(dates) != 1):
+            raise ApiError("The fake Matomo's Live.getLastVisitsDetails supports period=day|range only.")
+        visitors: set[str] | None = None
+        segment = params.get("segment", "")
+        if segment:
+            visitors = set()
+            for condition in segment.split(","):
+                name, operator, value = condition.partition("==")
+                if name != "visitorId" or not operator or not re.fullmatch(r"[0-9a-fA-F]{16}", value):
+                    raise ApiError(f"The segment condition '{condition}' is not valid.")
+                visitors.add(value.lower())
+        try:
+            limit = int(params.get("filter_limit") or 10)
+        except ValueError:
+            raise ApiError("filter_limit must be a number") from None
+        visits = [
+            v
+            for v in group_visits(self.hits_for(site.id), site)
+            if (visitors is None or v.visitor_id in visitors) and first <= site.local_date(v.end) <= last
+        ]
+        visits.sort(key=lambda v: v.end, reverse=True)
+        if limit >= 0:
+            visits = visits[:limit]
+        return [self._visit_details(site, number, visit) for number, visit in enumerate(visits, 1)]
+
+    @staticmethod
+    def _visit_details(site: Site, number: int, visit: Any) -> dict[str, Any]:
+        actions = [
+            {
+                "type": _LIVE_ACTION_TYPES.get(hit.action_type, "action"),
+                "url": hit.params.get("url", ""),
+                "pageTitle": hit.params.get("action_name"),
+                "idpageview": hit.pv_id or None,
+                "serverTimePretty": datetime.fromtimestamp(hit.time, site.tz).strftime("%b %d, %Y %H:%M:%S"),
+                "timestamp": int(hit.time),
+            }
+            for hit in visit.hits
+            if hit.action_type != "ping"
+        ]
+        return {
+            "idSite": site.id,
+            "idVisit": number,
+            "visitorId": visit.visitor_id,
+            "visitorType": "returning" if visit.returning else "new",
+            "actions": str(visit.matomo_actions),
+            "firstActionTimestamp": int(visit.start),
+            "lastActionTimestamp": int(visit.end),
+            "serverDate": site.local_date(visit.start).isoformat(),
+            "actionDetails": actions,
+        }
 
     def live_get_counters(self, caller: Caller, params: dict[str, str]) -> Any:
         """Visits whose last action is within the last ``lastMinutes`` (raw log, no archiving)."""

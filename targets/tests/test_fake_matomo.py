@@ -1033,3 +1033,34 @@ def test_the_command_line_turns_on_capacity_mode_in_milliseconds():
     assert "capacity" not in make_kwargs(build_parser().parse_args([]))
     with pytest.raises(SystemExit):
         make_kwargs(build_parser().parse_args(["--capacity", "0"]))
+
+
+def test_live_get_last_visits_details_lists_a_visitors_visits_like_matomo_5(matomo, http):
+    start = days_ago(0.2)
+    other = "00000000000000aa"
+    entries = [
+        query(hit(cdt=start, action_name="Home")),
+        query(hit(cdt=start + 30, action_name="Shop", url="https://shop.example.com/shop")),
+        query(hit(cdt=start + 7200, action_name="Back")),  # a second visit, two hours later
+        query(hit(cdt=start + 5, cid=other)),
+    ]
+    assert bulk(http, matomo, entries, WRITE).json()["tracked"] == 4
+    day = matomo.sites[1].local_date(start + 7200).isoformat()
+    first_day = matomo.sites[1].local_date(start).isoformat()
+    params = {"idSite": 1, "period": "range", "date": f"{first_day},{day}", "filter_limit": -1}
+
+    visits = api(http, matomo, "Live.getLastVisitsDetails", VIEW, segment=f"visitorId=={CID}", **params).json()
+    assert [visit["visitorId"] for visit in visits] == [CID, CID]  # most recent first
+    assert [len(visit["actionDetails"]) for visit in visits] == [1, 2]
+    assert [a["timestamp"] for a in visits[1]["actionDetails"]] == [start, start + 30]
+    assert visits[1]["actionDetails"][1]["type"] == "action" and visits[1]["actionDetails"][1]["pageTitle"] == "Shop"
+    assert visits[1]["firstActionTimestamp"] == start and visits[1]["lastActionTimestamp"] == start + 30
+    both = api(
+        http, matomo, "Live.getLastVisitsDetails", VIEW, segment=f"visitorId=={CID},visitorId=={other}", **params
+    )
+    assert sorted(visit["visitorId"] for visit in both.json()) == sorted([CID, CID, other])
+    assert len(api(http, matomo, "Live.getLastVisitsDetails", VIEW, idSite=1, period="day", date=day).json()) <= 3
+    # Access and bad input answer as Matomo does.
+    assert api(http, matomo, "Live.getLastVisitsDetails", segment=f"visitorId=={CID}", **params).status_code == 401
+    bad = api(http, matomo, "Live.getLastVisitsDetails", VIEW, segment="visitorId==nothex", **params).json()
+    assert bad["result"] == "error"

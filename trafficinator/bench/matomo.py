@@ -7,12 +7,17 @@ each busy for a time per request and per hit, so a sender that leaves workers id
 visibly slower, as it is against a real Matomo (issue: the old batch-then-wait backfill
 left a third of a real 2-core Matomo idle).
 
-Four senders push the same kind of traffic into it:
+Five senders push the same kind of traffic into it:
 
-* **bare**: the yardstick, written for this benchmark. The hits are encoded into bulk
-  bodies before the clock starts; ``in_flight`` greenlets each POST the next body over
-  their own keep-alive connection (geventhttpclient) as soon as the previous answer came
-  back. No accounting, no retries, no database: as fast as the fake takes bulk requests.
+* **bare**: the yardstick for speed, written for this benchmark. The hits are encoded into
+  bulk bodies before the clock starts; ``in_flight`` greenlets each POST the next body
+  over their own keep-alive connection (geventhttpclient) as soon as the previous answer
+  came back. No accounting, no retries, no per-visitor order, no database: as fast as the
+  fake takes bulk requests. It loses what the fake refuses as out of order (a returning
+  visitor's later visit served first): "recorded" says how much it really delivered.
+* **bare generating**: the yardstick for CPU. The same bare loop, but it generates,
+  encodes and packs the backfill's visits while sending, as the backfill must (generation
+  is ~40 us per hit; a sender with pre-built bodies pays none of it).
 * **sender**: our TargetSender with the bare sender's pre-encoded requests (the sending
   part alone: pipelining, per-visitor order, settling, telemetry).
 * **backfill**: a real one-day plan run in this process with the workers' code (packing,
@@ -33,12 +38,14 @@ import secrets
 import subprocess
 import sys
 import time
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import gevent
+import gevent.lock
 from geventhttpclient import HTTPClient
 from geventhttpclient.url import URL
 
@@ -82,22 +89,41 @@ def capacity_args(workers: int, hit_ms: float, request_ms: float, token: str) ->
     ]
 
 
-def bare_bulk(url: str, token: str, requests: list[list[str]], in_flight: int) -> dict[str, Any]:
-    """POST pre-encoded bulk bodies with ``in_flight`` connections, each sending its next
-    body as soon as its previous answer is read. Returns hits/s and CPU per 1,000 hits."""
+def bare_bulk(
+    url: str, token: str, requests: Iterable[list[str]], in_flight: int, *, encoded: bool = True
+) -> dict[str, Any]:
+    """POST bulk bodies with ``in_flight`` connections, each sending its next body as soon
+    as its previous answer is read. Returns hits/s and CPU per 1,000 hits.
+
+    ``encoded`` (the yardstick for speed): the bodies are built before the clock starts.
+    Otherwise ``requests`` is consumed while sending (e.g. a generator that generates and
+    encodes the visits), and the bodies are built on the clock: the yardstick for CPU."""
     tail = f',"token_auth":"{token}"}}'.encode()
-    bodies = [(b'{"requests":' + bulk_requests_json(entries) + tail, len(entries)) for entries in requests]
+
+    def bodies_of(source: Iterable[list[str]]) -> Iterator[tuple[bytes, int]]:
+        for entries in source:
+            yield b'{"requests":' + bulk_requests_json(entries) + tail, len(entries)
+
+    bodies: Iterable[tuple[bytes, int]] = list(bodies_of(requests)) if encoded else bodies_of(requests)
     address = URL(url + "matomo.php")
     clients = [HTTPClient.from_url(address, concurrency=1, network_timeout=60) for _ in range(in_flight)]
     headers = {"Content-Type": "application/json"}
     queue = iter(bodies)
+    taking = gevent.lock.Semaphore()  # a generating source yields to other greenlets mid-step
     statuses: list[int] = []
+    sent = [0, 0]  # requests, hits
 
     def worker(client: HTTPClient) -> None:
-        for body, _ in queue:
+        while True:
+            with taking:
+                body, count = next(queue, (b"", 0))
+            if not count:
+                return
             response = client.post(address.request_uri, body=body, headers=headers)
             response.read()
             statuses.append(response.status_code)
+            sent[0] += 1
+            sent[1] += count
 
     cpu_start = cpu_seconds()
     started = time.perf_counter()
@@ -106,10 +132,10 @@ def bare_bulk(url: str, token: str, requests: list[list[str]], in_flight: int) -
     cpu = cpu_seconds() - cpu_start
     for client in clients:
         client.close()
-    hits = sum(count for _, count in bodies)
+    hits = sent[1]
     return {
         "hits": hits,
-        "requests": len(bodies),
+        "requests": sent[0],
         "ok": statuses.count(200),
         "seconds": wall,
         "hits_per_second": hits / wall,
@@ -163,9 +189,11 @@ def benchmark_matomo(
     in_flight = in_flight or DEFAULT_REQUESTS_IN_FLIGHT
     results: dict[str, dict[str, Any]] = {}
     token = secrets.token_hex(16)
+    started = time.monotonic()
+    load_before = os.getloadavg()
     process, url = start_fake_server(capacity_args(workers, hit_ms, request_ms, token))
     try:
-        results["backfill"], requests = _backfill(url, token, visits, batch_size, in_flight)
+        results["backfill"], requests, results["bare_generating"] = _backfill(url, token, visits, batch_size, in_flight)
         fake_call(url, "_fake/reset", "POST")
         results["bare"] = bare_bulk(url, token, requests, in_flight)
         results["bare"]["recorded"] = fake_call(url, "_fake/stats")["recorded"]
@@ -176,8 +204,13 @@ def benchmark_matomo(
         results["live"] = _live(url, token, offered, live_seconds)
     finally:
         stop_fake_server(process)
-    for name in ("sender", "backfill", "live"):
+    for name in ("sender", "backfill", "live", "bare_generating"):
         results[name]["ratio"] = results[name]["hits_per_second"] / results["bare"]["hits_per_second"]
+    results["run"] = {
+        "seconds": time.monotonic() - started,
+        "load_before": load_before[0],
+        "load_after": os.getloadavg()[0],
+    }
     results["settings"] = {
         "workers": workers,
         "hit_ms": hit_ms,
@@ -191,7 +224,11 @@ def benchmark_matomo(
 
 def _backfill(
     url: str, token: str, visits: int, batch_size: int, in_flight: int
-) -> tuple[dict[str, Any], list[list[str]]]:
+) -> tuple[dict[str, Any], list[list[str]], dict[str, Any]]:
+    """The backfill's figures, its requests (as the bare sender sends them), and the bare
+    sender's figures when it generates and encodes the same visits on the clock, as the
+    backfill does (its CPU per hit is the like-for-like yardstick: generation costs
+    ~40 us/hit, which the bare sender with bodies built beforehand never pays)."""
     from backfill import planning, runner
     from backfill.foreground import run_in_foreground
     from backfill.models import BackfillPlan
@@ -227,16 +264,27 @@ def _backfill(
         server = fake_call(url, "_fake/stats")
         plan.refresh_from_db()
         hits = progress.hits_sent
-        return {
-            "hits": hits,
-            "accepted": progress.hits_accepted,
-            "recorded": server["recorded"],
-            "requests": server["bulk_requests"],
-            "status": plan.status,
-            "seconds": wall,
-            "hits_per_second": hits / wall,
-            "cpu_per_1k": cpu / hits * 1000 if hits else 0.0,
-        }, requests
+        fake_call(url, "_fake/reset", "POST")
+        generated = (
+            [entry for visit in request.visits for entry in visit]
+            for request in runner.iter_requests(runner.day_stream(plan, day, skip=0), planning.request_hits(batch_size))
+        )
+        generating = bare_bulk(url, token, generated, in_flight, encoded=False)
+        generating["recorded"] = fake_call(url, "_fake/stats")["recorded"]
+        return (
+            {
+                "hits": hits,
+                "accepted": progress.hits_accepted,
+                "recorded": server["recorded"],
+                "requests": server["bulk_requests"],
+                "status": plan.status,
+                "seconds": wall,
+                "hits_per_second": hits / wall,
+                "cpu_per_1k": cpu / hits * 1000 if hits else 0.0,
+            },
+            requests,
+            generating,
+        )
     finally:
         if plan is not None:
             plan.delete()

@@ -57,7 +57,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from email.utils import parsedate_to_datetime
 from typing import NamedTuple
-from urllib.parse import quote, unquote_plus
+from urllib.parse import quote, unquote_plus, urlencode, urlsplit, urlunsplit
 from zoneinfo import ZoneInfo
 
 import gevent
@@ -65,7 +65,15 @@ import gevent.event
 import gevent.pool
 from gevent import GreenletExit
 
-from .clients import FORM, JSON, TransportError, TransportTimeout, make_transport
+from .clients import (
+    FORM,
+    JSON,
+    GeventTransport,
+    RequestsTransport,
+    TransportError,
+    TransportTimeout,
+    make_transport,
+)
 from .telemetry import TargetTelemetry
 
 # Parameters that need a token (docs/matomo-tracking.md); cdt only when older than 24 h.
@@ -203,9 +211,24 @@ def _by_visitor(entries: Sequence[str]) -> list[list[str]]:
     return list(groups.values())
 
 
-def _hits_a_resend_cannot_judge(entries: Sequence[str]) -> int:
+def _one_second_visitors(entries: Sequence[str]) -> dict[str, int]:
+    """The visitors (with an id) whose hits in ``entries`` all carry a cdt of one same
+    second, and that second: a resend cannot tell whether Matomo holds them."""
+    seconds: dict[str, set[int | None]] = {}
+    for query in entries:
+        epoch = cdt_epoch(query)
+        seconds.setdefault(visitor_of(query), set()).add(None if epoch is None else int(epoch))
+    return {
+        visitor: next(iter(stamps))  # type: ignore[misc]
+        for visitor, stamps in seconds.items()
+        if visitor and len(stamps) == 1 and None not in stamps
+    }
+
+
+def _hits_a_resend_cannot_judge(entries: Sequence[str], judged: frozenset[str] = frozenset()) -> int:
     """Hits of the visitors whose hits in ``entries`` all share one second or carry no
-    cdt: a resend of them is accepted even when Matomo holds them already."""
+    cdt: a resend of them is accepted even when Matomo holds them already. ``judged``:
+    visitors known not recorded (left out)."""
     seconds: dict[str, set[int | None]] = {}
     hits: dict[str, int] = {}
     for query in entries:
@@ -214,8 +237,19 @@ def _hits_a_resend_cannot_judge(entries: Sequence[str]) -> int:
         seconds.setdefault(visitor, set()).add(None if epoch is None else int(epoch))
         hits[visitor] = hits.get(visitor, 0) + 1
     return sum(
-        hits[visitor] for visitor, stamps in seconds.items() if None in stamps or len(stamps) == 1 or not visitor
+        hits[visitor]
+        for visitor, stamps in seconds.items()
+        if (None in stamps or len(stamps) == 1 or not visitor) and visitor not in judged
     )
+
+
+def _api_url(tracking_url: str) -> str | None:
+    """``index.php`` beside ``matomo.php``/``piwik.php`` (no query), or None."""
+    parts = urlsplit(tracking_url)
+    head, _, name = parts.path.rpartition("/")
+    if name not in ("matomo.php", "piwik.php"):
+        return None
+    return urlunsplit((parts.scheme, parts.netloc, head + "/index.php", "", ""))
 
 
 def _failure_kind(status: int) -> str:
@@ -307,6 +341,10 @@ class TargetSender:
         self._transport = make_transport(
             client, tracking_url, concurrency=concurrency, timeout=timeout, connect_timeout=connect_timeout
         )
+        # Matomo's Reporting API beside the tracker, to settle resent bounces (with a token).
+        self._api_url = _api_url(tracking_url) if self._token else None
+        self._api: GeventTransport | RequestsTransport | None = None
+        self._timeout = timeout
         self._pool = gevent.pool.Pool(concurrency)
         # Bulk parts that wait for an earlier request (same visitor, or a site-day's
         # leader) before they take a request slot; bounded so a caller still blocks.
@@ -506,6 +544,8 @@ class TargetSender:
             self._pool.kill(block=True, timeout=2.0)
         self._abandon.set()
         self._transport.close()
+        if self._api is not None:
+            self._api.close()
         abandoned = self.telemetry.counts()["abandoned"] - before
         unsent = self._unsent - unsent_before
         if abandoned or unsent:
@@ -821,7 +861,20 @@ class TargetSender:
         attempt = 1
         # Attempts (or an earlier worker's send) that may have been recorded unanswered.
         maybe_recorded = max(copies, int(resend))
+        # Visitors a resend cannot judge, judged by Matomo's visit log instead (with the
+        # token) when maybe_recorded was ``checked``; not recorded then, so resent.
+        checked, judged = 0, frozenset[str]()
         while True:
+            if maybe_recorded > checked and self._token:
+                checked = maybe_recorded
+                found = self._judge_by_visit_log(entries, tally)
+                if found is not None:
+                    entries, judged = found
+                    if not entries:
+                        return "accepted"
+                    if len(entries) != total:
+                        total = len(entries)
+                        body = b"".join((self._bulk_head, bulk_requests_json(entries), self._bulk_tail))
             start = time.perf_counter()
             message = ""
             status, data, retry_after, failure = self._post(body, JSON)
@@ -834,7 +887,7 @@ class TargetSender:
                 if status < 300 and (counts is None or counts[0]):
                     outcome = self._settle_batch(status, data, entries, latency, counts, tally)
                     if maybe_recorded and outcome != "failed":
-                        self._count_possible_duplicates(entries, maybe_recorded)
+                        self._count_possible_duplicates(entries, maybe_recorded, judged, maybe_recorded - checked)
                     return outcome
                 # A 2xx "error" is Matomo's failure too, like a 500.
                 kind = "server_errors" if status < 300 else _failure_kind(status)
@@ -844,7 +897,7 @@ class TargetSender:
                 if counts is not None and counts[1] + counts[2] == total and (status == 500 or status < 300):
                     outcome = self._settle_stored_error(status, entries, latency, counts, tally)
                     if maybe_recorded:
-                        self._count_possible_duplicates(entries, maybe_recorded)
+                        self._count_possible_duplicates(entries, maybe_recorded, judged, maybe_recorded - checked)
                     return outcome
                 if telemetry.is_new_failure(kind, status):
                     message = self._status_message(status, data)
@@ -967,16 +1020,79 @@ class TargetSender:
         )
         return "accepted"
 
-    def _count_possible_duplicates(self, entries: list[str], copies: int) -> None:
+    def _count_possible_duplicates(
+        self, entries: list[str], copies: int, judged: frozenset[str] = frozenset(), judged_copies: int = 0
+    ) -> None:
         """A batch that may have been recorded ``copies`` times before was accepted again.
         A resend of visits Matomo holds is refused as a whole when any of its visitors has
         hits in two different seconds (the first is then older than the recorded last), so
         only visitors whose hits here all share one second (or carry no cdt) can have been
         recorded more than once: their hits, once per earlier copy, are counted "possibly
-        duplicated"."""
-        hits = _hits_a_resend_cannot_judge(entries)
-        if hits:
-            self.telemetry.record_possibly_duplicated(hits * copies)
+        duplicated". Visitors the visit log showed not recorded (``judged``) count only
+        the copies after that look (``judged_copies``)."""
+        hits = _hits_a_resend_cannot_judge(entries, judged)
+        doubled = hits * copies
+        if judged and judged_copies:
+            doubled += (_hits_a_resend_cannot_judge(entries) - hits) * judged_copies
+        if doubled:
+            self.telemetry.record_possibly_duplicated(doubled)
+
+    def _judge_by_visit_log(self, entries: list[str], tally: dict[str, int]) -> tuple[list[str], frozenset[str]] | None:
+        """Before a resend: which visitors a resend cannot judge (all their hits in one
+        second, e.g. bounces) does Matomo hold already? Asks Matomo's visit log
+        (``Live.getLastVisitsDetails``, segment ``visitorId==...``; needs view access) for
+        an action of theirs at that second. The recorded ones are counted once, as
+        accepted, and left out of the resend. Returns the entries to resend and the
+        visitors judged not recorded; None when there is nothing to ask or no answer
+        (then the resend is counted as before: possibly duplicated)."""
+        seconds = _one_second_visitors(entries)
+        site = _IDSITE.search(entries[0]) if entries else None
+        if not seconds or site is None or self._api_url is None:
+            return None
+        days = sorted({datetime.fromtimestamp(second, self._zone).date() for second in seconds.values()})
+        form = {
+            "module": "API",
+            "method": "Live.getLastVisitsDetails",
+            "format": "json",
+            "idSite": site.group(1),
+            "period": "range",
+            "date": f"{days[0]},{days[-1]}",
+            "segment": ",".join(f"visitorId=={visitor}" for visitor in sorted(seconds)),
+            "filter_limit": "-1",
+            "token_auth": self._token or "",
+        }
+        try:
+            if self._api is None:
+                self._api = make_transport("geventhttpclient", self._api_url, concurrency=1, timeout=self._timeout)
+            status, data, _ = self._api.post(urlencode(form).encode("ascii"), FORM)
+            visits = json.loads(data) if status == 200 else None
+            recorded = {
+                str(visit["visitorId"]).lower()
+                for visit in visits or ()
+                if seconds.get(str(visit["visitorId"]).lower()) in {int(a["timestamp"]) for a in visit["actionDetails"]}
+            }
+        except (TransportError, ValueError, TypeError, KeyError) as exc:
+            self.telemetry.event_once(
+                "visit-log-unusable",
+                "warning",
+                f"Matomo's visit log (Live.getLastVisitsDetails) did not tell which resent bounces it holds "
+                f"({_scrub(str(exc) or type(exc).__name__, self._token)}); they are counted as possibly duplicated",
+            )
+            return None
+        if not isinstance(visits, list):
+            self.telemetry.event_once(
+                "visit-log-unusable",
+                "warning",
+                f"Matomo's visit log (Live.getLastVisitsDetails) answered HTTP {status} "
+                f"{_excerpt(data, self._token)!r}: resent bounces are counted as possibly duplicated (the token "
+                "needs view access and the Live plugin)",
+            )
+            return None
+        held = [query for query in entries if visitor_of(query) in recorded]
+        if held:
+            self._record(tally, "accepted", len(held))
+            self.telemetry.record_already_recorded(len(held))
+        return [query for query in entries if visitor_of(query) not in recorded], frozenset(set(seconds) - recorded)
 
     def _matomo_answers(self, entries: list[str]) -> bool:
         """A harmless bulk request (one entry without ``rec``: Matomo answers it as

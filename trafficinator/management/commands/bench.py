@@ -241,18 +241,27 @@ class Command(BaseCommand):
             f"request + {settings['hit_ms']} ms per hit); bulk requests of {settings['request_hits']} hits, "
             f"{settings['in_flight']} in flight"
         )
-        bare = result["bare"]
-        for name in ("bare", "sender", "backfill", "live"):
+        bare, generating = result["bare"], result["bare_generating"]
+        for name in ("bare", "bare_generating", "sender", "backfill", "live"):
             data = result[name]
             extra = ""
+            if name in ("bare", "bare_generating"):
+                extra = f", {data['recorded']:,} recorded (the bare sender keeps no per-visitor order)"
             if name != "bare":
                 cpu_ratio = data["cpu_per_1k"] / bare["cpu_per_1k"] if bare["cpu_per_1k"] else 0.0
-                extra = f", ratio to bare {data['ratio']:.2f} (goal >= 0.95), CPU {cpu_ratio:.2f}x bare's"
+                extra += f", ratio to bare {data['ratio']:.2f} (goal >= 0.95), CPU {cpu_ratio:.2f}x bare's"
+            if name in ("backfill", "live") and generating["cpu_per_1k"]:
+                extra += f", {data['cpu_per_1k'] / generating['cpu_per_1k']:.2f}x bare generating's"
             if name == "live":
                 extra += f", offered {data['offered_hits_per_second']:,.0f} hits/s; {data['summary']}"
             per_cpu = 1000 / data["cpu_per_1k"] if data["cpu_per_1k"] else 0.0
             self.line(
-                f"matomo {name}: {data['hits_per_second']:,.0f} hits/s over {data['seconds']:.1f} s, "
+                f"matomo {name.replace('_', ' ')}: {data['hits_per_second']:,.0f} hits/s over {data['seconds']:.1f} s, "
                 f"{data['hits']:,} hits, CPU {data['cpu_per_1k']:.4f} s per 1,000 hits ({per_cpu:,.0f} hits per "
                 f"CPU-second){extra}"
             )
+        run = result["run"]
+        self.line(
+            f"matomo: the section took {run['seconds']:.0f} s; load average {run['load_before']:.1f} before, "
+            f"{run['load_after']:.1f} after (CPU figures are of the sending process only)"
+        )

@@ -369,9 +369,10 @@ def test_a_bulk_resend_refused_as_already_recorded_counts_once_as_accepted(matom
 
 
 def test_a_bulk_resend_after_a_lost_answer_counts_visits_it_cannot_judge_as_possibly_duplicated(matomo, make_sender):
-    # Nothing was stored (the reset came first); the resend is accepted. A one-hit visit
-    # would have been accepted again even if Matomo had held it: possibly duplicated.
-    sender = make_sender(bulk=True, batch_size=7)
+    # Nothing was stored (the reset came first); the resend is accepted. Without a token a
+    # one-hit visit would have been accepted again even if Matomo had held it: possibly
+    # duplicated.
+    sender = make_sender(token=None, bulk=True, batch_size=7)
     before = start_site_day(sender)
     matomo.reset_next(1, target="bulk")
     visits = make_dated_visits(2) + make_dated_visits(1, hits=1, first=50)
@@ -383,6 +384,29 @@ def test_a_bulk_resend_after_a_lost_answer_counts_visits_it_cannot_judge_as_poss
     assert counts["accepted"] == matomo.stats()["recorded"] == before + 7
     assert counts["possibly_duplicated"] == 1
     assert counts["already_recorded"] == counts["network_errors"] == 0
+    assert matomo.stats()["api_requests"] == 0
+
+
+@pytest.mark.parametrize("stored", [False, True])
+def test_with_a_token_resent_bounces_are_settled_by_matomos_visit_log(matomo, make_sender, stored):
+    # The answer is lost, before or after Matomo stored the request. Before resending, the
+    # sender asks Matomo's visit log (Live.getLastVisitsDetails) whether it holds the
+    # bounces (a resend cannot tell): the ones it holds are left out, the others resent.
+    sender = make_sender(bulk=True, batch_size=7)
+    before = start_site_day(sender)
+    matomo.reset_next(1, processed=stored, target="bulk")
+    visits = make_dated_visits(2) + make_dated_visits(1, hits=1, first=50)
+    for visit in visits:
+        sender.send_visit(visit)
+    assert sender.join(5)
+
+    counts = assert_settled(sender.telemetry)
+    stats = matomo.stats()
+    assert counts["accepted"] == stats["recorded"] == before + 7 and stats["duplicates"] == 0
+    assert counts["possibly_duplicated"] == 0 and counts["network_errors"] == 0
+    assert counts["already_recorded"] == (7 if stored else 0)
+    (call,) = [call for call in matomo.api_calls if call["method"] == "Live.getLastVisitsDetails"]
+    assert call["params"]["segment"] == f"visitorId=={50:016x}" and call["params"]["filter_limit"] == "-1"
 
 
 @pytest.mark.parametrize("status", [502, 504])
