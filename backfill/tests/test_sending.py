@@ -379,8 +379,9 @@ def test_cancelling_stops_a_worker_at_its_next_checkpoint(fake_matomo, shop, sma
     assert result.outcome == "lost" and "cancelled" in result.message
     plan.refresh_from_db()
     assert plan.status == BackfillPlan.Status.CANCELLED
-    # The probe and two batches, the first in two parts (the site-day's first visit goes alone).
-    assert fake_matomo.stats()["bulk_requests"] <= 4
+    # The probe and two batches, each in at most three parts (the site-day's first visit goes
+    # alone; a returning visitor still in flight follows in a part of its own).
+    assert fake_matomo.stats()["bulk_requests"] <= 1 + 2 * 3
 
 
 @pytest.mark.django_db(transaction=True)
