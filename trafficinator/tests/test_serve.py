@@ -8,7 +8,9 @@ of the documented production settings has to be turned off for the test.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
 import shutil
 import signal
@@ -68,6 +70,10 @@ def stop(process: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+    # Whatever of its session is left: a qcluster killed alone leaves its sentinel and
+    # workers running on the test database, taking the next tests' tasks.
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
 
 
 class Production:
@@ -100,7 +106,12 @@ class Production:
     def start(self, name: str, command: list[str], **extra_env: str) -> subprocess.Popen:
         log = (self.folder / f"{name}.log").open("w")
         process = subprocess.Popen(
-            command, cwd=BASE_DIR, env={**self.env, **extra_env}, stdout=log, stderr=subprocess.STDOUT
+            command,
+            cwd=BASE_DIR,
+            env={**self.env, **extra_env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, so stop() can end all of it
         )
         self.processes[name] = process
         return process
