@@ -40,8 +40,8 @@ RECORDED_FIELDS = [
     "started_at",
     "heartbeat_at",
     "finished_at",
-    "loader_pid",
-    "loader_host",
+    "shard_count",
+    "shard_summary",
     "stats",
     "profile",
     "thresholds",
@@ -126,6 +126,16 @@ class RunAdmin(admin.ModelAdmin):
             fields = ", ".join(name for name in changed if name != "preset")
             what = "; ".join(part for part in (detail, fields) if part)
             obj.log(RunLog.Level.INFO, f"Edited by {request.user.get_username()} in the admin: {what}.")
+
+    @admin.display(description="shards")
+    def shard_summary(self, obj: Run) -> str:
+        """Each loader of the run: where it runs and how it stands (RunShard rows)."""
+        return "; ".join(
+            f"{shard.label} {shard.get_status_display().lower()}"
+            + (f" on {shard.loader_host} pid {shard.loader_pid}" if shard.loader_host else "")
+            + (f", claimed {shard.claim_epoch}x" if shard.claim_epoch > 1 else "")
+            for shard in obj.shard_list()
+        )
 
     @admin.display(description="status", ordering="status")
     def status_label(self, obj: Run) -> str:

@@ -11,7 +11,8 @@ from django.core.exceptions import ValidationError
 
 from backfill.models import BackfillPlan
 from presets.models import HITS_SAMPLE_VISITS, Preset
-from runs.models import MAX_VISITS
+from runs.models import MAX_SHARDS, MAX_VISITS
+from runs.shards import ShardPlan, describe, free_loader_slots, parse_shards, plan_shards, resolve_shards
 from targets.models import Target
 from trafficinator.thresholds import ThresholdError, parse_many
 
@@ -51,6 +52,13 @@ class StartRunForm(forms.Form):
         help_text="Blank: the preset's, or no limit.",
     )
     bulk = forms.BooleanField(label="Bulk", required=False, help_text="Send whole visits in bulk batches.")
+    shards = forms.CharField(
+        label="Shards",
+        required=False,
+        initial="1",
+        max_length=4,
+        help_text=f"Loader processes sharing the run, 1 to {MAX_SHARDS}, or “auto” (from the expected hits/s).",
+    )
     without_countries = forms.BooleanField(
         label="Send without countries",
         required=False,
@@ -88,6 +96,13 @@ class StartRunForm(forms.Form):
             if len(enabled) == 1:
                 self.initial["targets"] = enabled
 
+    def clean_shards(self) -> int | str:
+        text = self.cleaned_data.get("shards", "").strip() or "1"
+        try:
+            return parse_shards(text)
+        except ValueError as error:
+            raise ValidationError(str(error)) from None
+
     def clean_thresholds(self) -> list[str] | None:
         """None (the preset's), [] ("none") or the checked lines."""
         text = self.cleaned_data.get("thresholds", "").strip()
@@ -121,6 +136,9 @@ class StartRunForm(forms.Form):
             "max_visits": data.get("max_visits"),
             "bulk": bool(data.get("bulk")),
             "thresholds": data.get("thresholds"),
+            "shards": resolve_shards(
+                data["preset"], data.get("visits_per_day"), bool(data.get("bulk")), data.get("shards") or 1
+            ),
         }
 
     def estimate(self) -> RunEstimate | None:
@@ -142,6 +160,8 @@ class StartRunForm(forms.Form):
             visits_per_day=data.get("visits_per_day") or preset.visits_per_day,
             duration_seconds=minutes * 60 if minutes else (round(hours * 3600) if hours else None),
             max_visits=data.get("max_visits") or preset.auto_stop_after_visits,
+            bulk=bool(data.get("bulk")),
+            shards=data.get("shards") or 1,
         )
 
 
@@ -159,6 +179,17 @@ class RunEstimate:
     visits_per_day: int
     duration_seconds: int | None
     max_visits: int | None
+    bulk: bool = False
+    shards: int | str = 1
+
+    @cached_property
+    def shard_plan(self) -> ShardPlan:
+        return plan_shards(self.preset, self.visits_per_day, self.bulk, self.shards, self.hits_per_visit)
+
+    @property
+    def shard_note(self) -> str:
+        """How many loader slots the run needs at its peak, and how many are free now."""
+        return describe(self.shard_plan, free_loader_slots())
 
     @cached_property
     def hits_per_visit(self) -> float:

@@ -38,6 +38,14 @@ can be resumed): a loader frozen (SIGSTOP, a paused VM) long enough to be resume
 another one finds its lease expired when it wakes, sends nothing, learns at its next
 check that it was superseded, and exits without writing anything.
 
+Shards. A run of N shards has N loaders (runs.models.RunShard). Each generates every
+target's whole deterministic stream and sends only the visits whose visitor id falls in its
+slice (``shard_of``: the 64-bit visitor id mod N), so the shards' visits are disjoint, their
+union is the unsharded run, and every visit of one visitor (returning visitors included)
+goes through one shard, in order. A visit limit counts stream positions, not this loader's
+visits: each target sends the first ``quota`` visits of its stream (the limit split over
+targets by rate), whichever shard they fall in. Concurrency is split over the shards.
+
 This module is the live loader's one home: the visit streams per target (fed from the
 run's snapshot), the loop, and ``execute_loader``, which the commands ``run_loader`` and
 ``run_traffic`` call.
@@ -68,7 +76,7 @@ from django.db import connections
 
 from backfill.models import BackfillPlan
 from funnels.models import Funnel
-from runs.models import Run, RunLog, RunTarget
+from runs.models import Run, RunLog, RunShard, RunTarget
 from targets.checks import token_works_in_bulk
 from trafficinator.sending.sender import SenderClosed, TargetSender
 from trafficinator.sending.telemetry import RunStats, RunTelemetry, TargetTelemetry, delivered_percent
@@ -83,12 +91,44 @@ TICK = 0.2  # longest sleep of the scheduler when nothing is due
 CHECK_EVERY = 0.25  # seconds between claim + stop-request reads (one cheap SELECT)
 FLUSH_EVERY = 2.0  # seconds between DB reports (stats + heartbeat + log + chart row)
 STOP_GRACE = 1.0  # seconds in-flight requests get after a stop (all targets at once)
+HAND_BACK_GRACE = 5.0  # ... when handing a shard back (no user waits; an abandoned hit is a lost one)
 REQUEST_TIMEOUT = 10.0
 ADMIT_MAX_LAG = 0.5  # start no new visit while a target's due hits wait longer than this
 ADMIT_PER_PASS = 100  # visits started per scheduler pass before letting I/O run
 SATURATED_LAG = 2.0  # behind schedule by more than this: "generator saturated"
 RECOVERED_LAG = 0.5  # ... and back on schedule below this
 SUPERSEDED = "superseded"  # run_loop's result when another loader took the run over (not a Run.Status)
+HANDED_BACK = "handed back"  # run_loop's result when the loader was asked to exit and gives its shard back
+
+
+def shard_of(visit: Visit, shard_count: int) -> int:
+    """The shard that sends ``visit``: a stable function of its visitor id alone."""
+    return int(visit.cid, 16) % shard_count
+
+
+def sliced(visits: Iterator[Visit], index: int, count: int) -> Iterator[Visit]:
+    """The visits of shard ``index`` of ``count`` (all of them for one shard)."""
+    if count <= 1:
+        return visits
+    return (visit for visit in visits if int(visit.cid, 16) % count == index)
+
+
+def split_evenly(total: int, index: int, count: int) -> int:
+    """Shard ``index``'s part of ``total`` split over ``count`` shards (parts add up)."""
+    return total // count + (1 if index < total % count else 0)
+
+
+def target_quotas(limit: int, rates: list[int]) -> list[int]:
+    """A visit limit split over targets by rate (largest remainder: they add up to it)."""
+    total = sum(rates)
+    if total <= 0:
+        return [0] * len(rates)
+    exact = [limit * rate / total for rate in rates]
+    quotas = [int(value) for value in exact]
+    by_remainder = sorted(range(len(rates)), key=lambda i: (-(exact[i] - quotas[i]), i))
+    for i in by_remainder[: limit - sum(quotas)]:
+        quotas[i] += 1
+    return quotas
 
 
 def claim_lease() -> float:
@@ -136,11 +176,12 @@ class VisitInProgress:
     before the previous one settled, so a retried hit is never overtaken by the next one
     of the same visitor); a bulk visit's settling ends it."""
 
-    __slots__ = ("delivered", "index", "items", "runtime", "shift", "size")
+    __slots__ = ("delivered", "index", "items", "position", "runtime", "shift", "size")
 
-    def __init__(self, runtime: TargetRuntime, items: list, shift: float, size: int) -> None:
+    def __init__(self, runtime: TargetRuntime, items: list, shift: float, size: int, position: int = 0) -> None:
         self.runtime = runtime
         self.items = items  # single: [(due, body)]; bulk: [entry] sent at once
+        self.position = position  # its index in the target's stream (as the shard's stream state counts)
         self.index = 0
         self.shift = shift  # seconds the visit started late (its hits keep their spacing)
         self.size = size  # bytes held, for the memory budget
@@ -148,6 +189,7 @@ class VisitInProgress:
 
     def __call__(self, outcome: str) -> None:
         runtime = self.runtime
+        runtime.holding.discard(self)
         if outcome == "abandoned":
             runtime.visit_over(self, finished=False)
             return
@@ -184,6 +226,19 @@ class TargetRuntime:
     workers: list[gevent.Greenlet] = field(default_factory=list)  # single hits: see LiveLoader._send_hits
     # Monotonic start times of the visits of the last minute, for the actual visits/day.
     recent_starts: deque = field(default_factory=deque)
+    # Stream positions: ``position`` is the next index of the current stream not yet
+    # passed (offset by ``offset`` when the stream was replaced: a daily-cap restart or a
+    # resume); a visit limit lets this target send the positions below ``quota``.
+    position: int = 0
+    offset: int = 0
+    quota: int | None = None
+    # Handed-back visits to send again first: stream index -> hits already sent.
+    redo: dict[int, int] = field(default_factory=dict)
+    # Visits taken off the heap by a worker or the dispatcher and not settled yet, and
+    # visits a closed sender refused (stream position -> first hit not sent): what a
+    # loader handing its shard back must list besides the heap (see stream_state).
+    holding: set = field(default_factory=set)
+    refused: dict[int, int] = field(default_factory=dict)
     _seq: Iterator[int] = field(default_factory=itertools.count)
     # Single hits: seconds between a visit's first and last hit, and hits, summed over the
     # visits started (their mean gap between hits, for single_visit_cap).
@@ -200,25 +255,52 @@ class TargetRuntime:
         if heap[0][2] is visit:
             self.wake.set()  # earlier than what the dispatcher sleeps for
 
-    def start_visit(self, visit: Visit, now: float, now_mono: float) -> None:
-        """Admit ``visit`` now: ``now - visit.start`` late when behind schedule."""
+    @property
+    def exhausted(self) -> bool:
+        """Its visit limit is reached (or its stream ended)."""
+        visit = self.next_visit
+        if visit is None:
+            return True
+        return self.quota is not None and self.offset + visit.index >= self.quota and not self.redo
+
+    def advance(self) -> None:
+        """Take the next visit of the stream (a handed-back visit first, then new ones)."""
+        visit = next(self.stream.visits, None)
+        while visit is not None and visit.index < self.position and visit.index not in self.redo:
+            visit = next(self.stream.visits, None)
+        self.next_visit = visit
+
+    def stream_state(self) -> tuple[int, int]:
+        return self.position, self.offset
+
+    def start_visit(self, visit: Visit, now: float, now_mono: float) -> int:
+        """Admit ``visit`` now: ``now - visit.start`` late when behind schedule. Returns
+        how many stream positions it moved on (visits of other shards included)."""
         shift = max(0.0, now - visit.start)
+        redone = visit.index < self.position and visit.index in self.redo
+        sent = self.redo.pop(visit.index) if redone else 0
+        passed = max(0, visit.index + 1 - self.position)
+        self.position = max(self.position, visit.index + 1)
         if self.bulk:
             entries = self.stream.encode(visit, with_cdt=True)
-            state = VisitInProgress(self, entries, shift, sum(map(len, entries)))
+            state = VisitInProgress(self, entries, shift, sum(map(len, entries)), visit.index)
             due = visit.hits[-1].due + shift if visit.hits else visit.start + shift
         else:
             timed = self.stream.encode_timed(visit)
-            state = VisitInProgress(self, timed, shift, sum(len(body) for _, body in timed))
-            due = timed[0][0] + shift
+            state = VisitInProgress(self, timed, shift, sum(len(body) for _, body in timed), visit.index)
+            if sent:  # a handed-back visit: its first hits went out before
+                state.index = min(sent, len(timed) - 1)
+            due = timed[state.index][0] + shift
             self.gap_seconds += timed[-1][0] - timed[0][0]
             self.gap_hits += len(timed)
         size = state.size
         self.in_progress += 1
         self.held_bytes += size
         self.recent_starts.append(now_mono)
-        self.telemetry.start_visits()
+        if not redone:  # a handed-back visit was counted by the loader that started it
+            self.telemetry.start_visits()
         self.push(due, state)
+        return passed
 
     def visit_over(self, visit: VisitInProgress, *, finished: bool) -> None:
         self.in_progress -= 1
@@ -265,7 +347,8 @@ class TargetRuntime:
         if visit is None or now - visit.start <= RECOVERED_LAG:
             return 0  # due just now: the next pass starts it
         stream = self.stream
-        return 1 + int(expected_visits(visit.start, now, stream.tzinfo, stream.visits_per_day, stream.curve))
+        expected = expected_visits(visit.start, now, stream.tzinfo, stream.visits_per_day, stream.curve)
+        return 1 + int(expected / stream.shard_count)  # this shard's slice of what is due
 
     def visits_per_day(self, now: float) -> int:
         """Visits started in the last 60 s, scaled to a day: what the target gets now."""
@@ -289,20 +372,22 @@ def single_visit_cap(concurrency: int, latency: float, gap: float, ceiling: int)
 
 
 class LiveLoader:
-    """Sends one run's traffic until it completes, is stopped, fails or is superseded."""
+    """Sends one shard of a run until it completes, is stopped, fails, is superseded or
+    (``hand_back``) is asked to exit and gives the shard back to the queue."""
 
-    def __init__(self, run: Run, *, progress=None) -> None:
+    def __init__(self, run: Run, *, token: uuid.UUID | None = None, progress=None, hand_back: bool = False) -> None:
         self.run = run
-        self.token: uuid.UUID | None = run.claim_token
+        self.shard = self._claimed_shard(run, token)
+        self.token: uuid.UUID | None = self.shard.claim_token
+        self.hand_back = hand_back
         self.progress = progress  # optional callable(stats) for a terminal progress line
         self.telemetry = RunTelemetry()
         self.stop_event = gevent.event.Event()
         self.wake = gevent.event.Event()  # the scheduler's alarm: a stop, a free slot
         self.stop_reason = ""
         self.final_status: Run.Status | str = Run.Status.STOPPED  # until stop() says why the loop ended
-        # A resumed run continues its counters from where the lost loader left them.
-        self.previous_stats = run.stats if isinstance(run.stats, dict) else {}
-        self.visits_started = int(run.totals.get("visits_started", 0))
+        # A resumed shard continues its counters from where the lost loader left them.
+        self.previous_stats = self.shard.stats if isinstance(self.shard.stats, dict) else {}
         self.runtimes: list[TargetRuntime] = []
         self.dispatchers: list[gevent.Greenlet] = []
         self.checker = DbThread()
@@ -317,18 +402,59 @@ class LiveLoader:
         self._cap_restarts = 0
         self.stopped_at: float | None = None  # the schedule figures freeze when the run stops
 
+    @property
+    def visits_started(self) -> int:
+        """Visits this shard started (its previous loaders' included)."""
+        previous = int(self.previous_stats.get("totals", {}).get("visits_started", 0) or 0)
+        return previous + sum(rt.telemetry.counts()["visits_started"] for rt in self.runtimes)
+
+    @staticmethod
+    def _claimed_shard(run: Run, token: uuid.UUID | None) -> RunShard:
+        """The shard ``token`` claimed, else the one ``run.claim()`` just claimed, else the
+        run's first claimed shard (a one-shard run claimed elsewhere)."""
+        if token is not None:
+            return run.shard_of(token)
+        claimed = getattr(run, "claimed_shard", None)
+        if claimed is not None:
+            return claimed
+        shard = run.shards.filter(status__in=RunShard.CLAIMED_STATUSES).order_by("index").first()
+        return shard or RunShard(run=run, index=0)
+
     # --- setup ---------------------------------------------------------------------
 
     def build(self) -> None:
         run_targets = list(self.run.run_targets.select_related("target"))
-        streams = target_streams(self.run, run_targets, start=time.time(), key=self.stream_key())
+        state = self.shard.stream if isinstance(self.shard.stream, dict) else {}
+        resumed = state.get("continue") and state.get("key")
+        # A handed-back shard continues its streams exactly (same key and start); a shard
+        # resumed after its loader was lost starts new ones (no visit sent twice) and
+        # counts on from where the lost loader last reported.
+        self.stream_start = float(state["start"]) if resumed else time.time()
+        self.current_key = str(state["key"]) if resumed else self.stream_key()
+        streams = target_streams(
+            self.run,
+            run_targets,
+            start=self.stream_start,
+            key=self.current_key,
+            shard=(self.shard.index, self.run.shard_count),
+        )
+        positions = state.get("positions", {})
+        offsets = state.get("offsets", {})
+        redo = state.get("redo", {}) if resumed else {}
+        quotas = (
+            target_quotas(self.run.max_visits, [stream.visits_per_day for stream in streams])
+            if self.run.max_visits
+            else [None] * len(streams)
+        )
         total_rate = sum(stream.visits_per_day for stream in streams) or 1
         max_visits = settings.LOADER_MAX_VISITS_IN_PROGRESS
         max_bytes = settings.LOADER_MEMORY_BUDGET_MB << 20
-        for stream in streams:
+        for stream, quota in zip(streams, quotas, strict=True):
             rt = stream.run_target
-            telemetry = self.telemetry.add(str(rt.pk), rt.target.name)
-            concurrency = int(self.run.profile.get("concurrency", 10))
+            key = str(rt.pk)
+            telemetry = self.telemetry.add(key, rt.target.name)
+            asked = int(self.run.profile.get("concurrency", 10))
+            concurrency = max(1, split_evenly(asked, self.shard.index, stream.shard_count))
             sender = TargetSender(
                 rt.target.tracking_url,
                 rt.target.token_auth or None,
@@ -349,17 +475,49 @@ class LiveLoader:
                 max_visits=max(concurrency, int(max_visits * share)),
                 max_bytes=max(64 << 10, int(max_bytes * share)),
                 on_slot_free=self.wake.set,
+                quota=quota,
             )
-            runtime.next_visit = next(stream.visits, None)
+            position, offset = int(positions.get(key, 0)), int(offsets.get(key, 0))
+            if resumed:
+                runtime.position, runtime.offset = position - offset, offset
+                runtime.redo = {int(index): int(sent) for index, sent in redo.get(key, {}).items()}
+            else:
+                runtime.offset = position  # a new stream counts on from the lost one's positions
+            runtime.advance()
             self.runtimes.append(runtime)
             if stream.notice:
                 self.log(RunLog.Level.WARNING, stream.notice, rt)
 
     def stream_key(self) -> str:
-        """The visit stream's name: the claim epoch (a resumed run gets new visitors, so
-        nothing is replayed) and how often the daily cap restarted it; never the time."""
-        key = str(max(1, self.run.claim_epoch))
+        """The visit stream's name: the shard's claim epoch (a shard resumed after its
+        loader was lost gets new visitors, so nothing is replayed) and how often the daily
+        cap restarted it; never the time, never the shard (all shards share the streams)."""
+        key = str(max(1, self.shard.claim_epoch))
         return f"{key}.{self._cap_restarts}" if self._cap_restarts else key
+
+    def stream_state(self, *, handing_back: bool = False) -> dict:
+        """Where the streams stand (RunShard.stream). Handing back, the visits admitted
+        but not (completely) sent are listed to be sent by the next loader."""
+        state: dict = {
+            "key": self.current_key,
+            "start": self.stream_start,
+            "positions": {str(rt.run_target.pk): rt.offset + rt.position for rt in self.runtimes},
+            "offsets": {str(rt.run_target.pk): rt.offset for rt in self.runtimes},
+        }
+        if handing_back:
+            redo = {}
+            for rt in self.runtimes:
+                pending = dict(rt.redo) | rt.refused
+                for _, _, visit in rt.heap:  # due next: nothing of it in flight
+                    if visit.items:
+                        pending[visit.position] = visit.index
+                for visit in rt.holding:  # interrupted: a single hit's fate is unknown, skip it
+                    first = visit.index if rt.bulk else visit.index + 1
+                    if visit.items and first < len(visit.items):
+                        pending[visit.position] = first
+                redo[str(rt.run_target.pk)] = {str(index): sent for index, sent in pending.items()}
+            state["redo"] = redo
+        return state
 
     # --- the scheduler -------------------------------------------------------------
 
@@ -417,7 +575,7 @@ class LiveLoader:
                 break
             if check is None and now_mono >= next_check:
                 check_started, next_check = now_mono, now_mono + CHECK_EVERY
-                check = self.checker.submit(self.run.check_claim, self.token)
+                check = self.checker.submit(self.shard.check_claim, self.token)
                 check.rawlink(self._wake_up)
             now = time.time()
             if report is None and now_mono >= next_flush:
@@ -428,12 +586,14 @@ class LiveLoader:
                     next_sample = _next_minute(now)
                 stats = self.snapshot()
                 report_sent = stats["totals"].get("sent", 0)
-                report = self.writer.submit(self.run.report, self.token, stats, self._drain_logs(), sample)
+                report = self.writer.submit(
+                    self.shard.report, self.token, stats, self._drain_logs(), sample, self.stream_state()
+                )
                 report.rawlink(self._wake_up)
                 if self.progress:
                     self.progress(stats)
             if self._visit_limit_reached():
-                # Started visits finish their hits; then the run is complete.
+                # Started visits finish their hits; then the shard is complete.
                 if not any(runtime.in_progress for runtime in self.runtimes):
                     self.stop(Run.Status.COMPLETED, f"Visit limit of {self.run.max_visits} reached.")
                     break
@@ -473,7 +633,7 @@ class LiveLoader:
             now = time.time()
             for runtime in self.runtimes:
                 visit = runtime.next_visit
-                if visit is not None and runtime.can_admit(now):
+                if visit is not None and runtime.can_admit(now) and not runtime.exhausted:
                     wait = min(wait, visit.start - now)
         return max(0.0, wait)
 
@@ -485,22 +645,19 @@ class LiveLoader:
             admitted = 0
             while admitted < ADMIT_PER_PASS:
                 visit = runtime.next_visit
-                if visit is None or visit.start > now or not runtime.can_admit(now):
+                if visit is None or visit.start > now or not runtime.can_admit(now) or runtime.exhausted:
                     break
-                if self._visit_limit_reached():
-                    return
                 if self._daily_cap_reached(visit.start):
                     self._pause_until_next_day(visit.start)
                     return
-                runtime.next_visit = next(runtime.stream.visits, None)
-                self.visits_started += 1
-                self._visits_today += 1
-                runtime.start_visit(visit, now, now_mono)
+                runtime.advance()
+                # Stream positions, so shards together keep the cap the run asked for.
+                self._visits_today += runtime.start_visit(visit, now, now_mono)
                 admitted += 1
 
     def _visit_limit_reached(self) -> bool:
-        limit = self.run.max_visits
-        return bool(limit and self.visits_started >= limit)
+        """Every target sent the positions its share of the visit limit allows."""
+        return bool(self.run.max_visits) and all(runtime.exhausted for runtime in self.runtimes)
 
     def _cap_zone(self):
         return resolve_timezone(self.runtimes[0].stream.timezone) if self.runtimes else UTC
@@ -541,14 +698,24 @@ class LiveLoader:
         local = datetime.fromtimestamp(start, zone)
         tomorrow = datetime.combine(local.date() + timedelta(days=1), datetime.min.time(), zone)
         self._cap_restarts += 1
-        key = self.stream_key()
+        self.current_key, self.stream_start = self.stream_key(), tomorrow.timestamp()
         run_targets = [runtime.run_target for runtime in self.runtimes]
-        fresh = {s.run_target.pk: s for s in target_streams(self.run, run_targets, start=tomorrow.timestamp(), key=key)}
+        streams = target_streams(
+            self.run,
+            run_targets,
+            start=self.stream_start,
+            key=self.current_key,
+            shard=(self.shard.index, self.run.shard_count),
+        )
+        fresh = {s.run_target.pk: s for s in streams}
         for runtime in self.runtimes:
             stream = fresh.get(runtime.run_target.pk)
             if stream is not None:
                 runtime.stream = stream
-                runtime.next_visit = next(stream.visits, None)
+                runtime.offset += runtime.position  # positions count on over the restart
+                runtime.position = 0
+                runtime.redo = {}
+                runtime.advance()
 
     # --- sending -------------------------------------------------------------------
 
@@ -583,6 +750,7 @@ class LiveLoader:
         clock = time.time
         while (popped := self._next_due(runtime)) is not None:
             visit, due = popped
+            runtime.holding.add(visit)  # until the sender settles it (on_done)
             try:  # (sent as single hits if the sender fell back for a secure-only token)
                 sender.send_visit(visit.items, on_done=visit)
                 telemetry.record_wait(clock() - due, len(visit.items))
@@ -605,9 +773,12 @@ class LiveLoader:
                 return
             visit, due = popped
             telemetry.record_wait(clock() - due)
+            runtime.holding.add(visit)  # until visit(outcome) below
             try:
                 outcome = sender.deliver_hit(visit.items[visit.index][1])
             except SenderClosed:
+                runtime.holding.discard(visit)
+                runtime.refused[visit.position] = visit.index  # not sent: a hand-back lists it
                 runtime.visit_over(visit, finished=False)
                 return
             except Exception as exc:  # a bug: never silent, never the end of the target
@@ -639,8 +810,10 @@ class LiveLoader:
         the DB threads are closed. The caller writes the final report."""
         superseded = self.final_status == SUPERSEDED
         gevent.killall(self.dispatchers, block=True, timeout=1.0)
-        grace = 0.0 if superseded else STOP_GRACE
-        closing = [gevent.spawn(self._close_target, rt, grace) for rt in self.runtimes]
+        handing_back = self.final_status == HANDED_BACK
+        grace = 0.0 if superseded else HAND_BACK_GRACE if handing_back else STOP_GRACE
+        # Handing back, buffered bulk visits go out now: the next loader starts after them.
+        closing = [gevent.spawn(self._close_target, rt, grace, handing_back) for rt in self.runtimes]
         gevent.joinall(closing, timeout=grace + 3.0)
         self.checker.close()
         for runtime in self.runtimes:
@@ -654,15 +827,16 @@ class LiveLoader:
         return status
 
     @staticmethod
-    def _close_target(runtime: TargetRuntime, grace: float) -> None:
-        """Hits in flight get ``grace`` seconds (no new retries), then count abandoned."""
+    def _close_target(runtime: TargetRuntime, grace: float, flush: bool = False) -> None:
+        """Hits in flight get ``grace`` seconds (no new retries), then count abandoned;
+        buffered bulk visits are sent first when ``flush``."""
         sender = runtime.sender
         if runtime.workers:
             sender.stop_retrying()
             gevent.joinall(runtime.workers, timeout=grace)
             gevent.killall(runtime.workers, block=True, timeout=2.0)
             grace = 0.0
-        sender.close(grace_seconds=grace, flush=False)
+        sender.close(grace_seconds=grace, flush=flush)
 
     def _all_targets_failed(self) -> bool:
         snapshot = self.telemetry.snapshot()["targets"]
@@ -726,9 +900,9 @@ class LiveLoader:
         sample["minute"] = datetime.fromtimestamp(minute_end - 60, UTC).replace(second=0, microsecond=0)
         return sample
 
-    def final_report(self, status: Run.Status) -> tuple[bool, RunStats]:
-        """The last report and the status transition, in the writer thread, fenced.
-        Returns (the claim still held, the final stats)."""
+    def final_report(self, status: Run.Status | str) -> tuple[bool, RunStats]:
+        """The last report and the shard's transition (ended, or HANDED_BACK to the
+        queue), in the writer thread, fenced. Returns (the claim still held, the final stats)."""
         stats = self.snapshot()
         if self.visits_behind_total(stats):
             self.stop_reason += (
@@ -736,17 +910,23 @@ class LiveLoader:
                 f"visits were delivered, {stats['totals'].get('visits_behind', 0):,} were still behind schedule."
             )
         level = RunLog.Level.ERROR if status == Run.Status.FAILED else RunLog.Level.INFO
-        self.log(level, f"Loader finished: {status}. {self.stop_reason}".strip())
+        which = f"Loader of shard {self.shard.label}" if self.run.shard_count > 1 else "Loader"
+        self.log(level, f"{which} finished: {status}. {self.stop_reason}".strip())
         sample = self._sample(_next_minute(time.time()))
         logs = self._drain_logs()
+        handing_back = status == HANDED_BACK
+        stream = self.stream_state(handing_back=handing_back)
 
         token = self.token
         assert token is not None, "a loader runs a claimed run"
+        reason = self.stop_reason.strip() or "Finished."
 
         def write() -> bool:
-            if not self.run.report(token, stats, logs, sample):
+            if not self.shard.report(token, stats, logs, sample, stream):
                 return False
-            return self.run.finish_claimed(token, status, self.stop_reason.strip() or "Finished.", stats)
+            if handing_back:
+                return self.shard.hand_back(token, stats, stream, reason)
+            return self.shard.finish_claimed(token, cast(Run.Status, status), reason, stats, stream)
 
         owned = bool(self.writer.submit(write).get())
         self.writer.close()
@@ -821,6 +1001,7 @@ class TargetStream:
     bulk_allowed: bool = True
     goals: SiteGoals | None = None
     curve: str = "flat"
+    shard_count: int = 1  # ``visits`` holds one shard's slice of this many
 
     @property
     def tzinfo(self):
@@ -854,17 +1035,22 @@ def run_funnels(run: Run) -> list:
 
 def stream_seed(run: Run, run_target: RunTarget) -> str:
     """Each target gets its own stream, the same for the same seed and target in every run
-    (so --seed reproduces a run). A resumed run gets a new stream key (its claim epoch), so
-    it has new visitors, and its order ids carry the new claim, so nothing is replayed."""
+    (so --seed reproduces a run) and in every shard. A shard resumed after its loader was
+    lost gets a new stream key (its claim epoch), so it has new visitors, and its order ids
+    carry the new key, so nothing is replayed."""
     return hashlib.sha256(f"{run.seed}:{run_target.target_id}".encode()).hexdigest()[:16]
 
 
-def target_streams(run: Run, run_targets: list[RunTarget], *, start: float, key: str = "1") -> list[TargetStream]:
-    """The visit stream of each target with a rate above 0, arriving from ``start``.
-    The same seed, preset, targets and ``key`` give the same visits whenever it starts."""
+def target_streams(
+    run: Run, run_targets: list[RunTarget], *, start: float, key: str = "1", shard: tuple[int, int] = (0, 1)
+) -> list[TargetStream]:
+    """The visit stream of each target with a rate above 0, arriving from ``start``, as
+    shard ``shard[0]`` of ``shard[1]`` sends it (``sliced``). The same seed, preset,
+    targets and ``key`` give the same visits whenever it starts, whatever the shards.
+    Order ids carry the key, so a new stream (a resumed shard) never repeats one."""
     catalog = run_catalog(run)
     funnels = run_funnels(run)
-    claim = run.claim_token.hex[:6] if run.claim_token else "local"
+    index, count = shard
     streams = []
     for run_target in run_targets:
         target = run_target.target
@@ -907,7 +1093,7 @@ def target_streams(run: Run, run_targets: list[RunTarget], *, start: float, key:
             seed=stream_seed(run, run_target),
             site_id=target.site_id,
             token_present=target.has_token,
-            order_id_prefix=f"r{run.pk}-{claim}",
+            order_id_prefix=f"r{run.pk}-k{key}",
             timezone=zone,
             start=datetime.fromtimestamp(start, UTC),
             goals=goals,
@@ -917,30 +1103,36 @@ def target_streams(run: Run, run_targets: list[RunTarget], *, start: float, key:
         streams.append(
             TargetStream(
                 run_target,
-                visits,
+                sliced(visits, index, count),
                 rate,
                 zone,
                 notice,
                 bulk_allowed=bulk_allowed,
                 goals=goals,
                 curve=profile.daily_curve,
+                shard_count=count,
             )
         )
     return streams
 
 
-def execute_loader(run: Run, *, progress=None) -> Run:
-    """Run the loop, stop cleanly on SIGTERM/SIGINT, and record how the run ended. A
-    loader whose claim was superseded writes nothing and says so on stderr."""
-    loader = LiveLoader(run, progress=progress)
+def execute_loader(run: Run, *, token: uuid.UUID | None = None, progress=None, hand_back: bool = False) -> Run:
+    """Run the loop of the shard ``token`` claimed (default: the one ``run.claim()`` just
+    claimed), stop cleanly on SIGTERM/SIGINT (``hand_back``: give the shard back to the
+    queue instead), and record how it ended. A loader whose claim was superseded writes
+    nothing and says so on stderr."""
+    loader = LiveLoader(run, token=token, progress=progress, hand_back=hand_back)
 
     def on_signal() -> None:
-        loader.stop(Run.Status.STOPPED, "Stopped: the loader process was asked to exit.")
+        if hand_back:
+            loader.stop(HANDED_BACK, "The loader process was asked to exit.")
+        else:
+            loader.stop(Run.Status.STOPPED, "Stopped: the loader process was asked to exit.")
 
     handlers = [gevent.signal_handler(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)]
     try:
         status = loader.run_loop()
-        if not isinstance(status, Run.Status) or not loader.final_report(status)[0]:  # SUPERSEDED
+        if status == SUPERSEDED or not loader.final_report(status)[0]:
             loader.writer.close()
             unreported = loader.telemetry.snapshot()["totals"].get("sent", 0) - loader.reported_sent
             logger.error(
@@ -954,7 +1146,7 @@ def execute_loader(run: Run, *, progress=None) -> Run:
         raise
     except Exception as exc:
         loader.checker.close()
-        if loader.token is not None and not run.fail_claimed(loader.token, f"The loader failed: {exc!r}"):
+        if loader.token is not None and not loader.shard.fail_claimed(loader.token, f"The loader failed: {exc!r}"):
             raise
         run.log(RunLog.Level.ERROR, f"Loader crashed: {exc!r}")
         raise

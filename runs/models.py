@@ -4,10 +4,16 @@ The lifecycle is queued -> running -> (stopping) -> completed | stopped | failed
 transition is a conditional UPDATE on the current status, so two processes (a re-delivered
 task, the dashboard and a loader, the reaper) can never both win.
 
-Loaders are fenced: each claim gets a new ``claim_token`` (and ``claim_epoch``), and every
-write of a loader (``report``, ``finish_claimed``, ``fail_claimed``) is conditional on its
-token. A loader that was frozen, shown lost and superseded by a resume writes nothing more
-and stops sending at its next ``check_claim``.
+A run has ``shard_count`` shards (``RunShard``, 1 by default): each is claimed by its own
+loader process and sends a disjoint slice of the run's visits (runs.loader). The run is
+running while any shard is, and ends when every shard has ended; its ``stats`` are the
+exact merge of its shards' (``merge_stats``), written with every shard's report.
+
+Loaders are fenced: each claim of a shard gets a new ``claim_token`` (and ``claim_epoch``),
+and every write of a loader (``report``, ``finish_claimed``, ``fail_claimed``,
+``hand_back``) is conditional on its token. A loader that was frozen, shown lost and
+superseded by a resume writes nothing more and stops sending at its next ``check_claim``.
+The ``Run`` methods of the same names find the shard by its token.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from presets.models import Preset, PresetSnapshot
 from targets.models import Target
 from trafficinator import thresholds as criteria
 from trafficinator.lifecycle import LogEntry, actor, transition
-from trafficinator.sending.telemetry import RunStats, RunTotals
+from trafficinator.sending.telemetry import RunStats, RunTotals, merge_stats
 
 # A loader flushes every ~2 s; missing this many seconds of heartbeats means it is gone
 # (settings.RUN_HEARTBEAT_STALE_SECONDS, 30 s unless set).
@@ -41,6 +47,11 @@ MAX_VISITS_PER_DAY = 50_000_000
 MAX_VISITS = 1_000_000_000
 MAX_TARGET_WEIGHT = 1_000_000
 MAX_BATCH_SIZE = 5000
+# At most this many loader processes (shards) per run (README "Sharded runs").
+MAX_SHARDS = 64
+# The traffic model's ceiling for one target's live stream (trafficinator.traffic.profile);
+# every shard generates its targets' whole schedule, so sharding does not lift it.
+MAX_VISITS_PER_DAY_PER_TARGET = 100_000_000
 
 
 def _hours_to_seconds(hours: float | None) -> int | None:
@@ -63,6 +74,7 @@ class RunQuerySet(models.QuerySet["Run"]):
         bulk: bool = False,
         batch_size: int = 100,
         thresholds: list[str] | None = None,
+        shards: int = 1,
     ) -> Run:
         """Create a queued run: the preset is snapshotted, so editing it later does not
         change this run. ``targets`` are targets, or (target, weight, visits_per_day).
@@ -98,17 +110,26 @@ class RunQuerySet(models.QuerySet["Run"]):
             bulk=bulk,
             batch_size=batch_size,
             thresholds=texts,
+            shard_count=shards,
             created_by=created_by,
         )
         run.full_clean()
         run.save()
+        run_targets = []
         for target, weight, rate in entries:
             # With an explicit rate the weight does not apply; store the neutral 1.
-            RunTarget.objects.create(run=run, target=target, weight=1.0 if rate else weight, visits_per_day=rate)
+            run_targets.append(
+                RunTarget.objects.create(run=run, target=target, weight=1.0 if rate else weight, visits_per_day=rate)
+            )
+        problem = run.ceiling_problem(run_targets)
+        if problem:
+            raise ValidationError({"shards": problem})
+        RunShard.objects.bulk_create(RunShard(run=run, index=index) for index in range(run.shard_count))
         run.log(
             RunLog.Level.INFO,
             f"Created by {actor(created_by)}: preset {preset.name}, {run.visits_per_day:,} visits/day, "
             f"{len(entries)} target(s), seed {run.seed}{', bulk' if bulk else ''}"
+            + (f", {run.shard_count} shards" if run.shard_count > 1 else "")
             + (f"; thresholds: {'; '.join(texts)}." if texts else "."),
         )
         return run
@@ -120,9 +141,11 @@ class RunQuerySet(models.QuerySet["Run"]):
         return self.exclude(status__in=Run.ACTIVE_STATUSES)
 
     def stale(self, older_than: timedelta = HEARTBEAT_STALE_AFTER) -> RunQuerySet:
-        """Running runs whose loader stopped reporting (crashed, killed, machine gone)."""
+        """Running runs with a shard whose loader stopped reporting (crashed, killed,
+        machine gone)."""
         cutoff = timezone.now() - older_than
-        return self.filter(status__in=[Run.Status.RUNNING, Run.Status.STOPPING], heartbeat_at__lt=cutoff)
+        lost = RunShard.objects.filter(status__in=RunShard.CLAIMED_STATUSES, heartbeat_at__lt=cutoff)
+        return self.filter(status__in=[Run.Status.RUNNING, Run.Status.STOPPING], pk__in=lost.values("run_id"))
 
 
 def check_thresholds(lines: list[str] | str, target_names: list[str]) -> list[str]:
@@ -190,12 +213,11 @@ class Run(models.Model):
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
     stop_requested = models.BooleanField(default=False)
     end_reason = models.TextField(blank=True)
-    claim_token = models.UUIDField(null=True, blank=True, editable=False)
-    claim_epoch = models.PositiveIntegerField(
-        default=0, editable=False, help_text="How many times a loader claimed the run (1 for the first loader)."
+    shard_count = models.PositiveSmallIntegerField(
+        default=1,
+        validators=[MinValueValidator(1), MaxValueValidator(MAX_SHARDS)],
+        help_text="Loader processes that share the run's visits (README “Sharded runs”).",
     )
-    loader_pid = models.PositiveIntegerField(null=True, blank=True)
-    loader_host = models.CharField(max_length=255, blank=True)
 
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -203,8 +225,9 @@ class Run(models.Model):
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
 
-    # The loader's latest telemetry snapshot, written in one UPDATE every ~2 s:
-    # {"totals": {...}, "targets": {"<run_target_id>": {...}}}. Never one row per hit.
+    # The merge of the shards' latest telemetry snapshots, written with each shard's
+    # report every ~2 s: {"totals": {...}, "targets": {"<run_target_id>": {...}}}.
+    # Never one row per hit.
     stats = models.JSONField(default=dict, blank=True)
     # The last comparison with Matomo's own counts (runs.verification), or None.
     verification = models.JSONField(null=True, blank=True, editable=False)
@@ -228,6 +251,9 @@ class Run(models.Model):
                 condition=models.Q(visits_per_day__gte=1, visits_per_day__lte=MAX_VISITS_PER_DAY),
                 name="run_visits_per_day_range",
             ),
+            models.CheckConstraint(
+                condition=models.Q(shard_count__gte=1, shard_count__lte=MAX_SHARDS), name="run_shard_count_range"
+            ),
         ]
 
     def __str__(self) -> str:
@@ -247,11 +273,31 @@ class Run(models.Model):
     def is_active(self) -> bool:
         return self.status in self.ACTIVE_STATUSES
 
+    def shard_list(self) -> list[RunShard]:
+        """The shards in order (uses the caller's prefetch_related("shards") if any)."""
+        return sorted(self.shards.all(), key=lambda shard: shard.index)
+
+    def lost_shards(self, now=None) -> list[RunShard]:
+        if self.status not in (self.Status.RUNNING, self.Status.STOPPING):
+            return []
+        now = now or timezone.now()
+        return [shard for shard in self.shard_list() if shard.is_lost(now)]
+
     def is_lost(self, now=None) -> bool:
-        """A running run whose loader has not reported for a while."""
-        if self.status not in (self.Status.RUNNING, self.Status.STOPPING) or self.heartbeat_at is None:
-            return False
-        return (now or timezone.now()) - self.heartbeat_at > HEARTBEAT_STALE_AFTER
+        """A running run with a shard whose loader has not reported for a while."""
+        return bool(self.lost_shards(now))
+
+    def ceiling_problem(self, run_targets: list[RunTarget]) -> str:
+        """Why a target's live stream would exceed the traffic model's ceiling, or ""."""
+        for rt in run_targets:
+            rate = rt.share_of(self, run_targets)
+            if rate > MAX_VISITS_PER_DAY_PER_TARGET:
+                return (
+                    f"{rt.target.name}: {rate:,} visits/day exceeds the live stream's ceiling of "
+                    f"{MAX_VISITS_PER_DAY_PER_TARGET:,} visits/day per target. Every shard generates its targets' "
+                    "whole schedule, so more shards do not lift it; split the rate over several targets."
+                )
+        return ""
 
     def can_stop(self) -> bool:
         return self.status in (self.Status.QUEUED, self.Status.RUNNING) and not self.stop_requested
@@ -326,26 +372,49 @@ class Run(models.Model):
     def _transition(self, from_statuses, **changes) -> bool:
         return transition(self, from_statuses, **changes)
 
-    def claim(self, *, pid: int, host: str) -> uuid.UUID | None:
-        """queued -> running for exactly one caller; returns the claim token or None.
-        Every claim gets a new token and the next epoch, which fence the loader's writes."""
+    def claim(self, *, pid: int, host: str, shard: int | None = None) -> uuid.UUID | None:
+        """Claim a queued shard (``shard``, or the first one queued) for one caller and
+        return its claim token, or None. The run goes queued -> running with its first
+        claim. Every claim gets a new token and the shard's next epoch, which fence the
+        loader's writes. The claimed shard is left in ``self.claimed_shard``."""
         token = uuid.uuid4()
         now = timezone.now()
-        won = self._transition(
-            [self.Status.QUEUED],
-            status=self.Status.RUNNING,
-            claim_token=token,
-            claim_epoch=models.F("claim_epoch") + 1,
-            loader_pid=pid,
-            loader_host=host,
-            started_at=now,
-            heartbeat_at=now,
-        )
-        return token if won else None
+        with transaction.atomic():
+            # The run row first, as every shard write does (one lock order: no deadlock).
+            open_run = (
+                Run.objects.select_for_update()
+                .filter(pk=self.pk, status__in=[self.Status.QUEUED, self.Status.RUNNING], stop_requested=False)
+                .values_list("pk", flat=True)
+                .first()
+            )
+            if open_run is None:
+                return None
+            queued = RunShard.objects.filter(run_id=self.pk, status=RunShard.Status.QUEUED)
+            if shard is not None:
+                queued = queued.filter(index=shard)
+            chosen = queued.order_by("index").values_list("pk", flat=True).first()
+            if chosen is None or not RunShard.objects.filter(pk=chosen, status=RunShard.Status.QUEUED).update(
+                status=RunShard.Status.RUNNING,
+                claim_token=token,
+                claim_epoch=models.F("claim_epoch") + 1,
+                loader_pid=pid,
+                loader_host=host,
+                started_at=now,
+                heartbeat_at=now,
+                end_reason="",
+            ):
+                return None
+            Run.objects.filter(pk=self.pk, status=self.Status.QUEUED).update(
+                status=self.Status.RUNNING, started_at=now, heartbeat_at=now
+            )
+        self.refresh_from_db()
+        self.claimed_shard = RunShard.objects.get(pk=chosen)
+        return token
 
     def request_stop(self, reason: str = "", *, by=None) -> bool:
-        """A queued run stops at once; a running one is asked to stop (the loader sees it
-        within ~1 s and finishes as 'stopped'). Logs who asked."""
+        """A queued run stops at once; a running one is asked to stop (every shard's
+        loader sees it within ~1 s and finishes as 'stopped'; shards still queued stop at
+        once). Logs who asked."""
         who = actor(by, default="the user")
         reason = reason or f"Stopped by {who}."
         stopped = self._transition(
@@ -358,12 +427,17 @@ class Run(models.Model):
             [self.Status.RUNNING], status=self.Status.STOPPING, stop_requested=True, end_reason=reason
         )
         if stopped:
+            RunShard.objects.filter(run_id=self.pk, status=RunShard.Status.QUEUED).update(
+                status=RunShard.Status.STOPPED, end_reason=reason, finished_at=timezone.now()
+            )
             self.log(RunLog.Level.INFO, f"Stop requested by {who}.")
+            if self.status == self.Status.STOPPING:
+                self.settle()  # every claimed shard may have ended already
         return stopped
 
     def finish(self, status: Run.Status, reason: str, stats: RunStats | None = None) -> bool:
-        """running/stopping -> completed | stopped | failed, with final counters; then the
-        thresholds are judged against them."""
+        """running/stopping -> completed | stopped | failed, with final counters, for the
+        whole run (its shards still open end with it); then the thresholds are judged."""
         assert status in (self.Status.COMPLETED, self.Status.STOPPED, self.Status.FAILED)
         changes: dict[str, Any] = {"status": status, "finished_at": timezone.now(), "heartbeat_at": timezone.now()}
         if stats is not None:
@@ -374,26 +448,68 @@ class Run(models.Model):
             changes["end_reason"] = reason
         finished = self._transition([self.Status.RUNNING, self.Status.STOPPING], **changes)
         if finished:
+            self._close_open_shards(status, self.end_reason)
             self.evaluate_thresholds()
         return finished
 
     def fail(self, reason: str) -> bool:
         changes = {"status": self.Status.FAILED, "finished_at": timezone.now(), "end_reason": reason}
-        return self._transition([self.Status.QUEUED, self.Status.RUNNING, self.Status.STOPPING], **changes)
+        failed = self._transition([self.Status.QUEUED, self.Status.RUNNING, self.Status.STOPPING], **changes)
+        if failed:  # their loaders find their claim gone at the next check and stop
+            self._close_open_shards(self.Status.FAILED, reason)
+        return failed
 
-    # --- the loader's fenced writes (conditional on its claim token) -------------------
+    def _close_open_shards(self, status: str, reason: str) -> None:
+        RunShard.objects.filter(run_id=self.pk, status__in=RunShard.OPEN_STATUSES).update(
+            status=status, end_reason=reason, finished_at=timezone.now()
+        )
 
-    def _claimed(self, token: uuid.UUID) -> RunQuerySet:
-        return Run.objects.filter(pk=self.pk, claim_token=token, status__in=[self.Status.RUNNING, self.Status.STOPPING])
+    def settle(self, *, judge: bool = True) -> bool:
+        """Once every shard has ended, the run ends too: failed if a shard failed, stopped
+        if one stopped (or the user asked), else completed; its thresholds are judged
+        then (``judge``). Returns whether this call ended the run."""
+        with transaction.atomic():
+            if not Run.objects.select_for_update().filter(pk=self.pk, status__in=[*self.ACTIVE_STATUSES]).exists():
+                return False
+            shards = list(RunShard.objects.filter(run_id=self.pk).order_by("index"))
+            if not shards or any(shard.status in RunShard.OPEN_STATUSES for shard in shards):
+                return False
+            statuses = {shard.status for shard in shards}
+            if self.Status.FAILED in statuses:
+                status = self.Status.FAILED
+            elif self.Status.STOPPED in statuses:
+                status = self.Status.STOPPED
+            else:
+                status = self.Status.COMPLETED
+            reasons = [shard.end_reason for shard in shards if shard.end_reason]
+            if len(set(reasons)) <= 1:
+                reason = reasons[0] if reasons else "Finished."
+            else:
+                reason = " ".join(f"Shard {shard.label}: {shard.end_reason}" for shard in shards if shard.end_reason)
+            current = Run.objects.filter(pk=self.pk).values_list("end_reason", "stop_requested").first()
+            changes: dict[str, Any] = {"status": status, "finished_at": timezone.now()}
+            if not (current and current[1] and current[0]):  # a user's stop request keeps its own reason
+                changes["end_reason"] = reason
+            ended = Run.objects.filter(pk=self.pk, status__in=[*self.ACTIVE_STATUSES]).update(**changes)
+        if ended:
+            self.refresh_from_db()
+            if judge:
+                self.evaluate_thresholds()  # the final counters are in: judge them once
+        return bool(ended)
+
+    # --- the loader's fenced writes, by claim token (see RunShard) ----------------------
+
+    def shard_of(self, token: uuid.UUID) -> RunShard:
+        """The shard ``token`` claimed (an unsaved stand-in when none did: every fenced
+        write of it then refuses)."""
+        return RunShard.objects.filter(run_id=self.pk, claim_token=token).first() or RunShard(run=self, index=-1)
 
     def check_claim(self, token: uuid.UUID) -> tuple[bool, bool]:
-        """(the claim is still ours, a stop was requested): one SELECT, never blocked by
-        another process's write lock (MVCC on PostgreSQL, WAL on SQLite)."""
-        row = Run.objects.filter(pk=self.pk).values_list("claim_token", "status", "stop_requested").first()
-        if row is None:
-            return False, True
-        owned = row[0] == token and row[1] in (self.Status.RUNNING, self.Status.STOPPING)
-        return owned, bool(row[2])
+        shard = self.shard_of(token)
+        if shard.pk is None:  # no shard holds this token (any more)
+            stop = Run.objects.filter(pk=self.pk).values_list("stop_requested", flat=True).first()
+            return False, stop is None or bool(stop)
+        return shard.check_claim(token)
 
     def report(
         self,
@@ -401,47 +517,25 @@ class Run(models.Model):
         stats: RunStats,
         logs: Sequence[tuple[str, str, int | None]] = (),
         sample: dict | None = None,
+        stream: dict | None = None,
     ) -> bool:
-        """The loader's periodic write, fenced by its claim: stats + heartbeat, the run log
-        entries (level, message, target id) and a chart row, in one transaction, or nothing
-        at all when the claim was superseded. Returns whether the claim still held."""
-        with transaction.atomic():
-            if not self._claimed(token).update(stats=stats, heartbeat_at=timezone.now()):
-                return False
-            if logs:
-                RunLog.objects.bulk_create(
-                    RunLog(run_id=self.pk, level=level, message=message, target_id=target_id)
-                    for level, message, target_id in logs
-                )
-            if sample:
-                minute = sample.pop("minute")
-                RunSample.objects.update_or_create(run_id=self.pk, minute=minute, defaults=sample)
-        return True
+        return self.shard_of(token).report(token, stats, logs, sample, stream)
 
     def finish_claimed(self, token: uuid.UUID, status: Run.Status, reason: str, stats: RunStats) -> bool:
-        """finish(), only while ``token`` still holds the claim; then the thresholds are judged."""
-        with transaction.atomic():
-            current = self._claimed(token).select_for_update().values_list("end_reason", "stop_requested").first()
-            if current is None:
-                return False
-            changes = {"status": status, "finished_at": timezone.now(), "heartbeat_at": timezone.now(), "stats": stats}
-            if not (current[1] and current[0]):  # a user's stop request keeps its own reason
-                changes["end_reason"] = reason
-            updated = self._claimed(token).update(**changes)
-        if updated:
+        finished = self.shard_of(token).finish_claimed(token, status, reason, stats)
+        if finished:
             self.refresh_from_db()
-            self.evaluate_thresholds()  # the final counters are in: judge them once
-        return bool(updated)
+        return finished
 
     def fail_claimed(self, token: uuid.UUID, reason: str) -> bool:
-        changes = {"status": self.Status.FAILED, "finished_at": timezone.now(), "end_reason": reason}
-        updated = self._claimed(token).update(**changes)
-        if updated:
+        failed = self.shard_of(token).fail_claimed(token, reason)
+        if failed:
             self.refresh_from_db()
-        return bool(updated)
+        return failed
 
     def close_lost(self, reason: str = "", *, by=None) -> bool:
-        """A lost run ends as failed, keeping its figures so far; logged with who closed it."""
+        """A lost run ends as failed (all its shards), keeping its figures so far; logged
+        with who closed it."""
         if not self.is_lost():
             return False
         reason = reason or f"Closed by {actor(by, default='the user')} after the loader was lost."
@@ -451,18 +545,37 @@ class Run(models.Model):
         return True
 
     def resume(self, *, by=None) -> bool:
-        """A lost run goes back to the queue; the new loader continues its counters."""
-        if not self.is_lost():
+        """The lost shards go back to the queue, the healthy ones carry on untouched; the
+        new loader of a shard continues its counters. A run whose every shard was lost
+        is queued again."""
+        lost = self.lost_shards()
+        if not lost:
             return False
         cutoff = timezone.now() - HEARTBEAT_STALE_AFTER
-        updated = Run.objects.filter(
-            pk=self.pk, status__in=[self.Status.RUNNING, self.Status.STOPPING], heartbeat_at__lt=cutoff
-        ).update(status=self.Status.QUEUED, claim_token=None, stop_requested=False, end_reason="")
-        if updated:
-            self.refresh_from_db()
-            self.log(RunLog.Level.WARNING, f"Resumed by {actor(by, default='the user')} after the loader was lost.")
-            enqueue_run(self)
-        return bool(updated)
+        resumed: list[RunShard] = []
+        with transaction.atomic():
+            Run.objects.select_for_update().filter(pk=self.pk).values_list("pk", flat=True).first()
+            for shard in lost:
+                if RunShard.objects.filter(
+                    pk=shard.pk, status__in=RunShard.CLAIMED_STATUSES, heartbeat_at__lt=cutoff
+                ).update(status=RunShard.Status.QUEUED, claim_token=None):
+                    resumed.append(shard)
+            if not resumed:
+                return False
+            if not RunShard.objects.filter(run_id=self.pk, status__in=RunShard.CLAIMED_STATUSES).exists():
+                Run.objects.filter(pk=self.pk, status__in=[self.Status.RUNNING, self.Status.STOPPING]).update(
+                    status=self.Status.QUEUED, stop_requested=False, end_reason=""
+                )
+            who = actor(by, default="the user")
+            if self.shard_count == 1:
+                self.log(RunLog.Level.WARNING, f"Resumed by {who} after the loader was lost.")
+            else:
+                labels = ", ".join(shard.label for shard in resumed)
+                self.log(RunLog.Level.WARNING, f"Shard {labels} resumed by {who} after its loader was lost.")
+            for shard in resumed:
+                enqueue_shard(shard)
+        self.refresh_from_db()
+        return True
 
     @property
     def is_editable(self) -> bool:
@@ -470,9 +583,11 @@ class Run(models.Model):
         return self.status == self.Status.QUEUED
 
     def heartbeat(self, stats: RunStats) -> bool:
-        """The loader's periodic write: stats and heartbeat in one UPDATE. Returns whether
-        a stop was requested (read in the same round trip budget: one SELECT)."""
-        Run.objects.filter(pk=self.pk).update(stats=stats, heartbeat_at=timezone.now())
+        """An unfenced report (simulated loaders in tests): stats and heartbeat of the run
+        and its claimed shards. Returns whether a stop was requested."""
+        now = timezone.now()
+        Run.objects.filter(pk=self.pk).update(stats=stats, heartbeat_at=now)
+        RunShard.objects.filter(run_id=self.pk, status__in=RunShard.CLAIMED_STATUSES).update(heartbeat_at=now)
         return bool(Run.objects.filter(pk=self.pk).values_list("stop_requested", flat=True).first())
 
     def log(self, level: str, message: str, target: Target | None = None) -> RunLog:
@@ -538,6 +653,180 @@ class RunTarget(models.Model):
         return max(0, round((run.visits_per_day - explicit) * self.weight / weights))
 
 
+class RunShard(models.Model):
+    """One loader's part of a run: a disjoint slice of its visits (runs.loader), claimed,
+    fenced, reported and ended on its own. A run has ``shard_count`` of them."""
+
+    Status = Run.Status
+    OPEN_STATUSES = (Run.Status.QUEUED, Run.Status.RUNNING, Run.Status.STOPPING)
+    CLAIMED_STATUSES = (Run.Status.RUNNING, Run.Status.STOPPING)
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="shards")
+    index = models.PositiveSmallIntegerField(help_text="0 to shard_count - 1: which slice of the visits it sends.")
+    status = models.CharField(max_length=16, choices=Run.Status.choices, default=Run.Status.QUEUED)
+    end_reason = models.TextField(blank=True)
+    claim_token = models.UUIDField(null=True, blank=True, editable=False)
+    claim_epoch = models.PositiveIntegerField(
+        default=0, editable=False, help_text="How many times a loader claimed the shard (1 for the first loader)."
+    )
+    loader_pid = models.PositiveIntegerField(null=True, blank=True)
+    loader_host = models.CharField(max_length=255, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    # This shard's own telemetry snapshot (the shape of Run.stats), written with each report.
+    stats = models.JSONField(default=dict, blank=True)
+    # Where its visit streams stand, written with each report: {"key", "start",
+    # "positions": {"<run_target_id>": next stream index}, "continue": bool}. A shard
+    # handed back by a loader that was asked to exit continues exactly there.
+    stream = models.JSONField(default=dict, blank=True, editable=False)
+
+    class Meta:
+        ordering = ["run", "index"]
+        constraints = [models.UniqueConstraint(fields=["run", "index"], name="run_shard_index_unique")]
+        indexes = [models.Index(fields=["status", "heartbeat_at"], name="runshard_status_heartbeat_idx")]
+
+    def __str__(self) -> str:
+        return f"Run {self.run_id} shard {self.index + 1}"
+
+    @property
+    def label(self) -> str:
+        """ "2/4": the shard's number (from 1) and how many the run has."""
+        return f"{self.index + 1}/{self.run.shard_count}"
+
+    def is_lost(self, now=None) -> bool:
+        """A claimed shard whose loader has not reported for a while."""
+        if self.status not in self.CLAIMED_STATUSES or self.heartbeat_at is None:
+            return False
+        return (now or timezone.now()) - self.heartbeat_at > HEARTBEAT_STALE_AFTER
+
+    @property
+    def hits_per_second(self) -> float:
+        totals = self.stats.get("totals", {}) if isinstance(self.stats, dict) else {}
+        return float(totals.get("hits_per_second") or 0.0)
+
+    # --- the loader's fenced writes (conditional on its claim token) -------------------
+
+    def _claimed(self, token: uuid.UUID) -> models.QuerySet[RunShard]:
+        return RunShard.objects.filter(pk=self.pk, claim_token=token, status__in=self.CLAIMED_STATUSES)
+
+    @staticmethod
+    def _lock_run(run_id: int) -> None:
+        """Every shard write locks the run row first: shards of one run merge their
+        figures one at a time, always in the same lock order."""
+        Run.objects.select_for_update().filter(pk=run_id).values_list("pk", flat=True).first()
+
+    def check_claim(self, token: uuid.UUID) -> tuple[bool, bool]:
+        """(the claim is still ours, a stop was requested): one SELECT, never blocked by
+        another process's write lock (MVCC on PostgreSQL, WAL on SQLite)."""
+        if self.pk is None:
+            return False, True
+        row = RunShard.objects.filter(pk=self.pk).values_list("claim_token", "status", "run__stop_requested").first()
+        if row is None:
+            return False, True
+        owned = row[0] == token and row[1] in self.CLAIMED_STATUSES
+        return owned, bool(row[2])
+
+    def report(
+        self,
+        token: uuid.UUID,
+        stats: RunStats,
+        logs: Sequence[tuple[str, str, int | None]] = (),
+        sample: dict | None = None,
+        stream: dict | None = None,
+    ) -> bool:
+        """The loader's periodic write, fenced by its claim: its stats + heartbeat (and
+        the run's merged figures), the run log entries (level, message, target id) and a
+        chart row, in one transaction, or nothing at all when the claim was superseded.
+        Returns whether the claim still held."""
+        if self.pk is None:
+            return False
+        now = timezone.now()
+        changes: dict[str, Any] = {"stats": stats, "heartbeat_at": now}
+        if stream is not None:
+            changes["stream"] = stream
+        with transaction.atomic():
+            self._lock_run(self.run_id)
+            if not self._claimed(token).update(**changes):
+                return False
+            self._merge_into_run(now)
+            if logs:
+                RunLog.objects.bulk_create(
+                    RunLog(run_id=self.run_id, level=level, message=message, target_id=target_id)
+                    for level, message, target_id in logs
+                )
+            if sample:
+                RunSample.add(self.run_id, sample)
+        return True
+
+    def _merge_into_run(self, now) -> None:
+        shards = RunShard.objects.filter(run_id=self.run_id)
+        parts = [stats for stats in shards.values_list("stats", flat=True) if stats]
+        Run.objects.filter(pk=self.run_id).update(stats=merge_stats(parts), heartbeat_at=now)
+
+    def finish_claimed(
+        self, token: uuid.UUID, status: Run.Status, reason: str, stats: RunStats, stream: dict | None = None
+    ) -> bool:
+        """The shard ends (only while ``token`` still holds its claim); once every shard
+        has, the run ends too and its thresholds are judged."""
+        assert status in (Run.Status.COMPLETED, Run.Status.STOPPED, Run.Status.FAILED)
+        if self.pk is None:
+            return False
+        now = timezone.now()
+        changes: dict[str, Any] = {
+            "status": status,
+            "finished_at": now,
+            "heartbeat_at": now,
+            "stats": stats,
+            "end_reason": reason,
+        }
+        if stream is not None:
+            changes["stream"] = stream
+        with transaction.atomic():
+            self._lock_run(self.run_id)
+            if not self._claimed(token).update(**changes):
+                return False
+            self._merge_into_run(now)
+        self.run.settle()
+        return True
+
+    def fail_claimed(self, token: uuid.UUID, reason: str) -> bool:
+        if self.pk is None:
+            return False
+        changes = {"status": Run.Status.FAILED, "finished_at": timezone.now(), "end_reason": reason}
+        if not self._claimed(token).update(**changes):
+            return False
+        self.run.settle(judge=False)
+        return True
+
+    def hand_back(self, token: uuid.UUID, stats: RunStats, stream: dict, reason: str) -> bool:
+        """The loader was asked to exit (its worker is shutting down) but the run goes on:
+        the shard goes back to the queue with its figures and where its streams stand, and
+        the next worker free continues it exactly there (nothing lost, nothing twice)."""
+        if self.pk is None:
+            return False
+        now = timezone.now()
+        with transaction.atomic():
+            self._lock_run(self.run_id)
+            if not self._claimed(token).update(
+                status=Run.Status.QUEUED,
+                claim_token=None,
+                stats=stats,
+                stream={**stream, "continue": True},
+                heartbeat_at=now,
+            ):
+                return False
+            self._merge_into_run(now)
+            RunLog.objects.create(
+                run_id=self.run_id,
+                level=RunLog.Level.INFO,
+                message=f"Shard {self.label} handed back to the queue: {reason} It continues on the next free loader "
+                "worker.",
+            )
+            enqueue_shard(self)
+        return True
+
+
 class RunSample(models.Model):
     """One row per run and minute, for the charts and reports (hits, errors, p95 latency),
     with the per-target breakdown in ``targets``."""
@@ -561,6 +850,34 @@ class RunSample(models.Model):
     def __str__(self) -> str:
         return f"Run {self.run_id} at {self.minute:%H:%M}: {self.hits} hits"
 
+    @classmethod
+    def add(cls, run_id: int, sample: dict) -> None:
+        """Add a loader's minute to the run's chart row (several shards report the same
+        minute: counts add up; p95 is the highest shard's, see README "Sharded runs").
+        The caller holds the run row's lock."""
+        sample = dict(sample)
+        minute = sample.pop("minute")
+        row = cls.objects.filter(run_id=run_id, minute=minute).first()
+        if row is None:
+            cls.objects.create(run_id=run_id, minute=minute, **sample)
+            return
+        row.hits += sample.get("hits", 0)
+        row.accepted += sample.get("accepted", 0)
+        row.errors += sample.get("errors", 0)
+        row.p95_ms = _highest(row.p95_ms, sample.get("p95_ms"))
+        targets = dict(row.targets or {})
+        for key, data in (sample.get("targets") or {}).items():
+            old = targets.get(key, {})
+            merged = {name: old.get(name, 0) + data.get(name, 0) for name in ("hits", "accepted", "errors")}
+            merged["p95_ms"] = _highest(old.get("p95_ms"), data.get("p95_ms"))
+            targets[key] = merged
+        row.targets = targets
+        row.save(update_fields=["hits", "accepted", "errors", "p95_ms", "targets"])
+
+
+def _highest(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else max(a, b)
+
 
 class RunLog(LogEntry):
     """Notable events only (start, stop, first error of each kind, backoff, degraded)."""
@@ -573,8 +890,14 @@ class RunLog(LogEntry):
 
 
 def enqueue_run(run: Run) -> None:
-    """Start the run's loader on a worker once the transaction that created it commits."""
+    """Start a loader for each of the run's queued shards on the loader workers, once the
+    transaction that created the run commits."""
+    for shard in RunShard.objects.filter(run_id=run.pk, status=RunShard.Status.QUEUED):
+        enqueue_shard(shard)
+
+
+def enqueue_shard(shard: RunShard) -> None:
     from runs.tasks import enqueue_loader
 
-    run_id = run.pk
-    transaction.on_commit(lambda: enqueue_loader(run_id))
+    run_id, index = shard.run_id, shard.index
+    transaction.on_commit(lambda: enqueue_loader(run_id, index))

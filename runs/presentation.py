@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 
 from django.utils import timezone
 
-from runs.models import Run, RunSample, RunTarget
+from runs.models import Run, RunSample, RunShard, RunTarget
 
 CHART_MINUTES = 60
 
@@ -165,6 +165,42 @@ def target_rows(run: Run, siblings: list[RunTarget]) -> list[TargetRow]:
     return rows
 
 
+@dataclass
+class ShardRow:
+    """One loader of a run, as the run page shows it."""
+
+    shard: RunShard
+    run: Run
+
+    @property
+    def lost(self) -> bool:
+        return self.shard.is_lost()
+
+    @property
+    def label(self) -> str:
+        return f"{self.shard.index + 1}/{self.run.shard_count}"
+
+    @property
+    def state(self) -> str:
+        return "lost" if self.lost else self.shard.get_status_display()
+
+    @property
+    def state_class(self) -> str:
+        return "lost" if self.lost else self.shard.status
+
+    @property
+    def totals(self) -> dict:
+        stats = self.shard.stats
+        return stats.get("totals", {}) if isinstance(stats, dict) else {}
+
+    @property
+    def hits_per_second(self) -> float:
+        """The shard's rate now; 0 once it ended (its last snapshot's rate is history)."""
+        if self.shard.status not in RunShard.CLAIMED_STATUSES:
+            return 0.0
+        return float(self.totals.get("hits_per_second") or 0.0)
+
+
 class LiveRun:
     """A run with what its panels show: figures, per-target rows and charts."""
 
@@ -173,7 +209,8 @@ class LiveRun:
         self.figures = Figures(run.totals)
         # run.run_targets is prefetched with the targets by the callers that want them.
         self.targets = target_rows(run, list(run.run_targets.all())) if with_targets else []
-        self.lost = run.is_lost()
+        self.shards = [ShardRow(shard, run) for shard in run.shard_list()]
+        self.lost = any(row.lost for row in self.shards) and run.status in (Run.Status.RUNNING, Run.Status.STOPPING)
         self.elapsed = format_elapsed(run.elapsed())
         self.samples = samples
         self.duration_limit = format_elapsed(timedelta(seconds=run.duration_seconds)) if run.duration_seconds else ""

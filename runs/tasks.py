@@ -22,7 +22,7 @@ from pathlib import Path
 from django.conf import settings
 from django_q.tasks import async_task
 
-from runs.models import REAP_AFTER, Run, RunLog
+from runs.models import REAP_AFTER, Run, RunLog, RunShard
 
 logger = logging.getLogger(__name__)
 
@@ -31,8 +31,9 @@ MANAGE_PY = Path(settings.BASE_DIR) / "manage.py"
 _PR_SET_PDEATHSIG = 1
 
 
-def enqueue_loader(run_id: int) -> None:
-    async_task("runs.tasks.execute_run", run_id, cluster=LOADER_QUEUE, task_name=f"run-{run_id}")
+def enqueue_loader(run_id: int, shard: int = 0) -> None:
+    """One task per shard: each is claimed by whichever loader worker is free."""
+    async_task("runs.tasks.execute_run", run_id, shard, cluster=LOADER_QUEUE, task_name=f"run-{run_id}-{shard + 1}")
 
 
 def _child_setup() -> None:  # pragma: no cover - runs in the forked child before exec
@@ -45,21 +46,26 @@ def _child_setup() -> None:  # pragma: no cover - runs in the forked child befor
     os.nice(5)
 
 
-def loader_command(run_id: int, claim_token: str) -> list[str]:
-    return [sys.executable, str(MANAGE_PY), "run_loader", str(run_id), "--claim", claim_token]
+def loader_command(run_id: int, claim_token: str, *, hand_back: bool = False) -> list[str]:
+    command = [sys.executable, str(MANAGE_PY), "run_loader", str(run_id), "--claim", claim_token]
+    return [*command, "--hand-back"] if hand_back else command
 
 
-def execute_run(run_id: int) -> str:
-    """Claim the run (queued -> running) and run its loader in a child process."""
+def execute_run(run_id: int, shard: int | None = None) -> str:
+    """Claim a shard of the run (``shard``, or the first one queued) and run its loader
+    in a child process. A loader of a sharded run asked to exit (this worker shutting
+    down) hands its shard back to the queue instead of stopping the run."""
     run = Run.objects.filter(pk=run_id).first()
     if run is None:
         return f"Run {run_id} no longer exists."
-    token = run.claim(pid=os.getpid(), host=socket.gethostname())
+    token = run.claim(pid=os.getpid(), host=socket.gethostname(), shard=shard)
     if token is None:
         # Re-delivered task, or a run already stopped: never start a second loader.
         return f"Run {run_id} is {run.status}; not starting another loader."
-    child = subprocess.Popen(loader_command(run_id, str(token)), preexec_fn=_child_setup)  # noqa: S603
-    Run.objects.filter(pk=run_id).update(loader_pid=child.pid)
+    claimed = run.claimed_shard
+    command = loader_command(run_id, str(token), hand_back=run.shard_count > 1)
+    child = subprocess.Popen(command, preexec_fn=_child_setup)  # noqa: S603
+    RunShard.objects.filter(pk=claimed.pk, claim_token=token).update(loader_pid=child.pid)
     try:
         code = _wait_forwarding_sigterm(child)
     finally:
@@ -67,11 +73,15 @@ def execute_run(run_id: int) -> str:
             child.terminate()
             child.wait(timeout=30)
     run.refresh_from_db()
+    # A loader that handed its shard back enqueued it for the next worker; should it have
+    # been killed right after, enqueue it again (a second task finds it claimed: harmless).
+    if RunShard.objects.filter(pk=claimed.pk, status=Run.Status.QUEUED, stream__continue=True).exists():
+        enqueue_loader(run_id, claimed.index)
     # The loader ended without closing its run (crash, kill): say so instead of hanging.
     # Fenced by our claim: if the run was resumed meanwhile, another loader owns it now.
     if run.fail_claimed(token, f"The loader process exited with code {code} without finishing the run."):
         run.log(RunLog.Level.ERROR, f"Loader exited with code {code}.")
-    return f"Run {run_id} ended {run.status} (loader exit code {code})."
+    return f"Run {run_id} shard {claimed.label}: run {run.status} (loader exit code {code})."
 
 
 def _wait_forwarding_sigterm(child: subprocess.Popen) -> int:

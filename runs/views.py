@@ -39,7 +39,7 @@ LOG_LIMIT = 200
 
 def _with_targets(queryset):
     return queryset.select_related("created_by").prefetch_related(
-        Prefetch("run_targets", queryset=RunTarget.objects.select_related("target"))
+        Prefetch("run_targets", queryset=RunTarget.objects.select_related("target")), "shards"
     )
 
 

@@ -28,7 +28,8 @@ from django.views.decorators.csrf import csrf_exempt
 from backfill.models import BackfillPlan
 from presets.models import Preset
 from runs import reports
-from runs.models import Run, enqueue_run
+from runs.models import Run, RunShard, enqueue_run
+from runs.shards import parse_shards, resolve_shards
 from targets.models import Target
 from trafficinator.models import ApiToken
 
@@ -215,6 +216,21 @@ def run_status(run: Run, request: HttpRequest) -> dict[str, Any]:
         "finished_at": run.finished_at.isoformat() if run.finished_at else None,
         "figures": reports.derived_figures(totals, run_scope.measure),
         "in_flight": totals.get("in_flight", 0),
+        "shard_count": run.shard_count,
+        "shards": [
+            {
+                "index": shard.index,
+                "status": shard.status,
+                "lost": shard.is_lost(),
+                "host": shard.loader_host or None,
+                "pid": shard.loader_pid,
+                "claims": shard.claim_epoch,
+                "heartbeat_at": shard.heartbeat_at.isoformat() if shard.heartbeat_at else None,
+                "hits_per_second": shard.hits_per_second if shard.status in RunShard.CLAIMED_STATUSES else 0.0,
+                "sent": (shard.stats or {}).get("totals", {}).get("sent", 0),
+            }
+            for shard in run.shard_list()
+        ],
         "urls": {
             "self": request.build_absolute_uri(reverse("api:run", args=[run.pk])),
             "page": request.build_absolute_uri(reverse("runs:detail", args=[run.pk])),
@@ -246,7 +262,7 @@ def _run_targets(data: dict) -> list[tuple[Target, float, int | None]]:
 @api_view({"GET": "runs.view_run", "POST": "runs.run_traffic"})
 def runs(request: HttpRequest) -> dict | JsonResponse:
     if request.method == "GET":
-        queryset = Run.objects.prefetch_related("run_targets__target").order_by("-created_at", "-pk")
+        queryset = Run.objects.prefetch_related("run_targets__target", "shards").order_by("-created_at", "-pk")
         status = request.GET.get("status")
         if status:
             if status not in Run.Status.values:
@@ -265,6 +281,7 @@ def runs(request: HttpRequest) -> dict | JsonResponse:
         "bulk",
         "batch_size",
         "thresholds",
+        "shards",
     }
     if unknown:
         raise ApiError(400, "invalid", f"Unknown field(s): {', '.join(sorted(unknown))}.")
@@ -278,8 +295,14 @@ def runs(request: HttpRequest) -> dict | JsonResponse:
     seed = data.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise ApiError(400, "invalid", "“seed” must be a whole number.", {"seed": ["invalid"]})
+    try:
+        asked_shards = parse_shards(data.get("shards", 1))
+    except ValueError as error:
+        raise ApiError(400, "invalid", f"“shards”: {error}", {"shards": ["invalid"]}) from None
+    shards = resolve_shards(preset, _int_field(data, "visits_per_day"), bulk, asked_shards)
     with transaction.atomic():
         run = Run.objects.create_run(
+            shards=shards,
             preset=preset,
             targets=_run_targets(data),
             created_by=request.user,

@@ -288,6 +288,10 @@ RUN_HEARTBEAT_STALE_SECONDS = env_int("RUN_HEARTBEAT_STALE_SECONDS", 30, minimum
 # visits in progress, and the encoded hits of those visits in megabytes.
 LOADER_MAX_VISITS_IN_PROGRESS = env_int("LOADER_MAX_VISITS_IN_PROGRESS", 20_000, minimum=10)
 LOADER_MEMORY_BUDGET_MB = env_int("LOADER_MEMORY_BUDGET_MB", 48, minimum=1)
+# What one loader process (one shard of a run) carries, in hits per second, for runs with
+# --shards auto (README "Sharded runs"): single hits, and hits sent in bulk batches.
+SHARD_HITS_PER_SECOND = env_int("TRAFFICINATOR_SHARD_HITS_PER_SECOND", 5000, minimum=1)
+SHARD_BULK_HITS_PER_SECOND = env_int("TRAFFICINATOR_SHARD_BULK_HITS_PER_SECOND", 20000, minimum=1)
 _loader_timeout = MAX_RUN_HOURS * 3600 + 600
 # A run or backfill day taken off the broker by a cluster that died (or that is busy) is
 # enqueued again once it has been missing from the broker this long: the bound on

@@ -163,12 +163,16 @@ post_execute_in_worker.connect(_on_post_execute, dispatch_uid="trafficinator.tas
 
 
 def expected_tasks(queue: str) -> set[TaskKey]:
-    """Tasks that should exist for ``queue``: every queued run (loaders queue); the next
-    day of every backfill lane no live worker holds (default queue)."""
+    """Tasks that should exist for ``queue``: every queued shard of a run that goes on
+    (loaders queue: one task per shard, ``execute_run(run_id, shard)``); the next day of
+    every backfill lane no live worker holds (default queue)."""
     if queue == LOADER_QUEUE:
-        from runs.models import Run
+        from runs.models import Run, RunShard
 
-        return {(RUN_TASK, (pk,)) for pk in Run.objects.filter(status=Run.Status.QUEUED).values_list("pk", flat=True)}
+        shards = RunShard.objects.filter(
+            status=RunShard.Status.QUEUED, run__status__in=[Run.Status.QUEUED, Run.Status.RUNNING]
+        )
+        return {(RUN_TASK, (run_id, index)) for run_id, index in shards.values_list("run_id", "index")}
     from backfill.models import BackfillPlan
 
     wanted: set[TaskKey] = set()

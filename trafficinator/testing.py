@@ -180,3 +180,11 @@ def wait_until(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
         sleep(0.02)
+
+
+def set_heartbeat(run: Run, when) -> None:
+    """Date the last report of the run and of its claimed shards (a loader gone quiet)."""
+    from runs.models import RunShard
+
+    type(run).objects.filter(pk=run.pk).update(heartbeat_at=when)
+    RunShard.objects.filter(run_id=run.pk, status__in=RunShard.CLAIMED_STATUSES).update(heartbeat_at=when)

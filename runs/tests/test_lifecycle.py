@@ -7,7 +7,7 @@ from django.utils import timezone
 from presets.models import Preset
 from runs.models import HEARTBEAT_STALE_AFTER, Run, RunTarget
 from runs.tasks import reap_stale_runs
-from trafficinator.testing import make_run, make_target, make_user
+from trafficinator.testing import make_run, make_target, make_user, set_heartbeat
 
 
 @pytest.mark.django_db
@@ -31,7 +31,8 @@ def test_only_one_caller_can_claim_a_queued_run():
     second = Run.objects.get(pk=run.pk).claim(pid=2, host="b")
     assert first is not None and second is None
     run.refresh_from_db()
-    assert (run.status, run.loader_pid, run.claim_token) == (Run.Status.RUNNING, 1, first)
+    shard = run.shards.get()
+    assert (run.status, shard.loader_pid, shard.claim_token) == (Run.Status.RUNNING, 1, first)
 
 
 @pytest.mark.django_db
@@ -63,7 +64,7 @@ def test_a_run_without_heartbeat_is_lost_and_can_be_closed_or_resumed(django_cap
     run = make_run()
     run.claim(pid=1, host="a")
     assert not run.is_lost()
-    Run.objects.filter(pk=run.pk).update(heartbeat_at=timezone.now() - HEARTBEAT_STALE_AFTER - timedelta(seconds=1))
+    set_heartbeat(run, timezone.now() - HEARTBEAT_STALE_AFTER - timedelta(seconds=1))
     run.refresh_from_db()
     assert run.is_lost()
     with django_capture_on_commit_callbacks() as callbacks:
@@ -71,7 +72,7 @@ def test_a_run_without_heartbeat_is_lost_and_can_be_closed_or_resumed(django_cap
     assert run.status == Run.Status.QUEUED and len(callbacks) == 1  # a new loader task is enqueued on commit
 
     run.claim(pid=2, host="b")
-    Run.objects.filter(pk=run.pk).update(heartbeat_at=timezone.now() - timedelta(hours=1))
+    set_heartbeat(run, timezone.now() - timedelta(hours=1))
     run.refresh_from_db()
     assert run.close_lost()
     assert run.status == Run.Status.FAILED
@@ -82,7 +83,7 @@ def test_the_reaper_fails_runs_silent_for_too_long_and_leaves_fresh_ones():
     stale, fresh = make_run(), make_run()
     stale.claim(pid=1, host="a")
     fresh.claim(pid=2, host="a")
-    Run.objects.filter(pk=stale.pk).update(heartbeat_at=timezone.now() - timedelta(hours=1))
+    set_heartbeat(stale, timezone.now() - timedelta(hours=1))
     assert reap_stale_runs() == 1
     stale.refresh_from_db(), fresh.refresh_from_db()
     assert stale.status == Run.Status.FAILED and "lost" in stale.end_reason
@@ -236,7 +237,7 @@ def test_stop_close_and_resume_log_the_same_line_from_the_page_the_admin_and_the
     lost = [make_run(), make_run()]
     for run in lost:
         run.claim(pid=1, host="a")
-        Run.objects.filter(pk=run.pk).update(heartbeat_at=timezone.now() - timedelta(minutes=5))
+        set_heartbeat(run, timezone.now() - timedelta(minutes=5))
     client.post(reverse("runs:close", args=[lost[0].pk]))
     client.post(reverse("admin:runs_run_changelist"), {"action": "close_lost_runs", "_selected_action": [lost[1].pk]})
     assert [run.logs.order_by("-pk").first().message for run in lost] == [

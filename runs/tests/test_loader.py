@@ -187,7 +187,7 @@ def test_the_worker_path_runs_a_loader_end_to_end(fake_matomo, fast_preset):
         cluster.terminate()
         cluster.wait(timeout=20)
     run.refresh_from_db()
-    assert run.loader_pid and run.stats["totals"]["visits_started"] == 30
+    assert run.shards.get().loader_pid and run.stats["totals"]["visits_started"] == 30
     assert run.stats["totals"]["accepted"] == fake_matomo.stats()["recorded"]
     assert len(fake_matomo.visits(1)) == 30
 
@@ -209,8 +209,8 @@ def test_a_resumed_run_continues_its_counters_and_its_visit_limit(fake_matomo, f
         "in_flight": 3,  # fate unknown: counted abandoned by the next loader
     }
     earlier["sent"] += earlier["in_flight"]
-    Run.objects.filter(pk=run.pk).update(stats={"totals": dict(earlier), "targets": {key: dict(earlier)}})
-    run.refresh_from_db()
+    # What the lost loader last reported: its figures and where its stream stood.
+    run.shards.update(stats={"totals": dict(earlier), "targets": {key: dict(earlier)}}, stream={"positions": {key: 4}})
     run.claim(pid=1, host="test")
     run = execute_loader(run)
     totals = run.stats["totals"]

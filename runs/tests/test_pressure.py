@@ -88,7 +88,7 @@ def test_a_frozen_loader_that_was_superseded_sends_nothing_more_and_writes_nothi
         run.refresh_from_db()
         assert run.resume()
         token = run.claim(pid=0, host="test")
-        assert token is not None and run.claim_epoch == 2
+        assert token is not None and run.shards.get().claim_epoch == 2
         second = start_loader(run, token, **stale)
         recorded = fake_matomo.stats()["recorded"]
         wait_for(lambda: fake_matomo.stats()["recorded"] > recorded + 40, what="the second loader's hits")
@@ -127,7 +127,7 @@ def test_a_frozen_loader_that_was_superseded_sends_nothing_more_and_writes_nothi
 def test_a_loader_writes_nothing_once_its_claim_is_superseded(fast_preset):
     run = Run.objects.create_run(preset=fast_preset, targets=[make_target()])
     old = run.claim(pid=1, host="a")
-    Run.objects.filter(pk=run.pk).update(status=Run.Status.QUEUED, claim_token=None)  # what resume() does
+    run.shards.update(status=Run.Status.QUEUED, claim_token=None)  # what resume() does
     new = run.claim(pid=2, host="b")
     assert run.check_claim(old) == (False, False) and run.check_claim(new) == (True, False)
     assert not run.report(old, {"totals": {"sent": 99}}, [("info", "from the old loader", None)])
@@ -151,7 +151,7 @@ def test_the_task_of_a_superseded_loader_does_not_fail_the_resumed_run(fast_pres
 
         def __init__(self, *args, **kwargs) -> None:
             # While this loader ran, its run was resumed and claimed by another one.
-            Run.objects.filter(pk=run.pk).update(status=Run.Status.QUEUED, claim_token=None)
+            run.shards.update(status=Run.Status.QUEUED, claim_token=None)
             Run.objects.get(pk=run.pk).claim(pid=1, host="elsewhere")
 
         def wait(self, timeout=None) -> int:
@@ -163,7 +163,7 @@ def test_the_task_of_a_superseded_loader_does_not_fail_the_resumed_run(fast_pres
     monkeypatch.setattr(tasks.subprocess, "Popen", ExitedLoader)
     tasks.execute_run(run.pk)
     run.refresh_from_db()
-    assert run.status == Run.Status.RUNNING and run.claim_epoch == 2
+    assert run.status == Run.Status.RUNNING and run.shards.get().claim_epoch == 2
 
 
 # --- 2. sending never waits for the database -------------------------------------------
@@ -277,8 +277,9 @@ def test_overload_keeps_visits_in_progress_bounded_and_reports_the_shortfall(fak
     original = TargetRuntime.start_visit
 
     def counting_start(self, visit, now, now_mono):
-        original(self, visit, now, now_mono)
+        passed = original(self, visit, now, now_mono)
         highest.append(self.in_progress)
+        return passed
 
     monkeypatch.setattr(TargetRuntime, "start_visit", counting_start)
     run = Run.objects.create_run(preset=overload, targets=[local_target(fake_matomo)], duration_seconds=6)

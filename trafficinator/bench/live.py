@@ -116,7 +116,7 @@ def benchmark_live(
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        Run.objects.filter(pk=run.pk).update(loader_pid=child.pid)
+        run.shards.filter(claim_token=claim).update(loader_pid=child.pid)
         cpu_at_start = None
         started = None
         rss: list[tuple[float, float]] = []

@@ -102,6 +102,7 @@ class TargetStats(TypedDict, total=False):
     retries_by_reason: dict[str, int]
     latency_ms: LatencySummary
     latency_buckets: dict[str, int]  # LatencyHistogram.sparse(): reports and /metrics
+    wait_buckets: dict[str, int]  # the same for wait_ms: shards' waits merge exactly
     hits_per_second: float
     accepted_per_second: float
     degraded: bool
@@ -197,6 +198,19 @@ class LatencyHistogram:
                 # The geometric middle of the bucket, never above the slowest sample seen.
                 return min(low * math.sqrt(self.GROWTH), self.max)
         return self.max  # pragma: no cover - unreachable, ranks never exceed the count
+
+    @classmethod
+    def from_summary(cls, buckets: dict[str, int], summary: LatencySummary | dict | None) -> LatencyHistogram:
+        """The histogram a snapshot describes: its sparse buckets, with the exact count,
+        total (mean x count) and max of its summary, so merging snapshots loses nothing."""
+        histogram = cls()
+        for index, value in (buckets or {}).items():
+            histogram.counts[min(cls.BUCKETS - 1, max(0, int(index)))] += int(value)
+        histogram.count = sum(histogram.counts)
+        summary = summary or {}
+        histogram.max = (summary.get("max") or 0.0) / 1000
+        histogram.total = (summary.get("mean") or 0.0) / 1000 * histogram.count
+        return histogram
 
     def sparse(self) -> dict[str, int]:
         """The non-empty buckets as {"index": count}: mergeable by adding counts, small in JSON."""
@@ -626,6 +640,7 @@ class TargetTelemetry:
             saturated=self._saturated,
             # For reports and /metrics: summed over targets in the totals like the other dicts.
             latency_buckets=self._latency.sparse(),
+            wait_buckets=self._wait.sparse(),
             hits_per_second=round(hits_per_second, 1),
             accepted_per_second=round(accepted_per_second, 1),
             degraded=self._health.degraded,
@@ -750,3 +765,63 @@ class RunTelemetry:
     def drain_events(self) -> list[tuple[str, str, str]]:
         """(target key, level, message) for every target, oldest first per target."""
         return [(key, level, message) for key, t in self.targets.items() for level, message in t.drain_events()]
+
+
+# --- Shards: one run's figures from several loaders -----------------------------------------
+
+# Figures that describe "now" and are not added up over shards but merged otherwise.
+_SHARD_MAX = frozenset({"lag_seconds"})
+_SHARD_ANY = frozenset({"degraded", "saturated", "secure_only_token"})
+_SHARD_FIRST = frozenset({"degraded_reason", "mode"})
+_SHARD_UNION = frozenset({"degraded_targets", "saturated_targets"})
+_SHARD_HISTOGRAMS = {"latency_ms": "latency_buckets", "wait_ms": "wait_buckets"}
+
+
+def _merge_figures(parts: list[dict]) -> dict[str, Any]:
+    merged: dict[str, Any] = {}
+    for data in parts:
+        for name, value in data.items():
+            if name in _SHARD_HISTOGRAMS or name == "delivered_percent":
+                continue
+            if name in _SHARD_ANY or isinstance(value, bool):
+                merged[name] = bool(merged.get(name)) or bool(value)
+            elif name in _SHARD_FIRST:
+                merged[name] = merged.get(name) or value
+            elif name in _SHARD_UNION:
+                merged[name] = sorted(set(merged.get(name, [])) | set(value or []))
+            elif name in _SHARD_MAX:
+                merged[name] = max(merged.get(name, 0.0), value or 0.0)
+            elif isinstance(value, dict):
+                into = merged.setdefault(name, {})
+                for sub, amount in value.items():
+                    into[sub] = into.get(sub, 0) + amount
+            elif isinstance(value, int | float):
+                merged[name] = merged.get(name, 0) + value
+    for summary, buckets in _SHARD_HISTOGRAMS.items():
+        if any(summary in data for data in parts):
+            histogram = LatencyHistogram()
+            for data in parts:
+                histogram.merge(LatencyHistogram.from_summary(data.get(buckets, {}), data.get(summary)))
+            merged[summary] = histogram.summary_ms()
+    for name in ("hits_per_second", "accepted_per_second"):
+        if name in merged:
+            merged[name] = round(merged[name], 1)
+    if "visits_started" in merged:
+        merged["delivered_percent"] = delivered_percent(merged["visits_started"], merged.get("visits_behind", 0))
+    return merged
+
+
+def merge_stats(parts: Iterable[RunStats | dict]) -> RunStats:
+    """One run's figures from its shards' snapshots: counters and rates added, latency
+    and wait percentiles from the merged histograms (exact to the bucket, as one loader's
+    own), lag the worst shard's, health flags if any shard has them. One part is returned
+    as it is."""
+    parts = [part for part in parts if part]
+    if len(parts) == 1:
+        return cast(RunStats, parts[0])
+    keys = dict.fromkeys(key for part in parts for key in part.get("targets", {}))
+    targets = {
+        key: _merge_figures([dict(p["targets"][key]) for p in parts if key in p.get("targets", {})]) for key in keys
+    }
+    totals = _merge_figures([dict(part.get("totals", {})) for part in parts])
+    return cast(RunStats, {"totals": totals, "targets": targets})

@@ -139,7 +139,7 @@ def ancestors(pid: int) -> list[int]:
 
 def cluster_of(run: Run, clusters: list[subprocess.Popen]) -> subprocess.Popen:
     """The cluster whose worker runs the run's loader (loader -> worker -> sentinel -> cluster)."""
-    chain = ancestors(run.loader_pid or 0)
+    chain = ancestors(loader_pid(run) or 0)
     (owner,) = [cluster for cluster in clusters if cluster.pid in chain]
     return owner
 
@@ -151,7 +151,13 @@ def slow_run(target, preset) -> Run:
 
 def running(run: Run) -> bool:
     run.refresh_from_db()
-    return run.status == Run.Status.RUNNING and bool(run.loader_pid) and run.loader_pid != os.getpid()
+    pid = loader_pid(run)
+    return run.status == Run.Status.RUNNING and bool(pid) and pid != os.getpid()
+
+
+def loader_pid(run: Run) -> int | None:
+    """The pid of the loader of the run's (one) shard."""
+    return run.shards.values_list("loader_pid", flat=True).first()
 
 
 def test_a_cluster_takes_tasks_only_for_workers_that_are_free_and_not_about_to_start_one():
@@ -197,7 +203,7 @@ def test_an_idle_cluster_takes_the_next_run_while_a_busy_one_holds_none(broker, 
     three.refresh_from_db()
     assert three.status == Run.Status.QUEUED
     waiting = {task_key(package) for package in _waiting_packages(broker)}
-    assert (RUN_TASK, (three.pk,)) in waiting  # neither cluster took it ahead of a worker
+    assert (RUN_TASK, (three.pk, 0)) in waiting  # neither cluster took it ahead of a worker
     for run in (one, two, three):
         run.request_stop("Stopped by the test.")
     wait_for(lambda: not Run.objects.filter(status__in=[Run.Status.RUNNING, Run.Status.STOPPING]).exists())

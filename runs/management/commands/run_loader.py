@@ -9,7 +9,7 @@ from argparse import ArgumentParser
 from django.core.management.base import BaseCommand, CommandError
 
 from runs.loader import LoaderSuperseded, execute_loader
-from runs.models import Run
+from runs.models import Run, RunShard
 
 
 class Command(BaseCommand):
@@ -17,16 +17,25 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: ArgumentParser) -> None:
         parser.add_argument("run_id", type=int)
-        parser.add_argument("--claim", required=True, help="The claim token the task got when it claimed the run.")
+        parser.add_argument(
+            "--claim", required=True, help="The claim token the task got when it claimed a shard of the run."
+        )
+        parser.add_argument(
+            "--hand-back",
+            action="store_true",
+            help="On SIGTERM/SIGINT give the shard back to the queue (another worker continues it) instead of "
+            "stopping it.",
+        )
 
-    def handle(self, *args, run_id: int, claim: str, **options) -> None:
+    def handle(self, *args, run_id: int, claim: str, hand_back: bool, **options) -> None:
         run = Run.objects.filter(pk=run_id).first()
         if run is None:
             raise CommandError(f"Run {run_id} does not exist.")
-        if str(run.claim_token) != claim or run.status not in (Run.Status.RUNNING, Run.Status.STOPPING):
-            # Another loader owns this run (or it ended): never send a second copy of its traffic.
+        shard = RunShard.objects.filter(run=run, claim_token=claim, status__in=RunShard.CLAIMED_STATUSES).first()
+        if shard is None:
+            # Another loader owns this shard (or it ended): never send a second copy of its traffic.
             raise CommandError(f"Run {run_id} is not claimed by this loader (status {run.status}).")
         try:
-            execute_loader(run)
+            execute_loader(run, token=shard.claim_token, hand_back=hand_back)
         except LoaderSuperseded as exc:
             raise CommandError(str(exc)) from None

@@ -6,7 +6,9 @@ import math
 import os
 import re
 import socket
+import subprocess
 import sys
+import uuid
 from argparse import ArgumentParser, ArgumentTypeError
 from pathlib import Path
 
@@ -17,7 +19,18 @@ from django.core.management.base import BaseCommand, CommandError
 from runs import reports
 from runs.forms import countries_without_token
 from runs.loader import LoaderSuperseded, execute_loader
-from runs.models import MAX_BATCH_SIZE, MAX_TARGET_WEIGHT, MAX_VISITS, MAX_VISITS_PER_DAY, Run
+from runs.models import (
+    MAX_BATCH_SIZE,
+    MAX_SHARDS,
+    MAX_TARGET_WEIGHT,
+    MAX_VISITS,
+    MAX_VISITS_PER_DAY,
+    Run,
+    RunLog,
+    RunShard,
+)
+from runs.shards import AUTO, describe, parse_shards, plan_shards, resolve_shards
+from runs.tasks import _child_setup, loader_command
 from targets.models import Target
 from trafficinator.cli import (
     EXIT_CODES_HELP,
@@ -80,6 +93,13 @@ def target_share(spec: str) -> tuple:
                 return (get_target(name), parse_weight(amount, spec), None)
             return (get_target(name), 1.0, parse_target_rate(amount, spec))
     return (get_target(spec), 1.0, None)
+
+
+def shards_argument(text: str) -> int | str:
+    try:
+        return parse_shards(text)
+    except ValueError as error:
+        raise ArgumentTypeError(str(error)) from None
 
 
 def _plain(text: str) -> str:
@@ -186,20 +206,38 @@ class Command(BaseCommand):
         parser.add_argument(
             "--report", metavar="FILE", help="Write the run's JSON report to FILE at the end (see run_report)."
         )
+        parser.add_argument(
+            "--shards",
+            type=shards_argument,
+            default=1,
+            metavar="N|auto",
+            help=f"Loader processes sharing the run on this machine, 1 to {MAX_SHARDS} (default 1), or auto: as many "
+            "as its peak hits/s needs (TRAFFICINATOR_SHARD_HITS_PER_SECOND). Shard 1 runs in this process, the others "
+            "as child processes; Ctrl-C stops them all.",
+        )
 
     def handle(self, *args, **options) -> None:
         run = self.create_run(options)
-        token = run.claim(pid=os.getpid(), host=socket.gethostname())
+        token = run.claim(pid=os.getpid(), host=socket.gethostname(), shard=0)
         if token is None:  # cannot happen for a run we just created, unless someone stopped it
             raise CommandError(f"Run {run.pk} could not be started (status {run.status}).")
+        shards = f", {run.shard_count} shards" if run.shard_count > 1 else ""
         self.stdout.write(
-            f"Run {run.pk}: {run.preset_name}, {run.visits_per_day:,} visits/day, seed {run.seed}. Ctrl-C stops."
+            f"Run {run.pk}: {run.preset_name}, {run.visits_per_day:,} visits/day, seed {run.seed}{shards}. "
+            "Ctrl-C stops."
         )
+        if options["shards"] == AUTO or run.shard_count > 1:
+            plan = plan_shards(run.preset or get_preset(run.preset_name), run.visits_per_day, run.bulk, run.shard_count)
+            self.stdout.write(describe(plan, None))
+        children = self.start_other_shards(run)
         show_progress = sys.stderr.isatty()
         try:
-            run = execute_loader(run, progress=self.progress if show_progress else None)
+            run = execute_loader(run, token=token, progress=self.progress if show_progress else None)
         except LoaderSuperseded as exc:
             raise CommandError(str(exc)) from None
+        finally:
+            self.wait_for_shards(run, children)
+        run.refresh_from_db()
         if show_progress:
             self.stderr.write("", style_func=_plain)
         self.stdout.write(summary_line(run.stats, run.outcome))
@@ -221,6 +259,31 @@ class Command(BaseCommand):
                 f"Run {run.pk} completed but {failed} threshold{'s' if failed != 1 else ''} failed.", returncode=code
             )
         self.stdout.write(f"Run {run.pk} {run.status}: {run.end_reason}")
+
+    def start_other_shards(self, run: Run) -> list[tuple[subprocess.Popen, uuid.UUID]]:
+        """Shards 2..N as ``run_loader`` child processes (they die with this process)."""
+        children = []
+        for index in range(1, run.shard_count):
+            token = run.claim(pid=os.getpid(), host=socket.gethostname(), shard=index)
+            if token is None:
+                continue  # stopped meanwhile
+            child = subprocess.Popen(loader_command(run.pk, str(token)), preexec_fn=_child_setup)  # noqa: S603
+            RunShard.objects.filter(run=run, claim_token=token).update(loader_pid=child.pid)
+            children.append((child, token))
+        return children
+
+    def wait_for_shards(self, run: Run, children: list[tuple[subprocess.Popen, uuid.UUID]]) -> None:
+        """Wait for the other shards' loaders; Ctrl-C reached them too (one process group),
+        so they are stopping. One that ended without closing its shard fails it."""
+        for child, token in children:
+            while True:
+                try:
+                    code = child.wait()
+                    break
+                except KeyboardInterrupt:
+                    run.request_stop("Stopped: Ctrl-C.")
+            if run.fail_claimed(token, f"The loader process exited with code {code} without finishing its shard."):
+                run.log(RunLog.Level.ERROR, f"Loader of a shard exited with code {code}.")
 
     def create_run(self, options) -> Run:
         """The run the options ask for; any problem is bad usage (exit 2), nothing sent."""
@@ -247,7 +310,9 @@ class Command(BaseCommand):
         if thresholds is not None and [text.strip().lower() for text in thresholds] == ["none"]:
             thresholds = []
         try:
+            shards = resolve_shards(preset, options["rate"], options["bulk"], options["shards"])
             return Run.objects.create_run(
+                shards=shards,
                 preset=preset,
                 targets=targets,
                 seed=options["seed"],
