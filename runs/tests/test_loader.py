@@ -135,7 +135,7 @@ def _start_loader_task(run_id: int, monkeypatch) -> threading.Thread:
     return thread
 
 
-def _wait_for(condition, timeout: float = 20.0) -> None:
+def _wait_for(condition, timeout: float = 90.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
