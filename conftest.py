@@ -58,20 +58,10 @@ def fake_matomo():
 
 @pytest.fixture
 def fast_preset(db):
-    """A custom preset whose visits last well under a second and arrive ~20 per second at
-    any hour (flat curve), so a test run finishes quickly."""
-    from trafficinator.testing import make_preset
+    """testing.make_fast_preset(): visits of well under a second, ~20 a second at any hour."""
+    from trafficinator.testing import make_fast_preset
 
-    return make_preset(
-        name="Fast",
-        visits_per_day=1_728_000,
-        daily_curve="flat",
-        pause_min=0.0,
-        pause_max=0.1,
-        visit_duration_min=0.0,
-        visit_duration_max=0.01,
-        concurrency=20,
-    )
+    return make_fast_preset()
 
 
 @pytest.fixture(autouse=True)

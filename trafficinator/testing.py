@@ -69,6 +69,38 @@ def make_preset(**fields):
     return preset
 
 
+# A preset whose visits last well under a second and arrive ~20 per second at any hour
+# (flat curve), so a test run finishes quickly. Tests change what they are about.
+FAST_PRESET = {
+    "visits_per_day": 1_728_000,
+    "daily_curve": "flat",
+    "pause_min": 0.0,
+    "pause_max": 0.1,
+    "visit_duration_min": 0.0,
+    "visit_duration_max": 0.01,
+    "concurrency": 20,
+}
+
+
+def make_fast_preset(name: str = "Fast", **fields: Any):
+    """A saved FAST_PRESET named ``name``, with ``fields`` changed (``pause_min=1.0`` ...)."""
+    return make_preset(name=name, **{**FAST_PRESET, **fields})
+
+
+def make_browser_paced_preset(name: str = "Quick visits"):
+    """A fast preset at a pace a browser test can follow: ~1 visit a second, page views
+    0.2-0.5 s apart, so the run page shows hits within seconds."""
+    return make_fast_preset(
+        name,
+        visits_per_day=100_000,
+        pause_min=0.2,
+        pause_max=0.5,
+        visit_duration_min=0.05,
+        visit_duration_max=0.1,
+        concurrency=10,
+    )
+
+
 def subprocess_env(**extra: str) -> dict[str, str]:
     """Environment for a child process (loader, worker, command) that must use the
     database the current test uses, e.g. test_trafficinator on PostgreSQL."""

@@ -12,7 +12,7 @@ from django.core.management import call_command
 from backfill.foreground import run_in_foreground
 from backfill.tests.conftest import STOCKHOLM, days_ago
 from runs.models import Run
-from trafficinator.testing import confirmed_plan, make_preset
+from trafficinator.testing import confirmed_plan, make_fast_preset, make_preset
 
 
 @pytest.mark.django_db(transaction=True)
@@ -34,17 +34,7 @@ def test_matomo_counts_the_presets_returning_share_on_every_day_from_the_second(
 
 @pytest.mark.django_db(transaction=True)
 def test_a_live_run_after_a_backfill_continues_its_visitors(fake_matomo, shop):
-    preset = make_preset(
-        name="Continued",
-        visits_per_day=1_728_000,
-        daily_curve="flat",
-        pause_min=0.0,
-        pause_max=0.1,
-        visit_duration_min=0.0,
-        visit_duration_max=0.01,
-        concurrency=20,
-        returning_visitor_share=0.35,
-    )
+    preset = make_fast_preset("Continued", returning_visitor_share=0.35)
     plan = confirmed_plan(
         [shop], preset, start_date=days_ago(2), end_date=days_ago(1), visits_per_day=600, batch_size=400
     )

@@ -25,7 +25,7 @@ from django.utils import timezone
 
 from runs.models import Run, RunSample
 from trafficinator.sending.telemetry import RunTelemetry
-from trafficinator.testing import log_in, make_preset, make_target, make_user, subprocess_env
+from trafficinator.testing import log_in, make_browser_paced_preset, make_preset, make_target, make_user, subprocess_env
 
 ARTIFACTS = Path(settings.BASE_DIR) / "test-artifacts"
 PANELS = ("#run-summary", "#run-charts", "#run-targets", "#run-log")
@@ -238,15 +238,7 @@ def test_a_real_run_sends_traffic_to_a_fake_matomo_end_to_end(page, live_server,
 
     with FakeMatomo(sites=[1]) as matomo:
         make_target(name="fake-matomo", matomo_url=matomo.url, site_id=1)
-        make_preset(
-            name="Quick visits",
-            visits_per_day=100_000,
-            daily_curve="flat",
-            pause_min=0.2,
-            pause_max=0.5,
-            visit_duration_min=0.05,
-            visit_duration_max=0.1,
-        )
+        make_browser_paced_preset("Quick visits")
         log_in(page, live_server, make_user("operator", superuser=True))
         run_id = start_run_from_the_dashboard(page, "fake-matomo (no token)", "Quick visits", 400_000)
 

@@ -11,7 +11,7 @@ from django.core.management import CommandError, call_command
 from runs.forms import StartRunForm
 from runs.models import Run, RunLog
 from targets.fake_matomo import FakeMatomo
-from trafficinator.testing import make_preset, make_target
+from trafficinator.testing import make_fast_preset, make_target
 
 
 def run_traffic(*args: str) -> str:
@@ -22,17 +22,7 @@ def run_traffic(*args: str) -> str:
 
 @pytest.fixture
 def countries_preset(db):
-    return make_preset(
-        name="Countries",
-        visits_per_day=1_728_000,
-        daily_curve="flat",
-        pause_min=0.0,
-        pause_max=0.1,
-        visit_duration_min=0.0,
-        visit_duration_max=0.01,
-        concurrency=20,
-        randomize_countries=True,
-    )
+    return make_fast_preset("Countries", randomize_countries=True)
 
 
 @pytest.mark.django_db

@@ -18,7 +18,7 @@ from django.db import connection
 from conftest import TOKEN
 from runs.models import Run, RunLog, RunSample
 from runs.tasks import execute_run
-from trafficinator.testing import make_preset, make_target, subprocess_env
+from trafficinator.testing import make_fast_preset, make_target, subprocess_env
 
 MANAGE = str(Path(settings.BASE_DIR) / "manage.py")
 
@@ -313,16 +313,7 @@ def test_live_bulk_resends_after_lost_answers_count_what_matomo_may_hold_twice(f
     # Page views at least a second apart, as in real visits: a resend of a recorded request
     # with such a visit is refused as older than what Matomo holds (counted once). A
     # request of one-second visits only (bounces) is taken again: possibly duplicated.
-    make_preset(
-        name="Paced",
-        visits_per_day=1_728_000,
-        daily_curve="flat",
-        pause_min=1.0,
-        pause_max=1.5,
-        visit_duration_min=0.02,
-        visit_duration_max=0.04,
-        concurrency=20,
-    )
+    make_fast_preset("Paced", pause_min=1.0, pause_max=1.5, visit_duration_min=0.02, visit_duration_max=0.04)
     # Four lost answers (fewer than the five attempts a request gets), at random requests.
     fake_matomo.add_fault(kind="reset", processed=True, target="bulk", count=4, probability=0.3, seed=4)
     counts = summary(

@@ -28,7 +28,7 @@ from runs import loader as loader_module
 from runs.loader import LiveLoader, TargetRuntime, execute_loader, single_visit_cap, target_streams
 from runs.models import Run, RunLog
 from trafficinator.sending.telemetry import RunTelemetry, TargetTelemetry
-from trafficinator.testing import make_preset, make_target, subprocess_env
+from trafficinator.testing import make_fast_preset, make_target, subprocess_env
 
 MANAGE = str(Path(settings.BASE_DIR) / "manage.py")
 
@@ -258,17 +258,7 @@ def overload(fake_matomo, settings):
     (~100 hits/s) against ~400 visits/s."""
     settings.LOADER_MAX_VISITS_IN_PROGRESS = 30
     fake_matomo.set_latency(0.02)
-    preset = make_preset(
-        name="Overload",
-        visits_per_day=34_560_000,
-        daily_curve="flat",
-        pause_min=0.0,
-        pause_max=0.05,
-        visit_duration_min=0.0,
-        visit_duration_max=0.01,
-        concurrency=2,
-    )
-    return preset
+    return make_fast_preset("Overload", visits_per_day=34_560_000, pause_max=0.05, concurrency=2)
 
 
 @pytest.mark.django_db(transaction=True)
@@ -372,16 +362,7 @@ def test_waiting_in_the_loader_is_never_counted_as_latency():
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("how", ["sigterm", "stop button"])
 def test_a_loader_at_overload_stops_within_two_seconds(fake_matomo, how):
-    preset = make_preset(
-        name="Flood",
-        visits_per_day=50_000_000,
-        daily_curve="flat",
-        pause_min=0.0,
-        pause_max=0.2,
-        visit_duration_min=0.0,
-        visit_duration_max=0.5,
-        concurrency=20,
-    )
+    preset = make_fast_preset("Flood", visits_per_day=50_000_000, pause_max=0.2, visit_duration_max=0.5)
     # 20 connections x 50 ms caps sending at ~400 hits/s, far below the ~2,000 asked, so the
     # loader saturates however fast the machine is (on an idle one it nearly kept up).
     fake_matomo.set_latency(0.05)
@@ -410,10 +391,8 @@ def test_a_loader_at_overload_stops_within_two_seconds(fake_matomo, how):
 
 @pytest.mark.django_db(transaction=True)
 def test_a_loader_never_spins_while_its_last_visits_drain(fake_matomo, monkeypatch):
-    preset = make_preset(
-        name="Long visits",
-        visits_per_day=1_728_000,
-        daily_curve="flat",
+    preset = make_fast_preset(
+        "Long visits",
         pause_min=0.5,
         pause_max=1.0,
         visit_duration_min=0.02,  # minutes: visits of 1-3 s

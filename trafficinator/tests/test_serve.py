@@ -25,7 +25,7 @@ import requests
 from django.conf import settings
 
 from runs.models import Run
-from trafficinator.testing import TEST_PASSWORD, make_preset, make_target, make_user, subprocess_env
+from trafficinator.testing import TEST_PASSWORD, make_browser_paced_preset, make_target, make_user, subprocess_env
 
 BASE_DIR = Path(settings.BASE_DIR)
 ARTIFACTS = BASE_DIR / "test-artifacts"
@@ -206,15 +206,7 @@ def test_serve_runs_the_app_in_production_settings_with_static_files_health_and_
     monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
     with FakeMatomo(sites=[1]) as matomo, sync_playwright() as playwright:
         make_target(name="fake-matomo", matomo_url=matomo.url, site_id=1)
-        make_preset(
-            name="Quick visits",
-            visits_per_day=100_000,
-            daily_curve="flat",
-            pause_min=0.2,
-            pause_max=0.5,
-            visit_duration_min=0.05,
-            visit_duration_max=0.1,
-        )
+        make_browser_paced_preset("Quick visits")
         # The server checks the password with Django's default hashers, not the tests' fast one.
         settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.PBKDF2PasswordHasher"]
         user = make_user("operator", superuser=True)
