@@ -95,7 +95,7 @@ def test_create_run_refuses_infinite_and_nan_weights_from_any_caller():
     assert not Run.objects.exists()
 
 
-@pytest.mark.django_db(transaction=True)
+@pytest.mark.django_db
 @pytest.mark.parametrize("weight", [math.inf, -math.inf, math.nan, 0.0, -2.0, 2e6])
 def test_the_database_refuses_a_weight_that_is_not_finite_and_positive(weight):
     run = Run.objects.create_run(preset=Preset.objects.get(name="Light"), targets=[make_target()])
@@ -103,7 +103,7 @@ def test_the_database_refuses_a_weight_that_is_not_finite_and_positive(weight):
         RunTarget.objects.create(run=run, target=make_target(), weight=weight)
 
 
-@pytest.mark.django_db(transaction=True)
+@pytest.mark.django_db
 @pytest.mark.parametrize(("model", "value"), [("run", 0), ("run", 10**8), ("run_target", 0), ("run_target", 10**8)])
 def test_the_database_refuses_rates_out_of_range(model, value):
     run = Run.objects.create_run(preset=Preset.objects.get(name="Light"), targets=[make_target()])
