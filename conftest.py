@@ -9,6 +9,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from targets.fake_matomo import FakeMatomo
+from trafficinator.testing import TOKEN
 
 # The property-based suite (test_properties.py files): a bounded number of examples per
 # property so the whole suite stays fast; HYPOTHESIS_MAX_EXAMPLES=2000 explores more.
@@ -102,9 +103,6 @@ def _restore_in_bulk() -> None:
 
 
 _restore_in_bulk()
-
-
-TOKEN = "test-token-0123456789abcdef"  # noqa: S105 - the fake server's token
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Iterable
 from decimal import Decimal
 from itertools import count
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
@@ -21,7 +21,9 @@ if TYPE_CHECKING:
     from runs.models import Run
 
 _sequence = count(1)
+T = TypeVar("T")
 TEST_PASSWORD = "pw-for-tests-only"
+TOKEN = "test-token-0123456789abcdef"  # the super user token of conftest's fake_matomo
 
 # The personas' permissions (a superuser has them all).
 RUN_VIEWER = ("runs.view_run",)
@@ -56,6 +58,13 @@ def make_target(**fields):
     target.full_clean()
     target.save()
     return target
+
+
+def make_local_target(server: Any, **fields: Any):
+    """A target named "local" (or ``name``) on site 1 of a fake Matomo, with its super user TOKEN."""
+    values: dict[str, Any] = {"name": "local", "matomo_url": server.url, "site_id": 1, "token_auth": TOKEN}
+    values.update(fields)
+    return make_target(**values)
 
 
 def make_preset(**fields):
@@ -197,21 +206,24 @@ def log_in_client(client: Client, perms: Iterable[str] = (), **user_fields: Any)
 
 
 def wait_until(
-    condition: Callable[[], object],
+    condition: Callable[[], T],
     timeout: float = 20.0,
     *,
     what: str = "the condition",
     sleep: Callable[[float], object] = time.sleep,
-) -> None:
-    """Poll ``condition`` until it is true; fail after ``timeout`` seconds saying ``what``
-    did not happen. The timeout is generous on purpose: it bounds a hang, it is not a
-    speed requirement (a loaded machine runs timers seconds late). Pass
-    ``sleep=gevent.sleep`` where greenlets must run meanwhile."""
+    interval: float = 0.02,
+) -> T:
+    """Poll ``condition`` until it returns something true, and return that; fail after
+    ``timeout`` seconds saying ``what`` did not happen. The timeout is generous on purpose:
+    it bounds a hang, it is not a speed requirement (a loaded machine runs timers seconds
+    late). Pass ``sleep=gevent.sleep`` where greenlets must run meanwhile, and a longer
+    ``interval`` where asking is costly (a subprocess, an HTTP request)."""
     deadline = time.monotonic() + timeout
-    while not condition():
+    while not (result := condition()):
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        sleep(0.02)
+        sleep(interval)
+    return result
 
 
 def set_heartbeat(run: Run, when) -> None:

@@ -9,27 +9,16 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from django.conf import settings
 
 from trafficinator import health
-from trafficinator.testing import subprocess_env
+from trafficinator.testing import subprocess_env, wait_until
 
 MANAGE = str(Path(settings.BASE_DIR) / "manage.py")
 REDIS_TEST_URL = "redis://127.0.0.1:6379/13"  # this suite's own Redis database number
-
-
-def wait_for(condition, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = condition()
-        if result:
-            return result
-        time.sleep(0.3)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def manage(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
@@ -139,10 +128,11 @@ def test_health_is_503_when_the_database_does_not_answer(client, monkeypatch, ca
 def test_clusters_on_the_orm_broker_are_reported_with_their_queue_workers_and_host():
     clusters = Clusters(subprocess_env())
     try:
-        healthy, body = wait_for(
+        healthy, body = wait_until(
             lambda: (result := health.report()) and seen(result[1]) == clusters.expected and result,
             90,
-            "both clusters in /health/",
+            what="both clusters in /health/",
+            interval=0.3,
         )
         assert healthy and body["status"] == "ok" and body["problems"] == []
         by_queue = {cluster["queue"]: cluster for cluster in body["clusters"]}
@@ -161,7 +151,12 @@ def test_clusters_on_the_orm_broker_are_reported_with_their_queue_workers_and_ho
     finally:
         clusters.stop()
     # Stopped clusters drop out within django-q2's 3 s heartbeat lifetime.
-    healthy, body = wait_for(lambda: (result := health.report()) and not result[1]["clusters"] and result, 30, "none")
+    healthy, body = wait_until(
+        lambda: (result := health.report()) and not result[1]["clusters"] and result,
+        30,
+        what="no cluster in /health/",
+        interval=0.3,
+    )
     assert not healthy
     local = manage("health", "--local-cluster", "--queue", "loaders", env=subprocess_env())
     assert local.returncode == 1 and "No live django-q2 cluster serving the loaders queue" in local.stderr
@@ -183,7 +178,7 @@ def test_clusters_on_the_redis_broker_are_reported_too():
             body = json.loads(result.stdout or "{}")
             return (result, body) if seen(body) == clusters.expected else None
 
-        result, body = wait_for(report, 120, "both clusters in `manage.py health` on Redis")
+        result, body = wait_until(report, 120, what="both clusters in `manage.py health` on Redis", interval=0.3)
         assert result.returncode == 0, result.stderr
         assert body["broker"]["ok"] and body["broker"]["type"].startswith("Redis")
         assert body["loader_slots"] == {"total": 3, "busy": 0, "free": 3}

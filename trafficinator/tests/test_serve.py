@@ -17,7 +17,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -25,7 +24,14 @@ import requests
 from django.conf import settings
 
 from runs.models import Run
-from trafficinator.testing import TEST_PASSWORD, make_browser_paced_preset, make_target, make_user, subprocess_env
+from trafficinator.testing import (
+    TEST_PASSWORD,
+    make_browser_paced_preset,
+    make_target,
+    make_user,
+    subprocess_env,
+    wait_until,
+)
 
 BASE_DIR = Path(settings.BASE_DIR)
 ARTIFACTS = BASE_DIR / "test-artifacts"
@@ -50,16 +56,6 @@ def self_signed_certificate(folder: Path) -> tuple[Path, Path]:
         capture_output=True,
     )
     return cert, key
-
-
-def wait_for(condition, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = condition()
-        if result:
-            return result
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def stop(process: subprocess.Popen) -> None:
@@ -150,7 +146,7 @@ def production(tmp_path):
                 return False
 
         # collectstatic compresses ~800 files first: slow on a busy machine.
-        wait_for(web_is_up, 240, "scripts/serve to answer")
+        wait_until(web_is_up, 240, what="scripts/serve to answer", interval=0.5)
         yield production
     finally:
         production.stop_all()
@@ -193,7 +189,7 @@ def test_serve_runs_the_app_in_production_settings_with_static_files_health_and_
         seen = {c["pid"]: c["queue"] for c in body.get("clusters", []) if c["workers"]}
         return body if response.status_code == 200 and seen == clusters else None
 
-    health = wait_for(healthy, 90, "/health/ to report both clusters")
+    health = wait_until(healthy, 90, what="/health/ to report both clusters", interval=0.5)
     assert health["database"]["ok"] and health["broker"]["ok"]
     assert health["loader_slots"] == {"total": 2, "busy": 0, "free": 2}
     assert health["queues"]["loaders"]["workers"] == 2 and health["queues"]["trafficinator"]["workers"] == 1
@@ -239,19 +235,22 @@ def test_serve_runs_the_app_in_production_settings_with_static_files_health_and_
             hits = "Number(document.querySelector('#run-summary [data-figure=hits]').textContent.replace(/,/g, ''))"
             page.wait_for_function(f"() => {hits} > 0", timeout=60_000)
             assert page.evaluate("window.notReloaded") is True  # htmx swapped the panel in place
-            wait_for(lambda: matomo.stats()["tracked"] > 0, 30, "hits at the fake Matomo")
+            wait_until(lambda: matomo.stats()["tracked"] > 0, 30, what="hits at the fake Matomo", interval=0.5)
 
             # The running loader holds one of the two loader slots.
-            busy = wait_for(
+            busy = wait_until(
                 lambda: (body := production.get("/health/").json())["loader_slots"]["busy"] == 1 and body,
                 30,
-                "a busy loader slot",
+                what="a busy loader slot",
+                interval=0.5,
             )
             assert busy["loader_slots"] == {"total": 2, "busy": 1, "free": 1}
         finally:
             browser.close()
         Run.objects.get(pk=run_id).request_stop("Stopped by the test.")
-        wait_for(lambda: Run.objects.get(pk=run_id).status == Run.Status.STOPPED, 60, "the run to stop")
+        wait_until(
+            lambda: Run.objects.get(pk=run_id).status == Run.Status.STOPPED, 60, what="the run to stop", interval=0.5
+        )
         run = Run.objects.get(pk=run_id)
         assert run.totals["accepted"] > 0
         assert matomo.stats()["tracked"] >= run.totals["accepted"]
