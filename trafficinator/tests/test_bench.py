@@ -1,7 +1,7 @@
 import io
 
 import pytest
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 
 
 def test_bench_prints_every_figure_against_the_local_server():
@@ -34,3 +34,22 @@ def test_bench_runs_the_real_live_loader_and_an_overload_with_its_saturation_fig
         assert "hits per loader CPU-second" in line and "saturated=" in line and "delivered" in line
     assert "peak RSS" in lines[0] and "peak RSS" in lines[1]
     assert "stopped in" in lines[2] and "status stopped" in lines[2] and "saturated=True" in lines[2]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_bench_runs_one_bulk_run_with_one_and_with_two_shards_and_prints_the_scaling():
+    """Short runs: every shard's loader runs in its own process and is measured."""
+    out = io.StringIO()
+    call_command("bench", "--only", "shards", "--shard-seconds", "3", "--server-workers", "2", stdout=out)
+    lines = out.getvalue().splitlines()
+    assert [line.split(":")[0] for line in lines] == ["shards 1", "shards 2"]
+    for line in lines:
+        assert "hits/s" in line and "hits per loader CPU-second" in line and "load average" in line
+        assert "server recorded" in line and "saturated=" in line
+    assert "scaling 1.00x 1 shard(s)" in lines[0]
+    assert len(lines[1].split("per shard ")[1].split(" hits")[0].split(", ")) == 2  # both shards sent
+
+
+def test_bench_refuses_shard_counts_that_are_not_numbers():
+    with pytest.raises(CommandError, match="--shard-counts"):
+        call_command("bench", "--only", "shards", "--shard-counts", "1,two", stdout=io.StringIO())

@@ -9,12 +9,13 @@ sockets either way.
 from __future__ import annotations
 
 import gc
+import os
 import resource
 import time
 from argparse import ArgumentParser
 from datetime import date, timedelta
 
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 
 from targets.fake_matomo.process import fake_call, start_fake_server, stop_fake_server
 from trafficinator.bench.backfill import benchmark_backfill
@@ -23,7 +24,7 @@ from trafficinator.bench.sending import benchmark_sender
 from trafficinator.sending.sender import TargetSender
 from trafficinator.traffic import Profile, day_visits, encode_visit
 
-SECTIONS = ("generation", "single", "bulk", "stream", "backfill", "matomo", "live", "overload")
+SECTIONS = ("generation", "single", "bulk", "stream", "backfill", "matomo", "live", "overload", "shards")
 
 
 def rss_mb() -> float:
@@ -83,6 +84,17 @@ class Command(BaseCommand):
             help="Duration of the live bulk run, and of each run of --only live (default 20).",
         )
 
+        sharded = parser.add_argument_group("--only shards: one bulk run with 1, 2, ... shards")
+        sharded.add_argument(
+            "--shard-counts",
+            default="1,2",
+            help="Shard counts to run, comma-separated; the first is the baseline of the ratio (default 1,2).",
+        )
+        sharded.add_argument("--shard-seconds", type=float, default=20.0, help="Length of each run (default 20).")
+        sharded.add_argument(
+            "--server-workers", type=int, default=4, help="Processes of the count-only fake Matomo (default 4)."
+        )
+
     def handle(self, *args, only, hits, bulk_hits, concurrency, batch_size, visits, **options) -> None:
         sections = only or list(SECTIONS)
         if "generation" in sections:
@@ -101,6 +113,8 @@ class Command(BaseCommand):
             self.live(options["live_seconds"], concurrency, batch_size)
         if "overload" in sections:
             self.overload(options["overload_seconds"], concurrency)
+        if "shards" in sections:
+            self.shards(options["shard_counts"], options["shard_seconds"], options["server_workers"], concurrency)
 
     def line(self, text: str) -> None:
         self.stdout.write(text)
@@ -205,6 +219,37 @@ class Command(BaseCommand):
             f"(target: flat, under 150 MB); stopped in {result['stopped_in']} s after Stop (target <= 2 s), "
             f"status {result['status']}; {self.saturation(result)}"
         )
+
+    def shards(self, counts: str, seconds: float, server_workers: int, concurrency: int) -> None:
+        """The same bulk run with each shard count; hits/s and hits per loader CPU-second of
+        the whole run, and the scaling ratio to the first count."""
+        from trafficinator.bench.shards import benchmark_shards
+
+        try:
+            numbers = [int(part) for part in counts.split(",") if part.strip()]
+        except ValueError:
+            raise CommandError(f"--shard-counts: “{counts}” is not a comma-separated list of numbers.") from None
+        if not numbers or any(n < 1 for n in numbers):
+            raise CommandError("--shard-counts: give at least one shard count, each 1 or more.")
+        baseline = None
+        for count in numbers:
+            result = benchmark_shards(
+                shards=count, seconds=seconds, concurrency=concurrency, server_workers=server_workers
+            )
+            rate = result["hits_per_second"] or 0
+            baseline = baseline if baseline is not None else (rate, count)
+            ratio = rate / baseline[0] if baseline[0] else 0.0
+            load = result["load_average"]
+            self.line(
+                f"shards {count}: {rate:,} hits/s, {result['hits_per_cpu_second'] or 0:,} hits per loader CPU-second "
+                f"({result['cpu_seconds']} CPU-s for {result['sent']:,} hits over {result['seconds']} s, /proc incl. "
+                f"children), per shard {', '.join(f'{n:,}' for n in result['sent_per_shard'])} hits, accepted "
+                f"{result['accepted']:,}, server recorded {result['server_recorded']:,}; scaling {ratio:.2f}x "
+                f"{baseline[1]} shard(s); saturated={result['saturated']}, delivered {result['delivered_percent']} %, "
+                f"loader wait p50/p95 {result['wait_ms'].get('p50')}/{result['wait_ms'].get('p95')} ms, latency "
+                f"p50/p95 {result['latency_ms'].get('p50')}/{result['latency_ms'].get('p95')} ms; {os.cpu_count()} "
+                f"cores, load average {load[0]:.1f} before, {load[1]:.1f} after"
+            )
 
     @staticmethod
     def saturation(result: dict) -> str:
