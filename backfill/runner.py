@@ -327,6 +327,8 @@ class DaySender:
             fallback_to_single=False,  # a secure-only token fails the plan with advice instead
             name=self.target.name,
             timezone=self.day.timezone,
+            # The runner paces its requests too; parts and retries are paced by the sender.
+            min_interval=self.interval,
         )
 
     def _time_to_pause(self) -> bool:

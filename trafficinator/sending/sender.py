@@ -49,6 +49,7 @@ Ambiguous answers are settled, not guessed:
 from __future__ import annotations
 
 import json
+import math
 import random
 import re
 import time
@@ -326,10 +327,16 @@ class TargetSender:
         fallback_to_single: bool = True,
         max_batch_delay: float = 1.0,
         timezone: str = "UTC",
+        min_interval: float = 0.0,
     ) -> None:
         if concurrency < 1 or batch_size < 1 or timeout <= 0:
             raise ValueError("concurrency and batch_size must be >= 1 and timeout > 0")
         self.concurrency = concurrency
+        # Least time between two requests to the tracker (a requests-per-second limit). Kept
+        # here, per HTTP request, because a caller's request can leave in parts (a site-day's
+        # first visit alone, a returning visitor held back) and retries are requests too.
+        self.min_interval = max(0.0, min_interval)
+        self._next_post_at = -math.inf
         self.batch_size = batch_size
         self.bulk = bulk
         self.retry = retry or RetryPolicy()
@@ -596,6 +603,13 @@ class TargetSender:
     def _post(self, body: bytes, content_type: str) -> tuple[int, bytes, str | None, Failure | None]:
         """One request: (status, data, Retry-After, None) when an answer came, else
         (0, b"", None, Failure) for a timeout or a network error."""
+        if self.min_interval:
+            # Reserve the slot before sleeping, so concurrent greenlets never share one.
+            now = time.monotonic()
+            slot = max(self._next_post_at, now)
+            self._next_post_at = slot + self.min_interval
+            if slot > now:
+                gevent.sleep(slot - now)
         try:
             status, data, retry_after = self._transport.post(body, content_type)
         except TransportTimeout as exc:

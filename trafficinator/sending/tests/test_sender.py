@@ -871,3 +871,16 @@ def test_run_telemetry_sums_targets_in_the_run_stats_shape():
     assert json.loads(json.dumps(stats)) == stats
     assert run.minute_sample()["hits"] == 14
     assert {key for key, _, _ in run.drain_events()} == {"1", "2"}
+
+
+def test_min_interval_spaces_every_http_request_including_parts(matomo, make_sender):
+    """A requests-per-second limit holds per HTTP request: a caller's request that leaves
+    in parts, or is retried, never lets two requests out closer than ``min_interval``."""
+    sender = make_sender(bulk=True, concurrency=4, min_interval=0.1)
+    began = time.monotonic()
+    for number in range(4):
+        sender.send_request(make_dated_visits(2, first=10 * number))
+    assert sender.join(10)
+    took = time.monotonic() - began
+    requests = matomo.stats()["bulk_requests"]
+    assert requests >= 4 and took >= (requests - 1) * 0.1
