@@ -11,6 +11,7 @@ import json
 import threading
 import time
 import urllib.request
+from datetime import UTC, datetime, timedelta
 
 import gevent
 import pytest
@@ -30,6 +31,18 @@ from trafficinator.testing import wait_until
 TOKEN = "c0ffee0123456789abcdef0123456789"
 SECURE_TOKEN = "5ecure0123456789abcdef0123456789"
 FAST_RETRY = RetryPolicy(max_attempts=5, backoff_base=0.005, backoff_max=0.02)
+
+
+def hours_ago(hours: float) -> int:
+    """A hit time ``hours`` before an anchor that keeps a test's hits (up to three hours
+    apart) in one UTC day, the fake's default site zone: Matomo starts a new visit at the
+    site's midnight, and the sender sends a site-day's first visit alone, so hits that
+    straddle midnight (a run between 00:00 and 03:00 UTC) would change what is asserted.
+    The anchor is now, or 12:00 UTC yesterday in the first hours of a day; either way
+    within 24 hours, so no hit needs a token for its age."""
+    now = datetime.now(UTC)
+    anchor = now if now.hour >= 4 else (now - timedelta(days=1)).replace(hour=12, minute=0, second=0)
+    return int(anchor.timestamp() - hours * 3600)
 
 
 def make_hit(visitor: int, step: int, *, site: int = 1, extra: str = "") -> str:
@@ -312,7 +325,7 @@ def test_bulk_500_resends_the_whole_batch_and_400_rejects_it(matomo, make_sender
 def make_dated_visits(count: int, hits: int = 3, *, first: int = 0, start: float | None = None) -> list[list[str]]:
     """Visits with a cdt per hit, 10 s apart (a bulk request's form): Matomo refuses a
     resend of them once it holds them, as older than the visitor's last action."""
-    start = time.time() - 3600 if start is None else start
+    start = hours_ago(1) if start is None else start
     return [
         [make_hit(first + v, step, extra=f"&cdt={int(start) + v + 10 * step}") for step in range(hits)]
         for v in range(count)
@@ -445,7 +458,7 @@ def test_a_bulk_500_that_does_not_count_every_entry_is_resent_and_never_taken_fo
     (visit,) = make_dated_visits(1)
     sender.send_visit(visit)
     assert sender.join(5)
-    later = [make_hit(0, 9, extra=f"&cdt={int(time.time()) - 7200}")]  # older than the visit above
+    later = [make_hit(0, 9, extra=f"&cdt={hours_ago(2)}")]  # older than the visit above
     outcomes = []
     sender.send_visit(later, outcomes.append)
     assert sender.join(5)
@@ -481,7 +494,7 @@ def test_pipelined_bulk_keeps_every_visitors_hits_in_order(matomo, make_sender):
     # requests take random time, so they would be served out of order.
     matomo.set_latency(0.0, jitter=0.03, seed=3)
     sender = make_sender(bulk=True, batch_size=9, concurrency=4)
-    start = int(time.time()) - 7200
+    start = hours_ago(2)
     visits = []
     for round_ in range(4):
         for visitor in range(12):
@@ -511,14 +524,17 @@ def test_a_returning_visitor_in_flight_holds_back_only_its_own_visit(matomo, mak
     # (a stalled pipeline left Matomo's workers idle), visitor 1's waits for the answer.
     sender = make_sender(bulk=True, timeout=20)
     start_site_day(sender)
-    start = int(time.time()) - 7200
+    start = hours_ago(2)
     first, second, other = (
         [make_hit(visitor, step, extra=f"&cdt={start + offset + 10 * step}") for step in range(2)]
         for visitor, offset in ((1, 0), (1, 2000), (2, 2001))
     )
-    matomo.hang_next(1, seconds=4, target="bulk")
+    slow = matomo.hang_next(1, seconds=4, target="bulk")
     tallies = []
     sender.send_request([first], lambda *result: tallies.append(result))
+    # The two requests go out on two connections; wait until the first is the one Matomo
+    # holds, or a busy machine can let the second arrive first and take the slow answer.
+    wait_until(lambda: slow.fired == 1, sleep=gevent.sleep)
     sender.send_request([other, second], lambda *result: tallies.append(result))
     wait_until(lambda: any(hit.visitor_id == f"{2:016x}" for hit in matomo.hits_for(1)), sleep=gevent.sleep)
     assert sender.join(20)
@@ -538,7 +554,7 @@ def test_send_request_reports_its_tally_and_the_first_request_of_a_site_day_goes
         server.probe = None
         sender = make_sender(url=server.tracking_url, bulk=True, concurrency=4)
         tallies = []
-        start = time.time() - 7200
+        start = hours_ago(2)
         for number in range(8):
             sender.send_request(
                 make_dated_visits(2, first=10 * number, start=start + number), lambda *result: tallies.append(result)
