@@ -174,12 +174,16 @@ class VisitInProgress:
     """One admitted visit: its encoded hits and where it stands. It is the sender's
     ``on_done`` callback: a single hit's settling queues the visit's next hit (never
     before the previous one settled, so a retried hit is never overtaken by the next one
-    of the same visitor); a bulk visit's settling ends it."""
+    of the same visitor); a bulk visit's settling ends it. ``bulk`` is the visit's own
+    mode, fixed when it is admitted: it says how its items are encoded and settled."""
 
-    __slots__ = ("delivered", "index", "items", "position", "runtime", "shift", "size")
+    __slots__ = ("bulk", "delivered", "index", "items", "position", "runtime", "shift", "size")
 
-    def __init__(self, runtime: TargetRuntime, items: list, shift: float, size: int, position: int = 0) -> None:
+    def __init__(
+        self, runtime: TargetRuntime, items: list, shift: float, size: int, position: int = 0, *, bulk: bool
+    ) -> None:
         self.runtime = runtime
+        self.bulk = bulk
         self.items = items  # single: [(due, body)]; bulk: [entry] sent at once
         self.position = position  # its index in the target's stream (as the shard's stream state counts)
         self.index = 0
@@ -193,7 +197,7 @@ class VisitInProgress:
         if outcome == "abandoned":
             runtime.visit_over(self, finished=False)
             return
-        if runtime.bulk:
+        if self.bulk:
             self.delivered = outcome in ("accepted", "partial")
             runtime.visit_over(self, finished=True)
             return
@@ -245,9 +249,15 @@ class TargetRuntime:
     gap_seconds: float = 0.0
     gap_hits: int = 0
 
-    @property
-    def bulk(self) -> bool:
-        return self.sender.bulk
+    # Bulk or single hits, for the runtime's whole life: it decides how visits are encoded
+    # and what sends them (a dispatcher or hit workers, spawned once). A bulk sender that
+    # learns mid-run that its token is secure-only falls back to single POSTs
+    # (TargetSender._check_secure_only): it then sends the bulk visits' hits one by one and
+    # settles each visit once, so the runtime and its visits stay bulk.
+    bulk: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.bulk = self.sender.bulk
 
     def push(self, due: float, visit: VisitInProgress) -> None:
         heap = self.heap
@@ -283,11 +293,11 @@ class TargetRuntime:
         self.position = max(self.position, visit.index + 1)
         if self.bulk:
             entries = self.stream.encode(visit, with_cdt=True)
-            state = VisitInProgress(self, entries, shift, sum(map(len, entries)), visit.index)
+            state = VisitInProgress(self, entries, shift, sum(map(len, entries)), visit.index, bulk=True)
             due = visit.hits[-1].due + shift if visit.hits else visit.start + shift
         else:
             timed = self.stream.encode_timed(visit)
-            state = VisitInProgress(self, timed, shift, sum(len(body) for _, body in timed), visit.index)
+            state = VisitInProgress(self, timed, shift, sum(len(b) for _, b in timed), visit.index, bulk=False)
             if sent:  # a handed-back visit: its first hits went out before
                 state.index = min(sent, len(timed) - 1)
             due = timed[state.index][0] + shift
@@ -512,7 +522,7 @@ class LiveLoader:
                     if visit.items:
                         pending[visit.position] = visit.index
                 for visit in rt.holding:  # interrupted: a single hit's fate is unknown, skip it
-                    first = visit.index if rt.bulk else visit.index + 1
+                    first = visit.index if visit.bulk else visit.index + 1
                     if visit.items and first < len(visit.items):
                         pending[visit.position] = first
                 redo[str(rt.run_target.pk)] = {str(index): sent for index, sent in pending.items()}

@@ -83,3 +83,37 @@ def test_a_run_converts_only_goals_the_site_has_and_says_what_it_left_out(countr
     messages = list(RunLog.objects.values_list("message", flat=True))
     assert any("no goal named Contact form sent" in m for m in messages)
     assert any("conversions left out" in m for m in messages)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_bulk_run_that_learns_mid_run_its_token_is_secure_only_ends_every_visit_and_counts_every_hit(
+    countries_preset,
+):
+    """The target's last check said its token works in bulk (the token was replaced since
+    by a secure-only one), so the run starts in bulk; the sender learns it from its first
+    batches and falls back to single POSTs. Visits admitted before the switch and settled
+    after it, and visits admitted after it, all end: none holds its slot forever."""
+    with FakeMatomo(sites=[1], tokens={"careful-token-0001": {"write": [1], "secure_only": True}}) as matomo:
+        target = make_target(name="shop", matomo_url=matomo.url, site_id=1, token_auth="careful-token-0001")
+        target.token_secure_only = False  # a stale check: the run does not probe again
+        target.save()
+        # Small batches: visits are buffered and in flight when the first answer comes. The
+        # duration only bounds a hang (a visit that never ends keeps the run from completing).
+        run_traffic(
+            "--target", "shop", "--preset", "Countries", "--visits", "60", "--bulk", "--batch-size", "4",
+            "--seed", "2", "--duration", "90",
+        )  # fmt: skip
+        stats = matomo.stats()
+    run = Run.objects.get()
+    assert run.status == Run.Status.COMPLETED and "Visit limit of 60" in run.end_reason
+    (target_stats,) = run.stats["targets"].values()
+    assert target_stats["mode"] == "single (bulk fallback)" and target_stats["secure_only_token"]
+    totals = run.stats["totals"]
+    assert totals["visits_started"] == totals["visits_finished"] == 60
+    # Only the batches answered before the switch lost hits (invalid: their cip needs the
+    # token); every other hit went out once, as a single POST, and was recorded.
+    assert stats["bulk_requests"] > 0 and stats["single_requests"] > 0
+    assert totals["sent"] == totals["accepted"] + totals["invalid"] == stats["hits_received"]
+    assert totals["accepted"] == stats["recorded"] == stats["single_requests"]
+    assert totals["invalid"] == stats["invalid"] > 0
+    assert totals["abandoned"] == totals["unsent"] == totals["in_flight"] == totals["errors"] - totals["invalid"] == 0
