@@ -119,48 +119,69 @@ class Members:
     real audiences. A member is free when its last visit in this stream ended 30 minutes
     before (Matomo would merge the two visits otherwise)."""
 
-    def __init__(self, population: Population, profile: Profile):
+    def __init__(self, population: Population, profile: Profile, part: int = 0, parts: int = 1):
+        if not 0 <= part < parts:
+            raise ValueError(f"part {part} is not one of 0..{parts - 1}")
         self.population = population
         self.key = derive_seed("visitors", population.seed)
         # derive_seed(key, member) without building the joined text each time (same value).
         self._seed_prefix = f"{self.key}\x1f".encode()
         self.joins = population.joins_per_day(profile)
+        # A stream split into sub-streams (stream.live_visits) gives each its own members:
+        # those whose index is ``part`` modulo ``parts``, so a visitor only ever returns in
+        # the sub-stream it joined in (one loader sends all of its visits, in order).
+        self.part = part
+        self.parts = parts
         self.last_end: dict[int, float] = {}
         self.day: int | None = None
         self.joined_today = 0
+        # This part's members known from the days before today, and those below today's
+        # intake (more than the first when the known days end before today: a live run
+        # after a backfill); set by start_day.
+        self._known_before = 0
+        self._below_today = 0
         self._visits_since_prune = 0
+
+    def _count_below(self, limit: int) -> int:
+        """This part's members among members [0, limit)."""
+        return max(0, (limit - self.part + self.parts - 1) // self.parts)
 
     def start_day(self, day_number: int) -> None:
         if day_number != self.day:
             self.day = day_number
             self.joined_today = 0
+            known_days = self.population.known_days
+            before = day_number if known_days is None else min(day_number, known_days)
+            self._known_before = self._count_below(self.joins * before)
+            self._below_today = self._count_below(self.joins * day_number)
 
     def known(self) -> int:
-        """Members [0, known) have had a visit before now (earlier days, or joined today)."""
-        day = self.day or 0
-        known_days = self.population.known_days
-        before = day if known_days is None else min(day, known_days)
-        return self.joins * before + self.joined_today
+        """How many of this part's members have had a visit before now (earlier known
+        days, or joined today)."""
+        return self._known_before + self.joined_today
+
+    def known_member(self, rank: int) -> int:
+        """The ``rank``-th of this part's known members (0 <= rank < known())."""
+        if rank >= self._known_before:  # joined today
+            rank += self._below_today - self._known_before
+        return self.part + self.parts * rank
 
     def join(self) -> int | None:
         """The member a new visitor becomes, or None once today's intake is full."""
-        if self.joined_today >= self.joins:
+        member = self.part + self.parts * (self._below_today + self.joined_today)
+        if member >= self.joins * ((self.day or 0) + 1):
             return None
-        member = self.joins * (self.day or 0) + self.joined_today
         self.joined_today += 1
         return member
 
     def free_member(self, rng: Random, start: float) -> int | None:
-        # known(), inlined: this runs for every returning visit.
-        day = self.day or 0
-        known_days = self.population.known_days
-        known = self.joins * (day if known_days is None else min(day, known_days)) + self.joined_today
+        known = self._known_before + self.joined_today  # known(), inlined: runs for every returning visit
         if known == 0:
             return None
         core = max(1, int(known * CORE_SHARE))
         last_end = self.last_end
         for _ in range(MEMBER_ATTEMPTS):
-            member = int(rng.random() * (core if rng.random() < CORE_VISITS else known))
+            member = self.known_member(int(rng.random() * (core if rng.random() < CORE_VISITS else known)))
             if last_end.get(member, -math.inf) + VISIT_GAP_SECONDS < start:
                 return member
         return None

@@ -123,3 +123,43 @@ def test_days_without_a_shared_population_share_no_visitors():
     first = {v.cid for v in day_visits(profile, day=date(2025, 3, 3), count=500, seed="week")}
     second = {v.cid for v in day_visits(profile, day=date(2025, 3, 4), count=500, seed="week")}
     assert not first & second
+
+
+def test_parts_of_a_population_split_its_members_and_know_only_their_own():
+    """Members of part p are those with index p modulo parts: each part joins and brings
+    back only its own, and the parts together are the whole population."""
+    from random import Random
+
+    from trafficinator.traffic.visitors import Members
+
+    profile = Profile(visits_per_day=1000, returning_visitor_share=0.3)
+    population = Population("split", date(2025, 3, 3))
+    whole = Members(population, profile)
+    parts = [Members(population, profile, part, 4) for part in range(4)]
+    for members in (whole, *parts):
+        members.start_day(2)
+    joined = [member for members in parts for member in iter(members.join, None)]
+    assert sorted(joined) == list(iter(whole.join, None))  # today's intake, dealt out
+    rng = Random(1)
+    for part, members in enumerate(parts):
+        assert members.known() == len([m for m in range(3 * whole.joins) if m % 4 == part])
+        picked = {members.free_member(rng, 0.0) for _ in range(300)}
+        assert picked and all(member % 4 == part and member < 3 * whole.joins for member in picked)
+
+
+def test_a_stream_after_fewer_known_days_brings_back_only_members_who_visited():
+    """A live run after a backfill knows the backfill's days only: members of the days
+    between were never seen, so a returning visit never picks one of them."""
+    from random import Random
+
+    from trafficinator.traffic.visitors import Members
+
+    profile = Profile(visits_per_day=1000, returning_visitor_share=0.3)
+    members = Members(Population("gap", date(2025, 3, 3), known_days=2), profile)
+    members.start_day(10)
+    today = [members.join() for _ in range(5)]
+    assert today == [10 * members.joins + i for i in range(5)]
+    seen = set(range(2 * members.joins)) | set(today)
+    rng = Random(2)
+    picked = {members.free_member(rng, 0.0) for _ in range(2000)}
+    assert picked <= seen and set(today) & picked
