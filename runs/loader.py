@@ -38,13 +38,17 @@ can be resumed): a loader frozen (SIGSTOP, a paused VM) long enough to be resume
 another one finds its lease expired when it wakes, sends nothing, learns at its next
 check that it was superseded, and exits without writing anything.
 
-Shards. A run of N shards has N loaders (runs.models.RunShard). Each generates every
-target's whole deterministic stream and sends only the visits whose visitor id falls in its
-slice (``shard_of``: the 64-bit visitor id mod N), so the shards' visits are disjoint, their
-union is the unsharded run, and every visit of one visitor (returning visitors included)
-goes through one shard, in order. A visit limit counts stream positions, not this loader's
-visits: each target sends the first ``quota`` visits of its stream (the limit split over
-targets by rate), whichever shard they fall in. Concurrency is split over the shards.
+Shards. A run of N shards has N loaders (runs.models.RunShard). Every target's stream is
+made of ``STREAM_PARTS`` sub-streams (trafficinator.traffic.live_visits ``parts``), whatever
+N: each arrival is dealt to a part, and each part has its own random numbers and its own
+returning visitors. Shard k generates and sends only the parts p with p mod N == k
+(``shard_parts``), so the shards' visits are disjoint, their union is the same stream for
+1 or 64 shards, every visit of one visitor (returning visitors included) goes through one
+shard, in order, and a shard spends generation time only on its own visits (plus an
+arrival time per visit of the others). A visit limit counts stream positions, not this
+loader's visits: each target sends the first ``quota`` visits of its stream (the limit
+split over targets by rate), whichever shard they fall in. Concurrency is split over the
+shards.
 
 This module is the live loader's one home: the visit streams per target (fed from the
 run's snapshot), the loop, and ``execute_loader``, which the commands ``run_loader`` and
@@ -76,7 +80,7 @@ from django.db import connections
 
 from backfill.models import BackfillPlan
 from funnels.models import Funnel
-from runs.models import Run, RunLog, RunShard, RunTarget
+from runs.models import MAX_SHARDS, Run, RunLog, RunShard, RunTarget
 from targets.checks import token_works_in_bulk
 from trafficinator.sending.sender import SenderClosed, TargetSender
 from trafficinator.sending.telemetry import RunStats, RunTelemetry, TargetTelemetry, delivered_percent
@@ -108,16 +112,20 @@ SUPERSEDED = "superseded"  # run_loop's result when another loader took the run 
 HANDED_BACK = "handed back"  # run_loop's result when the loader was asked to exit and gives its shard back
 
 
+# Sub-streams of every live stream: as many as a run may have shards, so every shard
+# count divides the same stream (changing it changes what a seed generates).
+STREAM_PARTS = MAX_SHARDS
+
+
+def shard_parts(index: int, count: int) -> range:
+    """The sub-streams shard ``index`` of ``count`` generates and sends."""
+    return range(index, STREAM_PARTS, count)
+
+
 def shard_of(visit: Visit, shard_count: int) -> int:
-    """The shard that sends ``visit``: a stable function of its visitor id alone."""
-    return int(visit.cid, 16) % shard_count
-
-
-def sliced(visits: Iterator[Visit], index: int, count: int) -> Iterator[Visit]:
-    """The visits of shard ``index`` of ``count`` (all of them for one shard)."""
-    if count <= 1:
-        return visits
-    return (visit for visit in visits if int(visit.cid, 16) % count == index)
+    """The shard that sends ``visit``: a function of its sub-stream alone (a visitor's
+    visits are all in one sub-stream)."""
+    return visit.part % shard_count
 
 
 def split_evenly(total: int, index: int, count: int) -> int:
@@ -367,7 +375,7 @@ class TargetRuntime:
             return 0  # due just now: the next pass starts it
         stream = self.stream
         expected = expected_visits(visit.start, now, stream.tzinfo, stream.visits_per_day, stream.curve)
-        return 1 + int(expected / stream.shard_count)  # this shard's slice of what is due
+        return 1 + int(expected * stream.share)  # this shard's share of what is due
 
     def visits_per_day(self, now: float) -> int:
         """Visits started in the last 60 s, scaled to a day: what the target gets now."""
@@ -477,7 +485,7 @@ class LiveLoader:
             key = str(rt.pk)
             telemetry = self.telemetry.add(key, rt.target.name)
             asked = int(self.run.profile.get("concurrency", 10))
-            concurrency = max(1, split_evenly(asked, self.shard.index, stream.shard_count))
+            concurrency = max(1, split_evenly(asked, self.shard.index, self.run.shard_count))
             sender = TargetSender(
                 rt.target.tracking_url,
                 rt.target.token_auth or None,
@@ -1047,7 +1055,7 @@ class TargetStream:
     bulk_allowed: bool = True
     goals: SiteGoals | None = None
     curve: str = "flat"
-    shard_count: int = 1  # ``visits`` holds one shard's slice of this many
+    share: float = 1.0  # the share of the target's visits that ``visits`` holds (its shard's)
 
     @property
     def tzinfo(self):
@@ -1091,12 +1099,12 @@ def target_streams(
     run: Run, run_targets: list[RunTarget], *, start: float, key: str = "1", shard: tuple[int, int] = (0, 1)
 ) -> list[TargetStream]:
     """The visit stream of each target with a rate above 0, arriving from ``start``, as
-    shard ``shard[0]`` of ``shard[1]`` sends it (``sliced``). The same seed, preset,
+    shard ``shard[0]`` of ``shard[1]`` sends it (``shard_parts``). The same seed, preset,
     targets and ``key`` give the same visits whenever it starts, whatever the shards.
     Order ids carry the key, so a new stream (a resumed shard) never repeats one."""
     catalog = run_catalog(run)
     funnels = run_funnels(run)
-    index, count = shard
+    parts = shard_parts(*shard)
     streams = []
     for run_target in run_targets:
         target = run_target.target
@@ -1145,18 +1153,20 @@ def target_streams(
             goals=goals,
             population=population,
             key=key,
+            parts=STREAM_PARTS,
+            owned=parts,
         )
         streams.append(
             TargetStream(
                 run_target,
-                sliced(visits, index, count),
+                visits,
                 rate,
                 zone,
                 notice,
                 bulk_allowed=bulk_allowed,
                 goals=goals,
                 curve=profile.daily_curve,
-                shard_count=count,
+                share=len(parts) / STREAM_PARTS,
             )
         )
     return streams

@@ -50,7 +50,7 @@ MAX_BATCH_SIZE = 5000
 # At most this many loader processes (shards) per run (README "Sharded runs").
 MAX_SHARDS = 64
 # The traffic model's ceiling for one target's live stream (trafficinator.traffic.profile);
-# every shard generates its targets' whole schedule, so sharding does not lift it.
+# every shard runs its targets' whole arrival schedule, so sharding does not lift it.
 MAX_VISITS_PER_DAY_PER_TARGET = 100_000_000
 
 

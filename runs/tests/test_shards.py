@@ -17,8 +17,8 @@ from django.conf import settings
 from django.db import connection
 
 from conftest import TOKEN
-from runs.loader import shard_of, sliced, split_evenly, target_quotas
-from runs.models import Run, RunShard
+from runs.loader import STREAM_PARTS, shard_of, shard_parts, split_evenly, target_quotas
+from runs.models import MAX_SHARDS, Run, RunShard
 from runs.tasks import LOADER_QUEUE
 from trafficinator.sending.telemetry import LatencyHistogram, RunTelemetry, merge_stats
 from trafficinator.testing import make_target, subprocess_env
@@ -87,22 +87,39 @@ def run_shards(run: Run, *extra: str) -> list[subprocess.Popen]:
 def test_slices_are_disjoint_keep_visitors_together_and_add_up_to_the_stream():
     from datetime import UTC, datetime
 
-    profile = Profile(visits_per_day=86_400, returning_visitor_share=0.5)
+    # 3,000 visits in about three and a half hours: members come back (30 minutes apart).
+    profile = Profile(visits_per_day=20_000, returning_visitor_share=0.5)
     start = datetime(2026, 3, 2, 12, tzinfo=UTC)
 
-    def stream():
-        return live_visits(profile, seed=7, start=start, key="1")
+    def stream(owned=None):
+        return live_visits(profile, seed=7, start=start, key="1", parts=STREAM_PARTS, owned=owned)
 
-    whole = [(visit.index, visit.cid) for _, visit in zip(range(600), stream(), strict=False)]
-    shards = [[] for _ in range(3)]
-    for index in range(3):
-        for visit in sliced(stream(), index, 3):
-            if visit.index >= 600:
-                break
-            shards[index].append((visit.index, visit.cid))
-    assert sorted(item for shard in shards for item in shard) == whole
-    visitors = [{cid for _, cid in shard} for shard in shards]
-    assert not (visitors[0] & visitors[1] or visitors[1] & visitors[2] or visitors[0] & visitors[2])
+    whole = [visit for _, visit in zip(range(3000), stream(), strict=False)]
+    for count in (1, 3, 8):
+        shards = [[] for _ in range(count)]
+        for index in range(count):
+            for visit in stream(shard_parts(index, count)):
+                if visit.index >= 3000:
+                    break
+                assert shard_of(visit, count) == index
+                shards[index].append(visit)
+        # The same visits, hit for hit, whatever the number of shards.
+        assert sorted((visit for shard in shards for visit in shard), key=lambda v: v.index) == whole
+        visitors = [{visit.cid for visit in shard} for shard in shards]
+        assert sum(map(len, visitors)) == len(set().union(*visitors))  # no visitor in two shards
+    assert sum(visit.returning for visit in whole) > 600  # returning visitors were in play
+    assert len({visit.part for visit in whole}) == STREAM_PARTS
+
+
+def test_a_shard_generates_only_its_own_share():
+    from datetime import UTC, datetime
+
+    profile = Profile(visits_per_day=86_400)
+    start = datetime(2026, 3, 2, 12, tzinfo=UTC)
+    mine = list(zip(range(500), live_visits(profile, seed=7, start=start, key="1", parts=64, owned=[5]), strict=False))
+    assert {visit.part for _, visit in mine} == {5}
+    # Stream positions run on over the other parts' visits: about 64 apart.
+    assert 40 * 499 < mine[-1][1].index - mine[0][1].index < 90 * 499
 
 
 def test_concurrency_and_visit_limits_split_exactly():
@@ -224,11 +241,12 @@ def test_stop_reaches_every_shard_and_a_handed_back_shard_continues_exactly(fake
     assert {shard.status for shard in stopping.shards.all()} == {Run.Status.STOPPED}
 
 
-def test_shard_of_uses_the_visitor_id_alone():
-    class Visit:
-        cid = "00000000000000ff"
-
-    assert shard_of(Visit(), 2) == 1 and shard_of(Visit(), 1) == 0
+def test_shard_parts_deal_every_part_to_exactly_one_shard():
+    for count in (1, 2, 3, 7, MAX_SHARDS):
+        dealt = [part for index in range(count) for part in shard_parts(index, count)]
+        assert sorted(dealt) == list(range(STREAM_PARTS))
+        sizes = [len(shard_parts(index, count)) for index in range(count)]
+        assert max(sizes) - min(sizes) <= 1
 
 
 # --- real worker clusters --------------------------------------------------------------------

@@ -7,6 +7,7 @@ the stream passes in, so a stream is reproducible hit for hit.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from _random import Random as _CRandom
 from collections.abc import Sequence
@@ -75,6 +76,7 @@ class Generator:
         planner = OrderPlanner(profile, site.products, site.product_picker)
         self.ordinary = OrdinaryVisits(profile, site, self.hits, planner)
         self.funnel_visits = FunnelVisits(site, self.hits, profile.pause_min, profile.pause_max)
+        self.order_tag_seed: tuple[object, ...] = (seed, stream_label)
         self.partition = FunnelPartition(funnels)
         self.behaviours = behaviours(profile)
         self.traits = TraitSampler(profile, site, use_ip=token_present and profile.randomize_countries)
@@ -82,13 +84,9 @@ class Generator:
         # Without a population the stream starts its own on the day of its first visit,
         # keyed by the stream so that two streams never share visitors by accident.
         self.own_population_seed = f"{seed}:{stream_label}"
-        self.members = Members(population, profile) if population is not None else None
-        self._member_rng = Random()
-        self._day_key: int | None = None  # the local day (days since 1970) of the last visit
-        self._member_cache: dict[int, tuple[Traits, str]] = {}
+        self.population = population
         self.returning_share = profile.returning_visitor_share
-        self.visits_made = 0
-        self.returning_made = 0
+        self._start_state(part=0, parts=1)
         self.direct_share = profile.direct_traffic_share
         self.site_id = str(site_id)
         # None: the site's goals are unknown and every conversion is sent as generated.
@@ -104,6 +102,34 @@ class Generator:
         self.campaign_queries = [site.campaign_query(c, profile.campaign_param_style) for c in site.campaigns.items]
         self.campaign_landings = [site.absolute(c.landing) if c.landing else "" for c in site.campaigns.items]
 
+    def _start_state(self, part: int, parts: int) -> None:
+        """The stream's state, all of it: what a fork starts afresh."""
+        self.part = part
+        self.parts = parts
+        population = self.population
+        self.members = Members(population, self.profile, part, parts) if population is not None else None
+        self._member_rng = Random()
+        self._day_key: int | None = None  # the local day (days since 1970) of the last visit
+        self._member_cache: dict[int, tuple[Traits, str]] = {}
+        # The parts share the population, so they share the cache's budget.
+        self._member_cache_size = max(64, MEMBER_CACHE_SIZE // parts)
+        self.visits_made = 0
+        self.returning_made = 0
+
+    def fork(self, part: int, parts: int) -> Generator:
+        """The generator of sub-stream ``part`` of ``parts`` (see stream.live_visits): the
+        same compiled tables, its own state (members: this part's share of the
+        population; its own order counter and tag, so order ids never collide)."""
+        other = copy.copy(self)
+        other.hits = copy.copy(self.hits)
+        other.hits.reset_orders((*self.order_tag_seed, "part", part))
+        other.ordinary = copy.copy(self.ordinary)
+        other.ordinary.hits = other.hits
+        other.funnel_visits = copy.copy(self.funnel_visits)
+        other.funnel_visits.hits = other.hits
+        other._start_state(part, parts)
+        return other
+
     def visit(self, rng: Random, index: int, start: float, utc_offset: float, limit: float) -> Visit:
         """The visit starting at ``start`` whose hits all come before ``limit``."""
         random = rng.random
@@ -116,7 +142,8 @@ class Generator:
             self._day_key = day_key
             local_day = date.fromordinal(_EPOCH_ORDINAL + day_key)
             if members is None:
-                members = self.members = Members(Population(self.own_population_seed, local_day), self.profile)
+                population = Population(self.own_population_seed, local_day)
+                members = self.members = Members(population, self.profile, self.part, self.parts)
             members.start_day(members.population.day_number(local_day))
         # Returning visits come only from members Matomo has seen (see Population). When
         # none is free (a population's first hours), later visits catch up on the share.
@@ -208,6 +235,7 @@ class Generator:
             funnel.name if funnel is not None else None,
             constant,
             hits,
+            self.part,
         )
 
     def _member(self, member: int) -> tuple[Traits, str]:
@@ -224,7 +252,7 @@ class Generator:
         # A logged-in member's id is Matomo's id for its user id from the first visit on,
         # so the visit that later sends `uid` is found by id, never by fingerprint.
         cid = _uid_visitor_id(traits.uid) if traits.uid else f"{visitor_seed:016x}"
-        if len(cache) >= MEMBER_CACHE_SIZE:
+        if len(cache) >= self._member_cache_size:
             del cache[next(iter(cache))]
         cache[member] = found = (traits, cid)
         return found

@@ -62,7 +62,11 @@ class HitFactory:
         self.site = site
         self.page_performance = page_performance
         self.order_prefix = f"{order_id_prefix}-" if order_id_prefix else ""
-        # A tag from the seed and stream keeps two streams with one prefix apart.
+        self.reset_orders(order_tag_seed)
+
+    def reset_orders(self, order_tag_seed: tuple[object, ...]) -> None:
+        """Number orders from 1 again under a tag from ``order_tag_seed``: a tag from the
+        seed and stream keeps two streams with one prefix apart."""
         self.order_tag = f"{derive_seed('orders', *order_tag_seed) & 0xFFFFFF:06x}"
         self.order_count = 0
 

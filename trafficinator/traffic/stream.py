@@ -18,7 +18,7 @@ later visit before an earlier one).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import replace
 from datetime import UTC, date, datetime, tzinfo
 from random import Random
@@ -107,6 +107,8 @@ def live_visits(
     goals: SiteGoals | None = None,
     population: Population | None = None,
     key: str | None = None,
+    parts: int = 1,
+    owned: Iterable[int] | None = None,
 ) -> Iterator[Visit]:
     """Endless visits arriving from ``start`` on, in arrival order.
 
@@ -117,7 +119,18 @@ def live_visits(
     pages, events, gaps) whenever the stream starts; only the daily curve moves arrival
     times, and with the flat curve the whole schedule is the same, shifted to ``start``.
     Without a key the start time names the stream (every start is a new stream).
+
+    ``parts`` > 1 splits the stream into that many sub-streams so that several processes
+    can each generate a share of it (a sharded live run): every arrival is dealt to a
+    part by a draw of its own, and each part builds its visits from its own random
+    numbers and returning visitors (``Members`` of that part). Only the ``owned`` parts
+    (default: all) are generated; the others cost an arrival time and one draw. The
+    union of any partition of the parts is the whole stream, visit for visit, and
+    ``Visit.index`` stays the position in the whole stream. A stream of 64 parts is
+    another stream than one of 1 part: keep ``parts`` fixed for a seed to replay.
     """
+    if parts < 1:
+        raise ValueError("parts must be 1 or more")
     tz = _tz(timezone, profile)
     if start.tzinfo is None:
         start = start.replace(tzinfo=UTC)
@@ -126,17 +139,34 @@ def live_visits(
     generator = Generator(
         profile, catalog, funnels, seed, site_id, token_present, order_id_prefix, site_url, label, goals, population
     )
-    rng = Random(derive_seed("live", seed, label))
     arrivals = ArrivalProcess(
         epoch, tz, profile.visits_per_day, profile.daily_curve, Random(derive_seed("arrivals", seed, label))
     )
+    if parts == 1:
+        rng = Random(derive_seed("live", seed, label))
 
-    def visits() -> Iterator[Visit]:
-        make = generator.visit
+        def visits() -> Iterator[Visit]:
+            make = generator.visit
+            for index, (arrival, offset, day_end) in enumerate(arrivals):
+                yield make(rng, index, arrival, offset, day_end - MIDNIGHT_MARGIN)
+
+        return visits()
+
+    # makers[part]: the part's visit() and its own Random, or None when not owned.
+    makers: list[tuple[Callable[..., Visit], Random] | None] = [None] * parts
+    for part in range(parts) if owned is None else sorted(set(owned)):
+        if not 0 <= part < parts:
+            raise ValueError(f"part {part} is not one of 0..{parts - 1}")
+        makers[part] = (generator.fork(part, parts).visit, Random(derive_seed("live", seed, label, "part", part)))
+    deal = Random(derive_seed("parts", seed, label)).random
+
+    def dealt_visits() -> Iterator[Visit]:
         for index, (arrival, offset, day_end) in enumerate(arrivals):
-            yield make(rng, index, arrival, offset, day_end - MIDNIGHT_MARGIN)
+            maker = makers[int(deal() * parts)]
+            if maker is not None:
+                yield maker[0](maker[1], index, arrival, offset, day_end - MIDNIGHT_MARGIN)
 
-    return visits()
+    return dealt_visits()
 
 
 def visits_for_day_count(profile: Profile, day: date, tz: str | tzinfo | None = None) -> int:

@@ -49,6 +49,7 @@ class Visit:
         "hits",
         "index",
         "params",
+        "part",
         "persona",
         "returning",
         "start",
@@ -68,6 +69,7 @@ class Visit:
         funnel: str | None,
         params: dict[str, str],
         hits: list[Hit],
+        part: int = 0,
     ) -> None:
         self.index = index  # position in its stream (what `skip` counts)
         self.cid = cid  # 16 lowercase hex, sent as cid and _id
@@ -80,6 +82,7 @@ class Visit:
         self.funnel = funnel  # funnel name, or None for an ordinary visit
         self.params = params  # constant parameters of every hit
         self.hits = hits  # list[Hit], in time order
+        self.part = part  # its sub-stream (see stream.live_visits); 0 in a stream of one part
 
     @property
     def end(self) -> float:
