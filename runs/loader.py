@@ -408,6 +408,9 @@ class LiveLoader:
         self.token: uuid.UUID | None = self.shard.claim_token
         self.hand_back = hand_back
         self.progress = progress  # optional callable(stats) for a terminal progress line
+        # A sharded run's progress line shows the run's figures (every shard's), as the
+        # writer thread last read them after a report; None until then.
+        self.run_figures: dict | None = None
         self.telemetry = RunTelemetry()
         self.stop_event = gevent.event.Event()
         self.wake = gevent.event.Event()  # the scheduler's alarm: a stop, a free slot
@@ -621,11 +624,11 @@ class LiveLoader:
                 stats = self.snapshot()
                 report_sent = stats["totals"].get("sent", 0)
                 report = self.writer.submit(
-                    self.shard.report, self.token, stats, self._drain_logs(), sample, self.stream_state()
+                    self._write_report, self.token, stats, self._drain_logs(), sample, self.stream_state()
                 )
                 report.rawlink(self._wake_up)
                 if self.progress:
-                    self.progress(stats)
+                    self.progress(self.run_figures or stats)
             self._waiting_for_slot = False
             if self._visit_limit_reached():
                 # Started visits finish their hits; then the shard is complete.
@@ -653,6 +656,17 @@ class LiveLoader:
     def _slot_freed(self) -> None:
         if self._waiting_for_slot:
             self.wake.set()
+
+    def _write_report(self, token: uuid.UUID, stats: RunStats, logs: list, sample, stream: dict) -> bool | None:
+        """The shard's report (on the writer thread). With a progress line and several
+        shards, it then reads the run's merged figures for that line: a terminal that
+        started a run shows the whole run, not its own shard."""
+        held = self.shard.report(token, stats, logs, sample, stream)
+        if held and self.progress is not None and self.run.shard_count > 1:
+            figures = Run.objects.filter(pk=self.run.pk).values_list("stats", flat=True).first()
+            if isinstance(figures, dict) and figures.get("totals"):
+                self.run_figures = figures
+        return held
 
     @staticmethod
     def _result(job: gevent.event.AsyncResult):

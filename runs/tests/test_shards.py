@@ -469,3 +469,25 @@ def test_a_target_stream_above_the_models_ceiling_is_refused_up_front(fast_prese
         Run.objects.create_run(preset=fast_preset, targets=[make_target()], visits_per_day=5000, shards=4)
     assert "ceiling of 1,000 visits/day per target" in str(error.value)
     assert not Run.objects.exists()
+
+
+@pytest.mark.django_db
+def test_the_progress_line_of_a_sharded_run_shows_every_shards_figures(fast_preset):
+    from runs.loader import LiveLoader
+
+    run = Run.objects.create_run(preset=fast_preset, targets=[make_target()], shards=2)
+    mine, other = (run.claim(pid=0, host=f"test-{index}", shard=index) for index in range(2))
+
+    def figures(sent: int) -> dict:
+        telemetry = RunTelemetry(["t"])
+        telemetry["t"].start_hits(sent)
+        for _ in range(sent):
+            telemetry["t"].record_outcome("accepted", latency=0.01, hits=1)
+        return telemetry.snapshot()
+
+    assert run.shard_of(other).report(other, figures(5))
+    loader = LiveLoader(run, token=mine, progress=lambda stats: None)
+    assert loader._write_report(mine, figures(3), [], None, {})
+    assert loader.run_figures is not None and loader.run_figures["totals"]["sent"] == 8
+    alone = LiveLoader(run, token=mine)  # no progress line: no extra read
+    assert alone._write_report(mine, figures(4), [], None, {}) and alone.run_figures is None
