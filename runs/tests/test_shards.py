@@ -20,7 +20,7 @@ from conftest import TOKEN
 from runs.loader import STREAM_PARTS, shard_of, shard_parts, split_evenly, target_quotas
 from runs.models import MAX_SHARDS, Run, RunShard
 from runs.tasks import LOADER_QUEUE
-from trafficinator.sending.telemetry import LatencyHistogram, RunTelemetry, merge_stats
+from trafficinator.sending.telemetry import LatencyHistogram, RunStats, RunTelemetry, merge_stats
 from trafficinator.testing import make_target, subprocess_env
 from trafficinator.traffic import Profile, live_visits
 
