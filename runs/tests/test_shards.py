@@ -478,7 +478,7 @@ def test_the_progress_line_of_a_sharded_run_shows_every_shards_figures(fast_pres
     run = Run.objects.create_run(preset=fast_preset, targets=[make_target()], shards=2)
     mine, other = (run.claim(pid=0, host=f"test-{index}", shard=index) for index in range(2))
 
-    def figures(sent: int) -> dict:
+    def figures(sent: int) -> RunStats:
         telemetry = RunTelemetry(["t"])
         telemetry["t"].start_hits(sent)
         for _ in range(sent):
