@@ -16,9 +16,12 @@ from __future__ import annotations
 import errno
 import re
 import socket
+import time
+from typing import Any
 from urllib.parse import urlsplit
 
 import gevent
+from gevent import get_hub, getcurrent
 from gevent.monkey import get_original
 from geventhttpclient.connectionpool import ConnectionPool, SSLConnectionPool
 from geventhttpclient.response import HTTPParseError, HTTPSocketPoolResponse
@@ -47,7 +50,60 @@ class TransportTimeout(TransportError):
 
 
 class _Deadline(Exception):
-    """Raised by the per-request gevent.Timeout; turned into TransportTimeout."""
+    """Thrown into a request past its deadline (see _Watchdog); turned into TransportTimeout."""
+
+
+class _Watchdog:
+    """Bounds the whole time of every request in flight with one periodic timer instead
+    of a gevent.Timeout (and a timer start and stop) per request and per socket wait: a
+    request past its deadline gets ``_Deadline`` thrown in where it waits, as a Timeout
+    would, at most ``period`` late (an eighth of the timeout, within 5-500 ms). The
+    timer runs in the hub of the thread that first sent (``ref=False``: it never keeps
+    a loop alive); a request from another thread gets a gevent.Timeout of its own."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.period = max(0.005, min(0.5, timeout / 8))
+        self._deadlines: dict[object, float] = {}
+        self._hub: object = None
+        self._timer: Any = None
+
+    def watch(self) -> object:
+        """Watch the calling greenlet's request; returns what ``unwatch`` takes."""
+        hub = get_hub()
+        if self._hub is None:
+            self._hub = hub
+            self._timer = hub.loop.timer(self.period, self.period, ref=False)
+            self._timer.start(self._check)
+        elif hub is not self._hub:
+            return gevent.Timeout.start_new(self.timeout, _Deadline)
+        current = getcurrent()
+        self._deadlines[current] = time.monotonic() + self.timeout
+        return current
+
+    def unwatch(self, token: object) -> None:
+        if isinstance(token, gevent.Timeout):
+            token.close()
+        else:
+            self._deadlines.pop(token, None)
+
+    def _check(self) -> None:
+        deadlines = self._deadlines
+        if not deadlines:
+            return
+        now = time.monotonic()
+        for request, deadline in list(deadlines.items()):
+            # Still the same request (an earlier throw ran greenlets that may have moved on).
+            if deadline <= now and deadlines.get(request) == deadline:
+                del deadlines[request]
+                request.throw(_Deadline)  # type: ignore[attr-defined]  # a greenlet
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.stop()
+            self._timer.close()
+            self._timer = None
+        self._deadlines.clear()
 
 
 def _describe(exc: BaseException) -> str:
@@ -109,10 +165,13 @@ class GeventTransport:
             host,
             port,
             size=concurrency,
-            network_timeout=timeout,
+            # No timeout per send and receive (each would start a timer): the watchdog
+            # bounds the whole request, connecting included.
+            network_timeout=None,  # type: ignore[arg-type]  # settimeout(None): no timeout
             connection_timeout=connect_timeout or timeout,
         )
         self.timeout = timeout
+        self._watchdog = _Watchdog(timeout)
         host_header = f"[{host}]" if ":" in host else host
         if port != default_port:
             host_header += f":{port}"
@@ -123,9 +182,10 @@ class GeventTransport:
         }
 
     def post(self, body: bytes, content_type: str) -> tuple[int, bytes, str | None]:
-        # network_timeout bounds the connect and each send/recv; the deadline bounds the
-        # whole request (a server trickling its answer byte by byte).
-        deadline = gevent.Timeout.start_new(self.timeout, _Deadline)
+        # connection_timeout bounds the connect; the watchdog the whole request (a server
+        # trickling its answer byte by byte too).
+        watchdog = self._watchdog
+        watched = watchdog.watch()
         progress = [False]  # set once the whole request is written
         try:
             response = self._exchange(self._heads[content_type] + b"%d\r\n\r\n" % len(body) + body, progress)
@@ -140,7 +200,7 @@ class GeventTransport:
         except (OSError, HTTPParseError) as exc:
             raise TransportError(_describe(exc), sent=progress[0]) from None
         finally:
-            deadline.close()
+            watchdog.unwatch(watched)
 
     def _exchange(self, request: bytes, progress: list[bool]) -> HTTPSocketPoolResponse:
         pool = self._pool
@@ -162,6 +222,7 @@ class GeventTransport:
 
     def close(self) -> None:
         self._pool.close()
+        self._watchdog.close()
 
 
 class RequestsTransport:
