@@ -1,0 +1,90 @@
+"""The transport's answer reader on answers cut at every byte, framed every way."""
+
+from __future__ import annotations
+
+import pytest
+from geventhttpclient.response import HTTPConnectionClosed, HTTPParseError
+
+from trafficinator.sending.clients import read_answer
+
+
+class Pieces:
+    """A socket whose recv hands out ``data`` in pieces of ``size`` bytes, then b""."""
+
+    def __init__(self, data: bytes, size: int) -> None:
+        self.pieces = [data[i : i + size] for i in range(0, len(data), size)]
+
+    def recv(self, _bufsize: int) -> bytes:
+        return self.pieces.pop(0) if self.pieces else b""
+
+
+def read_in_pieces(data: bytes):
+    """read_answer's result, the same whatever the pieces the answer arrives in."""
+    results = {read_answer(Pieces(data, size)) for size in (1, 2, 3, 7, 64, len(data))}  # type: ignore[arg-type]
+    assert len(results) == 1, results
+    return results.pop()
+
+
+def test_a_content_length_answer_is_read_whole_and_the_connection_is_reusable():
+    answer = b"HTTP/1.1 200 OK\r\nContent-Type: image/gif\r\nContent-Length: 5\r\n\r\nGIF89"
+    assert read_in_pieces(answer) == (200, b"GIF89", None, True)
+
+
+def test_a_chunked_answer_with_extensions_and_trailers_is_decoded():
+    answer = (
+        b"HTTP/1.1 400 Bad Request\r\ntransfer-encoding: chunked\r\nRetry-After: 7\r\n\r\n"
+        b'4;ext=1\r\n{"a"\r\n3\r\n:1}\r\n0\r\nX-Trailer: yes\r\n\r\n'
+    )
+    assert read_in_pieces(answer) == (400, b'{"a":1}', "7", True)
+
+
+def test_interim_answers_are_skipped():
+    answer = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n"
+    assert read_in_pieces(answer) == (204, b"", None, True)
+
+
+def test_connection_close_http_1_0_and_answers_without_a_length_are_not_reused():
+    close = b"HTTP/1.1 503 Busy\r\nConnection: close\r\nContent-Length: 2\r\n\r\nno"
+    assert read_in_pieces(close) == (503, b"no", None, False)
+    old = b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    assert read_in_pieces(old) == (200, b"ok", None, False)
+    old_kept = b"HTTP/1.0 200 OK\r\nConnection: Keep-Alive\r\nContent-Length: 2\r\n\r\nok"
+    assert read_in_pieces(old_kept) == (200, b"ok", None, True)
+    until_close = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nall of it"
+    assert read_in_pieces(until_close) == (200, b"all of it", None, False)
+
+
+def test_bytes_after_the_answer_make_the_connection_unusable():
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokEXTRA"
+    assert read_answer(Pieces(answer, len(answer))) == (200, b"ok", None, False)  # type: ignore[arg-type]
+
+
+def test_retry_after_given_twice_is_ignored():
+    answer = b"HTTP/1.1 429 Too Many\r\nRetry-After: 1\r\nRetry-After: 2\r\nContent-Length: 0\r\n\r\n"
+    assert read_in_pieces(answer) == (429, b"", None, True)
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort",  # cut short
+        b"HTTP/1.1 200 OK\r\nContent-Le",  # cut in the head
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nabc",  # cut in a chunk
+        b"ICY 200 OK\r\nContent-Length: 0\r\n\r\n",  # not HTTP
+        b"HTTP/1.1 2x0 OK\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+        b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabXY0\r\n\r\n",
+    ],
+)
+def test_malformed_or_truncated_answers_are_parse_errors(answer):
+    with pytest.raises(HTTPParseError):
+        read_answer(Pieces(answer, 3))  # type: ignore[arg-type]
+
+
+def test_a_connection_closed_before_any_answer_says_so():
+    with pytest.raises(HTTPConnectionClosed):
+        read_answer(Pieces(b"", 1))  # type: ignore[arg-type]
