@@ -56,7 +56,7 @@ def test_connection_close_http_1_0_and_answers_without_a_length_are_not_reused()
 
 def test_bytes_after_the_answer_make_the_connection_unusable():
     answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokEXTRA"
-    assert read_answer(Pieces(answer, len(answer))) == (200, b"ok", None, False)  # type: ignore[arg-type]
+    assert read_answer(Pieces(answer, len(answer))) == (200, b"ok", None, False)
 
 
 def test_retry_after_given_twice_is_ignored():
@@ -82,9 +82,9 @@ def test_retry_after_given_twice_is_ignored():
 )
 def test_malformed_or_truncated_answers_are_parse_errors(answer):
     with pytest.raises(HTTPParseError):
-        read_answer(Pieces(answer, 3))  # type: ignore[arg-type]
+        read_answer(Pieces(answer, 3))
 
 
 def test_a_connection_closed_before_any_answer_says_so():
     with pytest.raises(HTTPConnectionClosed):
-        read_answer(Pieces(b"", 1))  # type: ignore[arg-type]
+        read_answer(Pieces(b"", 1))
