@@ -150,3 +150,13 @@ def test_random_order_settings_always_add_up(seed):
         assert all(line.price >= 1 and line.quantity >= 1 for line in order.lines)
         assert order.tax >= 0 and order.shipping <= order.revenue
         assert profile.ecommerce_items_min <= len(order.lines) <= profile.ecommerce_items_max
+
+
+def test_the_fast_quoting_gives_exactly_what_urllib_quote_gives():
+    from urllib.parse import quote
+
+    from trafficinator.traffic.encoding import _quote
+
+    every_ascii = "".join(chr(code) for code in range(128))
+    for text in (every_ascii, "", "Über uns / Café & Co.", "名前=値", "a+b c%20d~e_f.g-h"):
+        assert _quote(text) == quote(text, safe="")
