@@ -4,12 +4,16 @@ waiting on a condition instead of a fixed sleep."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterable
 from decimal import Decimal
 from itertools import count
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
 
@@ -131,6 +135,35 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env.update({"DATABASE_URL": url, **extra})
     return env
+
+
+def start_loader(run: Run, token: Any, *extra: str, **env: str) -> subprocess.Popen:
+    """A real ``manage.py run_loader`` process (monkey-patched, as a worker starts it) for
+    the shard ``token`` claimed, on the test database; ``extra`` arguments and ``env``
+    variables added. Its output is piped: read it with ``finish_loader``."""
+    manage = str(Path(settings.BASE_DIR) / "manage.py")
+    return subprocess.Popen(  # noqa: S603 - our own interpreter and manage.py
+        [sys.executable, manage, "run_loader", str(run.pk), "--claim", str(token), *extra],
+        env=subprocess_env(**env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def finish_loader(process: subprocess.Popen, timeout: float = 90, *, check: bool = True) -> str:
+    """Wait for a ``start_loader`` process to end and return its stderr. It fails, killing
+    the process, when it has not ended after ``timeout`` seconds (generous: a loaded box
+    starts a loader slowly); with ``check``, also when it exited with an error."""
+    try:
+        _, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        _, err = process.communicate()
+        raise AssertionError(f"loader {process.pid} did not end: {err[-2000:]}") from None
+    if check:
+        assert process.returncode == 0, err[-2000:]
+    return err
 
 
 def log_in(page, live_server, user, next_url: str = "/") -> None:

@@ -9,13 +9,10 @@ import os
 import re
 import signal
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 from datetime import timedelta
 from itertools import islice
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,9 +25,7 @@ from runs import loader as loader_module
 from runs.loader import LiveLoader, TargetRuntime, execute_loader, single_visit_cap, target_streams
 from runs.models import Run, RunLog
 from trafficinator.sending.telemetry import RunTelemetry, TargetTelemetry
-from trafficinator.testing import make_fast_preset, make_target, subprocess_env
-
-MANAGE = str(Path(settings.BASE_DIR) / "manage.py")
+from trafficinator.testing import finish_loader, make_fast_preset, make_target, start_loader
 
 
 def local_target(server, **fields):
@@ -43,26 +38,6 @@ def wait_for(condition, timeout: float = 90.0, what: str = "condition") -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.05)
-
-
-def start_loader(run: Run, token, **env: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, MANAGE, "run_loader", str(run.pk), "--claim", str(token)],
-        env=subprocess_env(**env),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def finish(process: subprocess.Popen, timeout: float = 30) -> str:
-    try:
-        _, err = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        _, err = process.communicate()
-        raise AssertionError(f"loader {process.pid} did not end: {err[-2000:]}") from None
-    return err
 
 
 # --- 3. fenced loaders ---------------------------------------------------------------------
@@ -94,7 +69,7 @@ def test_a_frozen_loader_that_was_superseded_sends_nothing_more_and_writes_nothi
         wait_for(lambda: fake_matomo.stats()["recorded"] > recorded + 40, what="the second loader's hits")
         continued = time.time()
         os.kill(first.pid, signal.SIGCONT)
-        first_err = finish(first)
+        first_err = finish_loader(first, timeout=30, check=False)
         assert first.returncode != 0
         assert "claimed by another loader" in first_err
         unreported = int(re.search(r"(\d+) hit\(s\) sent after its last report", first_err).group(1))
@@ -107,7 +82,7 @@ def test_a_frozen_loader_that_was_superseded_sends_nothing_more_and_writes_nothi
         assert len(late) <= int(fast_preset.concurrency)
 
         run.request_stop("Stopped by the test.")
-        finish(second)
+        finish_loader(second, timeout=30, check=False)
     finally:
         for process in (first, second):
             if process is not None and process.poll() is None:
@@ -235,7 +210,7 @@ def test_a_database_lock_held_by_another_process_does_not_stop_or_burst_the_send
         assert set(range(int((released_at - locked_at) * 2))) <= slots  # every full half second
         wait_for(lambda: Run.objects.get(pk=run.pk).heartbeat_at.timestamp() > released_at, what="a report")
         run.request_stop("Stopped by the test.")
-        finish(loader)
+        finish_loader(loader, timeout=30, check=False)
     finally:
         if loader.poll() is None:
             loader.kill()
@@ -375,7 +350,7 @@ def test_a_loader_at_overload_stops_within_two_seconds(fake_matomo, how):
             loader.send_signal(signal.SIGTERM)
         else:
             run.request_stop("Stopped by the test.")
-        finish(loader)
+        finish_loader(loader, timeout=30, check=False)
     finally:
         if loader.poll() is None:
             loader.kill()

@@ -21,7 +21,7 @@ from runs.loader import STREAM_PARTS, shard_of, shard_parts, split_evenly, targe
 from runs.models import MAX_SHARDS, Run, RunShard
 from runs.tasks import LOADER_QUEUE
 from trafficinator.sending.telemetry import LatencyHistogram, RunStats, RunTelemetry, merge_stats
-from trafficinator.testing import make_target, subprocess_env
+from trafficinator.testing import finish_loader, make_target, start_loader, subprocess_env
 from trafficinator.traffic import Profile, live_visits
 
 MANAGE = str(Path(settings.BASE_DIR) / "manage.py")
@@ -40,27 +40,6 @@ def wait_for(condition, timeout: float = 90.0, what: str = "condition"):
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.05)
-
-
-def start_loader(run: Run, token, *extra: str, **env: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, MANAGE, "run_loader", str(run.pk), "--claim", str(token), *extra],
-        env=subprocess_env(**env),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def finish(process: subprocess.Popen, timeout: float = 90) -> str:
-    try:
-        _, err = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        _, err = process.communicate()
-        raise AssertionError(f"loader {process.pid} did not end: {err[-2000:]}") from None
-    assert process.returncode == 0, err[-2000:]
-    return err
 
 
 def hit_keys(server) -> Counter:
@@ -158,14 +137,14 @@ def test_two_shards_send_exactly_the_one_shard_run_and_count_it_as_one(fake_mato
     target = local_target(fake_matomo)
     single = Run.objects.create_run(preset=fast_preset, targets=[target], max_visits=60, seed=5)
     (loader,) = run_shards(single)
-    finish(loader)
+    finish_loader(loader)
     expected = hit_keys(fake_matomo)
     fake_matomo.reset()
 
     run = Run.objects.create_run(preset=fast_preset, targets=[target], max_visits=60, seed=5, shards=2)
     loaders = run_shards(run)
     for loader in loaders:
-        finish(loader)
+        finish_loader(loader)
     run.refresh_from_db()
     assert run.status == Run.Status.COMPLETED and "Visit limit of 60" in run.end_reason
     assert hit_keys(fake_matomo) == expected  # the same visits, hit for hit, none twice
@@ -193,7 +172,7 @@ def test_stop_reaches_every_shard_and_a_handed_back_shard_continues_exactly(fake
             what="shard 1 to send",
         )
         first.send_signal(signal.SIGTERM)
-        finish(first)
+        finish_loader(first)
         shard = wait_for(
             lambda: RunShard.objects.filter(run=run, index=0, status=Run.Status.QUEUED).first(), what="hand-back"
         )
@@ -201,8 +180,8 @@ def test_stop_reaches_every_shard_and_a_handed_back_shard_continues_exactly(fake
         token = run.claim(pid=0, host="test-again", shard=0)
         assert token is not None
         again = start_loader(run, token)
-        finish(again)
-        finish(second)
+        finish_loader(again)
+        finish_loader(second)
     finally:
         for process in (first, second):
             if process.poll() is None:
@@ -220,7 +199,7 @@ def test_stop_reaches_every_shard_and_a_handed_back_shard_continues_exactly(fake
 
     single = Run.objects.create_run(preset=fast_preset, targets=[target], max_visits=120, seed=8)
     (loader,) = run_shards(single)
-    finish(loader)
+    finish_loader(loader)
     assert hit_keys(fake_matomo) == keys
 
     stopping = Run.objects.create_run(preset=fast_preset, targets=[target], duration_seconds=600, shards=2)
@@ -230,7 +209,7 @@ def test_stop_reaches_every_shard_and_a_handed_back_shard_continues_exactly(fake
         assert stopping.request_stop("Stopped by the test.")
         asked = time.time()
         for loader in loaders:
-            finish(loader, timeout=30)
+            finish_loader(loader, timeout=30)
     finally:
         for loader in loaders:
             if loader.poll() is None:
@@ -324,7 +303,7 @@ def test_worker_clusters_carry_the_shards_and_a_lost_cluster_hands_its_shard_ove
         target = local_target(fake_matomo)
         single = Run.objects.create_run(preset=quick_preset, targets=[target], max_visits=600, seed=21)
         (loader,) = run_shards(single)  # while the clusters start
-        finish(loader)
+        finish_loader(loader)
         expected = hit_keys(fake_matomo)
         fake_matomo.reset()
 
