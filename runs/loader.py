@@ -32,7 +32,7 @@ stats and the run log. Latency is the request's own time; the time a hit waited 
 loader is ``wait_ms``.
 
 Fencing. Every claim of a run has a token; every write of this loader is conditional on
-it (``Run.report`` / ``finish_claimed``). The loader sends only while its claim was
+it (``RunShard.report`` / ``finish_claimed``). The loader sends only while its claim was
 confirmed within ``claim_lease()`` (a third of the heartbeat staleness after which a run
 can be resumed): a loader frozen (SIGSTOP, a paused VM) long enough to be resumed by
 another one finds its lease expired when it wakes, sends nothing, learns at its next

@@ -13,7 +13,7 @@ Loaders are fenced: each claim of a shard gets a new ``claim_token`` (and ``clai
 and every write of a loader (``report``, ``finish_claimed``, ``fail_claimed``,
 ``hand_back``) is conditional on its token. A loader that was frozen, shown lost and
 superseded by a resume writes nothing more and stops sending at its next ``check_claim``.
-The ``Run`` methods of the same names find the shard by its token.
+These are ``RunShard`` methods; ``Run.shard_of`` finds the shard a token claimed.
 """
 
 from __future__ import annotations
@@ -497,41 +497,12 @@ class Run(models.Model):
                 self.evaluate_thresholds()  # the final counters are in: judge them once
         return bool(ended)
 
-    # --- the loader's fenced writes, by claim token (see RunShard) ----------------------
+    # --- a loader's claim: its fenced writes are its shard's (RunShard) --------------
 
     def shard_of(self, token: uuid.UUID) -> RunShard:
         """The shard ``token`` claimed (an unsaved stand-in when none did: every fenced
         write of it then refuses)."""
         return RunShard.objects.filter(run_id=self.pk, claim_token=token).first() or RunShard(run=self, index=-1)
-
-    def check_claim(self, token: uuid.UUID) -> tuple[bool, bool]:
-        shard = self.shard_of(token)
-        if shard.pk is None:  # no shard holds this token (any more)
-            stop = Run.objects.filter(pk=self.pk).values_list("stop_requested", flat=True).first()
-            return False, stop is None or bool(stop)
-        return shard.check_claim(token)
-
-    def report(
-        self,
-        token: uuid.UUID,
-        stats: RunStats,
-        logs: Sequence[tuple[str, str, int | None]] = (),
-        sample: dict | None = None,
-        stream: dict | None = None,
-    ) -> bool:
-        return self.shard_of(token).report(token, stats, logs, sample, stream)
-
-    def finish_claimed(self, token: uuid.UUID, status: Run.Status, reason: str, stats: RunStats) -> bool:
-        finished = self.shard_of(token).finish_claimed(token, status, reason, stats)
-        if finished:
-            self.refresh_from_db()
-        return finished
-
-    def fail_claimed(self, token: uuid.UUID, reason: str) -> bool:
-        failed = self.shard_of(token).fail_claimed(token, reason)
-        if failed:
-            self.refresh_from_db()
-        return failed
 
     def close_lost(self, reason: str = "", *, by=None) -> bool:
         """A lost run ends as failed (all its shards), keeping its figures so far; logged

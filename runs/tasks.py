@@ -79,7 +79,8 @@ def execute_run(run_id: int, shard: int | None = None) -> str:
         enqueue_loader(run_id, claimed.index)
     # The loader ended without closing its run (crash, kill): say so instead of hanging.
     # Fenced by our claim: if the run was resumed meanwhile, another loader owns it now.
-    if run.fail_claimed(token, f"The loader process exited with code {code} without finishing the run."):
+    if claimed.fail_claimed(token, f"The loader process exited with code {code} without finishing the run."):
+        run.refresh_from_db()
         run.log(RunLog.Level.ERROR, f"Loader exited with code {code}.")
     return f"Run {run_id} shard {claimed.label}: run {run.status} (loader exit code {code})."
 

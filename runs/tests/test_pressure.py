@@ -102,17 +102,18 @@ def test_a_frozen_loader_that_was_superseded_sends_nothing_more_and_writes_nothi
 def test_a_loader_writes_nothing_once_its_claim_is_superseded(fast_preset):
     run = Run.objects.create_run(preset=fast_preset, targets=[make_target()])
     old = run.claim(pid=1, host="a")
+    shard = run.claimed_shard  # what the old loader writes through
     run.shards.update(status=Run.Status.QUEUED, claim_token=None)  # what resume() does
     new = run.claim(pid=2, host="b")
-    assert run.check_claim(old) == (False, False) and run.check_claim(new) == (True, False)
-    assert not run.report(old, {"totals": {"sent": 99}}, [("info", "from the old loader", None)])
-    assert not run.finish_claimed(old, Run.Status.COMPLETED, "old", {"totals": {}})
-    assert not run.fail_claimed(old, "old")
+    assert shard.check_claim(old) == (False, False) and shard.check_claim(new) == (True, False)
+    assert not shard.report(old, {"totals": {"sent": 99}}, [("info", "from the old loader", None)])
+    assert not shard.finish_claimed(old, Run.Status.COMPLETED, "old", {"totals": {}})
+    assert not shard.fail_claimed(old, "old")
     run.refresh_from_db()
     assert run.status == Run.Status.RUNNING and run.stats == {}
     assert not run.logs.filter(message="from the old loader").exists()
-    assert run.report(new, {"totals": {"sent": 1}}, [("info", "from the new loader", None)])
-    assert run.finish_claimed(new, Run.Status.COMPLETED, "done", {"totals": {"sent": 1}})
+    assert shard.report(new, {"totals": {"sent": 1}}, [("info", "from the new loader", None)])
+    assert shard.finish_claimed(new, Run.Status.COMPLETED, "done", {"totals": {"sent": 1}})
 
 
 @pytest.mark.django_db(transaction=True)

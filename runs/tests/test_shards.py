@@ -377,15 +377,17 @@ def test_resume_queues_only_the_lost_shard_and_the_run_ends_when_every_shard_has
     lost, healthy = run.shard_list()
     assert lost.status == Run.Status.QUEUED and lost.claim_token is None
     assert healthy.status == Run.Status.RUNNING and healthy.claim_token == healthy_token
-    assert run.check_claim(lost_token) == (False, False)  # the lost loader is fenced out
+    assert lost.check_claim(lost_token) == (False, False)  # the lost loader is fenced out
     assert run.logs.filter(message__startswith="Shard 1/2 resumed").exists()
 
     new_token = run.claim(pid=4, host="d")
     assert run.shard_of(new_token).index == 0 and run.shard_of(new_token).claim_epoch == 2
     stats = {"totals": {"sent": 5, "accepted": 5}, "targets": {}}
-    assert run.finish_claimed(healthy_token, Run.Status.COMPLETED, "Visit limit of 10 reached.", stats)
+    assert healthy.finish_claimed(healthy_token, Run.Status.COMPLETED, "Visit limit of 10 reached.", stats)
+    run.refresh_from_db()
     assert run.status == Run.Status.RUNNING  # one shard still sending
-    assert run.finish_claimed(new_token, Run.Status.COMPLETED, "Visit limit of 10 reached.", stats)
+    assert run.shard_of(new_token).finish_claimed(new_token, Run.Status.COMPLETED, "Visit limit of 10 reached.", stats)
+    run.refresh_from_db()
     assert run.status == Run.Status.COMPLETED and run.end_reason == "Visit limit of 10 reached."
     assert run.stats["totals"]["sent"] == 10
     assert run.finished_at is not None and run.started_at is not None
@@ -396,10 +398,12 @@ def test_resume_queues_only_the_lost_shard_and_the_run_ends_when_every_shard_has
 def test_stopping_a_sharded_run_stops_its_waiting_shards_at_once(fast_preset):
     run = Run.objects.create_run(preset=fast_preset, targets=[make_target()], shards=3)
     token = run.claim(pid=1, host="a")
+    shard = run.claimed_shard
     assert run.request_stop("Stopped by the test.")
     assert [s.status for s in run.shard_list()] == [Run.Status.RUNNING, Run.Status.STOPPED, Run.Status.STOPPED]
-    assert run.check_claim(token) == (True, True)  # the running loader sees the request
-    assert run.finish_claimed(token, Run.Status.STOPPED, "Stop requested.", {"totals": {}, "targets": {}})
+    assert shard.check_claim(token) == (True, True)  # the running loader sees the request
+    assert shard.finish_claimed(token, Run.Status.STOPPED, "Stop requested.", {"totals": {}, "targets": {}})
+    run.refresh_from_db()
     assert run.status == Run.Status.STOPPED and run.end_reason == "Stopped by the test."
 
 

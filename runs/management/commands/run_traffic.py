@@ -282,7 +282,8 @@ class Command(BaseCommand):
                     break
                 except KeyboardInterrupt:
                     run.request_stop("Stopped: Ctrl-C.")
-            if run.fail_claimed(token, f"The loader process exited with code {code} without finishing its shard."):
+            reason = f"The loader process exited with code {code} without finishing its shard."
+            if run.shard_of(token).fail_claimed(token, reason):
                 run.log(RunLog.Level.ERROR, f"Loader of a shard exited with code {code}.")
 
     def create_run(self, options) -> Run:
