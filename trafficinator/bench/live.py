@@ -22,11 +22,10 @@ import sys
 import time
 from pathlib import Path
 
-from presets.models import Preset
 from runs.models import MAX_VISITS_PER_DAY, Run
 from targets.fake_matomo.process import fake_call, start_fake_server, stop_fake_server
 from targets.models import Target
-from trafficinator.bench.common import make_bench_target
+from trafficinator.bench.common import make_bench_preset, make_bench_target
 from trafficinator.testing import subprocess_env
 
 # The traffic model's ceiling per target: higher rates use several targets (on one server).
@@ -58,22 +57,19 @@ def process_rss_mb(pid: int) -> float | None:
     return None
 
 
-def _bench_preset(concurrency: int) -> Preset:
-    """Short visits (pauses under a second) on the flat curve: every hit is due within
-    seconds, so a short benchmark measures sending, not waiting."""
-    preset = Preset(
-        name=f"bench-live-{secrets.token_hex(4)}",
-        visits_per_day=1_000_000,
-        daily_curve="flat",
-        pause_min=0.0,
-        pause_max=0.5,
-        visit_duration_min=0.0,
-        visit_duration_max=0.05,
-        concurrency=concurrency,
+def start_loader(run: Run, shard: int | None = None) -> subprocess.Popen:
+    """Claim ``run``'s shard ``shard`` (default: the first one queued) and send it with
+    ``manage.py run_loader`` in its own process, exactly as a worker starts it."""
+    claim = run.claim(pid=os.getpid(), host="bench", shard=shard)
+    assert claim is not None, f"shard {shard} could not be claimed"
+    child = subprocess.Popen(  # noqa: S603 - our own interpreter and manage.py
+        [sys.executable, str(MANAGE_PY), "run_loader", str(run.pk), "--claim", str(claim)],
+        env=subprocess_env(),  # the database this process uses (a test database under pytest)
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
-    preset.full_clean()
-    preset.save()
-    return preset
+    run.shards.filter(claim_token=claim).update(loader_pid=child.pid)
+    return child
 
 
 def benchmark_live(
@@ -98,7 +94,7 @@ def benchmark_live(
     try:
         for _ in range(-(-visits_per_day // MAX_VISITS_PER_DAY_PER_TARGET)):
             targets.append(make_bench_target(url, token, BENCH_TIMEZONE))
-        preset = _bench_preset(concurrency)
+        preset = make_bench_preset("live", visits_per_day=1_000_000, concurrency=concurrency)
         run = Run.objects.create_run(
             preset=preset,
             targets=list(targets),
@@ -108,15 +104,7 @@ def benchmark_live(
             bulk=bulk,
             batch_size=batch_size,
         )
-        claim = run.claim(pid=os.getpid(), host="bench")
-        child = subprocess.Popen(  # noqa: S603 - our own interpreter and manage.py
-            [sys.executable, str(MANAGE_PY), "run_loader", str(run.pk), "--claim", str(claim)],
-            # The database this process uses (a test database under pytest).
-            env=subprocess_env(),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        run.shards.filter(claim_token=claim).update(loader_pid=child.pid)
+        child = start_loader(run)
         cpu_at_start = None
         started = None
         rss: list[tuple[float, float]] = []

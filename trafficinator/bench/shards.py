@@ -18,38 +18,15 @@ from __future__ import annotations
 import os
 import secrets
 import subprocess
-import sys
 import time
 
-from presets.models import Preset
 from runs.models import MAX_VISITS_PER_DAY, Run, RunShard
 from targets.fake_matomo.process import fake_call, start_fake_server, stop_fake_server
-from trafficinator.bench.common import make_bench_target
-from trafficinator.bench.live import MANAGE_PY, exited, process_cpu_seconds, resource_usage
-from trafficinator.testing import subprocess_env
+from trafficinator.bench.common import make_bench_preset, make_bench_target
+from trafficinator.bench.live import exited, process_cpu_seconds, resource_usage, start_loader
 
 BENCH_TIMEZONE = "UTC"
 PAGEVIEWS_PER_VISIT = 40
-
-
-def _bench_preset(concurrency: int) -> Preset:
-    """Many page views with no pause: hits are due at once, so the benchmark measures
-    sending, and a visit is long enough that one process cannot keep up."""
-    preset = Preset(
-        name=f"bench-shards-{secrets.token_hex(4)}",
-        visits_per_day=MAX_VISITS_PER_DAY,
-        daily_curve="flat",
-        pageviews_min=PAGEVIEWS_PER_VISIT,
-        pageviews_max=PAGEVIEWS_PER_VISIT,
-        pause_min=0.0,
-        pause_max=0.05,
-        visit_duration_min=0.0,
-        visit_duration_max=0.05,
-        concurrency=concurrency,
-    )
-    preset.full_clean()
-    preset.save()
-    return preset
 
 
 def benchmark_shards(
@@ -70,7 +47,16 @@ def benchmark_shards(
     load_before = os.getloadavg()
     try:
         target = make_bench_target(url, token, BENCH_TIMEZONE)
-        preset = _bench_preset(concurrency)
+        # Many page views with no pause: hits are due at once, and a visit is long enough
+        # that one process cannot keep up.
+        preset = make_bench_preset(
+            "shards",
+            visits_per_day=MAX_VISITS_PER_DAY,
+            pageviews_min=PAGEVIEWS_PER_VISIT,
+            pageviews_max=PAGEVIEWS_PER_VISIT,
+            pause_max=0.05,
+            concurrency=concurrency,
+        )
         run = Run.objects.create_run(
             preset=preset,
             targets=[target],
@@ -82,16 +68,7 @@ def benchmark_shards(
             shards=shards,
         )
         for index in range(shards):
-            claim = run.claim(pid=os.getpid(), host="bench", shard=index)
-            assert claim is not None, f"shard {index} could not be claimed"
-            child = subprocess.Popen(  # noqa: S603 - our own interpreter and manage.py
-                [sys.executable, str(MANAGE_PY), "run_loader", str(run.pk), "--claim", str(claim)],
-                env=subprocess_env(),  # the database this process uses (a test database under pytest)
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-            RunShard.objects.filter(run=run, index=index).update(loader_pid=child.pid)
-            children.append(child)
+            children.append(start_loader(run, index))  # one by one: the finally ends those started
         cpu_at_start: dict[int, float] = {}
         started: dict[int, float] = {}
         ended: dict[int, float] = {}
