@@ -41,7 +41,7 @@ from django import db
 from django.conf import settings
 from django.core.cache import cache
 from django.utils import timezone
-from django_q.brokers import orm, redis_broker
+from django_q.brokers import Broker, orm, redis_broker
 from django_q.conf import Conf
 from django_q.signals import post_execute_in_worker, pre_execute
 from django_q.signing import SignedPackage
@@ -243,15 +243,25 @@ class Redelivery:
         return again
 
 
-class GatedDequeue:
-    """Mixed into a django-q2 broker: ``dequeue`` takes a task only for a free worker of
-    this cluster, and while it has one, re-delivers what a gone cluster took."""
+class GatedDequeue(Broker):
+    """Mixed into a django-q2 broker, before it: ``dequeue`` takes a task only for a free
+    worker of this cluster, and while it has one, re-delivers what a gone cluster took.
+    A broker adds ``waiting_tasks``, what waits on it."""
 
     list_key: str
 
     def __init__(self, list_key: str | None = None) -> None:
-        super().__init__(list_key=list_key)  # type: ignore[call-arg]
+        super().__init__(list_key=list_key)
         slots()  # made here, in the sentinel, before it forks the workers and the pusher
+
+    def dequeue(self):
+        if not self._gate():
+            return None
+        return self._took(super().dequeue())
+
+    def fail(self, task_id):
+        slots().dropped()
+        return super().fail(task_id)
 
     def _queue_name(self) -> str:
         return str(Conf.CLUSTER_NAME)
@@ -282,15 +292,6 @@ class GatedDequeue:
 
 
 class ORMBroker(GatedDequeue, orm.ORM):
-    def dequeue(self):
-        if not self._gate():
-            return None
-        return self._took(super().dequeue())
-
-    def fail(self, task_id):
-        slots().dropped()
-        return super().fail(task_id)
-
     def waiting_tasks(self) -> list[TaskKey]:
         rows = (
             self.get_connection()
@@ -301,15 +302,6 @@ class ORMBroker(GatedDequeue, orm.ORM):
 
 
 class RedisBroker(GatedDequeue, redis_broker.Redis):
-    def dequeue(self):
-        if not self._gate():
-            return None
-        return self._took(super().dequeue())
-
-    def fail(self, task_id):
-        slots().dropped()
-        return super().fail(task_id)
-
     def waiting_tasks(self) -> list[TaskKey]:
         rows = self.connection.lrange(self.list_key, 0, PEEK_LIMIT - 1)
         return [key for key in map(task_key, rows) if key is not None]
