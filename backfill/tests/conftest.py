@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+import time
 from datetime import date, datetime, timedelta
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
+from django.conf import settings
 
 from conftest import TOKEN
-from trafficinator.testing import make_preset, make_target
+from trafficinator.testing import make_preset, make_target, subprocess_env
 
 STOCKHOLM = ZoneInfo("Europe/Stockholm")
 
@@ -35,6 +41,30 @@ def make_backfill_target(server, **fields):
     }
     values.update(fields)
     return make_target(**values)
+
+
+def kill_worker_mid_plan(server, plan, *, recorded: int = 600) -> subprocess.Popen:
+    """Start ``plan`` and send it with a real ``backfill --resume`` worker process until
+    ``server`` recorded ``recorded`` hits, then SIGKILL the worker: the plan is left
+    mid-day, its day held by a dead worker. Returns the killed process."""
+    plan.start(enqueue=False)
+    server.set_latency(0.02)  # slow enough to kill it mid-day
+    worker = subprocess.Popen(
+        [sys.executable, str(Path(settings.BASE_DIR) / "manage.py"), "backfill", "--resume", str(plan.pk)],
+        env=subprocess_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while server.stats()["recorded"] < recorded:
+            assert time.monotonic() < deadline and worker.poll() is None, "worker did not get going"
+            time.sleep(0.02)
+    finally:
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(10)
+    server.set_latency(0.0)
+    return worker
 
 
 # A target that passed its connection check (no server behind it: for pages and plans).

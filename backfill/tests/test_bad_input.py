@@ -3,10 +3,8 @@ reproduction from issue 14."""
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
-import time
 from datetime import date
 from decimal import Decimal
 from pathlib import Path
@@ -23,7 +21,7 @@ from backfill import runner
 from backfill.foreground import run_in_foreground
 from backfill.models import BackfillDay, BackfillPlan
 from backfill.planning import funnels_from_json, funnels_to_json, plan_funnels
-from backfill.tests.conftest import days_ago
+from backfill.tests.conftest import days_ago, kill_worker_mid_plan
 from backfill.tests.test_sending import expected_keys, fast_retries, hit_keys  # noqa: F401 - fixture
 from funnels.models import Funnel
 from targets.models import Target
@@ -145,23 +143,7 @@ def test_a_resumed_plan_replays_the_confirmed_funnels_after_they_were_edited(fak
     batch_size = 30
     plan = confirmed_plan([shop], small_preset, last_days=2, visits_per_day=400, batch_size=batch_size)
     confirmed = expected_keys(plan)
-    plan.start(enqueue=False)
-    fake_matomo.set_latency(0.02)
-    worker = subprocess.Popen(
-        [sys.executable, MANAGE, "backfill", "--resume", str(plan.pk)],
-        env=subprocess_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while fake_matomo.stats()["recorded"] < 600:
-            assert time.monotonic() < deadline and worker.poll() is None, "worker did not get going"
-            time.sleep(0.02)
-    finally:
-        worker.send_signal(signal.SIGKILL)
-        worker.wait(10)
-    fake_matomo.set_latency(0.0)
+    kill_worker_mid_plan(fake_matomo, plan)
     assert plan.days.filter(status=BackfillDay.Status.RUNNING).exists()  # killed mid-plan
 
     # Mid-plan edits: another share, a step less, a new funnel.

@@ -4,7 +4,6 @@ where, in which order, and what happens after interruptions and failures."""
 from __future__ import annotations
 
 import re
-import signal
 import subprocess
 import sys
 import threading
@@ -22,7 +21,7 @@ from backfill.foreground import run_in_foreground
 from backfill.models import DEFAULT_REQUESTS_IN_FLIGHT, BackfillDay, BackfillLog, BackfillPlan
 from backfill.planning import request_hits
 from backfill.runner import iter_requests, run_day
-from backfill.tests.conftest import STOCKHOLM, days_ago, make_backfill_target
+from backfill.tests.conftest import STOCKHOLM, days_ago, kill_worker_mid_plan, make_backfill_target
 from targets.fake_matomo import FakeMatomo, Token
 from trafficinator.sending.sender import RetryPolicy
 from trafficinator.testing import confirmed_plan, subprocess_env
@@ -182,24 +181,7 @@ def test_a_resumed_day_resends_its_window_and_matomo_refuses_what_it_holds(fake_
 def test_a_killed_worker_resumes_with_no_visit_lost_and_at_most_one_batch_repeated(fake_matomo, shop, small_preset):
     batch_size = 30
     plan = confirmed_plan([shop], small_preset, last_days=2, visits_per_day=400, batch_size=batch_size)
-    plan.start(enqueue=False)
-    fake_matomo.set_latency(0.02)  # slow enough to kill it mid-day
-    env = subprocess_env()
-    worker = subprocess.Popen(
-        [sys.executable, MANAGE, "backfill", "--resume", str(plan.pk)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while fake_matomo.stats()["recorded"] < 600:
-            assert time.monotonic() < deadline and worker.poll() is None, "worker did not get going"
-            time.sleep(0.02)
-    finally:
-        worker.send_signal(signal.SIGKILL)
-        worker.wait(10)
-    fake_matomo.set_latency(0.0)
+    worker = kill_worker_mid_plan(fake_matomo, plan)
     assert fake_matomo.stats()["recorded"] < sum(expected_keys(plan).values())  # it died mid-plan
     held = plan.days.get(status=BackfillDay.Status.RUNNING)  # ... holding a day, a batch marked in flight
     assert 0 < held.visits_done < held.planned_visits and held.in_flight_visits > 0
