@@ -3,9 +3,15 @@
 A loader needs gevent's monkey-patching, which must not happen inside the qcluster process
 (measured: it breaks Django's DB connections and deadlocks the cluster). So the task only
 claims the run and starts ``manage.py run_loader`` as a child process, then waits for it.
-Loader tasks go to the "loaders" queue (settings.Q_CLUSTER["ALT_CLUSTERS"]) whose timeout
-exceeds the longest run and which never re-delivers; the conditional claim makes any
-re-delivery harmless anyway.
+Loader tasks go to the "loaders" queue (settings.Q_CLUSTER["ALT_CLUSTERS"]), one per shard.
+Its timeout exceeds the longest run, and so does django-q2's own ``retry``, so django-q2
+never delivers again the task of a shard that is being sent. A task can still arrive more
+than once: our brokers (trafficinator.taskqueue) enqueue again the task of a shard still
+queued that has been missing from the broker for TASK_REDELIVER_AFTER_SECONDS (taken by a
+cluster that died before running it), and the task of a shard handed back enqueues it once
+more, in case its loader was killed before its own enqueue went out (below). The claim is a
+conditional UPDATE, so a second copy finds its shard claimed, or the run over, and starts no
+loader.
 """
 
 from __future__ import annotations
