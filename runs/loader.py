@@ -106,6 +106,9 @@ ADMIT_AHEAD = 0.1
 # A target's dispatcher sleeps at least this long for its next due hit or visit, so the
 # hits due within it leave in one wake-up (at most this late; the loader wait shows it).
 DISPATCH_QUANTUM = 0.01
+# Bulk visits wait in the sender's buffer for a batch (up to its max_batch_delay, 1 s)
+# and carry their hits' times (cdt): their dispatcher wakes at most every 0.1 s.
+BULK_DISPATCH_QUANTUM = 0.1
 SATURATED_LAG = 2.0  # behind schedule by more than this: "generator saturated"
 RECOVERED_LAG = 0.5  # ... and back on schedule below this
 SUPERSEDED = "superseded"  # run_loop's result when another loader took the run over (not a Run.Status)
@@ -272,14 +275,16 @@ class TargetRuntime:
     # (TargetSender._check_secure_only): it then sends the bulk visits' hits one by one and
     # settles each visit once, so the runtime and its visits stay bulk.
     bulk: bool = field(init=False)
+    quantum: float = field(init=False)  # the dispatcher's shortest sleep (see DISPATCH_QUANTUM)
 
     def __post_init__(self) -> None:
         self.bulk = self.sender.bulk
+        self.quantum = BULK_DISPATCH_QUANTUM if self.bulk else DISPATCH_QUANTUM
 
     def push(self, due: float, visit: VisitInProgress) -> None:
         heap = self.heap
         heapq.heappush(heap, (due, next(self._seq), visit))
-        if heap[0][2] is visit and due < self.wake_at - DISPATCH_QUANTUM:
+        if heap[0][2] is visit and due < self.wake_at - self.quantum:
             self.wake.set()  # well before the dispatcher wakes anyway
 
     @property
@@ -797,7 +802,7 @@ class LiveLoader:
             due = heap[0][0]
             now = clock()
             if due > now:
-                sleep = max(due - now, DISPATCH_QUANTUM)
+                sleep = max(due - now, runtime.quantum)
                 runtime.wake_at = now + sleep
                 wake.clear()
                 wake.wait(sleep)
