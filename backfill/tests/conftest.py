@@ -6,17 +6,27 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from datetime import date, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 import pytest
 from django.conf import settings
 
+from backfill import runner
 from conftest import TOKEN
+from trafficinator.sending.sender import RetryPolicy
 from trafficinator.testing import make_preset, make_target, subprocess_env
 
+if TYPE_CHECKING:
+    from backfill.models import BackfillPlan
+
 STOCKHOLM = ZoneInfo("Europe/Stockholm")
+# Retries a tenth of a second apart (the ``fast_retries`` fixture; a module opts in with
+# ``pytestmark = pytest.mark.usefixtures("fast_retries")``).
+FAST_RETRY = RetryPolicy(max_attempts=5, backoff_base=0.05, backoff_max=0.1, retry_after_max=1.0)
 
 
 def stockholm_today() -> date:
@@ -65,6 +75,27 @@ def kill_worker_mid_plan(server, plan, *, recorded: int = 600) -> subprocess.Pop
         worker.wait(10)
     server.set_latency(0.0)
     return worker
+
+
+def hit_keys(hits) -> Counter:
+    """What identifies a sent hit: its visitor and its own random number and date."""
+    return Counter((hit.params["cid"], hit.params["rand"], hit.params["cdt"]) for hit in hits)
+
+
+def expected_keys(plan: BackfillPlan) -> Counter:
+    """The hit keys (``hit_keys``) of every visit ``plan`` sends, counted."""
+    keys: Counter = Counter()
+    for day in plan.days.select_related("target"):
+        for visit in runner.day_stream(plan, day, skip=0):
+            for entry in runner.encode_visit(visit, cdt="datetime"):
+                params = dict(part.split("=", 1) for part in entry[1:].split("&"))
+                keys[(params["cid"], params["rand"], params["cdt"].replace("%20", " "))] += 1
+    return keys
+
+
+@pytest.fixture
+def fast_retries(monkeypatch):
+    monkeypatch.setattr(runner, "RETRY", FAST_RETRY)
 
 
 # A target that passed its connection check (no server behind it: for pages and plans).

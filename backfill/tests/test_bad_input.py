@@ -21,8 +21,7 @@ from backfill import runner
 from backfill.foreground import run_in_foreground
 from backfill.models import BackfillDay, BackfillPlan
 from backfill.planning import funnels_from_json, funnels_to_json, plan_funnels
-from backfill.tests.conftest import days_ago, kill_worker_mid_plan
-from backfill.tests.test_sending import expected_keys, fast_retries, hit_keys  # noqa: F401 - fixture
+from backfill.tests.conftest import days_ago, expected_keys, hit_keys, kill_worker_mid_plan
 from funnels.models import Funnel
 from targets.models import Target
 from trafficinator.cli import USAGE_EXIT_CODE
@@ -38,6 +37,7 @@ from trafficinator.testing import (
 )
 
 MANAGE = str(Path(settings.BASE_DIR) / "manage.py")
+pytestmark = pytest.mark.usefixtures("fast_retries")  # every test here: retries in milliseconds
 READY = {"token_auth": "tok", "last_check_ok": True, "token_can_write": True}
 
 

@@ -21,20 +21,22 @@ from backfill.foreground import run_in_foreground
 from backfill.models import DEFAULT_REQUESTS_IN_FLIGHT, BackfillDay, BackfillLog, BackfillPlan
 from backfill.planning import request_hits
 from backfill.runner import iter_requests, run_day
-from backfill.tests.conftest import STOCKHOLM, days_ago, kill_worker_mid_plan, make_backfill_target
+from backfill.tests.conftest import (
+    STOCKHOLM,
+    days_ago,
+    expected_keys,
+    hit_keys,
+    kill_worker_mid_plan,
+    make_backfill_target,
+)
 from targets.fake_matomo import FakeMatomo, Token
-from trafficinator.sending.sender import RetryPolicy
 from trafficinator.testing import confirmed_plan, subprocess_env
 from trafficinator.traffic import Profile, day_visits
 
 MANAGE = str(Path(settings.BASE_DIR) / "manage.py")
 CDT = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}$")
-FAST_RETRY = RetryPolicy(max_attempts=5, backoff_base=0.05, backoff_max=0.1, retry_after_max=1.0)
 
-
-@pytest.fixture(autouse=True)
-def fast_retries(monkeypatch):
-    monkeypatch.setattr(runner, "RETRY", FAST_RETRY)
+pytestmark = pytest.mark.usefixtures("fast_retries")  # every test here: retries in milliseconds
 
 
 def send(plan: BackfillPlan) -> BackfillPlan:
@@ -60,21 +62,6 @@ def test_requests_are_whole_visits_of_a_quarter_batch_packed_the_same_way_from_a
     skip = sum(r.count for r in requests[:3])
     again = list(iter_requests(stream(skip), 100))
     assert [r.visits for r in again] == [r.visits for r in requests[3:]]
-
-
-def hit_keys(hits) -> Counter:
-    """What identifies a sent hit: its visitor and its own random number and date."""
-    return Counter((hit.params["cid"], hit.params["rand"], hit.params["cdt"]) for hit in hits)
-
-
-def expected_keys(plan: BackfillPlan) -> Counter:
-    keys: Counter = Counter()
-    for day in plan.days.select_related("target"):
-        for visit in runner.day_stream(plan, day, skip=0):
-            for entry in runner.encode_visit(visit, cdt="datetime"):
-                params = dict(part.split("=", 1) for part in entry[1:].split("&"))
-                keys[(params["cid"], params["rand"], params["cdt"].replace("%20", " "))] += 1
-    return keys
 
 
 @pytest.mark.django_db(transaction=True)

@@ -20,24 +20,20 @@ from django.conf import settings
 from django.db import connection
 
 import runs.models
-from conftest import TOKEN
 from runs import loader as loader_module
 from runs.loader import LiveLoader, TargetRuntime, execute_loader, single_visit_cap, target_streams
 from runs.models import Run, RunLog
 from trafficinator.sending.telemetry import RunTelemetry, TargetTelemetry
-from trafficinator.testing import finish_loader, make_fast_preset, make_target, start_loader
+from trafficinator.testing import (
+    finish_loader,
+    make_fast_preset,
+    make_local_target,
+    make_target,
+    start_loader,
+    wait_until,
+)
 
-
-def local_target(server, **fields):
-    return make_target(name=fields.pop("name", "local"), matomo_url=server.url, site_id=1, token_auth=TOKEN, **fields)
-
-
-def wait_for(condition, timeout: float = 90.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
+LOADER_WAIT = 90.0  # seconds: a loader process starts slowly on a loaded machine
 
 
 # --- 3. fenced loaders ---------------------------------------------------------------------
@@ -52,21 +48,29 @@ def test_a_frozen_loader_that_was_superseded_sends_nothing_more_and_writes_nothi
     is what the run counts plus what the frozen loader said it could not report."""
     monkeypatch.setattr(runs.models, "HEARTBEAT_STALE_AFTER", timedelta(seconds=3))
     stale = {"RUN_HEARTBEAT_STALE_SECONDS": "3"}  # the loaders' lease: 1 s
-    target = local_target(fake_matomo)
+    target = make_local_target(fake_matomo)
     run = Run.objects.create_run(preset=fast_preset, targets=[target], duration_seconds=300)
     first = start_loader(run, run.claim(pid=0, host="test"), **stale)
     second = None
     try:
-        wait_for(lambda: Run.objects.get(pk=run.pk).stats.get("totals", {}).get("sent", 0) > 40, what="a report")
+        wait_until(
+            lambda: Run.objects.get(pk=run.pk).stats.get("totals", {}).get("sent", 0) > 40,
+            timeout=LOADER_WAIT,
+            what="a report",
+        )
         os.kill(first.pid, signal.SIGSTOP)
-        wait_for(lambda: Run.objects.get(pk=run.pk).is_lost(), what="the run to show lost")
+        wait_until(lambda: Run.objects.get(pk=run.pk).is_lost(), timeout=LOADER_WAIT, what="the run to show lost")
         run.refresh_from_db()
         assert run.resume()
         token = run.claim(pid=0, host="test")
         assert token is not None and run.shards.get().claim_epoch == 2
         second = start_loader(run, token, **stale)
         recorded = fake_matomo.stats()["recorded"]
-        wait_for(lambda: fake_matomo.stats()["recorded"] > recorded + 40, what="the second loader's hits")
+        wait_until(
+            lambda: fake_matomo.stats()["recorded"] > recorded + 40,
+            timeout=LOADER_WAIT,
+            what="the second loader's hits",
+        )
         continued = time.time()
         os.kill(first.pid, signal.SIGCONT)
         first_err = finish_loader(first, timeout=30, check=False)
@@ -189,12 +193,16 @@ class HeldLock:
 
 @pytest.mark.django_db(transaction=True)
 def test_a_database_lock_held_by_another_process_does_not_stop_or_burst_the_sending(fake_matomo, fast_preset):
-    target = local_target(fake_matomo)
+    target = make_local_target(fake_matomo)
     # ~60 visits/s: a half second without any hit would take a stall, not bad luck.
     run = Run.objects.create_run(preset=fast_preset, targets=[target], duration_seconds=300, visits_per_day=5_000_000)
     loader = start_loader(run, run.claim(pid=0, host="test"))
     try:
-        wait_for(lambda: Run.objects.get(pk=run.pk).stats.get("totals", {}).get("sent", 0) > 40, what="a report")
+        wait_until(
+            lambda: Run.objects.get(pk=run.pk).stats.get("totals", {}).get("sent", 0) > 40,
+            timeout=LOADER_WAIT,
+            what="a report",
+        )
         lock = HeldLock(run.pk)
         lock.acquire()
         try:
@@ -209,7 +217,11 @@ def test_a_database_lock_held_by_another_process_does_not_stop_or_burst_the_send
         times = [hit.time for hit in fake_matomo.hits_for(1) if locked_at <= hit.time < released_at]
         slots = {int((moment - locked_at) * 2) for moment in times}
         assert set(range(int((released_at - locked_at) * 2))) <= slots  # every full half second
-        wait_for(lambda: Run.objects.get(pk=run.pk).heartbeat_at.timestamp() > released_at, what="a report")
+        wait_until(
+            lambda: Run.objects.get(pk=run.pk).heartbeat_at.timestamp() > released_at,
+            timeout=LOADER_WAIT,
+            what="a report",
+        )
         run.request_stop("Stopped by the test.")
         finish_loader(loader, timeout=30, check=False)
     finally:
@@ -248,7 +260,7 @@ def test_overload_keeps_visits_in_progress_bounded_and_reports_the_shortfall(fak
         return passed
 
     monkeypatch.setattr(TargetRuntime, "start_visit", counting_start)
-    run = Run.objects.create_run(preset=overload, targets=[local_target(fake_matomo)], duration_seconds=6)
+    run = Run.objects.create_run(preset=overload, targets=[make_local_target(fake_matomo)], duration_seconds=6)
     run.claim(pid=0, host="test")
     run = execute_loader(run)
 
@@ -285,7 +297,7 @@ def test_single_hits_keep_only_the_visits_their_sender_can_serve_in_progress(
         return passed
 
     monkeypatch.setattr(TargetRuntime, "start_visit", counting_start)
-    run = Run.objects.create_run(preset=overload, targets=[local_target(fake_matomo)], duration_seconds=6)
+    run = Run.objects.create_run(preset=overload, targets=[make_local_target(fake_matomo)], duration_seconds=6)
     run.claim(pid=0, host="test")
     run = execute_loader(run)
 
@@ -342,10 +354,14 @@ def test_a_loader_at_overload_stops_within_two_seconds(fake_matomo, how):
     # 20 connections x 50 ms caps sending at ~400 hits/s, far below the ~2,000 asked, so the
     # loader saturates however fast the machine is (on an idle one it nearly kept up).
     fake_matomo.set_latency(0.05)
-    run = Run.objects.create_run(preset=preset, targets=[local_target(fake_matomo)], duration_seconds=300)
+    run = Run.objects.create_run(preset=preset, targets=[make_local_target(fake_matomo)], duration_seconds=300)
     loader = start_loader(run, run.claim(pid=0, host="test"))
     try:
-        wait_for(lambda: Run.objects.get(pk=run.pk).stats.get("totals", {}).get("saturated"), what="saturation")
+        wait_until(
+            lambda: Run.objects.get(pk=run.pk).stats.get("totals", {}).get("saturated"),
+            timeout=LOADER_WAIT,
+            what="saturation",
+        )
         asked = time.time()
         if how == "sigterm":
             loader.send_signal(signal.SIGTERM)
@@ -384,7 +400,7 @@ def test_a_loader_never_spins_while_its_last_visits_drain(fake_matomo, monkeypat
         return value
 
     monkeypatch.setattr(LiveLoader, "_idle_wait", recording)
-    run = Run.objects.create_run(preset=preset, targets=[local_target(fake_matomo)], max_visits=5, seed=4)
+    run = Run.objects.create_run(preset=preset, targets=[make_local_target(fake_matomo)], max_visits=5, seed=4)
     run.claim(pid=0, host="test")
     run = execute_loader(run)
     assert run.status == Run.Status.COMPLETED
@@ -400,7 +416,7 @@ def test_the_daily_cap_pause_restarts_the_stream_at_the_next_day_without_generat
     from datetime import datetime
     from datetime import time as day_time
 
-    run = Run.objects.create_run(preset=fast_preset, targets=[local_target(fake_matomo)], daily_cap=3)
+    run = Run.objects.create_run(preset=fast_preset, targets=[make_local_target(fake_matomo)], daily_cap=3)
     run.claim(pid=0, host="test")
     loader = LiveLoader(run)
     loader.build()

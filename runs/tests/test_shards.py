@@ -16,30 +16,22 @@ import pytest
 from django.conf import settings
 from django.db import connection
 
-from conftest import TOKEN
 from runs.loader import STREAM_PARTS, shard_of, shard_parts, split_evenly, target_quotas
 from runs.models import MAX_SHARDS, Run, RunShard
 from runs.tasks import LOADER_QUEUE
 from trafficinator.sending.telemetry import LatencyHistogram, RunStats, RunTelemetry, merge_stats
-from trafficinator.testing import finish_loader, make_target, start_loader, subprocess_env
+from trafficinator.testing import (
+    finish_loader,
+    make_local_target,
+    make_target,
+    start_loader,
+    subprocess_env,
+    wait_until,
+)
 from trafficinator.traffic import Profile, live_visits
 
 MANAGE = str(Path(settings.BASE_DIR) / "manage.py")
-
-
-def local_target(server, **fields):
-    return make_target(name=fields.pop("name", "local"), matomo_url=server.url, site_id=1, token_auth=TOKEN, **fields)
-
-
-def wait_for(condition, timeout: float = 90.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
+LOADER_WAIT = 90.0  # seconds: a loader process starts slowly on a loaded machine
 
 
 def hit_keys(server) -> Counter:
@@ -134,7 +126,7 @@ def test_shard_figures_merge_exactly_like_one_loaders():
 
 @pytest.mark.django_db(transaction=True)
 def test_two_shards_send_exactly_the_one_shard_run_and_count_it_as_one(fake_matomo, fast_preset):
-    target = local_target(fake_matomo)
+    target = make_local_target(fake_matomo)
     single = Run.objects.create_run(preset=fast_preset, targets=[target], max_visits=60, seed=5)
     (loader,) = run_shards(single)
     finish_loader(loader)
@@ -163,18 +155,21 @@ def test_stop_reaches_every_shard_and_a_handed_back_shard_continues_exactly(fake
     """SIGTERM to one shard's loader (its worker shutting down) hands the shard back; a
     new loader continues it where it stood: the run sends exactly the one-shard run's
     hits, none twice. Then a stop ends every shard."""
-    target = local_target(fake_matomo)
+    target = make_local_target(fake_matomo)
     run = Run.objects.create_run(preset=fast_preset, targets=[target], max_visits=120, seed=8, shards=2)
     first, second = run_shards(run, "--hand-back")
     try:
-        wait_for(
+        wait_until(
             lambda: RunShard.objects.get(run=run, index=0).stats.get("totals", {}).get("visits_started", 0) >= 10,
+            timeout=LOADER_WAIT,
             what="shard 1 to send",
         )
         first.send_signal(signal.SIGTERM)
         finish_loader(first)
-        shard = wait_for(
-            lambda: RunShard.objects.filter(run=run, index=0, status=Run.Status.QUEUED).first(), what="hand-back"
+        shard = wait_until(
+            lambda: RunShard.objects.filter(run=run, index=0, status=Run.Status.QUEUED).first(),
+            timeout=LOADER_WAIT,
+            what="hand-back",
         )
         assert shard.stream["continue"]
         token = run.claim(pid=0, host="test-again", shard=0)
@@ -205,7 +200,11 @@ def test_stop_reaches_every_shard_and_a_handed_back_shard_continues_exactly(fake
     stopping = Run.objects.create_run(preset=fast_preset, targets=[target], duration_seconds=600, shards=2)
     loaders = run_shards(stopping)
     try:
-        wait_for(lambda: all(s.stats.get("totals", {}).get("sent") for s in stopping.shards.all()), what="both to send")
+        wait_until(
+            lambda: all(s.stats.get("totals", {}).get("sent") for s in stopping.shards.all()),
+            timeout=LOADER_WAIT,
+            what="both to send",
+        )
         assert stopping.request_stop("Stopped by the test.")
         asked = time.time()
         for loader in loaders:
@@ -249,7 +248,7 @@ def end_cluster(cluster: subprocess.Popen, until=None) -> None:
     try:
         if until is not None:
             os.killpg(cluster.pid, signal.SIGTERM)
-            wait_for(until, what="the cluster's loaders to end")
+            wait_until(until, timeout=LOADER_WAIT, what="the cluster's loaders to end")
         os.killpg(cluster.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
@@ -300,7 +299,7 @@ def test_worker_clusters_carry_the_shards_and_a_lost_cluster_hands_its_shard_ove
     if postgres:
         clusters.append(start_cluster(2))
     try:
-        target = local_target(fake_matomo)
+        target = make_local_target(fake_matomo)
         single = Run.objects.create_run(preset=quick_preset, targets=[target], max_visits=600, seed=21)
         (loader,) = run_shards(single)  # while the clusters start
         finish_loader(loader)
@@ -308,20 +307,37 @@ def test_worker_clusters_carry_the_shards_and_a_lost_cluster_hands_its_shard_ove
         fake_matomo.reset()
 
         run = Run.objects.create_run(preset=quick_preset, targets=[target], max_visits=600, seed=21, shards=2)
-        wait_for(lambda: loader_clusters_alive() == len(clusters), what="the clusters to start")
+        wait_until(lambda: loader_clusters_alive() == len(clusters), timeout=LOADER_WAIT, what="the clusters to start")
         if postgres:
             os.killpg(clusters[1].pid, signal.SIGSTOP)  # so the first cluster takes shard 1
         enqueue_loader(run.pk, 0)
-        first = wait_for(lambda: RunShard.objects.filter(run=run, index=0, status="running").first(), what="shard 1")
-        wait_for(lambda: session_of(RunShard.objects.get(pk=first.pk).loader_pid) == clusters[0].pid, what="loader")
+        first = wait_until(
+            lambda: RunShard.objects.filter(run=run, index=0, status="running").first(),
+            timeout=LOADER_WAIT,
+            what="shard 1",
+        )
+        wait_until(
+            lambda: session_of(RunShard.objects.get(pk=first.pk).loader_pid) == clusters[0].pid,
+            timeout=LOADER_WAIT,
+            what="loader",
+        )
         if postgres:  # the first cluster is full now: it takes no task before a worker is free
             os.killpg(clusters[1].pid, signal.SIGCONT)
         enqueue_loader(run.pk, 1)
-        second = wait_for(lambda: RunShard.objects.filter(run=run, index=1, status="running").first(), what="shard 2")
+        second = wait_until(
+            lambda: RunShard.objects.filter(run=run, index=1, status="running").first(),
+            timeout=LOADER_WAIT,
+            what="shard 2",
+        )
         carrier = clusters[-1].pid
-        wait_for(lambda: session_of(RunShard.objects.get(pk=second.pk).loader_pid) == carrier, what="its loader")
-        wait_for(
+        wait_until(
+            lambda: session_of(RunShard.objects.get(pk=second.pk).loader_pid) == carrier,
+            timeout=LOADER_WAIT,
+            what="its loader",
+        )
+        wait_until(
             lambda: RunShard.objects.get(pk=first.pk).stats.get("totals", {}).get("visits_started", 0) >= 20,
+            timeout=LOADER_WAIT,
             what="shard 1 to send",
         )
         assert RunShard.objects.get(pk=first.pk).status == Run.Status.RUNNING  # mid-run
@@ -334,7 +350,7 @@ def test_worker_clusters_carry_the_shards_and_a_lost_cluster_hands_its_shard_ove
         )
         if not postgres:
             clusters.append(start_cluster(2))
-        wait_for(lambda: not Run.objects.get(pk=run.pk).is_active, timeout=180, what="the run to end")
+        wait_until(lambda: not Run.objects.get(pk=run.pk).is_active, timeout=180, what="the run to end")
     finally:
         for cluster in clusters:
             end_cluster(cluster)

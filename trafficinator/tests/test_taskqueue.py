@@ -20,8 +20,7 @@ from django.conf import settings
 from django_q.brokers import orm, redis_broker
 
 from backfill.models import DEFAULT_REQUESTS_IN_FLIGHT, BackfillDay, BackfillPlan
-from backfill.tests.conftest import make_backfill_target
-from backfill.tests.test_sending import expected_keys, hit_keys
+from backfill.tests.conftest import expected_keys, hit_keys, make_backfill_target
 from conftest import TOKEN
 from runs.models import Run, RunLog, enqueue_run
 from trafficinator.taskqueue import RUN_TASK, WorkerSlots, task_key
