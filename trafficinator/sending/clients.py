@@ -59,7 +59,8 @@ class _Watchdog:
     request past its deadline gets ``_Deadline`` thrown in where it waits, as a Timeout
     would, at most ``period`` late (an eighth of the timeout, within 5-500 ms). The
     timer runs in the hub of the thread that first sent (``ref=False``: it never keeps
-    a loop alive); a request from another thread gets a gevent.Timeout of its own."""
+    a loop alive), only while requests are in flight; a request from another thread, or
+    after ``close``, gets a gevent.Timeout of its own."""
 
     def __init__(self, timeout: float) -> None:
         self.timeout = timeout
@@ -67,16 +68,19 @@ class _Watchdog:
         self._deadlines: dict[object, float] = {}
         self._hub: object = None
         self._timer: Any = None
+        self._closed = False
 
     def watch(self) -> object:
         """Watch the calling greenlet's request; returns what ``unwatch`` takes."""
         hub = get_hub()
-        if self._hub is None:
+        timer = self._timer
+        if timer is None and not self._closed and self._hub is None:
             self._hub = hub
-            self._timer = hub.loop.timer(self.period, self.period, ref=False)
-            self._timer.start(self._check)
-        elif hub is not self._hub:
+            timer = self._timer = hub.loop.timer(self.period, self.period, ref=False)
+        if timer is None or hub is not self._hub:
             return gevent.Timeout.start_new(self.timeout, _Deadline)
+        if not timer.active:
+            timer.start(self._check)
         current = getcurrent()
         self._deadlines[current] = time.monotonic() + self.timeout
         return current
@@ -90,6 +94,7 @@ class _Watchdog:
     def _check(self) -> None:
         deadlines = self._deadlines
         if not deadlines:
+            self._timer.stop()  # idle: started again by the next request
             return
         now = time.monotonic()
         for request, deadline in list(deadlines.items()):
@@ -99,6 +104,7 @@ class _Watchdog:
                 request.throw(_Deadline)  # type: ignore[attr-defined]  # a greenlet
 
     def close(self) -> None:
+        self._closed = True
         if self._timer is not None:
             self._timer.stop()
             self._timer.close()

@@ -88,3 +88,35 @@ def test_malformed_or_truncated_answers_are_parse_errors(answer):
 def test_a_connection_closed_before_any_answer_says_so():
     with pytest.raises(HTTPConnectionClosed):
         read_answer(Pieces(b"", 1))
+
+
+def test_a_server_trickling_its_answer_times_out_and_the_watchdog_rests_when_idle():
+    import gevent
+    from gevent.server import StreamServer
+
+    from trafficinator.sending.clients import FORM, GeventTransport, TransportTimeout
+    from trafficinator.testing import wait_until
+
+    def trickle(conn, _address):
+        conn.recv(65536)
+        for byte in b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n" * 100:
+            conn.sendall(bytes([byte]))
+            gevent.sleep(0.05)
+
+    server = StreamServer(("127.0.0.1", 0), trickle)
+    server.start()
+    transport = GeventTransport(f"http://127.0.0.1:{server.server_port}/matomo.php", concurrency=1, timeout=0.3)
+    try:
+        with pytest.raises(TransportTimeout) as raised:
+            transport.post(b"idsite=1&rec=1", FORM)
+        assert raised.value.sent  # the request went out: Matomo may have it
+        wait_until(
+            lambda: not transport._watchdog._timer.active, what="the watchdog timer stops when idle", sleep=gevent.sleep
+        )
+    finally:
+        transport.close()
+        server.stop()
+    # Closed: a request (refused now) still has a deadline, a timeout of its own.
+    token = transport._watchdog.watch()
+    assert isinstance(token, gevent.Timeout)
+    transport._watchdog.unwatch(token)
