@@ -209,10 +209,23 @@ class VisitInProgress:
         self.size = size  # bytes held, for the memory budget
         self.delivered = False  # Matomo accepted its hits (some of them, in single mode)
 
+    def rest_after_interruption(self) -> int | None:
+        """The first hit a next loader sends when this visit was cut short while its
+        current request was in flight: a bulk visit whole again (a resend Matomo already
+        holds is told apart, see the sender), a single-hit visit after the interrupted
+        hit, whose fate is unknown; None when nothing is left to send."""
+        first = self.index if self.bulk else self.index + 1
+        return first if self.items and first < len(self.items) else None
+
     def __call__(self, outcome: str) -> None:
         runtime = self.runtime
         runtime.holding.discard(self)
         if outcome == "abandoned":
+            # Killed mid-request or given up waiting for a retry at close: a loader
+            # handing its shard back lists the rest (see LiveLoader.stream_state).
+            rest = self.rest_after_interruption()
+            if rest is not None:
+                runtime.refused[self.position] = rest
             runtime.visit_over(self, finished=False)
             return
         if self.bulk:
@@ -259,8 +272,9 @@ class TargetRuntime:
     # Handed-back visits to send again first: stream index -> hits already sent.
     redo: dict[int, int] = field(default_factory=dict)
     # Visits taken off the heap by a worker or the dispatcher and not settled yet, and
-    # visits a closed sender refused (stream position -> first hit not sent): what a
-    # loader handing its shard back must list besides the heap (see stream_state).
+    # visits a closed sender refused or cut short (stream position -> first hit not
+    # sent): what a loader handing its shard back must list besides the heap (see
+    # stream_state).
     holding: set = field(default_factory=set)
     refused: dict[int, int] = field(default_factory=dict)
     _seq: Iterator[int] = field(default_factory=itertools.count)
@@ -550,9 +564,9 @@ class LiveLoader:
                 for _, _, visit in rt.heap:  # due next: nothing of it in flight
                     if visit.items:
                         pending[visit.position] = visit.index
-                for visit in rt.holding:  # interrupted: a single hit's fate is unknown, skip it
-                    first = visit.index if visit.bulk else visit.index + 1
-                    if visit.items and first < len(visit.items):
+                for visit in rt.holding:  # interrupted, not settled yet
+                    first = visit.rest_after_interruption()
+                    if first is not None:
                         pending[visit.position] = first
                 redo[str(rt.run_target.pk)] = {str(index): sent for index, sent in pending.items()}
             state["redo"] = redo

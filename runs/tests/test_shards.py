@@ -490,3 +490,37 @@ def test_the_progress_line_of_a_sharded_run_shows_every_shards_figures(fast_pres
     assert loader.run_figures is not None and loader.run_figures["totals"]["sent"] == 8
     alone = LiveLoader(run, token=mine)  # no progress line: no extra read
     assert alone._write_report(mine, figures(4), [], None, {}) and alone.run_figures is None
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("bulk", [False, True])
+def test_a_visit_cut_short_at_a_hand_back_is_listed_for_the_next_loader(fake_matomo, fast_preset, bulk):
+    """A hit worker killed mid-request at a hand-back (or a hit given up waiting for its
+    retry) settles its visit "abandoned". The hand-back lists the rest of that visit: a
+    single-hit visit after the interrupted hit, whose fate is unknown; a bulk visit whole."""
+    import heapq
+
+    from runs.loader import LiveLoader
+
+    run = Run.objects.create_run(preset=fast_preset, targets=[make_local_target(fake_matomo)], shards=2, bulk=bulk)
+    token = run.claim(pid=0, host="test", shard=0)
+    loader = LiveLoader(run, token=token, hand_back=True)
+    loader.build()
+    (runtime,) = loader.runtimes
+    try:
+        while len(runtime.next_visit.hits) < 3:
+            runtime.advance()
+        visit = runtime.next_visit
+        runtime.start_visit(visit, time.time(), time.monotonic())
+        _, _, state = heapq.heappop(runtime.heap)
+        if not bulk:  # its first hit was answered; the second is the one cut short
+            runtime.holding.add(state)
+            state("accepted")
+            _, _, state = heapq.heappop(runtime.heap)
+        runtime.holding.add(state)
+        state("abandoned")
+        assert not runtime.heap and not runtime.holding
+        redo = loader.stream_state(handing_back=True)["redo"][str(runtime.run_target.pk)]
+        assert redo == {str(visit.index): 0 if bulk else 2}
+    finally:
+        runtime.sender.close(grace_seconds=0)
