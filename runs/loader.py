@@ -484,13 +484,7 @@ class LiveLoader:
         # counts on from where the lost loader last reported.
         self.stream_start = float(state["start"]) if resumed else time.time()
         self.current_key = str(state["key"]) if resumed else self.stream_key()
-        streams = target_streams(
-            self.run,
-            run_targets,
-            start=self.stream_start,
-            key=self.current_key,
-            shard=(self.shard.index, self.run.shard_count),
-        )
+        streams = self._current_streams(run_targets)
         positions = state.get("positions", {})
         offsets = state.get("offsets", {})
         redo = state.get("redo", {}) if resumed else {}
@@ -540,6 +534,16 @@ class LiveLoader:
             self.runtimes.append(runtime)
             if stream.notice:
                 self.log(RunLog.Level.WARNING, stream.notice, rt)
+
+    def _current_streams(self, run_targets: list[RunTarget]) -> list[TargetStream]:
+        """This shard's streams under the current key and start."""
+        return target_streams(
+            self.run,
+            run_targets,
+            start=self.stream_start,
+            key=self.current_key,
+            shard=(self.shard.index, self.run.shard_count),
+        )
 
     def stream_key(self) -> str:
         """The visit stream's name: the shard's claim epoch (a shard resumed after its
@@ -782,13 +786,7 @@ class LiveLoader:
         self._cap_restarts += 1
         self.current_key, self.stream_start = self.stream_key(), tomorrow.timestamp()
         run_targets = [runtime.run_target for runtime in self.runtimes]
-        streams = target_streams(
-            self.run,
-            run_targets,
-            start=self.stream_start,
-            key=self.current_key,
-            shard=(self.shard.index, self.run.shard_count),
-        )
+        streams = self._current_streams(run_targets)
         fresh = {s.run_target.pk: s for s in streams}
         for runtime in self.runtimes:
             stream = fresh.get(runtime.run_target.pk)

@@ -717,10 +717,8 @@ class RunShard(models.Model):
         if stream is not None:
             changes["stream"] = stream
         with transaction.atomic():
-            self._lock_run(self.run_id)
-            if not self._claimed(token).update(**changes):
+            if not self._write_claimed(token, changes, now):
                 return False
-            self._merge_into_run(now)
             if logs:
                 RunLog.objects.bulk_create(
                     RunLog(run_id=self.run_id, level=level, message=message, target_id=target_id)
@@ -728,6 +726,16 @@ class RunShard(models.Model):
                 )
             if sample:
                 RunSample.add(self.run_id, sample)
+        return True
+
+    def _write_claimed(self, token: uuid.UUID, changes: dict[str, Any], now) -> bool:
+        """Inside the caller's transaction: the shard's ``changes`` while ``token`` holds
+        its claim, then the run's merged figures; False (nothing written) otherwise. The
+        run row's lock makes the shards of one run merge one at a time."""
+        self._lock_run(self.run_id)
+        if not self._claimed(token).update(**changes):
+            return False
+        self._merge_into_run(now)
         return True
 
     def _merge_into_run(self, now) -> None:
@@ -754,10 +762,8 @@ class RunShard(models.Model):
         if stream is not None:
             changes["stream"] = stream
         with transaction.atomic():
-            self._lock_run(self.run_id)
-            if not self._claimed(token).update(**changes):
+            if not self._write_claimed(token, changes, now):
                 return False
-            self._merge_into_run(now)
         self.run.settle()
         return True
 
@@ -777,17 +783,16 @@ class RunShard(models.Model):
         if self.pk is None:
             return False
         now = timezone.now()
+        changes = {
+            "status": Run.Status.QUEUED,
+            "claim_token": None,
+            "stats": stats,
+            "stream": {**stream, "continue": True},
+            "heartbeat_at": now,
+        }
         with transaction.atomic():
-            self._lock_run(self.run_id)
-            if not self._claimed(token).update(
-                status=Run.Status.QUEUED,
-                claim_token=None,
-                stats=stats,
-                stream={**stream, "continue": True},
-                heartbeat_at=now,
-            ):
+            if not self._write_claimed(token, changes, now):
                 return False
-            self._merge_into_run(now)
             RunLog.objects.create(
                 run_id=self.run_id,
                 level=RunLog.Level.INFO,
