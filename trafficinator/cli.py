@@ -91,9 +91,22 @@ positive_int = int_between(1, MAX_POSITIVE_INT)
 seed_int = int_between(0, MAX_SEED)
 
 
+def refuse_control_characters(text: str, what: str) -> None:
+    """A name given on the command line with NUL, a line break or another control
+    character can match nothing (names never hold one), and PostgreSQL refuses NUL in a
+    query outright: a usage error before any query."""
+    from trafficinator.validation import no_control_characters
+
+    try:
+        no_control_characters(text)
+    except ValidationError as exc:
+        raise usage_error(f"{what} {text!r}: {exc.messages[0]}") from None
+
+
 def get_preset(name: str):
     from presets.models import Preset
 
+    refuse_control_characters(name, "Preset")
     try:
         return Preset.objects.get(name=name)
     except Preset.DoesNotExist:
@@ -104,6 +117,7 @@ def get_preset(name: str):
 def get_target(name: str):
     from targets.models import Target
 
+    refuse_control_characters(name, "Target")
     try:
         return Target.objects.get(name=name)
     except Target.DoesNotExist:

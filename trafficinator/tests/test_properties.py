@@ -332,3 +332,14 @@ def test_any_api_answer_is_a_value_or_a_check_failure(body):
         client.call_api("SitesManager.getSiteFromId", idSite=1)
     except CheckFailed as exc:
         assert str(exc)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("spec", ["fm2:\x00", "fm\x002", "fm2=1\n", "\x00"])
+def test_a_target_spec_with_a_control_character_is_a_usage_error_before_any_query(spec):
+    # PostgreSQL refuses NUL in a query (a DataError traceback before this check); found
+    # by the property test above on PostgreSQL.
+    make_target(name="fm2")
+    with pytest.raises(CommandError) as error:
+        target_share(spec)
+    assert error.value.returncode == 2 and "control character" in str(error.value)

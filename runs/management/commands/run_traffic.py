@@ -38,6 +38,7 @@ from trafficinator.cli import (
     get_preset,
     get_target,
     int_between,
+    refuse_control_characters,
     seed_int,
     usage_error,
     validation_error,
@@ -84,6 +85,7 @@ def parse_target_rate(text: str, spec: str) -> int:
 def target_share(spec: str) -> tuple:
     """``NAME``, ``NAME:WEIGHT`` or ``NAME=VISITS_PER_DAY`` -> (target, weight, visits per day).
     A name that itself contains ':' or '=' still works when it matches a target exactly."""
+    refuse_control_characters(spec, "Target")
     if not Target.objects.filter(name=spec).exists():
         for separator in (":", "="):
             name, found, amount = spec.rpartition(separator)
