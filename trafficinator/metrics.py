@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 
-from runs.models import Run
+from runs.models import Run, RunShard
 from trafficinator.models import ApiToken
 from trafficinator.sending.telemetry import OUTCOMES, LatencyHistogram
 from trafficinator.thresholds import METRICS as THRESHOLD_METRICS
@@ -78,6 +78,21 @@ class RunsCollector:
             "Seconds since the loader last reported.",
             labels=run_labels,
         )
+        # Run.heartbeat_at is refreshed by any shard's report, so one lost loader of a
+        # sharded run hides behind the others: each claimed shard gets its own age.
+        shard_heartbeat = GaugeMetricFamily(
+            "trafficinator_shard_heartbeat_age_seconds",
+            "Seconds since the loader of a claimed shard last reported (shard numbered from 1).",
+            labels=[*run_labels, "shard"],
+        )
+        preset_names = {run.pk: run.preset_name for run in runs}
+        claimed_shards = RunShard.objects.filter(run_id__in=preset_names, status__in=RunShard.CLAIMED_STATUSES)
+        rows = claimed_shards.order_by("run_id", "index").values_list("run_id", "index", "heartbeat_at")
+        for run_id, index, beat in rows:
+            if beat is not None:
+                shard_heartbeat.add_metric(
+                    [str(run_id), preset_names[run_id], str(index + 1)], max(0.0, (now - beat).total_seconds())
+                )
         hits = CounterMetricFamily("trafficinator_hits", "Hits by final outcome.", labels=[*labels, "outcome"])
         sent = CounterMetricFamily("trafficinator_hits_sent", "Hits sent (first attempts).", labels=labels)
         retries = CounterMetricFamily("trafficinator_retries", "Requests sent again.", labels=labels)
@@ -130,8 +145,8 @@ class RunsCollector:
                     if value is not None:
                         family.add_metric(values, value)
                 degraded.add_metric(values, 1 if data.get("degraded") else 0)
-        yield from (info, heartbeat, hits, sent, retries, visits, in_flight, latency, delivered, degraded)
-        yield from (saturated, lag, behind)
+        yield from (info, heartbeat, shard_heartbeat, hits, sent, retries, visits, in_flight, latency, delivered)
+        yield from (degraded, saturated, lag, behind)
 
 
 def _allowed_address(request: HttpRequest) -> bool:

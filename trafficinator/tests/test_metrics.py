@@ -10,7 +10,7 @@ from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
 from presets.models import Preset
-from runs.models import Run
+from runs.models import Run, RunShard
 from trafficinator.models import ApiToken
 from trafficinator.sending.telemetry import RunTelemetry
 from trafficinator.testing import make_target, make_user
@@ -102,6 +102,29 @@ def test_metrics_expose_hits_visits_in_flight_latency_and_heartbeat_per_run_and_
     assert samples(parsed["trafficinator_saturated"], run=run_id, target="shop") == {"trafficinator_saturated": 0}
     blog_delivered = samples(parsed["trafficinator_delivered_ratio"], run=run_id, target="blog")
     assert blog_delivered == {"trafficinator_delivered_ratio": 0.8}  # the loader's own figure wins
+
+
+@pytest.mark.django_db
+def test_metrics_show_a_lost_shard_that_the_runs_own_heartbeat_hides(client):
+    run = Run.objects.create_run(preset=Preset.objects.get(name="Light"), targets=[make_target()], shards=3)
+    assert run.claim(pid=1, host="a", shard=0) and run.claim(pid=2, host="b", shard=1)  # shard 3 stays queued
+    now = timezone.now()
+    # The live loader keeps the run's heartbeat fresh; shard 2's loader went silent.
+    RunShard.objects.filter(run=run, index=0).update(heartbeat_at=now - timedelta(seconds=2))
+    RunShard.objects.filter(run=run, index=1).update(heartbeat_at=now - timedelta(seconds=120))
+    Run.objects.filter(pk=run.pk).update(heartbeat_at=now - timedelta(seconds=2))
+    response = scrape(client, ApiToken.issue(make_user(perms=("runs.view_run",)), "prometheus")[1])
+    parsed = families(response.content.decode())
+
+    run_age = samples(parsed["trafficinator_loader_heartbeat_age_seconds"], run=str(run.pk))
+    assert run_age["trafficinator_loader_heartbeat_age_seconds"] < 30  # the run-level figure looks healthy
+    shard_ages = {
+        sample.labels["shard"]: sample.value
+        for sample in parsed["trafficinator_shard_heartbeat_age_seconds"].samples
+        if sample.labels["run"] == str(run.pk)
+    }
+    assert set(shard_ages) == {"1", "2"}  # claimed shards only
+    assert shard_ages["1"] < 30 and shard_ages["2"] >= 120
 
 
 @pytest.mark.django_db
