@@ -195,6 +195,12 @@ class BackfillPlan(models.Model):
         editable=False,
         help_text="The funnels as they were at confirmation (traffic-model specs); what every day follows.",
     )
+    frozen_goals = models.JSONField(
+        null=True,
+        blank=True,
+        editable=False,
+        help_text="Each target's site goals at confirmation (target id: goal id: name); what every day converts to.",
+    )
     start_date = models.DateField(help_text="First day, in the site's time zone.")
     end_date = models.DateField(help_text="Last day (included), in the site's time zone; yesterday at the latest.")
     visits_per_day = models.PositiveIntegerField(
@@ -394,16 +400,26 @@ class BackfillPlan(models.Model):
         """draft -> confirmed after the user saw the estimate: re-checks every guardrail,
         freezes the per-day plan and the estimate, records who and when. Raises
         ValidationError when a guardrail fails; returns False if no longer a draft."""
-        from backfill.planning import build_estimate, check_plan, funnels_to_json, plan_funnels, planned_days
+        from backfill.planning import (
+            build_estimate,
+            check_plan,
+            funnels_to_json,
+            goals_to_json,
+            plan_funnels,
+            planned_days,
+        )
 
         if self.status != self.Status.DRAFT:
             return False
         targets = list(self.targets.order_by("name"))
         check_plan(self, targets, today=today)
         # Everything that shapes the traffic is fixed from here on: the profile (the
-        # preset's snapshot, with its catalog), the seed, the per-day plan and now the
-        # funnels, so a resumed day regenerates exactly the confirmed stream.
+        # preset's snapshot, with its catalog), the seed, the per-day plan, the funnels and
+        # each site's goals (a re-check or `target prepare` between a kill and the resume
+        # would otherwise change which conversions a resumed day sends), so a resumed day
+        # regenerates exactly the confirmed stream.
         self.frozen_funnels = funnels_to_json(plan_funnels(self))
+        self.frozen_goals = {str(target.pk): goals_to_json(target) for target in targets}
         days = planned_days(self, targets)
         estimate = build_estimate(self, targets, days=days)
         who = actor(by_name or by, default="unknown")
@@ -415,6 +431,7 @@ class BackfillPlan(models.Model):
                 confirmed_at=timezone.now(),
                 estimate=estimate.as_json(),
                 frozen_funnels=self.frozen_funnels,
+                frozen_goals=self.frozen_goals,
             )
             if not won:
                 return False

@@ -53,9 +53,20 @@ def plan_profile(plan: BackfillPlan) -> Profile:
     return plan.snapshot.profile(visits_per_day=plan.visits_per_day)
 
 
-def plan_goals(target: Target | None, catalog: Catalog) -> SiteGoals | None:
-    """The conversions a target's site accepts (None: no target, nothing filtered)."""
-    return target.site_goals_for(catalog) if target is not None else None
+def plan_goals(plan: BackfillPlan, target: Target | None, catalog: Catalog) -> SiteGoals | None:
+    """The conversions a target's site accepts (None: no target, nothing filtered): the
+    site's goals as they were at confirmation; a draft reads the target's current ones."""
+    if target is None:
+        return None
+    frozen = (plan.frozen_goals or {}).get(str(target.pk))
+    if frozen is not None:
+        return SiteGoals({int(idgoal): str(name) for idgoal, name in frozen.items()}, catalog)
+    return target.site_goals_for(catalog)
+
+
+def goals_to_json(target: Target) -> dict[str, str]:
+    """A target's known site goals as JSON (unknown goals count as none, as in site_goals_for)."""
+    return {str(idgoal): name for idgoal, name in sorted((target.goal_map() or {}).items())}
 
 
 def plan_population(plan: BackfillPlan, lane: int) -> Population:
@@ -427,7 +438,7 @@ def sample_hits(plan: BackfillPlan, target: Target | None, first_day: date, visi
         timezone=zone,
         day=first_day,
         count=count,
-        goals=plan_goals(target, catalog),
+        goals=plan_goals(plan, target, catalog),
         population=plan_population(plan, 0),
     )
     sizes = [len(visit.hits) for visit in stream]

@@ -140,7 +140,7 @@ def iter_requests(visits: Iterator[Visit], hits_per_request: int) -> Iterator[Re
 
 def day_stream(plan: BackfillPlan, day: BackfillDay, *, skip: int | None = None) -> Iterator[Visit]:
     """The day's visits, exactly as every attempt generates them. Conversions go only to
-    goals the site has (as its last connection check saw them; see SiteGoals)."""
+    goals the site had at confirmation (as its last connection check saw them; see SiteGoals)."""
     catalog = plan.snapshot.catalog()
     return day_visits(
         plan_profile(plan),
@@ -154,7 +154,7 @@ def day_stream(plan: BackfillPlan, day: BackfillDay, *, skip: int | None = None)
         day=day.day,
         count=day.planned_visits,
         skip=day.visits_done if skip is None else skip,
-        goals=plan_goals(day.target, catalog),
+        goals=plan_goals(plan, day.target, catalog),
         population=plan_population(plan, day.lane),
     )
 

@@ -168,3 +168,35 @@ def test_a_resumed_plan_replays_the_confirmed_funnels_after_they_were_edited(fak
     repeated = recorded - confirmed
     assert sum(repeated.values()) <= batch_size and set(repeated) <= set(confirmed)  # one batch at most
     assert expected_keys(live) != confirmed  # (what a live read would have sent instead)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_resumed_plan_converts_to_the_site_goals_it_was_confirmed_with(fake_matomo, shop, small_preset):
+    """Re-check the target (or `target prepare` it) between a kill and the resume: the
+    resumed days still send the confirmed conversions, not the site's new goal list."""
+    goals = {goal.idgoal: goal.name for goal in small_preset.catalog().goals}
+    assert goals  # the default catalog converts goals
+    fake_matomo.sites[1].goals.update(goals)
+    shop.site_goals = {str(idgoal): name for idgoal, name in goals.items()}
+    shop.save()
+    batch_size = 30
+    plan = confirmed_plan([shop], small_preset, last_days=2, visits_per_day=400, batch_size=batch_size)
+    confirmed = expected_keys(plan)
+    kill_worker_mid_plan(fake_matomo, plan)
+    assert plan.days.filter(status=BackfillDay.Status.RUNNING).exists()  # killed mid-plan
+
+    # Mid-plan: a new check reads other goals (one renamed, the others gone).
+    Target.objects.filter(pk=shop.pk).update(site_goals={"1": "Renamed"})
+    live = BackfillPlan.objects.get(pk=plan.pk)
+    live.frozen_goals = None  # what the days would convert to if goals were read live
+    assert expected_keys(live) != confirmed
+
+    ended = run_in_foreground(plan)
+    plan.refresh_from_db()
+
+    assert ended is None and plan.status == BackfillPlan.Status.COMPLETED
+    assert expected_keys(plan) == confirmed
+    recorded = hit_keys(fake_matomo.hits_for(1))
+    assert not confirmed - recorded  # every confirmed hit, conversions included, reached Matomo
+    repeated = recorded - confirmed
+    assert sum(repeated.values()) <= batch_size and set(repeated) <= set(confirmed)  # one batch at most
