@@ -13,7 +13,7 @@ from backfill.models import BackfillPlan
 from presets.models import Preset
 from runs.models import Run
 from trafficinator.models import ApiToken, hash_token
-from trafficinator.testing import make_target, make_user
+from trafficinator.testing import confirmed_plan, make_target, make_user
 
 OPERATOR = ("runs.view_run", "runs.run_traffic")
 BACKFILLER = ("backfill.view_backfillplan", "backfill.add_backfillplan", "backfill.run_backfill")
@@ -256,6 +256,21 @@ def test_a_backfill_plan_is_created_as_a_draft_confirmed_with_its_phrase_and_can
     cancelled = call(client, "POST", f"backfills/{plan_id}/cancel/", token)
     assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
     assert call(client, "POST", f"backfills/{plan_id}/cancel/", token).status_code == 409
+
+
+@pytest.mark.django_db
+def test_cancelling_a_running_plan_queues_its_invalidation_once(
+    client, monkeypatch, django_capture_on_commit_callbacks
+):
+    # BackfillPlan.cancel() queues it; the endpoint must not queue it a second time.
+    ended: list[int] = []
+    monkeypatch.setattr("backfill.tasks.enqueue_plan_end", ended.append)
+    plan = confirmed_plan([checked_target()], Preset.objects.get(name="Light"))
+    assert plan.start(enqueue=False)
+    with django_capture_on_commit_callbacks(execute=True):
+        response = call(client, "POST", f"backfills/{plan.pk}/cancel/", token_for(*BACKFILLER))
+    assert response.status_code == 200 and response.json()["status"] == "cancelled"
+    assert ended == [plan.pk]
 
 
 @pytest.mark.django_db
