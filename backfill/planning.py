@@ -22,7 +22,16 @@ from django.db.models import Sum
 from backfill.models import MAX_TOTAL_VISITS, MAX_WINDOW_DAYS, BackfillDay, BackfillPlan
 from funnels.models import Funnel
 from targets.models import Target
-from trafficinator.traffic import Catalog, Population, Profile, SiteGoals, day_visits, visits_for_day_count
+from trafficinator.traffic import (
+    Catalog,
+    CatalogError,
+    Population,
+    Profile,
+    SiteGoals,
+    TrafficConfigError,
+    day_visits,
+    visits_for_day_count,
+)
 from trafficinator.traffic.clock import local_day_bounds
 from trafficinator.traffic.funnels import FunnelSpec, FunnelStep
 
@@ -521,6 +530,14 @@ def build_estimate(plan: BackfillPlan, targets: list[Target], *, days: list[Plan
         + (" Targets are sent in parallel on the workers." if len(targets) > 1 else ""),
         notes=notes,
     )
+
+
+def draft_estimate(plan: BackfillPlan) -> tuple[Estimate | None, str]:
+    """The estimate of a draft as it would be confirmed now (or why there is none)."""
+    try:
+        return build_estimate(plan, list(plan.targets.order_by("name"))), ""
+    except (TrafficConfigError, CatalogError, ValueError) as exc:  # the preset changed since: say so
+        return None, f"No estimate: {exc}"
 
 
 def _s(number: float) -> str:

@@ -19,10 +19,9 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from backfill.forms import BackfillPlanForm, ConfirmForm
 from backfill.models import BackfillPlan
-from backfill.planning import Estimate, build_estimate
+from backfill.planning import Estimate, draft_estimate
 from backfill.verification import verify_plan
 from trafficinator.http import HtmxHttpRequest
-from trafficinator.traffic import CatalogError, TrafficConfigError
 
 RECENT_PLANS = 20
 LOG_LIMIT = 200
@@ -34,14 +33,6 @@ def _plan(pk: int) -> BackfillPlan:
 
 def _plan_url(plan: BackfillPlan) -> str:
     return reverse("backfill:detail", args=[plan.pk])
-
-
-def draft_estimate(plan: BackfillPlan) -> tuple[Estimate | None, str]:
-    """The estimate of a draft as it would be confirmed now (or why there is none)."""
-    try:
-        return build_estimate(plan, list(plan.targets.order_by("name"))), ""
-    except (TrafficConfigError, CatalogError, ValueError) as exc:  # the preset changed since: say so
-        return None, f"No estimate: {exc}"
 
 
 def plan_estimate(plan: BackfillPlan) -> tuple[Estimate | None, str]:

@@ -26,9 +26,10 @@ from django.urls import reverse
 from django.views.decorators.csrf import csrf_exempt
 
 from backfill.models import BackfillPlan
+from backfill.planning import draft_estimate
 from presets.models import Preset
 from runs import reports
-from runs.models import Run, RunShard, enqueue_run
+from runs.models import Run, RunShard
 from runs.shards import parse_shards, resolve_shards
 from targets.models import Target
 from trafficinator.models import ApiToken
@@ -300,22 +301,21 @@ def runs(request: HttpRequest) -> dict | JsonResponse:
     except ValueError as error:
         raise ApiError(400, "invalid", f"“shards”: {error}", {"shards": ["invalid"]}) from None
     shards = resolve_shards(preset, _int_field(data, "visits_per_day"), bulk, asked_shards)
-    with transaction.atomic():
-        run = Run.objects.create_run(
-            shards=shards,
-            preset=preset,
-            targets=_run_targets(data),
-            created_by=request.user,
-            seed=seed,
-            visits_per_day=_int_field(data, "visits_per_day"),
-            duration_seconds=_int_field(data, "duration_seconds"),
-            max_visits=_int_field(data, "max_visits"),
-            daily_cap=_int_field(data, "daily_cap"),
-            bulk=bulk,
-            batch_size=_int_field(data, "batch_size") or 100,
-            thresholds=thresholds,
-        )
-        enqueue_run(run)
+    run = Run.objects.create_run(
+        enqueue=True,
+        shards=shards,
+        preset=preset,
+        targets=_run_targets(data),
+        created_by=request.user,
+        seed=seed,
+        visits_per_day=_int_field(data, "visits_per_day"),
+        duration_seconds=_int_field(data, "duration_seconds"),
+        max_visits=_int_field(data, "max_visits"),
+        daily_cap=_int_field(data, "daily_cap"),
+        bulk=bulk,
+        batch_size=_int_field(data, "batch_size") or 100,
+        thresholds=thresholds,
+    )
     response = JsonResponse(run_status(run, request), status=201)
     response["Location"] = reverse("api:run", args=[run.pk])
     return response
@@ -428,8 +428,6 @@ def plans(request: HttpRequest) -> dict | JsonResponse:
             end_date=dates.get("end_date"),
         )
     body = plan_status(plan, request)
-    from backfill.views import draft_estimate
-
     estimate, problem = draft_estimate(plan)
     body["estimate"] = estimate.as_json() if estimate is not None else None
     body["estimate_problem"] = problem or None
