@@ -75,10 +75,13 @@ class RunQuerySet(models.QuerySet["Run"]):
         batch_size: int = 100,
         thresholds: list[str] | None = None,
         shards: int = 1,
+        enqueue: bool = False,
     ) -> Run:
         """Create a queued run: the preset is snapshotted, so editing it later does not
         change this run. ``targets`` are targets, or (target, weight, visits_per_day).
-        ``thresholds`` None takes the preset's; [] means none."""
+        ``thresholds`` None takes the preset's; [] means none. With ``enqueue`` a loader
+        for each shard goes to the loader workers once the transaction commits (the pages
+        and the API); the command and the benchmarks start their loaders themselves."""
         entries = [item if isinstance(item, tuple) else (item, 1.0, None) for item in targets]
         if not entries:
             raise ValidationError({"targets": "Choose at least one target."})
@@ -132,6 +135,8 @@ class RunQuerySet(models.QuerySet["Run"]):
             + (f", {run.shard_count} shards" if run.shard_count > 1 else "")
             + (f"; thresholds: {'; '.join(texts)}." if texts else "."),
         )
+        if enqueue:
+            enqueue_run(run)
         return run
 
     def active(self) -> RunQuerySet:

@@ -16,7 +16,6 @@ from collections import defaultdict
 from django.conf import settings
 from django.contrib.auth.decorators import permission_required
 from django.core.exceptions import ValidationError
-from django.db import transaction
 from django.db.models import Prefetch
 from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -26,7 +25,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from runs import reports
 from runs.forms import StartRunForm
-from runs.models import Run, RunLog, RunSample, RunTarget, enqueue_run
+from runs.models import Run, RunLog, RunSample, RunTarget
 from runs.presentation import LiveRun, chart_end, chart_minutes, run_charts, samples_since, target_rows
 from runs.verification import can_read_live, live_reading_due, reading_time, refresh_live_reading, verify_run
 from trafficinator.http import HtmxHttpRequest
@@ -186,9 +185,7 @@ def start(request: HtmxHttpRequest) -> HttpResponse:
     form = StartRunForm(request.POST if request.method == "POST" else None)
     if request.method == "POST" and form.is_valid():
         try:
-            with transaction.atomic():
-                run = Run.objects.create_run(created_by=request.user, **form.run_options())
-                enqueue_run(run)
+            run = Run.objects.create_run(created_by=request.user, enqueue=True, **form.run_options())
         except ValidationError as error:
             form.add_model_errors(error)
         else:

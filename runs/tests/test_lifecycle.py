@@ -25,6 +25,22 @@ def test_a_run_snapshots_its_preset_so_later_edits_do_not_change_it():
 
 
 @pytest.mark.django_db
+def test_creating_a_run_with_enqueue_queues_one_loader_per_shard_after_commit(
+    monkeypatch, django_capture_on_commit_callbacks
+):
+    # The start page and the API both create runs this way; the command and the
+    # benchmarks start their own loaders, so nothing is queued without ``enqueue``.
+    queued: list[tuple[int, int]] = []
+    monkeypatch.setattr("runs.tasks.enqueue_loader", lambda run_id, index: queued.append((run_id, index)))
+    with django_capture_on_commit_callbacks(execute=True):
+        make_run()
+    assert queued == []
+    with django_capture_on_commit_callbacks(execute=True):
+        run = make_run(shards=3, enqueue=True)
+    assert sorted(queued) == [(run.pk, 0), (run.pk, 1), (run.pk, 2)]
+
+
+@pytest.mark.django_db
 def test_only_one_caller_can_claim_a_queued_run():
     run = make_run()
     first = run.claim(pid=1, host="a")
