@@ -18,6 +18,7 @@ from django.db import connection
 from conftest import TOKEN
 from runs.models import Run, RunLog, RunSample
 from runs.tasks import execute_run
+from trafficinator.cli import ExitCode
 from trafficinator.testing import make_fast_preset, make_target, subprocess_env
 
 MANAGE = str(Path(settings.BASE_DIR) / "manage.py")
@@ -88,9 +89,10 @@ def test_injected_faults_lose_and_duplicate_nothing(fake_matomo, fast_preset):
 @pytest.mark.django_db(transaction=True)
 def test_a_target_that_rejects_everything_fails_the_run_with_a_clear_reason(fake_matomo, fast_preset):
     make_target(name="wrong-site", matomo_url=fake_matomo.url, site_id=99)  # unknown site: every hit is a 400
-    with pytest.raises(CommandError, match="failed"):
+    with pytest.raises(CommandError, match="failed") as error:
         # Degraded needs at least 20 answered hits; 30 visits with this seed send more.
         run_traffic("--target", "wrong-site", "--preset", "Fast", "--visits", "30", "--seed", "5")
+    assert error.value.returncode == ExitCode.FAILED == 1  # what `manage.py run_traffic` exits with
     run = Run.objects.get()
     assert run.status == Run.Status.FAILED
     assert run.stats["totals"]["rejected"] == run.stats["totals"]["sent"] > 0

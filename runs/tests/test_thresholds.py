@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import io
+import signal
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.management import CommandError, call_command
 
@@ -15,7 +20,14 @@ from runs.management.commands.run_traffic import exit_code
 from runs.models import Run, RunLog
 from trafficinator.cli import ExitCode
 from trafficinator.sending.telemetry import HealthWindow
-from trafficinator.testing import make_target
+from trafficinator.testing import (
+    RUN_OPERATOR,
+    log_in_client,
+    make_local_target,
+    make_target,
+    subprocess_env,
+    wait_until,
+)
 from trafficinator.thresholds import Measure, Scope, ThresholdError, evaluate, parse, parse_many
 
 # --- the syntax -----------------------------------------------------------------------------
@@ -223,6 +235,42 @@ def test_bad_usage_exits_with_2_and_creates_nothing():
 def test_the_exit_code_says_how_the_run_ended(status, outcome, code):
     run = Run(status=status, outcome=outcome)
     assert exit_code(run) == code
+
+
+def start_run_traffic(*args: str) -> subprocess.Popen:
+    """``manage.py run_traffic`` as a terminal starts it, on the test database."""
+    manage = str(Path(settings.BASE_DIR) / "manage.py")
+    return subprocess.Popen(
+        [sys.executable, manage, "run_traffic", *args],
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("stop", ["ctrl-c", "dashboard"])
+def test_a_run_stopped_before_its_end_exits_with_130_after_its_summary(fake_matomo, fast_preset, client, stop):
+    make_local_target(fake_matomo)
+    process = start_run_traffic("--target", "local", "--preset", "Fast", "--duration", "10m", "--seed", "3")
+    try:
+        run = wait_until(lambda: Run.objects.filter(status=Run.Status.RUNNING).first(), 60, what="the run to start")
+        wait_until(lambda: fake_matomo.stats()["recorded"] > 0, 60, what="hits at the fake Matomo", interval=0.2)
+        if stop == "ctrl-c":
+            process.send_signal(signal.SIGINT)
+        else:
+            assert log_in_client(client, RUN_OPERATOR).post(f"/runs/{run.pk}/stop/").status_code in (200, 302)
+        output, errors = process.communicate(timeout=90)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == ExitCode.INTERRUPTED == 130, errors[-2000:]
+    assert f"Run {run.pk} stopped before its end" in errors
+    assert int(summary(output)["hits"]) > 0
+    run.refresh_from_db()
+    assert run.status == Run.Status.STOPPED
 
 
 # --- pages ---------------------------------------------------------------------------------------
