@@ -80,7 +80,11 @@ class TargetAdmin(admin.ModelAdmin):
         for target in queryset:
             self._report(request, target)
 
-    @admin.action(description="Create the catalog's goals and turn on ecommerce and site search in Matomo")
+    # Sends the token and changes the Matomo site: like a check, change permission only.
+    @admin.action(
+        description="Create the catalog's goals and turn on ecommerce and site search in Matomo",
+        permissions=["change"],
+    )
     def prepare_site_for_catalog(self, request: HttpRequest, queryset) -> None:
         """Changes the Matomo site (with the target's token): only on this explicit request."""
         catalog = Catalog.load_default()

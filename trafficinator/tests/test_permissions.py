@@ -58,3 +58,22 @@ def test_the_admin_check_action_needs_change_permission_and_sends_no_token_other
     assert "check_connection" in editor.get(changelist).content.decode()
     editor.post(changelist, action)
     assert Target.objects.get(pk=target.pk).last_check_ok is True
+
+
+@pytest.mark.django_db
+def test_the_admin_prepare_action_needs_change_permission_and_changes_nothing_otherwise(fake_matomo):
+    target = make_target(name="shop", matomo_url=fake_matomo.url, token_auth=TOKEN)
+    changelist = reverse("admin:targets_target_changelist")
+    action = {"action": "prepare_site_for_catalog", "_selected_action": [target.pk]}
+
+    viewer = client_for("targets.view_target")
+    assert "prepare_site_for_catalog" not in viewer.get(changelist).content.decode()
+    viewer.post(changelist, action)
+    assert fake_matomo.api_calls == []  # the token never left
+    assert fake_matomo.sites[1].goals == {}
+
+    editor = client_for("targets.view_target", "targets.change_target")
+    assert "prepare_site_for_catalog" in editor.get(changelist).content.decode()
+    editor.post(changelist, action)
+    created = set(fake_matomo.sites[1].goals.values())
+    assert created and created == set(Target.objects.get(pk=target.pk).site_goals.values())
