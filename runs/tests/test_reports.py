@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import re
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -107,6 +108,69 @@ def test_the_csv_report_has_a_row_per_minute_and_target_that_add_up_to_the_run(f
             sum(int(row["errors"]) for row in mine)
             == answered_hits(target["outcomes"]) - target["outcomes"]["accepted"]
         )
+
+
+class TableReader(HTMLParser):
+    """The text of every cell (th or td) of each table with an id: {id: [[cell, ...], ...]}."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tables: dict[str, list[list[str]]] = {}
+        self._table: list[list[str]] | None = None
+        self._cell: list[str] | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "table":
+            self._table = self.tables.setdefault(dict(attrs).get("id") or "", [])
+        elif tag == "tr" and self._table is not None:
+            self._table.append([])
+        elif tag in ("th", "td") and self._table is not None:
+            self._cell = []
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("th", "td") and self._table is not None and self._cell is not None:
+            self._table[-1].append("".join(self._cell).strip())
+            self._cell = None
+        elif tag == "table":
+            self._table = None
+
+    def handle_data(self, data: str) -> None:
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+def html_tables(html: str) -> dict[str, list[list[str]]]:
+    reader = TableReader()
+    reader.feed(html)
+    return reader.tables
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_html_reports_figures_and_tables_are_the_runs_counters(finished_run):
+    run, _ = finished_run
+    tables = html_tables(command("run_report", str(run.pk), "--format", "html"))
+    totals = run.stats["totals"]
+    figures = dict(tables["key-figures"])
+    assert (int(figures["visits"]), int(figures["hits"])) == (totals["visits_started"], totals["sent"])
+    assert {key: int(figures[key]) for key in ("accepted", "rejected", "invalid")} == {
+        key: totals[key] for key in ("accepted", "rejected", "invalid")
+    }
+    assert totals["rejected"] == 6  # the injected 400s: a figure that is not zero is compared
+    assert float(figures["success_rate"]) == pytest.approx(totals["accepted"] / answered_hits(totals), abs=1e-4)
+    assert float(figures["p95_ms"]) == pytest.approx(totals["latency_ms"]["p95"], abs=1e-4)
+
+    by_target = {rt.target.name: run.stats["targets"][str(rt.pk)] for rt in run.run_targets.select_related("target")}
+    header, *rows = tables["outcomes"]
+    assert header == ["Outcome", "All targets", "blog", "shop"]
+    outcomes = {row[0]: row[1:] for row in rows}
+    for key in OUTCOME_KEYS:
+        assert [int(value) for value in outcomes[key]] == [totals[key], by_target["blog"][key], by_target["shop"][key]]
+    header, *rows = tables["targets"]
+    assert {row[0]: (int(row[1]), int(row[2])) for row in rows} == {
+        name: (data["visits_started"], data["sent"]) for name, data in by_target.items()
+    }
+    assert [row[0] for row in tables["thresholds"][1:]] == ["rejected == 0"]
+    assert tables["thresholds"][1][2:] == [str(totals["rejected"]), "failed"]
 
 
 @pytest.mark.django_db(transaction=True)
