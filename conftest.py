@@ -140,11 +140,18 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-dev-shm-usage"]
 
 
+def browser_problems(page) -> list[str]:
+    """What went wrong in the browser so far: console errors, then failed requests."""
+    return [*page.console_errors, *page.failed_requests]
+
+
 @pytest.fixture
-def browser_page(live_server, monkeypatch):
+def browser_page(request, live_server, monkeypatch):
     """A page in Debian's headless Chromium, driven by Playwright, with the console errors
     it logs collected in ``page.console_errors`` and the requests that failed or got an
-    error answer in ``page.failed_requests``."""
+    error answer in ``page.failed_requests``. A test fails when it leaves any (issue 16:
+    no console errors and no failed requests on any page), unless it is marked
+    ``browser_errors_expected``."""
     if not CHROMIUM.exists():
         pytest.skip("needs Debian's chromium at /usr/bin/chromium (scripts/test installs it)")
     from playwright.sync_api import sync_playwright
@@ -177,4 +184,8 @@ def browser_page(live_server, monkeypatch):
             ),
         )
         yield page
-        browser.close()
+        try:
+            if not request.node.get_closest_marker("browser_errors_expected"):
+                assert browser_problems(page) == [], "the browser reported errors"
+        finally:
+            browser.close()

@@ -63,5 +63,3 @@ def test_a_backfill_is_planned_estimated_and_confirmed_by_typing_the_target_name
     page.goto(f"{live_server.url}/")
     assert page.locator(f"text=Backfill {plan.pk}").count() > 0  # the dashboard shows it
     page.screenshot(path=str(ARTIFACTS / "dashboard-backfill.png"), full_page=True)
-    assert page.console_errors == []
-    assert page.failed_requests == [], page.failed_requests

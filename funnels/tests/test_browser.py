@@ -22,7 +22,6 @@ pytestmark = [
 @pytest.fixture
 def page(browser_page, live_server):
     log_in(browser_page, live_server, make_user(superuser=True), next_url="/admin/")
-    browser_page.console_errors.clear()
     return browser_page
 
 
@@ -55,8 +54,6 @@ def test_step_form_shows_the_fields_of_the_chosen_kind_and_numbers_new_steps(pag
     screenshot(page, "admin-change")
     funnel = Funnel.objects.get(name="Video")
     assert [step.kind for step in funnel.ordered_steps()] == ["event", "pageview"]
-    assert page.console_errors == []
-    assert page.failed_requests == [], page.failed_requests
 
 
 def test_preview_form_swaps_in_new_results_without_reloading_the_page(page, live_server):
@@ -78,8 +75,6 @@ def test_preview_form_swaps_in_new_results_without_reloading_the_page(page, live
     assert page.evaluate("window.notReloaded") is True
     assert page.url.endswith("?journeys=5000&seed=42")
     screenshot(page, "preview")
-    assert page.console_errors == []
-    assert page.failed_requests == [], page.failed_requests
 
 
 def test_a_template_becomes_a_funnel_with_one_click_from_the_changelist(page, live_server):
@@ -99,5 +94,3 @@ def test_a_template_becomes_a_funnel_with_one_click_from_the_changelist(page, li
     page.wait_for_selector(".errorlist code")
     screenshot(page, "import-problems")
     assert "funnels[0].steps[0].goal_id: A goal id is a whole number of 1 or more." in page.content()
-    assert page.console_errors == []
-    assert page.failed_requests == [], page.failed_requests
