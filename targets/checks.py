@@ -7,7 +7,6 @@ everything else goes through the Reporting API with the token in the POST body.
 
 from __future__ import annotations
 
-import json
 import re
 import socket
 import ssl
@@ -19,7 +18,7 @@ from urllib.parse import urlparse
 import requests
 
 from targets.models import Target
-from trafficinator.validation import timezone_is_known
+from trafficinator.validation import StrictJSONError, loads_strict, timezone_is_known
 
 # Column sizes of what the check stores on a Target.
 SITE_NAME_MAX: int = Target._meta.get_field("site_name").max_length or 255
@@ -37,6 +36,12 @@ PROBE_IP = "203.0.113.7"
 # The check's answers are a few kB; getSitesIdWithAdminAccess of a big instance maybe 1 MB.
 MAX_ANSWER_BYTES = 4_000_000
 USER_AGENT = "Trafficinator connection check"
+# Matomo's goal names are VARCHAR(50); a longer or stranger one is cut, never stored whole.
+GOAL_NAME_MAX = 100
+# Far more goals than any site has (the target stores them all, and runs map each one).
+MAX_GOALS = 1000
+# Counts Matomo answers (visits, actions, goal ids): whole, not negative, below this.
+MAX_COUNT = 10**15
 
 
 class CheckFailed(Exception):
@@ -176,13 +181,15 @@ class MatomoClient:
         )
         form_ok = single.status_code in (200, 204)
         body = {"requests": [f"?idsite={site_id}&rec=0&send_image=0&cip={PROBE_IP}"], "token_auth": token}
-        bulk = self._request("POST", self.target.tracking_url, json=body)
+        bulk = self._request("POST", self.target.tracking_url, json=body, stream=True)
         try:
-            answer = bulk.json()
-        except ValueError:
-            answer = {}
-        bulk_ok = bulk.status_code == 200 and int(answer.get("invalid", 1) or 0) == 0 and answer.get("tracked") == 1
-        return form_ok, bulk_ok
+            answer = loads_strict(self._read_limited(bulk, "tracker", self.target.tracking_url))
+        except StrictJSONError:  # not a bulk answer (or a hostile one): the token did not work in bulk
+            answer = None
+        if not isinstance(answer, dict):
+            return form_ok, False
+        bulk_ok = bulk.status_code == 200 and count_or_none(answer.get("invalid", 1) or 0) == 0
+        return form_ok, bulk_ok and count_or_none(answer.get("tracked")) == 1
 
     def call_api(self, method: str, **params: Any) -> Any:
         """Call one Reporting API method and return the decoded JSON value.
@@ -196,13 +203,15 @@ class MatomoClient:
         if response.status_code >= 400 and not response.headers.get("Content-Type", "").startswith("application/json"):
             response.close()
             raise CheckFailed(f"The Reporting API at {self.target.api_url} answered HTTP {response.status_code}.")
-        body = self._read_limited(response)
+        body = self._read_limited(response, "Reporting API", self.target.api_url)
         try:
-            data = json.loads(body)
-        except (ValueError, RecursionError):  # not JSON (or nested deeper than anyone would)
+            # Strict: NaN, Infinity, huge numbers and deep nesting are no Matomo answer, and
+            # would otherwise reach int() or a page as a value nobody can use.
+            data = loads_strict(body)
+        except StrictJSONError as exc:
             raise CheckFailed(
-                f"The Reporting API at {self.target.api_url} did not answer JSON (HTTP {response.status_code}). "
-                "Is this a Matomo?"
+                f"The Reporting API at {self.target.api_url} did not answer usable JSON (HTTP {response.status_code}: "
+                f"{_short(str(exc), 100)}). Is this a Matomo?"
             ) from None
         if isinstance(data, dict) and data.get("result") == "error":
             raise ApiError(_short(_text(data.get("message", "")), 500))
@@ -210,18 +219,18 @@ class MatomoClient:
             return data["value"]
         return data
 
-    def _read_limited(self, response: requests.Response) -> bytes:
+    def _read_limited(self, response: requests.Response, what: str, url: str) -> bytes:
         """The body, refusing answers far bigger than any the check asks for (a hostile
         or misconfigured server must not fill our memory)."""
         try:
             body = response.raw.read(MAX_ANSWER_BYTES + 1, decode_content=True)
         except (requests.RequestException, OSError, ValueError) as exc:
-            raise CheckFailed(f"Reading the answer of {self.target.api_url} failed: {_short(str(exc))}.") from None
+            raise CheckFailed(f"Reading the answer of {url} failed: {_short(str(exc))}.") from None
         finally:
             response.close()
         if len(body) > MAX_ANSWER_BYTES:
             raise CheckFailed(
-                f"The Reporting API at {self.target.api_url} answered more than {MAX_ANSWER_BYTES // 1_000_000} MB "
+                f"The {what} at {url} answered more than {MAX_ANSWER_BYTES // 1_000_000} MB "
                 "to a small request. Is this a Matomo?"
             )
         return body
@@ -236,16 +245,26 @@ def _token_problem(message: str) -> bool:
     return any(word in lowered for word in ("token", "authenticate", "credentials", "not logged in", "anonymous"))
 
 
+def count_or_none(value: Any) -> int | None:
+    """A count or id in a Matomo answer (an int, or digits as text) as an int from 0 to
+    MAX_COUNT, else None: "²", "1e9", 1.5, true, -1 and 10**20 are not counts."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        number = value
+    elif isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 16:
+        number = int(value)
+    elif isinstance(value, float) and value.is_integer():
+        number = int(value)  # finite: call_api refuses NaN and Infinity
+    else:
+        return None
+    return number if 0 <= number < MAX_COUNT else None
+
+
 def _site_ids(value: Any) -> set[int]:
     if not isinstance(value, list):
         return set()
-    ids = set()
-    for item in value:
-        try:
-            ids.add(int(item))
-        except (TypeError, ValueError):
-            continue
-    return ids
+    return {number for item in value if (number := count_or_none(item)) is not None}
 
 
 def check_target(target: Target, *, timeout: float = CHECK_TIMEOUT_SECONDS) -> CheckResult:
@@ -407,7 +426,7 @@ def _check_with_token(client: MatomoClient, target: Target, result: CheckResult)
 
     result.site_ecommerce = _flag(site.get("ecommerce"))
     result.site_search = _flag(site.get("sitesearch"))
-    result.site_goals = _goals(client.call_api("Goals.getGoals", idSite=target.site_id))
+    result.site_goals = _goals(client.call_api("Goals.getGoals", idSite=target.site_id), result.warnings)
     result.steps.append(_goals_step(result))
     if not result.site_goals:
         result.warnings.append("no goals: conversions are left out")
@@ -430,14 +449,25 @@ def _flag(value: Any) -> bool | None:
     return str(value) not in ("0", "false", "False")
 
 
-def _goals(value: Any) -> dict[int, str]:
+def _goals(value: Any, warnings: list[str] | None = None) -> dict[int, str]:
     """``Goals.getGoals``: an object keyed by goal id in Matomo 5, a list in older ones
-    (and ``[]`` for no goals)."""
+    (and ``[]`` for no goals). Ids must be counts and names become one line of at most
+    GOAL_NAME_MAX characters without control characters (PostgreSQL refuses NUL in
+    JSON); anything else is skipped with a warning, never stored."""
     items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else []
-    goals = {}
+    goals: dict[int, str] = {}
+    skipped = 0
     for item in items:
-        if isinstance(item, dict) and str(item.get("idgoal", "")).isdigit():
-            goals[int(item["idgoal"])] = str(item.get("name", ""))
+        idgoal = count_or_none(item.get("idgoal")) if isinstance(item, dict) else None
+        if idgoal is None or idgoal == 0 or len(goals) >= MAX_GOALS:
+            skipped += 1
+            continue
+        goals[idgoal] = _short(_text(item.get("name", "")), GOAL_NAME_MAX)
+    if skipped and warnings is not None:
+        warnings.append(
+            f"Matomo's goal list had {skipped} entr{'y' if skipped == 1 else 'ies'} without a usable goal id "
+            f"(or more than {MAX_GOALS} goals); ignored"
+        )
     return goals
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
-from targets.checks import ApiError, CheckFailed, MatomoClient
+from targets.checks import ApiError, CheckFailed, MatomoClient, count_or_none
 from targets.models import Target
 from trafficinator.traffic import Visit
 
@@ -87,7 +87,7 @@ def day_summary(target: Target, day: date) -> tuple[int, int] | None:
         client.session.close()
     if not isinstance(data, dict) or "nb_visits" not in data:
         return None
-    return int(data.get("nb_visits") or 0), int(data.get("nb_actions") or 0)
+    return _counts(data, "nb_visits", "nb_actions", f"Matomo's VisitsSummary.get for {target.name} on {day}")
 
 
 def live_counters(target: Target, minutes: int, *, timeout: float | None = None) -> tuple[int, int]:
@@ -102,14 +102,21 @@ def live_counters(target: Target, minutes: int, *, timeout: float | None = None)
     finally:
         client.session.close()
     row = data[0] if isinstance(data, list) and data else data if isinstance(data, dict) else None
-    try:
-        if not isinstance(row, dict):
-            raise ValueError(row)
-        return int(row.get("visits") or 0), int(row.get("actions") or 0)
-    except (TypeError, ValueError):
-        raise ReadBackError(
-            f"Matomo's Live.getCounters for {target.name} answered something unexpected: {str(data)[:200]}"
-        ) from None
+    return _counts(row, "visits", "actions", f"Matomo's Live.getCounters for {target.name}")
+
+
+def _counts(row: Any, visits: str, actions: str, what: str) -> tuple[int, int]:
+    """Two counts of an answer's row (a missing or empty one is 0); anything that is not
+    a count (text, a fraction, a negative or absurd number) is a ReadBackError."""
+    found = [count_or_none(row.get(key) or 0) for key in (visits, actions)] if isinstance(row, dict) else [None]
+    if None in found:
+        raise ReadBackError(f"{what} answered something unexpected: {_excerpt(row)}")
+    return found[0] or 0, found[1] or 0
+
+
+def _excerpt(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 200 else text[:199] + "…"
 
 
 def judge(

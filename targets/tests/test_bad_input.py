@@ -4,14 +4,27 @@ stores it. Each test is a reproduction from issue 14."""
 
 from __future__ import annotations
 
+import io
+from datetime import date
+
 import pytest
+import requests
 from django.core.exceptions import ValidationError
 from django.core.management import call_command
 from django.core.management.base import CommandError
+from django.test import Client
+from django.urls import reverse
+from django.utils import timezone
+from urllib3.response import HTTPResponse
 
+from backfill.models import BackfillDay
 from conftest import TOKEN
+from runs.models import Run
 from targets.checks import (
+    GOAL_NAME_MAX,
     CheckResult,
+    MatomoClient,
+    _goals,
     parse_created,
     parse_currency,
     parse_site,
@@ -21,8 +34,9 @@ from targets.checks import (
 )
 from targets.fake_matomo import FakeMatomo
 from targets.models import Target, normalize_matomo_url
+from targets.readback import ReadBackError, day_summary, live_counters
 from trafficinator.cli import USAGE_EXIT_CODE
-from trafficinator.testing import make_target
+from trafficinator.testing import confirmed_plan, make_preset, make_run, make_target, make_user
 
 
 @pytest.mark.parametrize(
@@ -149,3 +163,161 @@ def test_a_zone_stored_before_validation_falls_back_with_a_warning():
     assert target.effective_timezone("Nowhere/Else") == "UTC"
     assert "Europe/Kyivv" in target.timezone_warning("Europe/Stockholm")
     assert target.timezone_warning("UTC") and not make_target(site_timezone="UTC").timezone_warning("UTC")
+
+
+# --- Matomo's other answers: goals, token probes, read-back counts -------------------------
+
+
+def canned(answers: dict[str, bytes], tracker: bytes = b'{"status":"success","tracked":1,"invalid":0}'):
+    """A MatomoClient._request that answers each Reporting API method with its body from
+    ``answers`` (``{}`` otherwise), the tracker's GET with its text, and every other
+    tracker request with ``tracker``."""
+
+    def request(self, method, url, **kwargs):
+        api_method = (kwargs.get("params") or {}).get("method")
+        body = tracker if api_method is None else answers.get(api_method, b"{}")
+        if method == "GET":
+            body = b"This resource is part of Matomo."
+        response = requests.Response()
+        response.status_code = 200
+        response.headers["Content-Type"] = "application/json"
+        response.raw = HTTPResponse(body=io.BytesIO(body), preload_content=False, status=200)
+        return response
+
+    return request
+
+
+def test_goal_answers_are_cleaned_and_bounded_and_odd_ids_are_skipped_with_a_warning():
+    warnings: list[str] = []
+    answer = {
+        "1": {"idgoal": "²", "name": "superscript id"},  # isdigit() but no int()
+        "2": {"idgoal": "2", "name": "Sign\x00up\n" + "x" * 5000},
+        "3": {"idgoal": 3, "name": ["not", "text"]},
+        "4": {"idgoal": "1e9", "name": "x"},
+        "5": {"idgoal": True, "name": "x"},
+        "6": ["not a goal"],
+        "7": {"idgoal": "7", "name": "Store fitting booked"},
+    }
+    goals = _goals(answer, warnings)
+    assert set(goals) == {2, 3, 7} and goals[7] == "Store fitting booked" and goals[3] == ""
+    assert goals[2].startswith("Sign up x") and len(goals[2]) == GOAL_NAME_MAX and "\x00" not in goals[2]
+    assert len(warnings) == 1 and "4 entries" in warnings[0]
+    assert _goals([{"idgoal": str(n), "name": "g"} for n in range(1, 5000)], warnings).keys() == set(range(1, 1001))
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "goals",
+    [
+        b'{"1": {"idgoal": "\xc2\xb2", "name": "x"}}',
+        b'[{"idgoal": "1", "name": "Sign\\u0000up"}]',
+        b'[{"idgoal": Infinity, "name": "x"}]',
+        b'{"1": {"idgoal": NaN}}',
+        b"[" * 100_000 + b"]" * 100_000,
+    ],
+)
+def test_a_hostile_goal_list_is_a_warning_or_a_failed_check_never_a_traceback(monkeypatch, goals):
+    answers = {
+        "API.getMatomoVersion": b'{"value": "5.0.2"}',
+        "SitesManager.getSiteFromId": b'{"idsite": 1, "name": "Shop", "timezone": "UTC", "currency": "EUR"}',
+        "UsersManager.hasSuperUserAccess": b'{"value": true}',
+        "Goals.getGoals": goals,
+    }
+    monkeypatch.setattr(MatomoClient, "_request", canned(answers))
+    target = make_target(token_auth=TOKEN)
+    result = run_check(target)
+    target.refresh_from_db()
+    if result.ok:
+        assert all("\x00" not in name for name in target.site_goals.values()) and target.site_goals != {"1": "x"}
+    else:
+        assert "did not answer usable JSON" in result.message and target.last_check_ok is False
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b'[{"status": "success", "tracked": 1, "invalid": 0}]',
+        b'{"status": "success", "tracked": 1, "invalid": "x"}',
+        b'{"status": "success", "tracked": Infinity, "invalid": 0}',
+        b'{"status": "success", "tracked": true, "invalid": 0}',
+        b'{"status": "success", "tracked": 1}',
+        b"[" * 100_000 + b"]" * 100_000,
+        b"\xff\xfe not json",
+    ],
+)
+def test_a_hostile_bulk_probe_answer_means_the_token_does_not_work_in_bulk(monkeypatch, answer):
+    monkeypatch.setattr(MatomoClient, "_request", canned({}, tracker=answer))
+    client = MatomoClient(make_target(token_auth=TOKEN))
+    assert client.probe_token_modes() == (True, False)
+    monkeypatch.setattr(MatomoClient, "_request", canned({}))
+    assert client.probe_token_modes() == (True, True)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b'{"nb_visits": "x", "nb_actions": 1}',
+        b'{"nb_visits": Infinity, "nb_actions": 1}',
+        b'{"nb_visits": 1.5, "nb_actions": 1}',
+        b'{"nb_visits": -3, "nb_actions": 1}',
+        b'{"nb_visits": 1, "nb_actions": 100000000000000000000}',
+        b'{"nb_visits": NaN, "nb_actions": 1}',
+        b"[" * 100_000 + b"]" * 100_000,
+    ],
+)
+def test_a_hostile_day_summary_is_a_read_back_error(monkeypatch, answer):
+    monkeypatch.setattr(MatomoClient, "_request", canned({"VisitsSummary.get": answer}))
+    target = make_target(token_auth=TOKEN)
+    with pytest.raises(ReadBackError, match=r"VisitsSummary\.get"):
+        day_summary(target, date(2026, 1, 2))
+    monkeypatch.setattr(MatomoClient, "_request", canned({"VisitsSummary.get": b'{"nb_visits": 3, "nb_actions": 7}'}))
+    assert day_summary(target, date(2026, 1, 2)) == (3, 7)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b'[{"visits": Infinity, "actions": 1}]',
+        b'[{"visits": "x", "actions": 1}]',
+        b'[{"visits": 2, "actions": 1e300}]',
+        b'[["visits"]]',
+        b"[" * 100_000 + b"]" * 100_000,
+    ],
+)
+def test_a_hostile_live_counter_is_a_read_back_error(monkeypatch, answer):
+    monkeypatch.setattr(MatomoClient, "_request", canned({"Live.getCounters": answer}))
+    target = make_target(token_auth=TOKEN)
+    with pytest.raises(ReadBackError, match=r"Live\.getCounters"):
+        live_counters(target, 5)
+    monkeypatch.setattr(MatomoClient, "_request", canned({"Live.getCounters": b'[{"visits": "4", "actions": 9}]'}))
+    assert live_counters(target, 5) == (4, 9)
+
+
+@pytest.mark.django_db
+def test_hostile_read_back_answers_give_pages_with_the_reason_not_a_500(monkeypatch):
+    answers = {
+        "VisitsSummary.get": b'{"nb_visits": Infinity, "nb_actions": 1}',
+        "Live.getCounters": b'[{"visits": 1e400, "actions": 1}]',
+    }
+    monkeypatch.setattr(MatomoClient, "_request", canned(answers))
+    target = make_target(name="shop", token_auth=TOKEN, last_check_ok=True, token_can_write=True)
+    client = Client()
+    client.force_login(make_user(superuser=True))
+
+    plan = confirmed_plan([target], make_preset(), last_days=2, visits_per_day=10)
+    plan.days.update(visits_done=3, status=BackfillDay.Status.DONE)
+    response = client.post(reverse("backfill:verify", args=[plan.pk]))
+    assert response.status_code == 302
+    plan.refresh_from_db()
+    assert all("did not answer usable JSON" in row["cause"] for row in plan.verification["rows"])
+    assert client.get(reverse("backfill:detail", args=[plan.pk])).status_code == 200
+
+    run = make_run([target])
+    Run.objects.filter(pk=run.pk).update(status=Run.Status.COMPLETED, started_at=timezone.now())
+    assert client.post(reverse("runs:verify", args=[run.pk])).status_code == 302
+    run.refresh_from_db()
+    assert "did not answer usable JSON" in run.verification["rows"][0]["cause"]
+    assert client.get(reverse("runs:detail", args=[run.pk])).status_code == 200

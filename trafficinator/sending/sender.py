@@ -175,7 +175,9 @@ def _bulk_counts(data: bytes) -> tuple[bool, int, int] | None:
     try:
         answer = json.loads(data)
         return answer.get("status") == "success", int(answer["tracked"]), int(answer.get("invalid", 0))
-    except (ValueError, TypeError, KeyError, AttributeError):
+    # A hostile or broken answer: Infinity (OverflowError in int), nesting deeper than the
+    # parser's recursion, a list instead of an object. Without counts, as if unreadable.
+    except (ValueError, TypeError, KeyError, AttributeError, OverflowError, RecursionError):
         return None
 
 
@@ -1085,7 +1087,8 @@ class TargetSender:
                 for visit in visits or ()
                 if seconds.get(str(visit["visitorId"]).lower()) in {int(a["timestamp"]) for a in visit["actionDetails"]}
             }
-        except (TransportError, ValueError, TypeError, KeyError) as exc:
+        # Infinity as a timestamp is an OverflowError, 100,000 nested [ a RecursionError.
+        except (TransportError, ValueError, TypeError, KeyError, OverflowError, RecursionError) as exc:
             self.telemetry.event_once(
                 "visit-log-unusable",
                 "warning",

@@ -15,6 +15,8 @@ import math
 import re
 from argparse import ArgumentTypeError
 from contextlib import contextmanager, suppress
+from datetime import date
+from unittest.mock import patch
 
 import pytest
 import requests
@@ -32,10 +34,12 @@ from presets.models import Preset
 from runs.forms import StartRunForm
 from runs.management.commands.run_traffic import parse_duration, target_share
 from runs.models import Run, RunTarget
-from targets.checks import CheckFailed, CheckResult, MatomoClient, parse_site, parse_version
+from targets.checks import GOAL_NAME_MAX, CheckFailed, CheckResult, MatomoClient, _goals, parse_site, parse_version
 from targets.forms import TargetForm
 from targets.models import Target
+from targets.readback import ReadBackError, day_summary, live_counters
 from trafficinator.cli import float_between, int_between
+from trafficinator.sending.sender import _bulk_counts
 from trafficinator.testing import make_target
 from trafficinator.traffic import Catalog, CatalogError
 from trafficinator.traffic.catalog import parse_url_list
@@ -329,9 +333,62 @@ def test_any_api_answer_is_a_value_or_a_check_failure(body):
     client = MatomoClient(Target(name="t", matomo_url="http://127.0.0.1:9/", site_id=1))
     client._request = lambda *args, **kwargs: _answer(body)
     try:
-        client.call_api("SitesManager.getSiteFromId", idSite=1)
+        value = client.call_api("SitesManager.getSiteFromId", idSite=1)
     except CheckFailed as exc:
         assert str(exc)
+    else:
+        assert _all_finite(value)  # NaN and Infinity never reach int() or a page
+
+
+def _all_finite(value) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+    return all(_all_finite(child) for child in children)
+
+
+ANSWER_BODIES = st.one_of(
+    JSON_VALUES.map(lambda value: json.dumps(value).encode()),
+    st.dictionaries(st.sampled_from(["nb_visits", "nb_actions", "visits", "actions", "tracked", "invalid"]), SCALARS)
+    .flatmap(lambda row: st.sampled_from([row, [row]]))
+    .map(lambda value: json.dumps(value).encode()),
+    st.binary(max_size=100),
+)
+
+
+@given(st.one_of(JSON_VALUES, st.dictionaries(st.text(max_size=3), st.dictionaries(st.just("idgoal"), SCALARS))))
+def test_any_goal_list_gives_goal_ids_and_clean_bounded_names(answer):
+    for idgoal, name in _goals(answer, []).items():
+        assert type(idgoal) is int and idgoal > 0
+        assert len(name) <= GOAL_NAME_MAX and not re.search(r"[\x00-\x1f\x7f-\x9f]", name)
+
+
+@pytest.mark.django_db
+@given(ANSWER_BODIES)
+def test_any_read_back_answer_is_two_counts_or_a_read_back_error(body):
+    target = Target(name="t", matomo_url="http://127.0.0.1:9/", site_id=1, token_auth="tok")
+    with patch.object(MatomoClient, "_request", lambda *args, **kwargs: _answer(body)):
+        for read in (lambda: day_summary(target, date(2026, 1, 1)), lambda: live_counters(target, 5)):
+            try:
+                counts = read()
+            except ReadBackError as exc:
+                assert str(exc)
+            else:
+                assert counts is None or all(type(count) is int and count >= 0 for count in counts)
+
+
+@pytest.mark.django_db
+@given(ANSWER_BODIES)
+def test_any_bulk_probe_answer_gives_two_yes_or_no_answers(body):
+    client = MatomoClient(Target(name="t", matomo_url="http://127.0.0.1:9/", site_id=1, token_auth="tok"))
+    client._request = lambda *args, **kwargs: _answer(body)
+    assert all(type(answer) is bool for answer in client.probe_token_modes())
+
+
+@given(ANSWER_BODIES)
+def test_any_bulk_answer_gives_counts_or_none(body):
+    counts = _bulk_counts(body)
+    assert counts is None or all(type(count) in (bool, int) for count in counts)
 
 
 @pytest.mark.django_db

@@ -21,6 +21,7 @@ from trafficinator.sending.sender import (
     RetryPolicy,
     SenderClosed,
     TargetSender,
+    _bulk_counts,
     bulk_requests_json,
     needs_token,
     parse_retry_after,
@@ -420,6 +421,46 @@ def test_with_a_token_resent_bounces_are_settled_by_matomos_visit_log(matomo, ma
     assert counts["already_recorded"] == (7 if stored else 0)
     (call,) = [call for call in matomo.api_calls if call["method"] == "Live.getLastVisitsDetails"]
     assert call["params"]["segment"] == f"visitorId=={50:016x}" and call["params"]["filter_limit"] == "-1"
+
+
+class CannedVisitLog:
+    """Stands in for the sender's Reporting API transport: one fixed answer."""
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+
+    def post(self, body, content_type):
+        return 200, self.body, {}
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b'[{"visitorId": "0000000000000032", "actionDetails": [{"timestamp": Infinity}]}]',
+        b'[{"visitorId": "0000000000000032", "actionDetails": [{"timestamp": 1e999}]}]',
+        b"[" * 100_000 + b"]" * 100_000,
+        b'[{"visitorId": "0000000000000032", "actionDetails": 5}]',
+        b'[["visitorId"]]',
+    ],
+)
+def test_a_hostile_visit_log_answer_leaves_resent_bounces_possibly_duplicated_with_a_warning(make_sender, answer):
+    # Matomo's visit log decides which resent bounces it holds; an answer nobody can use
+    # (infinite timestamps, nesting deeper than the parser's recursion) must not break
+    # the sender: the resend is judged as without a visit log.
+    sender = make_sender(bulk=True)
+    sender._api = CannedVisitLog(answer)
+    (visit,) = make_dated_visits(1, hits=1, first=50)
+    assert sender._judge_by_visit_log(visit, {}) is None
+    (event,) = sender.telemetry.drain_events()
+    assert event[0] == "warning" and "possibly duplicated" in event[1]
+
+
+@pytest.mark.parametrize("answer", [b'{"tracked": Infinity, "invalid": 0}', b"[" * 100_000 + b"]" * 100_000, b"[1]"])
+def test_a_hostile_bulk_answer_has_no_counts(answer):
+    assert _bulk_counts(answer) is None
 
 
 @pytest.mark.parametrize("status", [502, 504])
