@@ -22,6 +22,17 @@ from trafficinator.cli import MAX_SEED
 from trafficinator.lifecycle import actor
 
 
+# The plan's own settings, used as given (the window, rate and seed are derived in clean()).
+PLAIN_SETTINGS = (
+    "daily_cap",
+    "total_cap",
+    "max_requests_per_second",
+    "batch_size",
+    "requests_in_flight",
+    "parallel_days",
+)
+
+
 class TargetChoiceField(forms.ModelMultipleChoiceField):
     def label_from_instance(self, obj: Target) -> str:
         site = f"site {obj.site_id}" + (f" “{obj.site_name}”" if obj.site_name else "")
@@ -109,6 +120,11 @@ class BackfillPlanForm(forms.ModelForm):
             self.add_error("start_date", "Give the first and last day, or the number of last days.")
             return data
         plan = self.instance
+        # The caps and the pacing as submitted (ModelForm copies them onto the plan only
+        # after clean()): the total-visits guardrail counts the capped days.
+        for name in PLAIN_SETTINGS:
+            if name in data:
+                setattr(plan, name, data[name])
         plan.preset = preset
         plan.preset_name = preset.name
         plan.profile = PresetSnapshot.of(preset).as_json()

@@ -231,3 +231,22 @@ def test_a_plan_page_loads_the_polling_script_once(target, preset):
     plan = running_plan(target, preset)
     page = log_in_client(Client(), BACKFILL_VIEWER).get(reverse("backfill:detail", args=[plan.pk])).content.decode()
     assert page.count("js/poll-visible.js") == 1
+
+
+def test_a_new_draft_is_checked_with_the_total_cap_it_was_given(target, preset):
+    # Without a cap the window would send more than MAX_TOTAL_VISITS; the cap typed into
+    # the same form makes it fit, so the check must see it.
+    client = log_in_client(Client(), BACKFILL_PLANNER)
+    data = {
+        "targets": [target.pk],
+        "preset": preset.pk,
+        "last_days": 150,
+        "visits_per_day": 2_000_000,
+        "batch_size": 400,
+        "parallel_days": 1,
+    }
+    refused = client.post(reverse("backfill:new"), data)
+    assert refused.status_code == 200 and "at most 200,000,000 are allowed" in refused.content.decode()
+    response = client.post(reverse("backfill:new"), {**data, "total_cap": 1_000_000})
+    assert response.status_code == 302
+    assert BackfillPlan.objects.get().total_cap == 1_000_000
