@@ -127,8 +127,7 @@ class BackfillPlanAdmin(admin.ModelAdmin):
         return super().has_change_permission(request, obj)
 
     def save_model(self, request, obj, form, change) -> None:
-        if not change:
-            obj.created_by = request.user
+        pass  # save_related saves the draft, its creator, its targets and its log line at once
 
     def save_related(self, request, form, formsets, change) -> None:
         with transaction.atomic():

@@ -11,16 +11,11 @@ from backfill.models import (
     DEFAULT_REQUESTS_IN_FLIGHT,
     MAX_VISITS_PER_DAY,
     MAX_WINDOW_DAYS,
-    BackfillLog,
     BackfillPlan,
-    new_seed,
 )
-from backfill.planning import check_plan, last_days_window
-from presets.models import Preset, PresetSnapshot
+from presets.models import Preset
 from targets.models import Target
 from trafficinator.cli import MAX_SEED
-from trafficinator.lifecycle import actor
-
 
 # The plan's own settings, used as given (the window, rate and seed are derived in clean()).
 PLAIN_SETTINGS = (
@@ -108,56 +103,38 @@ class BackfillPlanForm(forms.ModelForm):
         targets = list(data.get("targets") or [])
         if preset is None or self.errors:
             return data
-        last_days = data.get("last_days")
-        start, end = data.get("start_date"), data.get("end_date")
-        if last_days:
-            if start or end:
-                self.add_error("last_days", "Give either the first and last day or a number of days, not both.")
-                return data
-            start, end = last_days_window(last_days, targets, preset.timezone, self.today)
-            data["start_date"], data["end_date"] = start, end
-        elif not (start and end):
-            self.add_error("start_date", "Give the first and last day, or the number of last days.")
-            return data
         plan = self.instance
         # The caps and the pacing as submitted (ModelForm copies them onto the plan only
         # after clean()): the total-visits guardrail counts the capped days.
         for name in PLAIN_SETTINGS:
             if name in data:
                 setattr(plan, name, data[name])
-        plan.preset = preset
-        plan.preset_name = preset.name
-        plan.profile = PresetSnapshot.of(preset).as_json()
-        plan.start_date, plan.end_date = start, end
-        plan.visits_per_day = data["visits_per_day"] = data.get("visits_per_day") or preset.visits_per_day
-        if data.get("seed") is None:  # blank: keep the draft's seed (a new draft's is random)
-            data["seed"] = plan.seed if plan.seed is not None else new_seed()
-        plan.seed = data["seed"]
         try:
-            check_plan(plan, targets, today=self.today)
+            plan.prepare_draft(
+                preset=preset,
+                targets=targets,
+                start_date=data.get("start_date"),
+                end_date=data.get("end_date"),
+                last_days=data.get("last_days"),
+                visits_per_day=data.get("visits_per_day"),
+                seed=data.get("seed"),
+                today=self.today,
+            )
         except ValidationError as exc:
             for field, messages in exc.message_dict.items():
                 self.add_error(field if field in self.fields else None, messages)
+        else:
+            # ModelForm copies the cleaned data onto the plan after clean(): the window,
+            # rate and seed the plan chose, not the blanks that asked for them.
+            data.update(
+                start_date=plan.start_date, end_date=plan.end_date, visits_per_day=plan.visits_per_day, seed=plan.seed
+            )
         return data
 
     def save_draft(self, user=None) -> BackfillPlan:
-        """Save the draft and its targets, with a log line saying who did what."""
-        plan = self.instance
-        if plan.pk and not plan.can_edit():
-            raise ValidationError("Only drafts can be edited; run the plan again to change it.")
-        creating = plan.pk is None
-        if creating and getattr(user, "pk", None):
-            plan.created_by = user
-        plan.save()
-        plan.targets.set(self.cleaned_data["targets"])
-        who = actor(user, default="someone")
-        verb = "Draft created" if creating else "Draft edited"
-        plan.log(
-            BackfillLog.Level.INFO,
-            f"{verb} by {who}: {plan.start_date} – {plan.end_date}, preset {plan.preset_name}, "
-            f"{plan.visits_per_day} visits/day, seed {plan.seed}.",
-        )
-        return plan
+        """Save the draft and its targets, logged with who did it (``BackfillPlan.save_draft``)."""
+        self.instance.save_draft(list(self.cleaned_data["targets"]), by=user)
+        return self.instance
 
 
 class ConfirmForm(forms.Form):

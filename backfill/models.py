@@ -118,42 +118,29 @@ class BackfillPlanQuerySet(models.QuerySet["BackfillPlan"]):
         created_by=None,
         today: date | None = None,
     ) -> BackfillPlan:
-        """A validated draft. The window is explicit dates or ``last_days`` (the N fully
-        past days ending yesterday in the site's time zone). Raises ValidationError with
-        every guardrail that fails."""
-        from backfill.planning import check_plan, last_days_window
-
-        if last_days is not None:
-            if start_date or end_date:
-                raise ValidationError({"last_days": "Give either start and end dates or a number of days, not both."})
-            start_date, end_date = last_days_window(last_days, targets, preset.timezone, today)
-        if start_date is None or end_date is None:
-            raise ValidationError({"start_date": "Give the first and last day, or the number of last days."})
+        """A validated draft, saved with its targets and logged (the API, the command,
+        the benchmarks). ``BackfillPlan.prepare_draft`` says how the window, the rate and
+        the seed are chosen; a blank daily cap is the preset's. Raises ValidationError
+        with every guardrail that fails."""
         plan = self.model(
-            preset=preset,
-            preset_name=preset.name,
-            profile=PresetSnapshot.of(preset).as_json(),
-            start_date=start_date,
-            end_date=end_date,
-            visits_per_day=visits_per_day or preset.visits_per_day,
             daily_cap=daily_cap if daily_cap is not None else preset.daily_cap,
             total_cap=total_cap,
-            seed=seed if seed is not None else new_seed(),
             max_requests_per_second=max_requests_per_second,
             batch_size=batch_size,
             requests_in_flight=requests_in_flight,
             parallel_days=parallel_days,
-            created_by=created_by if getattr(created_by, "pk", None) else None,
         )
-        plan.full_clean()
-        check_plan(plan, targets, today=today)
-        plan.save()
-        plan.targets.set(targets)
-        plan.log(
-            BackfillLog.Level.INFO,
-            f"Draft created by {actor(created_by)}: {plan.start_date} – {plan.end_date}, preset {preset.name}, "
-            f"{plan.visits_per_day} visits/day, seed {plan.seed}.",
+        plan.prepare_draft(
+            preset=preset,
+            targets=targets,
+            start_date=start_date,
+            end_date=end_date,
+            last_days=last_days,
+            visits_per_day=visits_per_day,
+            seed=seed,
+            today=today,
         )
+        plan.save_draft(targets, by=created_by)
         return plan
 
     def active(self) -> BackfillPlanQuerySet:
@@ -390,6 +377,63 @@ class BackfillPlan(models.Model):
         from backfill.progress import PlanProgress
 
         return PlanProgress.of(self)
+
+    # --- drafts -------------------------------------------------------------------------
+
+    def prepare_draft(
+        self,
+        *,
+        preset: Preset,
+        targets: list[Target],
+        start_date: date | None = None,
+        end_date: date | None = None,
+        last_days: int | None = None,
+        visits_per_day: int | None = None,
+        seed: int | None = None,
+        today: date | None = None,
+    ) -> None:
+        """Set a new or edited draft's window, preset snapshot, visits per day and seed,
+        then check it: the field bounds and every guardrail (``planning.check_plan``),
+        with the caps and pacing already set on the plan. Raises ValidationError keyed by
+        field. The window is explicit dates or ``last_days`` (the N fully past days
+        ending yesterday in the site's time zone); a blank rate is the preset's; a blank
+        seed keeps the plan's (a new plan's is random). Nothing is saved: ``save_draft``."""
+        from backfill.planning import check_plan, last_days_window
+
+        if last_days is not None:
+            if start_date or end_date:
+                raise ValidationError(
+                    {"last_days": "Give either the first and last day or a number of days, not both."}
+                )
+            start_date, end_date = last_days_window(last_days, targets, preset.timezone, today)
+        if start_date is None or end_date is None:
+            raise ValidationError({"start_date": "Give the first and last day, or the number of last days."})
+        self.preset = preset
+        self.preset_name = preset.name
+        self.profile = PresetSnapshot.of(preset).as_json()
+        self.start_date, self.end_date = start_date, end_date
+        self.visits_per_day = visits_per_day or preset.visits_per_day
+        if seed is not None:
+            self.seed = seed
+        self.full_clean()
+        check_plan(self, targets, today=today)
+
+    @transaction.atomic
+    def save_draft(self, targets: list[Target], by=None) -> None:
+        """Save a draft that ``prepare_draft`` set up, and its targets, with a log line
+        saying who created or edited it (a new draft records ``by`` as its creator)."""
+        if self.pk and not self.can_edit():
+            raise ValidationError("Only drafts can be edited; run the plan again to change it.")
+        creating = self.pk is None
+        if creating and getattr(by, "pk", None):
+            self.created_by = by
+        self.save()
+        self.targets.set(targets)
+        self.log(
+            BackfillLog.Level.INFO,
+            f"{'Draft created' if creating else 'Draft edited'} by {actor(by)}: {self.start_date} – {self.end_date}, "
+            f"preset {self.preset_name}, {self.visits_per_day:,} visits/day, seed {self.seed}.",
+        )
 
     # --- transitions (conditional updates) -------------------------------------------
 

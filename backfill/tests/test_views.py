@@ -250,3 +250,46 @@ def test_a_new_draft_is_checked_with_the_total_cap_it_was_given(target, preset):
     response = client.post(reverse("backfill:new"), {**data, "total_cap": 1_000_000})
     assert response.status_code == 302
     assert BackfillPlan.objects.get().total_cap == 1_000_000
+
+
+def test_a_draft_is_logged_the_same_way_from_the_page_and_from_the_command_line(target, preset):
+    client = log_in_client(Client(), BACKFILL_PLANNER, username="planner")
+    fields = {"targets": [target.pk], "preset": preset.pk, "last_days": 1, "visits_per_day": 2500, "seed": 5}
+    client.post(reverse("backfill:new"), {**fields, "batch_size": 400, "parallel_days": 1})
+    on_page = BackfillPlan.objects.get()
+    from_command = make_plan([target], preset, last_days=1, visits_per_day=2500, seed=5)
+    day = on_page.start_date
+    settings = f"{day} – {day}, preset Plain, 2,500 visits/day, seed 5."
+    assert on_page.logs.get().message == f"Draft created by planner: {settings}"
+    assert from_command.logs.get().message == f"Draft created by the command line: {settings}"
+    assert on_page.created_by.username == "planner" and from_command.created_by is None
+
+    edit = {**fields, "last_days": "", "start_date": day, "end_date": day, "visits_per_day": 1200}
+    client.post(reverse("backfill:edit", args=[on_page.pk]), {**edit, "batch_size": 400, "parallel_days": 1})
+    edited = on_page.logs.order_by("-pk").first()
+    assert edited is not None and edited.message == f"Draft edited by planner: {day} – {day}, preset Plain, " + (
+        "1,200 visits/day, seed 5."
+    )
+
+
+def test_a_draft_added_in_the_admin_records_its_creator_targets_and_log_line(target, preset):
+    client = log_in_client(Client(), superuser=True, username="root")
+    response = client.post(
+        reverse("admin:backfill_backfillplan_add"),
+        {
+            "targets": [target.pk],
+            "preset": preset.pk,
+            "last_days": 2,
+            "batch_size": 400,
+            "requests_in_flight": 4,
+            "parallel_days": 1,
+            "logs-TOTAL_FORMS": 0,
+            "logs-INITIAL_FORMS": 0,
+            "days-TOTAL_FORMS": 0,
+            "days-INITIAL_FORMS": 0,
+        },
+    )
+    plan = BackfillPlan.objects.get()
+    assert response.status_code == 302 and plan.created_by.username == "root"
+    assert list(plan.targets.all()) == [target] and plan.day_count == 2
+    assert plan.logs.get().message.startswith("Draft created by root: ")
