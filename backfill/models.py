@@ -555,8 +555,8 @@ class BackfillPlan(models.Model):
             )
             self.log(
                 BackfillLog.Level.INFO,
-                f"Completed: {totals['visits'] or 0} visits, {totals['hits'] or 0} hits, "
-                f"{totals['accepted'] or 0} accepted.",
+                f"Completed: {totals['visits'] or 0:,} visits, {totals['hits'] or 0:,} hits, "
+                f"{totals['accepted'] or 0:,} accepted.",
             )
         return bool(won)
 

@@ -393,9 +393,14 @@ class Estimate:
         duration = format_duration(self.duration_seconds) if self.duration_seconds is not None else "unknown"
         where = "; ".join(f"{t.name} (site {t.site_id}, {t.timezone})" for t in self.targets)
         return (
-            f"{self.day_count} days, {self.total_visits:,} visits, ~{self.total_hits:,} hits "
+            f"{day_count_text(self.day_count)}, {self.total_visits:,} visits, ~{self.total_hits:,} hits "
             f"in ~{self.total_requests:,} bulk requests, expected duration {duration} → {where}."
         )
+
+
+def day_count_text(count: int) -> str:
+    """A number of days as the log and the command print it: "1 day", "1,200 days"."""
+    return f"{count:,} day{'' if count == 1 else 's'}"
 
 
 def format_duration(seconds: float | None) -> str:

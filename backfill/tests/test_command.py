@@ -135,3 +135,14 @@ def _interrupted_run() -> None:
 
     command.run = run  # type: ignore[method-assign]  # stands in for the real run, then calls it
     call_command(command, "--target", "shop", "--preset", "Small", "--last-days", "2", "--yes", "--batch-size", "30")
+
+
+def test_the_estimate_of_a_one_day_plan_says_1_day(target, preset):
+    from backfill.management.commands.backfill import Command
+    from backfill.planning import build_estimate
+    from trafficinator.testing import make_plan
+
+    plan = make_plan([target], preset, last_days=1, visits_per_day=1500)
+    out = io.StringIO()
+    Command(stdout=out).print_estimate(plan, build_estimate(plan, [target]))
+    assert re.search(r"^  1 day, [\d,]+ visits ", out.getvalue(), re.M)  # the day's share of the week varies

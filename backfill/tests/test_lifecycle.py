@@ -73,6 +73,15 @@ def test_a_plan_completes_only_when_every_day_is_done(target, preset):
     assert plan.complete_if_finished()
 
 
+def test_a_one_day_plan_says_1_day_and_big_totals_are_grouped_by_thousands(target, preset):
+    plan = make_plan([target], preset, last_days=1)
+    assert plan.confirm(by_name="a") and plan.start(enqueue=False)
+    assert plan.logs.filter(message__startswith="Confirmed by a: 1 day, ").exists()
+    plan.days.update(status=BackfillDay.Status.DONE, visits_done=1500, hits_sent=4200, hits_accepted=4100)
+    assert plan.complete_if_finished()
+    assert plan.logs.filter(message="Completed: 1,500 visits, 4,200 hits, 4,100 accepted.").exists()
+
+
 def test_run_again_makes_a_new_draft_with_the_same_settings_and_a_new_seed(target, preset):
     plan = confirmed_plan([target], preset, batch_size=123, total_cap=500, seed=11)
     plan.cancel(reason="Changed my mind.")

@@ -33,7 +33,7 @@ from backfill.models import (
     BackfillDay,
     BackfillPlan,
 )
-from backfill.planning import Estimate, build_estimate, format_duration
+from backfill.planning import Estimate, build_estimate, day_count_text, format_duration
 from backfill.runner import DayOutcome, DayResult, DayState
 from trafficinator.cli import (
     MAX_POSITIVE_INT,
@@ -175,7 +175,7 @@ class Command(BaseCommand):
             )
         low, high = estimate.visits_per_day_range
         write(
-            f"  {estimate.day_count} days, {estimate.total_visits:,} visits ({low:,}–{high:,} per day), "
+            f"  {day_count_text(estimate.day_count)}, {estimate.total_visits:,} visits ({low:,}–{high:,} per day), "
             f"~{estimate.total_hits:,} hits in batches of up to {plan.batch_size} hits, seed {plan.seed}"
         )
         write(f"  Expected duration: {format_duration(estimate.duration_seconds)}. {estimate.duration_basis}")
