@@ -11,7 +11,9 @@ from django.core.management import CommandError, call_command
 from backfill import runner
 from backfill.models import BackfillDay, BackfillPlan
 from backfill.tests.conftest import days_ago, stockholm_today
+from trafficinator.cli import ExitCode
 from trafficinator.sending.sender import RetryPolicy
+from trafficinator.testing import BACKFILL_OPERATOR, log_in_client
 
 SUMMARY = re.compile(r"\bdays=(\d+) visits=(\d+) hits=(\d+) accepted=(\d+) invalid=(\d+) failed=(\d+)$", re.M)
 
@@ -112,6 +114,39 @@ def test_resume_continues_an_interrupted_plan_and_refuses_finished_ones(fake_mat
     assert int(SUMMARY.search(output).group(4)) == fake_matomo.stats()["recorded"]
     with pytest.raises(CommandError, match="locked"):
         backfill("--resume", str(plan.pk))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_plan_cancelled_on_its_page_while_sending_exits_with_130_like_a_stopped_run(
+    fake_matomo, shop, small_preset, client
+):
+    from backfill.management.commands.backfill import Command
+
+    browser = log_in_client(client, BACKFILL_OPERATOR)
+    out = io.StringIO()
+    command = Command(stdout=out, stderr=io.StringIO())
+    original = command.run
+
+    def run(plan):
+        calls = {"n": 0}
+
+        def cancel_on_the_page_at_the_third_checkpoint(*_):
+            calls["n"] += 1
+            if calls["n"] == 3:
+                assert browser.post(f"/backfill/{plan.pk}/cancel/").status_code == 302
+
+        command.progress = cancel_on_the_page_at_the_third_checkpoint
+        command.show_progress = True
+        return original(plan)
+
+    command.run = run  # stands in for the real run, then calls it
+    with pytest.raises(CommandError, match=r"was cancelled.*Cancelled by") as exc:
+        call_command(
+            command, "--target", "shop", "--preset", "Small", "--last-days", "2", "--yes", "--batch-size", "30"
+        )
+    assert exc.value.returncode == ExitCode.INTERRUPTED == 130
+    assert SUMMARY.search(out.getvalue())
+    assert BackfillPlan.objects.get().status == BackfillPlan.Status.CANCELLED
 
 
 def _interrupted_run() -> None:

@@ -60,8 +60,8 @@ class Command(BaseCommand):
     help = (
         "Backfill past days into Matomo: prints the estimate, asks to confirm (or --yes), sends the days in the "
         "foreground and ends with a summary line. --resume PLAN_ID continues an interrupted plan. Exit codes: "
-        "0 completed, 1 failed, cancelled or stopped, 2 bad usage or not confirmed (nothing sent), "
-        "130 interrupted (resumable with --resume)."
+        "0 completed, 1 failed (or another worker took a day over), 2 bad usage or not confirmed (nothing sent), "
+        "130 interrupted: Ctrl-C or SIGTERM (resumable with --resume), or cancelled from its page or the API."
     )
 
     def add_arguments(self, parser: ArgumentParser) -> None:
@@ -267,7 +267,11 @@ class Command(BaseCommand):
         if plan.status == BackfillPlan.Status.FAILED:
             raise CommandError(f"Backfill plan {plan.pk} failed: {plan.end_reason}", returncode=ExitCode.FAILED)
         if plan.status == BackfillPlan.Status.CANCELLED:
-            raise CommandError(f"Backfill plan {plan.pk} was cancelled: {plan.end_reason}")
+            # Stopped before its end by someone (the page or the API): interrupted, as
+            # run_traffic says of a run stopped from the dashboard. Not resumable.
+            raise CommandError(
+                f"Backfill plan {plan.pk} was cancelled: {plan.end_reason}", returncode=INTERRUPTED_EXIT_CODE
+            )
         if ended is not None and ended.outcome == DayOutcome.PAUSED:
             raise CommandError(
                 f"Interrupted: {ended.message} Continue with: manage.py backfill --resume {plan.pk}",
