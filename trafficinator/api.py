@@ -12,7 +12,6 @@ Every error is JSON: {"error": "...", "code": "...", "fields": {...}} with a fit
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from functools import wraps
 from typing import Any
@@ -33,6 +32,7 @@ from runs.models import Run, RunShard
 from runs.shards import parse_shards, resolve_shards
 from targets.models import Target
 from trafficinator.models import ApiToken
+from trafficinator.validation import StrictJSONError, loads_strict
 
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 LIST_LIMIT = 100
@@ -123,8 +123,10 @@ def json_body(request: HttpRequest) -> dict[str, Any]:
     if not request.body:
         return {}
     try:
-        data = json.loads(request.body)
-    except (ValueError, UnicodeDecodeError) as error:
+        # Strict and bounded like every other JSON we are given: 100,000 nested [ would be
+        # a RecursionError (a 500), NaN or Infinity a number no field can use.
+        data = loads_strict(request.body)
+    except StrictJSONError as error:
         raise ApiError(400, "bad_json", f"The body is not valid JSON: {error}.") from None
     if not isinstance(data, dict):
         raise ApiError(400, "bad_json", "The body must be a JSON object.")

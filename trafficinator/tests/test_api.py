@@ -292,3 +292,24 @@ def test_backfill_endpoints_refuse_bad_input_and_missing_permissions(client):
     assert future.status_code == 400 and future.json()["code"] == "invalid"
     assert not BackfillPlan.objects.exists()
     assert call(client, "GET", "backfills/5/", token).status_code == 404
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        ("[" * 100_000 + "]" * 100_000, "nested more than"),
+        ('{"preset": "Light", "targets": ["shop"], "max_visits": NaN}', "NaN is not a number"),
+        ('{"preset": "Light", "targets": ["shop"], "rate": Infinity}', "Infinity is not a number"),
+        (b'{"preset": "\xff"}', "not UTF-8"),
+    ],
+)
+def test_a_hostile_json_body_answers_400_bad_json_not_500(client, body, reason):
+    make_target(name="shop")
+    token = token_for(*OPERATOR)
+    response = client.post(
+        "/api/v1/runs/", data=body, content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {token}"
+    )
+    assert response.status_code == 400 and response.json()["code"] == "bad_json"
+    assert reason in response.json()["error"]
+    assert not Run.objects.exists()
