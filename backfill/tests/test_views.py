@@ -43,6 +43,18 @@ def test_a_new_draft_shows_its_estimate_and_sends_nothing(target, preset):
     assert plan.status == BackfillPlan.Status.DRAFT and not plan.days.exists()
 
 
+def test_the_plan_page_counts_one_day_and_one_request_in_the_singular(target, preset):
+    # Issue 16: "1 requests/s".
+    plan = make_plan([target], preset, last_days=1, max_requests_per_second=1, requests_in_flight=1, parallel_days=1)
+    page = log_in_client(Client(), BACKFILL_VIEWER).get(reverse("backfill:detail", args=[plan.pk])).content.decode()
+    assert "(1 day, site time zone)" in page
+    assert "1 request in flight, at most 1 request/s, 1 day at a time per target" in page
+    plan = make_plan([target], preset, last_days=2, max_requests_per_second=3, requests_in_flight=4, parallel_days=2)
+    page = log_in_client(Client(), BACKFILL_VIEWER).get(reverse("backfill:detail", args=[plan.pk])).content.decode()
+    assert "(2 days, site time zone)" in page
+    assert "4 requests in flight, at most 3 requests/s, 2 days at a time per target" in page
+
+
 def test_the_form_shows_guardrail_errors_next_to_the_fields(target, preset):
     client = log_in_client(Client(), BACKFILL_PLANNER)
     target.last_check_ok = False

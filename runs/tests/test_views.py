@@ -111,6 +111,32 @@ def test_dashboard_shows_each_active_run_with_live_figures_per_target_and_a_char
 
 
 @pytest.mark.django_db
+def test_the_rate_now_is_explained_by_the_daily_curve_beside_the_rate_set(client):
+    # Issue 16: "Visits/day (now)" read 132,480 against 80,000 set, with no word why.
+    run = make_running_run([make_target(name="shop")], visits_per_day=80_000)
+    stats = fill_stats(run)
+    stats["totals"]["visits_per_day"] = 132_480
+    Run.objects.filter(pk=run.pk).update(stats=stats)
+    log_in_client(client, RUN_VIEWER)
+    for url in (reverse("home"), panel_url("detail", run)):
+        text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", client.get(url).content.decode()))
+        assert "Visits/day (now) 132,480 80,000/day on average; the daily curve sets this hour's rate: " in text, url
+
+
+@pytest.mark.django_db
+def test_a_targets_share_accepted_on_the_dashboard_says_overall_and_how_many_failed(client):
+    # Issue 16: "78.9 % ok" sat next to a 21 % failure rate.
+    run = make_running_run([make_target(name="shop")])
+    fill_stats(run, accepted=90, server_errors=10)
+    log_in_client(client, RUN_VIEWER)
+    html = client.get(reverse("home")).content.decode()
+    assert re.search(r"100 hits, [0-9.,]+/s, 90\.0 % accepted overall \(10 failed\)", re.sub(r"\s+", " ", html))
+    fill_stats(run, accepted=90, server_errors=0)
+    html = client.get(reverse("home")).content.decode()
+    assert "100.0 % accepted overall" in html and "failed)" not in html
+
+
+@pytest.mark.django_db
 def test_a_degraded_target_is_flagged_with_its_reason(client):
     run = make_running_run([make_target(name="healthy"), make_target(name="sick")])
     fill_stats(run, accepted=10, server_errors=40, degrade="sick")
