@@ -3,6 +3,7 @@ broker (the suite's database) and on Redis (db 13 of a local Redis, when one run
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import signal
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from django.conf import settings
+from django.core.management import CommandError, call_command
 
 from trafficinator import health
 from trafficinator.testing import subprocess_env, wait_until
@@ -122,6 +124,36 @@ def test_health_is_503_when_the_database_does_not_answer(client, monkeypatch, ca
     full = client.get("/health/")
     assert full.status_code == 503 and full.json()["problems"] == ["the database does not answer"]
     assert "Connection refused" in caplog.text  # the details go to the log, not the public reply
+
+
+class UnreachableBroker:
+    """The ORM broker whose ping fails as a broker that is down does; the rest delegates."""
+
+    def __init__(self, broker) -> None:
+        self.broker = broker
+
+    def ping(self):
+        raise ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+    def __getattr__(self, name: str):
+        return getattr(self.broker, name)
+
+
+@pytest.mark.django_db
+def test_health_is_503_and_names_the_broker_when_the_broker_does_not_answer(client, monkeypatch, caplog):
+    real_get_broker = health.get_broker
+    monkeypatch.setattr(health, "get_broker", lambda *args: UnreachableBroker(real_get_broker(*args)))
+    response = client.get("/health/")
+    body = response.json()
+    assert response.status_code == 503 and body["status"] == "error"
+    assert body["database"]["ok"] and body["broker"] == {"ok": False, "error": "ConnectionError"}
+    assert body["problems"][0] == "the task broker does not answer"
+    assert "waiting" not in body["queues"]["loaders"]  # a broker that is down is not asked for depths
+    assert "Connection refused" in caplog.text and "Connection refused" not in response.content.decode()
+    # `manage.py health` (in this process, so the broker is still down) exits 1 saying why.
+    with pytest.raises(CommandError, match="Unhealthy: the task broker does not answer") as error:
+        call_command("health", stdout=io.StringIO())
+    assert error.value.returncode == 1
 
 
 @pytest.mark.django_db(transaction=True)
