@@ -466,7 +466,7 @@ class BackfillPlan(models.Model):
         self.frozen_goals = {str(target.pk): goals_to_json(target) for target in targets}
         days = planned_days(self, targets)
         estimate = build_estimate(self, targets, days=days)
-        who = actor(by_name or by, default="unknown")
+        who = actor(by_name or by)
         with transaction.atomic():
             won = BackfillPlan.objects.filter(pk=self.pk, status=self.Status.DRAFT).update(
                 status=self.Status.CONFIRMED,

@@ -7,6 +7,7 @@ from django.http import HttpRequest
 
 from presets.models import PresetSnapshot
 from runs.models import Run, RunLog, RunTarget
+from trafficinator.lifecycle import actor
 
 
 class RunTargetInline(admin.TabularInline):
@@ -125,7 +126,7 @@ class RunAdmin(admin.ModelAdmin):
             detail = f"preset {obj.preset_name} (snapshot renewed)" if "preset" in changed else ""
             fields = ", ".join(name for name in changed if name != "preset")
             what = "; ".join(part for part in (detail, fields) if part)
-            obj.log(RunLog.Level.INFO, f"Edited by {request.user.get_username()} in the admin: {what}.")
+            obj.log(RunLog.Level.INFO, f"Edited by {actor(request.user)} in the admin: {what}.")
 
     @admin.display(description="shards")
     def shard_summary(self, obj: Run) -> str:

@@ -420,7 +420,7 @@ class Run(models.Model):
         """A queued run stops at once; a running one is asked to stop (every shard's
         loader sees it within ~1 s and finishes as 'stopped'; shards still queued stop at
         once). Logs who asked."""
-        who = actor(by, default="the user")
+        who = actor(by)
         reason = reason or f"Stopped by {who}."
         stopped = self._transition(
             [self.Status.QUEUED],
@@ -514,7 +514,7 @@ class Run(models.Model):
         with who closed it."""
         if not self.is_lost():
             return False
-        reason = reason or f"Closed by {actor(by, default='the user')} after the loader was lost."
+        reason = reason or f"Closed by {actor(by)} after the loader was lost."
         if not self.fail(reason):
             return False
         self.log(RunLog.Level.WARNING, reason)
@@ -542,7 +542,7 @@ class Run(models.Model):
                 Run.objects.filter(pk=self.pk, status__in=[self.Status.RUNNING, self.Status.STOPPING]).update(
                     status=self.Status.QUEUED, stop_requested=False, end_reason=""
                 )
-            who = actor(by, default="the user")
+            who = actor(by)
             if self.shard_count == 1:
                 self.log(RunLog.Level.WARNING, f"Resumed by {who} after the loader was lost.")
             else:

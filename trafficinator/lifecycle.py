@@ -20,12 +20,14 @@ from django.utils import timezone
 COMMAND_LINE = "the command line"
 
 
-def actor(by: Any = None, default: str = COMMAND_LINE) -> str:
-    """Who did it: a user's username, a name given as text, or ``default`` (nobody
-    logged in: a management command)."""
+def actor(by: Any = None) -> str:
+    """Who did it: a user's username, a name given as text, or else "the command line".
+    Pages, the admin and the API always pass the user, so nobody named means a
+    management command; one wording for it everywhere, so the same action reads the
+    same in every log."""
     if isinstance(by, str):
-        return by or default
-    return getattr(by, "username", "") or default
+        return by or COMMAND_LINE
+    return getattr(by, "username", "") or COMMAND_LINE
 
 
 def transition(instance: models.Model, from_statuses: Iterable[str], **changes: Any) -> bool:

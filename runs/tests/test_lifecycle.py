@@ -259,3 +259,45 @@ def test_stop_close_and_resume_log_the_same_line_from_the_page_the_admin_and_the
     assert [run.logs.order_by("-pk").first().message for run in lost] == [
         "Closed by dora after the loader was lost."
     ] * 2
+
+
+@pytest.mark.django_db
+def test_ctrl_c_while_run_traffic_waits_for_its_shards_is_a_stop_by_the_command_line():
+    from runs.management.commands.run_traffic import Command
+
+    class InterruptedChild:
+        """A shard's loader process whose wait() is cut short by one Ctrl-C."""
+
+        interrupted = False
+
+        def wait(self) -> int:
+            if not self.interrupted:
+                self.interrupted = True
+                raise KeyboardInterrupt
+            return 0
+
+    run = make_run(shards=2)
+    run.claim(pid=1, host="a")
+    token = run.claim(pid=2, host="a", shard=1)
+    Command().wait_for_shards(run, [(InterruptedChild(), token)])
+    assert run.logs.filter(message="Stop requested by the command line.").exists()
+    assert Run.objects.get(pk=run.pk).end_reason == "Stopped: Ctrl-C."
+
+
+@pytest.mark.django_db
+def test_a_lifecycle_action_with_nobody_named_reads_the_same_everywhere():
+    """One wording for "no user": the command line (pages, admin and API pass the user)."""
+    from trafficinator.testing import make_plan
+
+    stopped, lost = make_run(), make_run()
+    for run in (stopped, lost):
+        run.claim(pid=1, host="a")
+    stopped.request_stop()
+    set_heartbeat(lost, timezone.now() - HEARTBEAT_STALE_AFTER - timedelta(seconds=5))
+    lost.close_lost()
+    assert stopped.logs.order_by("-pk").first().message == "Stop requested by the command line."
+    assert lost.logs.order_by("-pk").first().message == "Closed by the command line after the loader was lost."
+    ready = make_target(token_auth="token-0123456789", last_check_ok=True, token_can_write=True)
+    plan = make_plan([ready], Preset.objects.get(name="Light"))
+    assert plan.confirm() and plan.confirmed_by_name == "the command line"
+    assert plan.cancel() and plan.end_reason == "Cancelled by the command line."

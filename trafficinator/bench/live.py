@@ -120,7 +120,7 @@ def benchmark_live(
                 if value is not None:
                     rss.append((now - started, value))
             if stop_after and started is not None and stop_asked is None and now - started >= stop_after:
-                run.request_stop("Stopped by the benchmark.")
+                run.request_stop("Stopped by the benchmark.", by="the benchmark")
                 stop_asked = now
             time.sleep(0.05)
         ended = time.monotonic()

@@ -43,6 +43,7 @@ from trafficinator.cli import (
     usage_error,
     validation_error,
 )
+from trafficinator.lifecycle import COMMAND_LINE
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -283,7 +284,7 @@ class Command(BaseCommand):
                     code = child.wait()
                     break
                 except KeyboardInterrupt:
-                    run.request_stop("Stopped: Ctrl-C.")
+                    run.request_stop("Stopped: Ctrl-C.", by=COMMAND_LINE)
             reason = f"The loader process exited with code {code} without finishing its shard."
             if run.shard_of(token).fail_claimed(token, reason):
                 run.log(RunLog.Level.ERROR, f"Loader of a shard exited with code {code}.")
