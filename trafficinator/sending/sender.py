@@ -302,7 +302,8 @@ class TargetSender:
       in ``send_visit`` and ``poll``).
     * ``fallback_to_single``: when bulk hits that need a token come back ``invalid`` (a
       secure-only token, ignored by Matomo in JSON bodies), send the following visits as
-      single POST hits, where such a token works.
+      single POST hits, where such a token works, and resend the refused token hits of
+      the batches that revealed it (and of those in flight then) as single hits too.
     * ``timezone``: the site's, to know when a request starts a new site-day (the first
       request of a site-day goes alone; see docs/matomo-tracking.md, "Bulk tracking").
 
@@ -983,12 +984,45 @@ class TargetSender:
         invalid = max(0, min(invalid, total - accepted))
         unaccounted = total - accepted - invalid
         self._record(tally, "accepted", accepted, latency=latency)
+        resent: list[str] = []
         if invalid:
-            self._record(tally, "invalid", invalid)
             self._check_secure_only(entries, invalid)
+            resent = self._token_hits_to_resend(entries, invalid)
+            self._record(tally, "invalid", invalid - len(resent))
         if unaccounted:
             self._record(tally, "unaccounted", unaccounted)
+        if resent:
+            return self._resend_single(resent, tally, accepted == total - len(resent))
         return "accepted" if accepted == total else "partial"
+
+    def _token_hits_to_resend(self, entries: list[str], invalid: int) -> list[str]:
+        """The hits of a bulk batch to send again as single POSTs once the token is known
+        to be secure-only (and this sender falls back): its hits that need the token.
+        Matomo ignored the token in the JSON body, so it refused every one of them and
+        recorded none; a resend cannot duplicate. Only when the invalid count covers all
+        of them: otherwise some were recorded after all and we cannot tell which."""
+        if not self.secure_only_token or self.bulk or not self.fallback_to_single:
+            return []
+        needing = [query for query in entries if needs_token(query)]
+        return needing if needing and invalid >= len(needing) else []
+
+    def _resend_single(self, queries: list[str], tally: dict[str, int], rest_accepted: bool) -> str:
+        """Send the refused token hits of a batch one by one, oldest first as in the batch
+        (so each visitor's hits stay in order), counting each hit's own outcome."""
+        self.telemetry.event_once(
+            "secure-only-resend",
+            "warning",
+            "Resending the hits that need the token from the bulk requests Matomo refused them in (it ignored the "
+            "secure-only token there and recorded none of them) as single POST hits",
+        )
+        results: dict[str, int] = {}
+        for query in queries:
+            kind = self._send_single(query)
+            results[kind] = results.get(kind, 0) + 1
+            tally[kind] = tally.get(kind, 0) + 1
+        if rest_accepted and set(results) == {"accepted"}:
+            return "accepted"
+        return "partial"
 
     def _settle_stored_error(
         self, status: int, entries: list[str], latency: float, counts: tuple[bool, int, int], tally: dict[str, int]

@@ -613,13 +613,18 @@ def test_secure_only_token_in_bulk_is_detected_and_the_sender_falls_back_to_sing
     assert sender.join(5)
 
     assert sender.secure_only_token
-    counts = sender.telemetry.counts()
-    assert counts["invalid"] == 6
+    # The batch that revealed it is not lost: Matomo recorded none of its hits (each
+    # needs the token), so they are resent as single POSTs, in order.
+    counts = assert_settled(sender.telemetry)
+    assert counts["invalid"] == 0 and counts["accepted"] == 6
+    assert matomo.stats()["recorded"] == matomo.stats()["single_requests"] == 6
     snapshot = sender.telemetry.snapshot()
     assert snapshot["secure_only_token"] is True
     assert snapshot["mode"] == "single (bulk fallback)"
-    advice = [m for level, m in sender.telemetry.drain_events() if level == "error" and "secure only" in m]
+    events = sender.telemetry.drain_events()
+    advice = [m for level, m in events if level == "error" and "secure only" in m]
     assert len(advice) == 1
+    assert any("Resending the hits that need the token" in m for level, m in events if level == "warning")
     assert "without 'Only allow secure requests'" in advice[0]
     assert SECURE_TOKEN not in advice[0]
 
@@ -628,8 +633,8 @@ def test_secure_only_token_in_bulk_is_detected_and_the_sender_falls_back_to_sing
         sender.send_visit(visit)
     assert sender.join(5)
     counts = assert_settled(sender.telemetry)
-    assert counts["accepted"] == 6
-    assert matomo.stats()["single_requests"] == 6
+    assert counts["accepted"] == 12 and counts["invalid"] == 0
+    assert matomo.stats()["recorded"] == matomo.stats()["single_requests"] == 12
 
 
 def test_secure_only_detection_without_fallback_keeps_bulk(matomo, make_sender):
@@ -640,6 +645,7 @@ def test_secure_only_detection_without_fallback_keeps_bulk(matomo, make_sender):
     assert sender.secure_only_token
     assert sender.bulk
     assert matomo.stats()["single_requests"] == 0
+    assert sender.telemetry.counts()["invalid"] == 6  # nothing resent: the caller decides (backfill fails)
 
 
 def test_a_valid_token_with_some_invalid_hits_is_not_taken_for_secure_only(matomo, make_sender):
