@@ -166,15 +166,29 @@ def test_serve_runs_the_app_in_production_settings_with_static_files_health_and_
     from conftest import CHROMIUM, CHROMIUM_ARGS
     from targets.fake_matomo import FakeMatomo
 
-    # Pages: http is redirected to https; the login page carries HSTS and a hashed CSS URL.
-    login = production.get("/admin/login/")
-    assert login.status_code == 200
+    # Pages: the app's and the admin's login pages carry HSTS and the CSP, and link hashed
+    # static files. (gunicorn speaks only https here, so no plain-http request reaches
+    # Django; its https redirect is test_health's production-settings test.)
+    login = production.get("/login/")
+    assert login.status_code == 200 and 'id="login-form"' in login.text
     assert login.headers["Strict-Transport-Security"].startswith("max-age=31536000")
     assert "default-src 'self'" in login.headers["Content-Security-Policy"]
+    assert production.get("/admin/login/").status_code == 200
     css = re.search(r'href="(/static/admin/css/base\.[0-9a-f]{12}\.css)"', login.text)
     assert css, "the login page links hashed static files (manifest storage)"
     assert_cached_forever(production.get(css.group(1), headers={"Accept-Encoding": "gzip"}))
     assert production.get(css.group(1), headers={"Accept-Encoding": "gzip"}).headers["Content-Encoding"] == "gzip"
+    # htmx (the live refresh) and our own CSS, fetched as a browser would: checked here, so
+    # a machine without Chromium still checks them.
+    for pattern in (
+        r'src="(/static/[^"]*htmx[^"/]*\.[0-9a-f]{12}\.js)"',
+        r'href="(/static/css/trafficinator\.[0-9a-f]{12}\.css)"',
+    ):
+        asset = re.search(pattern, login.text)
+        assert asset, f"the login page links {pattern}"
+        response = production.get(asset.group(1))
+        assert_cached_forever(response)
+        assert response.content  # not an empty file
 
     # Health: the database, the ORM broker and exactly the clusters this test started.
     clusters = {
