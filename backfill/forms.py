@@ -88,6 +88,8 @@ class BackfillPlanForm(forms.ModelForm):
         self.today = today
         if self.instance.pk:
             self.initial.setdefault("targets", list(self.instance.targets.all()))
+        elif not self.is_bound:
+            self.initial.setdefault("targets", Target.objects.enabled().only_choice())
         # Left empty (or missing from a scripted POST), it keeps the measured default.
         if "requests_in_flight" in self.fields:  # the admin shows it read-only once confirmed
             self.fields["requests_in_flight"].required = False

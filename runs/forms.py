@@ -90,11 +90,7 @@ class StartRunForm(forms.Form):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         if not self.is_bound and "targets" not in self.initial:
-            # With a single enabled target there is nothing to choose: tick it, so the
-            # first Start does not fail with "Choose at least one target".
-            enabled = list(Target.objects.enabled().values_list("pk", flat=True)[:2])
-            if len(enabled) == 1:
-                self.initial["targets"] = enabled
+            self.initial["targets"] = Target.objects.enabled().only_choice()
 
     def clean_shards(self) -> int | str:
         text = self.cleaned_data.get("shards", "").strip() or "1"

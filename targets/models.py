@@ -101,6 +101,13 @@ class TargetQuerySet(models.QuerySet["Target"]):
     def enabled(self) -> TargetQuerySet:
         return self.filter(enabled=True)
 
+    def only_choice(self) -> list[int]:
+        """[pk] when exactly one target is here, else []. The run and backfill forms tick
+        the only enabled target: with nothing to choose, the first Start or Save must
+        not fail with "Choose at least one target"."""
+        pks = list(self.values_list("pk", flat=True)[:2])
+        return pks if len(pks) == 1 else []
+
 
 class Target(models.Model):
     """A Matomo site, its secret token, and what the last connection check learned.

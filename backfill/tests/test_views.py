@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from django.template import Context, Template
 from django.test import Client, RequestFactory
 from django.urls import reverse
@@ -15,6 +17,7 @@ from trafficinator.testing import (
     confirmed_plan,
     log_in_client,
     make_plan,
+    make_target,
     make_user,
 )
 
@@ -53,6 +56,17 @@ def test_the_plan_page_counts_one_day_and_one_request_in_the_singular(target, pr
     page = log_in_client(Client(), BACKFILL_VIEWER).get(reverse("backfill:detail", args=[plan.pk])).content.decode()
     assert "(2 days, site time zone)" in page
     assert "4 requests in flight, at most 3 requests/s, 2 days at a time per target" in page
+
+
+def test_the_only_enabled_target_is_ticked_in_a_new_plans_form_and_several_are_left_to_choose(target, preset):
+    # As on the start form: nothing to choose, so the first Save does not fail with
+    # "Choose at least one target".
+    make_target(name="retired", enabled=False)
+    client = log_in_client(Client(), BACKFILL_PLANNER)
+    ticked = r'<input type="checkbox" name="targets" value="(\d+)"[^>]* checked'
+    assert re.findall(ticked, client.get(reverse("backfill:new")).content.decode()) == [str(target.pk)]
+    make_target(name="blog")
+    assert re.findall(ticked, client.get(reverse("backfill:new")).content.decode()) == []
 
 
 def test_the_form_shows_guardrail_errors_next_to_the_fields(target, preset):
