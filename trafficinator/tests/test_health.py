@@ -178,6 +178,14 @@ def test_clusters_on_the_orm_broker_are_reported_with_their_queue_workers_and_ho
         info = manage("qinfo", env=env)
         assert info.returncode == 0, info.stderr
         assert re.search(r"Clusters\D*2\D", info.stdout), info.stdout
+        # qmonitor's one screen lists each cluster by the end of its id (blessed drops the
+        # cursor moves when stdout is not a terminal, leaving one cell per line).
+        monitor = manage("qmonitor", "--run-once", env=env)
+        assert monitor.returncode == 0, monitor.stderr
+        cells = [line.strip() for line in monitor.stdout.splitlines()]
+        assert "ORM default" in cells, monitor.stdout
+        assert {str(stat.cluster_id)[-8:] for stat in health.cluster_stats()} <= set(cells), monitor.stdout
+        assert len(health.cluster_stats()) == 2
         # A worker container's check: a live loaders cluster on this host.
         assert manage("health", "--local-cluster", "--queue", "loaders", env=env).returncode == 0
     finally:
