@@ -236,6 +236,13 @@ class RunEstimate:
         )
 
     @property
+    def timezone_warnings(self) -> list[str]:
+        """Targets whose stored site time zone this machine does not know (their daily
+        curve then follows the preset's zone): the warning for each."""
+        warnings = ((target.name, target.timezone_warning(self.preset.timezone)) for target in self.targets)
+        return [f"{name}: {warning}" for name, warning in warnings if warning]
+
+    @property
     def needs_token(self) -> bool:
         """Visitor countries are sent as `cip`, which Matomo accepts only with a token."""
         return self.preset.randomize_countries

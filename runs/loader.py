@@ -1145,6 +1145,9 @@ def target_streams(
         profile = run_profile(run, rate)
         zone = target.effective_timezone(profile.timezone)
         notices = []
+        zone_warning = target.timezone_warning(profile.timezone)
+        if zone_warning:  # the daily curve and the site-day rule follow the fallback zone
+            notices.append(f"Target {target.name}: {zone_warning}")
         if profile.randomize_countries and not target.has_token:
             notices.append(
                 f"Target {target.name} has no token: visitor countries (cip) are not sent to it, "

@@ -11,6 +11,7 @@ from django.core.management import CommandError, call_command
 from backfill import runner
 from backfill.models import BackfillDay, BackfillPlan
 from backfill.tests.conftest import days_ago, stockholm_today
+from targets.models import Target
 from trafficinator.cli import ExitCode
 from trafficinator.sending.sender import RetryPolicy
 from trafficinator.testing import BACKFILL_OPERATOR, log_in_client
@@ -181,3 +182,14 @@ def test_the_estimate_of_a_one_day_plan_says_1_day(target, preset):
     out = io.StringIO()
     Command(stdout=out).print_estimate(plan, build_estimate(plan, [target]))
     assert re.search(r"^  1 day, [\d,]+ visits ", out.getvalue(), re.M)  # the day's share of the week varies
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_site_zone_unknown_here_is_a_warning_and_the_days_follow_the_presets_zone(fake_matomo, shop, small_preset):
+    Target.objects.filter(pk=shop.pk).update(site_timezone="Europe/Kyivv")
+    output = backfill("--target", "shop", "--preset", "Small", "--last-days", "1", "--seed", "4", "--yes")
+    plan = BackfillPlan.objects.get()
+    assert plan.status == BackfillPlan.Status.COMPLETED
+    assert "Note: shop: The site's time zone “Europe/Kyivv” is unknown on this machine" in output
+    assert f"time zone {small_preset.timezone}" in output
+    assert set(plan.days.values_list("timezone", flat=True)) == {small_preset.timezone}

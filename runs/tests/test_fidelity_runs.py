@@ -7,10 +7,12 @@ import io
 
 import pytest
 from django.core.management import CommandError, call_command
+from django.template.loader import render_to_string
 
 from runs.forms import StartRunForm
 from runs.models import Run, RunLog
 from targets.fake_matomo import FakeMatomo
+from targets.models import Target
 from trafficinator.testing import make_fast_preset, make_target
 
 
@@ -120,3 +122,25 @@ def test_a_bulk_run_that_learns_mid_run_its_token_is_secure_only_ends_every_visi
     assert totals["invalid"] == totals["errors"] == 0
     assert totals["abandoned"] == totals["unsent"] == totals["in_flight"] == 0
     assert len(visits) == 60  # all visits recorded
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("bulk", [False, True])
+def test_run_traffic_to_a_site_whose_stored_zone_is_unknown_here_warns_and_sends(bulk):
+    """A zone stored by an older check (or newer than this machine's tz data): the run
+    follows the preset's zone, and the terminal, the run log and the estimate say so."""
+    preset = make_fast_preset("Zoned")
+    with FakeMatomo(sites=[1]) as matomo:
+        target = make_target(name="shop", matomo_url=matomo.url, site_id=1, token_auth="")
+        Target.objects.filter(pk=target.pk).update(site_timezone="Europe/Kyivv")
+        output = run_traffic("--target", "shop", "--preset", "Zoned", "--visits", "5", *(["--bulk"] if bulk else []))
+        recorded = len(matomo.visits(1))
+    assert "Warning: target shop: The site's time zone “Europe/Kyivv” is unknown on this machine" in output
+    assert f"days follow {preset.timezone} instead" in output
+    run = Run.objects.get()
+    assert run.status == Run.Status.COMPLETED and recorded == 5
+    assert RunLog.objects.filter(level=RunLog.Level.WARNING, message__contains="Europe/Kyivv").exists()
+    estimate = StartRunForm({"targets": [target.pk], "preset": preset.pk}).estimate()
+    assert estimate is not None and ["Europe/Kyivv" in warning for warning in estimate.timezone_warnings] == [True]
+    html = render_to_string("runs/partials/estimate.html", {"estimate": estimate})
+    assert 'data-estimate="timezone">shop: The site&#x27;s time zone “Europe/Kyivv”' in html

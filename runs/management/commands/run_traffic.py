@@ -310,6 +310,10 @@ class Command(BaseCommand):
                 f"Without countries for {', '.join(without_token)}: no token, so no `cip`; Matomo records every "
                 "visit from this machine's IP and shows one country (or Unknown) for all of them."
             )
+        for target, _, _ in targets:
+            warning = target.timezone_warning(preset.timezone)
+            if warning:
+                self.stdout.write(f"Warning: target {target.name}: {warning}")
         thresholds = options.get("threshold")
         if thresholds is not None and [text.strip().lower() for text in thresholds] == ["none"]:
             thresholds = []
