@@ -222,6 +222,22 @@ def test_bad_usage_exits_with_2_and_creates_nothing():
 
 
 @pytest.mark.django_db
+def test_a_bad_threshold_on_the_command_line_is_shown_with_a_caret_under_the_error():
+    make_target(name="shop")
+    with pytest.raises(CommandError) as error:
+        run_traffic(
+            "--target", "shop", "--preset", "Light", "--threshold", "rejected == 0", "--threshold", "p95_ms => 5"
+        )
+    assert error.value.returncode == ExitCode.USAGE
+    message, expression, caret = str(error.value).splitlines()
+    assert message.startswith("“p95_ms => 5”: expected a comparison")
+    assert expression == "p95_ms => 5"
+    assert caret.strip().startswith("^ expected a comparison")
+    assert caret.index("^") == expression.index("=>")  # under the character that is wrong
+    assert not Run.objects.exists()
+
+
+@pytest.mark.django_db
 @pytest.mark.parametrize(
     ("status", "outcome", "code"),
     [

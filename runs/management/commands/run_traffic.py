@@ -44,6 +44,7 @@ from trafficinator.cli import (
     validation_error,
 )
 from trafficinator.lifecycle import COMMAND_LINE
+from trafficinator.thresholds import ThresholdError, parse_many
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -317,6 +318,12 @@ class Command(BaseCommand):
         thresholds = options.get("threshold")
         if thresholds is not None and [text.strip().lower() for text in thresholds] == ["none"]:
             thresholds = []
+        for text in thresholds or []:
+            try:
+                parse_many([text])
+            except ThresholdError as error:
+                # On a terminal: the expression again, with a caret under the character.
+                raise usage_error(f"{error}\n{error.pointer()}") from None
         try:
             shards = resolve_shards(preset, options["rate"], options["bulk"], options["shards"])
             return Run.objects.create_run(
