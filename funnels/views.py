@@ -14,6 +14,15 @@ from trafficinator.http import HtmxHttpRequest
 
 @require_GET
 @permission_required("funnels.view_funnel", raise_exception=True)
+def funnel_list(request: HtmxHttpRequest) -> HttpResponse:
+    """Every funnel with its preview: the way to the previews for users who may view
+    funnels but not open the admin, where staff edit them."""
+    funnels = Funnel.objects.prefetch_related("steps", "presets")
+    return render(request, "funnels/list.html", {"funnels": funnels})
+
+
+@require_GET
+@permission_required("funnels.view_funnel", raise_exception=True)
 def preview(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     """Simulate N journeys through the funnel and show one sample journey's hits.
 

@@ -134,3 +134,26 @@ def test_preview_answers_only_get(user_client):
 
 def test_preview_of_an_unknown_funnel_is_404(user_client):
     assert user_client.get(reverse("funnels:preview", args=[999_999])).status_code == 404
+
+
+def test_a_user_who_may_view_funnels_but_not_the_admin_reaches_every_preview(client):
+    # Issue 16: the Funnels link led to the admin only, so a non-staff user with
+    # funnels.view_funnel could open a preview from no page.
+    funnel = checkout_funnel()
+    client.force_login(make_user(staff=False, perms=("funnels.view_funnel",)))
+    page = client.get(reverse("funnels:list")).content.decode()
+    assert f'<a href="{reverse("funnels:list")}" aria-current="page">Funnels</a>' in page
+    assert f'href="{reverse("funnels:preview", args=[funnel.pk])}">Preview</a>' in page
+    assert "<td>Checkout</td>" in page and 'href="/admin/' not in page  # no link it may not open
+    preview = client.get(reverse("funnels:preview", args=[funnel.pk])).content.decode()
+    assert "Preview: Checkout" in preview and "Edit funnel" not in preview
+
+
+def test_staff_find_the_funnels_in_the_admin_and_others_without_the_permission_are_refused(client):
+    funnel = checkout_funnel()
+    client.force_login(make_user(perms=("funnels.view_funnel", "funnels.change_funnel")))
+    page = client.get(reverse("funnels:preview", args=[funnel.pk])).content.decode()
+    assert f'<a href="{reverse("admin:funnels_funnel_changelist")}" aria-current="page">Funnels</a>' in page
+    assert "Edit funnel" in page
+    client.force_login(make_user(staff=False))
+    assert client.get(reverse("funnels:list")).status_code == 403

@@ -147,6 +147,7 @@ def test_every_page_has_one_navigation_and_no_errors_overflow_or_none(browser_pa
         f"/backfill/{plan.pk}/edit/",
         f"/backfill/{plan.pk}/confirm/",
         f"/runs/compare/?a={finished.pk}&b={run.pk}",
+        "/funnels/",
         f"/funnels/{funnel.pk}/preview/",
         "/admin/",
         "/admin/runs/run/",
@@ -205,6 +206,21 @@ def test_a_user_who_is_not_staff_logs_in_on_the_apps_page_and_sees_what_they_may
     page.wait_for_url(re.compile(r".*/login/$"))
     assert page.get_by_role("button", name="Log in").count() == 1
     assert_clean(page, "/login/")
+
+
+def test_a_user_who_is_not_staff_finds_the_funnel_previews_in_the_navigation(browser_page, live_server):
+    page = browser_page
+    funnel = make_funnel(name="Checkout", steps=[make_step(url="/cart"), make_step("goal", goal_id=1)])
+    viewer = make_user("analyst", staff=False, perms=("runs.view_run", "funnels.view_funnel"))
+    log_in(page, live_server, viewer)
+    page.locator("nav.app-nav").get_by_role("link", name="Funnels").click()
+    page.wait_for_url(f"{live_server.url}/funnels/")
+    assert_clean(page, "/funnels/")
+    page.locator("#funnel-list").get_by_role("link", name="Preview").click()
+    page.wait_for_url(f"{live_server.url}/funnels/{funnel.pk}/preview/")
+    page.locator("#preview-results svg.reach-chart").wait_for()
+    assert page.locator("nav.app-nav a").all_inner_texts() == ["Dashboard", "Funnels"]
+    assert_clean(page, page.url)
 
 
 def test_the_only_enabled_target_is_ticked_so_the_first_start_just_works(browser_page, live_server):
