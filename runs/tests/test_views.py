@@ -10,7 +10,7 @@ from django.utils import timezone
 from presets.models import Preset
 from runs.models import HEARTBEAT_STALE_AFTER, Run, RunLog, RunSample
 from runs.presentation import CHART_MINUTES, Figures, chart_minutes, minute_slots, nice_ceiling, traffic_charts
-from trafficinator.sending.telemetry import RunStats, RunTelemetry
+from trafficinator.sending.telemetry import HitOutcome, RunStats, RunTelemetry
 from trafficinator.testing import RUN_OPERATOR, RUN_VIEWER, log_in_client, make_run, make_target, set_heartbeat
 
 # Polling pauses in hidden tabs by static/js/poll-visible.js (htmx's [filter] needs eval,
@@ -36,7 +36,7 @@ def fill_stats(run: Run, *, accepted: int = 90, server_errors: int = 10, degrade
         target.start_hits(accepted + server_errors)
         for _ in range(accepted):
             target.record_outcome("accepted", 1, latency=0.040)
-        kind = "server_errors" if degrade != rt.target.name else "rejected"
+        kind: HitOutcome = "server_errors" if degrade != rt.target.name else "rejected"
         for _ in range(server_errors):
             target.record_outcome(kind, 1, latency=0.200, status=500 if kind == "server_errors" else 400)
     stats = telemetry.snapshot()

@@ -57,7 +57,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from email.utils import parsedate_to_datetime
-from typing import NamedTuple
+from typing import Literal, NamedTuple, get_args
 from urllib.parse import quote, unquote_plus, urlencode, urlsplit, urlunsplit
 from zoneinfo import ZoneInfo
 
@@ -75,7 +75,7 @@ from .clients import (
     TransportTimeout,
     make_transport,
 )
-from .telemetry import TargetTelemetry
+from .telemetry import HitOutcome, TargetTelemetry
 
 # Parameters that need a token (docs/matomo-tracking.md); cdt only when older than 24 h.
 _TOKEN_PARAM = re.compile(r"(?:^|[?&])(?:cip|country|region|city|lat|long)=[^&]")
@@ -93,12 +93,13 @@ _JSON_CONTROL = bytes(range(0x20))
 _IDSITE = re.compile(r"(?:^|[?&])idsite=(\d+)")
 _VISITOR = re.compile(r"(?:^|[?&])(?:cid|_id)=([0-9A-Fa-f]{16})")
 
-# What a visit's on_done receives.
-VISIT_OUTCOMES = ("accepted", "partial", "rejected", "failed", "abandoned")
+# What a visit's on_done receives (a request's too, with its tally of HitOutcome keys).
+VisitOutcome = Literal["accepted", "partial", "rejected", "failed", "abandoned"]
+VISIT_OUTCOMES: tuple[VisitOutcome, ...] = get_args(VisitOutcome)
 
-Callback = Callable[[str], object]
+Callback = Callable[[VisitOutcome], object]
 # A request's outcome and its hits per final outcome (see TargetSender.send_request).
-RequestCallback = Callable[[str, dict[str, int]], object]
+RequestCallback = Callable[[VisitOutcome, dict[str, int]], object]
 
 
 class Visit(NamedTuple):
@@ -162,7 +163,7 @@ class Failure:
     """A request that got no answer: its telemetry kind, retry reason, a message, and
     whether it went out whole (then Matomo may have processed it)."""
 
-    kind: str
+    kind: HitOutcome
     reason: str
     message: str
     sent: bool
@@ -255,7 +256,7 @@ def _api_url(tracking_url: str) -> str | None:
     return urlunsplit((parts.scheme, parts.netloc, head + "/index.php", "", ""))
 
 
-def _failure_kind(status: int) -> str:
+def _failure_kind(status: int) -> HitOutcome:
     return "server_errors" if status >= 500 else "rejected"
 
 
@@ -417,7 +418,7 @@ class TargetSender:
         self._check_open()
         self._pool.spawn(self._run_single, (query,), on_done)
 
-    def deliver_hit(self, query: str) -> str:
+    def deliver_hit(self, query: str) -> VisitOutcome:
         """Send one hit as a single POST in the calling greenlet and wait until it is
         settled (retries included); returns "accepted", "rejected", "failed" or
         "abandoned", like ``send_hit``'s ``on_done``.
@@ -624,7 +625,7 @@ class TargetSender:
             return 0, b"", None, Failure("network_errors", "network", message, True)
         return status, data, retry_after, None
 
-    def _send_single(self, query: str) -> str:
+    def _send_single(self, query: str) -> HitOutcome:
         """Send one hit until it is settled; returns its telemetry outcome."""
         telemetry = self.telemetry
         if query.startswith("?"):
@@ -794,7 +795,7 @@ class TargetSender:
         visits: list[Visit],
         done: gevent.event.Event,
         visitors: set[str],
-        outcome: str,
+        outcome: VisitOutcome,
         tally: dict[str, int],
         request: _Parts | None,
     ) -> None:
@@ -807,7 +808,7 @@ class TargetSender:
         if request is not None:
             self._settle_part(request, outcome, tally)
 
-    def _settle_part(self, request: _Parts, outcome: str, tally: dict[str, int]) -> None:
+    def _settle_part(self, request: _Parts, outcome: VisitOutcome, tally: dict[str, int]) -> None:
         if request.add(outcome, tally):
             try:
                 request.on_done(request.outcome, request.tally)
@@ -829,7 +830,7 @@ class TargetSender:
         telemetry = self.telemetry
         entries = [query for visit in batch for query in visit.hits]
         total = len(entries)
-        outcome = "abandoned"
+        outcome: VisitOutcome = "abandoned"
         tally: dict[str, int] = {}
         started = False
         try:
@@ -854,15 +855,24 @@ class TargetSender:
         finally:
             self._end_part(batch, done, visitors, outcome, tally, request)
 
-    def _record(self, tally: dict[str, int], kind: str, hits: int, **details: object) -> None:
+    def _record(
+        self,
+        tally: dict[str, int],
+        kind: HitOutcome,
+        hits: int,
+        *,
+        latency: float | None = None,
+        status: int = 0,
+        message: str = "",
+    ) -> None:
         """Record a final outcome in the telemetry and in the request's own tally."""
-        self.telemetry.record_outcome(kind, hits, **details)  # type: ignore[arg-type]
+        self.telemetry.record_outcome(kind, hits, latency=latency, status=status, message=message)
         if hits:
             tally[kind] = tally.get(kind, 0) + hits
 
     def _send_batch(
         self, body: bytes, entries: list[str], tally: dict[str, int], *, resend: bool = False, copies: int = 0
-    ) -> str:
+    ) -> VisitOutcome:
         """Send one batch until settled; returns the visits' outcome.
 
         An answer that does not settle the batch is not guessed at (see the module
@@ -954,7 +964,7 @@ class TargetSender:
         latency: float,
         counts: tuple[bool, int, int] | None,
         tally: dict[str, int],
-    ) -> str:
+    ) -> VisitOutcome:
         """A 2xx answer: count what Matomo says it tracked and refused."""
         telemetry = self.telemetry
         total = len(entries)
@@ -978,7 +988,7 @@ class TargetSender:
 
     def _count_tracked(
         self, entries: list[str], latency: float, tracked: int, invalid: int, tally: dict[str, int]
-    ) -> str:
+    ) -> VisitOutcome:
         total = len(entries)
         accepted = max(0, min(tracked, total))
         invalid = max(0, min(invalid, total - accepted))
@@ -1006,7 +1016,7 @@ class TargetSender:
         needing = [query for query in entries if needs_token(query)]
         return needing if needing and invalid >= len(needing) else []
 
-    def _resend_single(self, queries: list[str], tally: dict[str, int], rest_accepted: bool) -> str:
+    def _resend_single(self, queries: list[str], tally: dict[str, int], rest_accepted: bool) -> VisitOutcome:
         """Send the refused token hits of a batch one by one, oldest first as in the batch
         (so each visitor's hits stay in order), counting each hit's own outcome."""
         self.telemetry.event_once(
@@ -1026,7 +1036,7 @@ class TargetSender:
 
     def _settle_stored_error(
         self, status: int, entries: list[str], latency: float, counts: tuple[bool, int, int], tally: dict[str, int]
-    ) -> str:
+    ) -> VisitOutcome:
         """An error answer that accounts for every entry: Matomo processed the whole
         request and only its final commit failed. Measured on Matomo 5.0.2: concurrent
         requests that start a site-day deadlock on the option table, the rest of the
@@ -1042,12 +1052,12 @@ class TargetSender:
         )
         return self._count_tracked(entries, latency, counts[1], counts[2], tally)
 
-    def _settle_by_visitor(self, groups: list[list[str]], tally: dict[str, int], copies: int) -> str:
+    def _settle_by_visitor(self, groups: list[list[str]], tally: dict[str, int], copies: int) -> VisitOutcome:
         """A resend refused while Matomo works: some of its visitors are recorded, but not
         necessarily all (a request sent in parts, or a Matomo that stored part of it). Each
         visitor's hits are resent on their own and judged alone: refused means recorded,
         accepted means they were not (but for one-second visitors, possibly duplicated)."""
-        outcome = "accepted"
+        outcome: VisitOutcome = "accepted"
         for group in groups:
             body = b"".join((self._bulk_head, bulk_requests_json(group), self._bulk_tail))
             result = self._send_batch(body, group, tally, copies=copies)
@@ -1055,7 +1065,7 @@ class TargetSender:
                 outcome = result
         return outcome
 
-    def _settle_already_recorded(self, total: int, latency: float, tally: dict[str, int]) -> str:
+    def _settle_already_recorded(self, total: int, latency: float, tally: dict[str, int]) -> VisitOutcome:
         """A resend of a batch whose answer was lost is refused while Matomo answers a
         probe: Matomo holds these visits already (their hits are older than the
         visitors' last actions). Counted once, as accepted."""
@@ -1201,7 +1211,7 @@ class TargetSender:
         text = _scrub(f"{type(exc).__name__}: {exc}", self._token)
         self.telemetry.event_once(f"internal:{type(exc).__name__}", "error", f"Sender error (a bug): {text}")
 
-    def _notify(self, on_done: Callback | None, outcome: str) -> None:
+    def _notify(self, on_done: Callback | None, outcome: VisitOutcome) -> None:
         if on_done is None:
             return
         try:
@@ -1212,7 +1222,7 @@ class TargetSender:
 
 
 # A request's outcome when its parts ended differently: the worst one.
-_PART_OUTCOMES = ("accepted", "partial", "abandoned", "rejected", "failed")
+_PART_OUTCOMES: tuple[VisitOutcome, ...] = ("accepted", "partial", "abandoned", "rejected", "failed")
 
 
 class _Parts:
@@ -1224,10 +1234,10 @@ class _Parts:
     def __init__(self, on_done: RequestCallback) -> None:
         self.on_done = on_done
         self.parts = 1  # the sender's own, released once every part is started
-        self.outcome = "accepted"
+        self.outcome: VisitOutcome = "accepted"
         self.tally: dict[str, int] = {}
 
-    def add(self, outcome: str, tally: dict[str, int]) -> bool:
+    def add(self, outcome: VisitOutcome, tally: dict[str, int]) -> bool:
         """Count one settled part; True when it was the last."""
         if _PART_OUTCOMES.index(outcome) > _PART_OUTCOMES.index(self.outcome):
             self.outcome = outcome
@@ -1246,7 +1256,7 @@ def _records(query: str) -> bool:
     return "rec=" in query and not _NOT_RECORDED.search(query)
 
 
-def _settled_outcome(results: dict[str, int], hits: int) -> str:
+def _settled_outcome(results: dict[str, int], hits: int) -> VisitOutcome:
     accepted = results.get("accepted", 0)
     if accepted == hits:
         return "accepted"

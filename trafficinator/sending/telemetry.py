@@ -34,7 +34,7 @@ import math
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
-from typing import Any, TypedDict, cast
+from typing import Any, Literal, TypedDict, cast, get_args
 
 try:  # A real OS lock even under monkey-patching: the DB writer may be a real thread.
     from gevent.monkey import get_original
@@ -43,9 +43,11 @@ try:  # A real OS lock even under monkey-patching: the DB writer may be a real t
 except ImportError:  # pragma: no cover - gevent is a dependency
     from threading import Lock as _Lock
 
-# Final outcomes of a hit. "unaccounted": a bulk batch answered success but its
-# tracked + invalid was lower than the hits sent (Matomo skipped them, e.g. lock waits).
-OUTCOMES = (
+# Final outcomes of a hit, also its counter's key in the snapshot. "unaccounted": a bulk
+# batch answered success but its tracked + invalid was lower than the hits sent (Matomo
+# skipped them, e.g. lock waits). A Literal rather than a StrEnum: the checker catches a
+# misspelt outcome, and the sender's per-hit path keeps using plain str keys.
+HitOutcome = Literal[
     "accepted",
     "invalid",
     "unaccounted",
@@ -54,9 +56,10 @@ OUTCOMES = (
     "network_errors",
     "timeouts",
     "abandoned",
-)
+]
+OUTCOMES: tuple[HitOutcome, ...] = get_args(HitOutcome)
 # Outcomes that say something about the target's health (abandoned is our own doing).
-FAILURES = frozenset(OUTCOMES) - {"accepted", "abandoned"}
+FAILURES: frozenset[HitOutcome] = frozenset(OUTCOMES) - {"accepted", "abandoned"}
 
 
 # --- The shape of a snapshot, i.e. of Run.stats -------------------------------------------
@@ -474,7 +477,7 @@ class TargetTelemetry:
             self._counts["unsent"] += hits
 
     def record_outcome(
-        self, kind: str, hits: int, *, latency: float | None = None, status: int = 0, message: str = ""
+        self, kind: HitOutcome, hits: int, *, latency: float | None = None, status: int = 0, message: str = ""
     ) -> None:
         """The final outcome of ``hits`` hits; ``latency`` of the request that decided it
         (pass it once per request). ``message``: a short, token-free description of the
