@@ -54,6 +54,15 @@ MAX_SHARDS = 64
 MAX_VISITS_PER_DAY_PER_TARGET = 100_000_000
 
 
+def stored_stats(stats: RunStats | dict[str, Any]) -> RunStats:
+    """A run's or shard's ``stats`` field as a ``RunStats``. The field holds ``{}`` (its
+    default) until the loader's first report; every write after that is a whole snapshot
+    (``RunTelemetry.snapshot`` or ``merge_stats``), so only these two keys can be missing.
+    Keys inside them can be missing too, in runs recorded by a loader older than the key
+    (TargetStats is total=False), which is why readers ``.get()`` them with a default."""
+    return {"totals": stats.get("totals", {}), "targets": stats.get("targets", {})}
+
+
 def _hours_to_seconds(hours: float | None) -> int | None:
     return round(hours * 3600) if hours else None
 
@@ -318,8 +327,13 @@ class Run(models.Model):
         return PresetSnapshot(self.profile)
 
     @property
+    def stats_snapshot(self) -> RunStats:
+        """``stats`` as a ``RunStats`` (its shards' merged figures)."""
+        return stored_stats(self.stats)
+
+    @property
     def totals(self) -> RunTotals:
-        return self.stats.get("totals", {}) if isinstance(self.stats, dict) else {}
+        return self.stats_snapshot["totals"]
 
     def measure(self, visits_per_day: float | None = None) -> criteria.Measure:
         """How long the run ran and how many visits its rate asked for in that time."""
@@ -333,7 +347,7 @@ class Run(models.Model):
 
     def threshold_scopes(self) -> tuple[criteria.Scope, list[criteria.Scope]]:
         """The run's figures and each target's, as thresholds read them."""
-        per_target = self.stats.get("targets", {}) if isinstance(self.stats, dict) else {}
+        per_target = self.stats_snapshot["targets"]
         # .all() uses the callers' prefetch_related("run_targets__target") when there is one.
         siblings = list(self.run_targets.all())
         scopes = [
@@ -677,9 +691,13 @@ class RunShard(models.Model):
         return (now or timezone.now()) - self.heartbeat_at > HEARTBEAT_STALE_AFTER
 
     @property
+    def stats_snapshot(self) -> RunStats:
+        """``stats`` as a ``RunStats`` (this shard's loader's own figures)."""
+        return stored_stats(self.stats)
+
+    @property
     def hits_per_second(self) -> float:
-        totals = self.stats.get("totals", {}) if isinstance(self.stats, dict) else {}
-        return float(totals.get("hits_per_second") or 0.0)
+        return self.stats_snapshot["totals"].get("hits_per_second", 0.0)
 
     # --- the loader's fenced writes (conditional on its claim token) -------------------
 

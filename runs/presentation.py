@@ -8,61 +8,119 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Literal
 
 from django.utils import timezone
 
 from runs.models import Run, RunSample, RunShard, RunTarget
+from trafficinator.sending.telemetry import RunTotals, TargetStats
 
 CHART_MINUTES = 60
 
 # --- figures --------------------------------------------------------------------------------
 
 
-def _number(key: str) -> property:
-    return property(lambda self: self.number(key))
+LatencyName = Literal["p50", "p95", "p99", "max", "mean"]
 
 
 class Figures:
-    """One telemetry snapshot for templates: ``Run.stats["totals"]`` or one target's entry
-    in ``Run.stats["targets"]`` (keys from trafficinator.sending.telemetry). Missing keys read as 0,
-    so a run whose loader has not reported yet renders too."""
+    """One telemetry snapshot for templates: a run's totals (``Run.totals``) or one
+    target's entry in ``Run.stats["targets"]``, read through their TypedDicts
+    (trafficinator.sending.telemetry). A key the loader has not reported reads as 0 or
+    None: nothing is reported before the first snapshot, and runs recorded by an older
+    loader lack the keys added since (``TargetStats`` is ``total=False``)."""
 
-    visits_started = _number("visits_started")
-    visits_delivered = _number("visits_delivered")
-    possibly_duplicated = _number("possibly_duplicated")
-    hits_sent = _number("sent")
-    accepted = _number("accepted")
-    invalid = _number("invalid")
-    unaccounted = _number("unaccounted")
-    rejected = _number("rejected")
-    server_errors = _number("server_errors")
-    network_errors = _number("network_errors")
-    timeouts = _number("timeouts")
-    abandoned = _number("abandoned")
-    retries = _number("retries")
-    errors = _number("errors")
-    in_flight = _number("in_flight")
-    hits_per_second = _number("hits_per_second")
-    visits_behind = _number("visits_behind")
-    lag_seconds = _number("lag_seconds")
-    late_hits = _number("late_hits")
-
-    def __init__(self, data: object) -> None:
-        self.data = data if isinstance(data, dict) else {}
-
-    def number(self, key: str) -> int | float:
-        value = self.data.get(key)
-        return value if isinstance(value, int | float) and not isinstance(value, bool) else 0
+    def __init__(self, data: TargetStats | RunTotals) -> None:
+        self.data = data
 
     @property
     def has_data(self) -> bool:
         return bool(self.data)
 
+    # --- counters -------------------------------------------------------------------
+
     @property
-    def visits_per_day(self) -> int | float | None:
+    def visits_started(self) -> int:
+        return self.data.get("visits_started", 0)
+
+    @property
+    def visits_delivered(self) -> int:
+        return self.data.get("visits_delivered", 0)
+
+    @property
+    def possibly_duplicated(self) -> int:
+        return self.data.get("possibly_duplicated", 0)
+
+    @property
+    def hits_sent(self) -> int:
+        return self.data.get("sent", 0)
+
+    @property
+    def accepted(self) -> int:
+        return self.data.get("accepted", 0)
+
+    @property
+    def invalid(self) -> int:
+        return self.data.get("invalid", 0)
+
+    @property
+    def unaccounted(self) -> int:
+        return self.data.get("unaccounted", 0)
+
+    @property
+    def rejected(self) -> int:
+        return self.data.get("rejected", 0)
+
+    @property
+    def server_errors(self) -> int:
+        return self.data.get("server_errors", 0)
+
+    @property
+    def network_errors(self) -> int:
+        return self.data.get("network_errors", 0)
+
+    @property
+    def timeouts(self) -> int:
+        return self.data.get("timeouts", 0)
+
+    @property
+    def abandoned(self) -> int:
+        return self.data.get("abandoned", 0)
+
+    @property
+    def retries(self) -> int:
+        return self.data.get("retries", 0)
+
+    @property
+    def errors(self) -> int:
+        return self.data.get("errors", 0)
+
+    @property
+    def in_flight(self) -> int:
+        return self.data.get("in_flight", 0)
+
+    @property
+    def visits_behind(self) -> int:
+        return self.data.get("visits_behind", 0)
+
+    @property
+    def late_hits(self) -> int:
+        return self.data.get("late_hits", 0)
+
+    # --- rates and health -----------------------------------------------------------
+
+    @property
+    def hits_per_second(self) -> float:
+        return self.data.get("hits_per_second", 0.0)
+
+    @property
+    def lag_seconds(self) -> float:
+        return self.data.get("lag_seconds", 0.0)
+
+    @property
+    def visits_per_day(self) -> int | None:
         """The current rate when the loader reports it (None otherwise)."""
-        value = self.data.get("visits_per_day")
-        return value if isinstance(value, int | float) else None
+        return self.data.get("visits_per_day")
 
     @property
     def success_share(self) -> float | None:
@@ -75,10 +133,9 @@ class Figures:
         share = self.success_share
         return None if share is None else share * 100
 
-    def latency(self, name: str) -> float | None:
+    def latency(self, name: LatencyName) -> float | None:
         latency = self.data.get("latency_ms")
-        value = latency.get(name) if isinstance(latency, dict) else None
-        return value if isinstance(value, int | float) else None
+        return latency.get(name) if latency else None
 
     @property
     def latencies(self) -> list[float | None]:
@@ -91,6 +148,7 @@ class Figures:
 
     @property
     def degraded(self) -> bool:
+        """A target's own flag; a run's totals list their degraded targets instead."""
         return bool(self.data.get("degraded") or self.data.get("degraded_targets"))
 
     @property
@@ -100,7 +158,7 @@ class Figures:
     @property
     def saturated(self) -> bool:
         """The loader cannot keep up with the asked rate (see runs.loader)."""
-        return bool(self.data.get("saturated"))
+        return self.data.get("saturated", False)
 
     @property
     def fell_behind(self) -> bool:
@@ -109,15 +167,13 @@ class Figures:
 
     @property
     def delivered_percent(self) -> float | None:
-        value = self.data.get("delivered_percent")
-        return value if isinstance(value, int | float) else None
+        return self.data.get("delivered_percent")
 
     @property
     def wait_p95_ms(self) -> float | None:
         """The loader's own wait before sending (not part of the latency)."""
         wait = self.data.get("wait_ms")
-        value = wait.get("p95") if isinstance(wait, dict) else None
-        return value if isinstance(value, int | float) else None
+        return wait.get("p95") if wait else None
 
 
 def format_elapsed(elapsed: timedelta | None) -> str:
@@ -157,10 +213,10 @@ class TargetRow:
 
 def target_rows(run: Run, siblings: list[RunTarget]) -> list[TargetRow]:
     """Per-target figures of ``run``, whose run targets (with their targets) are ``siblings``."""
-    per_target = run.stats.get("targets", {}) if isinstance(run.stats, dict) else {}
+    per_target = run.stats_snapshot["targets"]
     rows = []
     for rt in sorted(siblings, key=lambda rt: rt.target.name):
-        figures = Figures(per_target.get(str(rt.pk)))
+        figures = Figures(per_target.get(str(rt.pk), {}))
         rows.append(TargetRow(rt, rt.share_of(run, siblings), figures, hits_per_second(run, figures)))
     return rows
 
@@ -189,16 +245,15 @@ class ShardRow:
         return "lost" if self.lost else self.shard.status
 
     @property
-    def totals(self) -> dict:
-        stats = self.shard.stats
-        return stats.get("totals", {}) if isinstance(stats, dict) else {}
+    def totals(self) -> RunTotals:
+        return self.shard.stats_snapshot["totals"]
 
     @property
     def hits_per_second(self) -> float:
         """The shard's rate now; 0 once it ended (its last snapshot's rate is history)."""
         if self.shard.status not in RunShard.CLAIMED_STATUSES:
             return 0.0
-        return float(self.totals.get("hits_per_second") or 0.0)
+        return self.shard.hits_per_second
 
 
 class LiveRun:

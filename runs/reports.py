@@ -18,8 +18,8 @@ from django.template.loader import render_to_string
 from django.utils import timezone
 
 from runs.models import Run, RunSample, RunTarget
-from trafficinator.sending.telemetry import OUTCOMES, LatencyHistogram
-from trafficinator.thresholds import METRICS, Figures, answered_hits
+from trafficinator.sending.telemetry import OUTCOMES, LatencyHistogram, RunTotals, TargetStats
+from trafficinator.thresholds import METRICS, Figures, Measure, answered_hits
 
 REPORT_FORMAT = "trafficinator.run_report"
 REPORT_VERSION = 1
@@ -56,10 +56,9 @@ def derived_figures(data: Figures, measure) -> dict[str, float | None]:
     return figures
 
 
-def latency_histogram(data: Figures) -> list[dict[str, float]]:
+def latency_histogram(data: TargetStats | RunTotals) -> list[dict[str, float]]:
     """Non-empty latency buckets, fastest first: {"from_ms", "to_ms", "count"}."""
-    found = data.get("latency_buckets")
-    buckets: dict = found if isinstance(found, dict) else {}
+    buckets = data.get("latency_buckets", {})
     rows = []
     for index in sorted(int(key) for key in buckets):
         low, high = LatencyHistogram.bucket_bounds(index)
@@ -67,14 +66,14 @@ def latency_histogram(data: Figures) -> list[dict[str, float]]:
     return rows
 
 
-def _outcomes(data: Figures) -> dict[str, int]:
-    outcomes = {kind: data.get(kind, 0) for kind in OUTCOMES}
+def _outcomes(data: TargetStats | RunTotals) -> dict[str, int]:
+    outcomes: dict[str, int] = {kind: data.get(kind, 0) for kind in OUTCOMES}
     outcomes["in_flight"] = data.get("in_flight", 0)
     outcomes["unsent"] = data.get("unsent", 0)
     return outcomes
 
 
-def _scope_report(data: Figures, measure) -> dict[str, Any]:
+def _scope_report(data: TargetStats | RunTotals, measure: Measure) -> dict[str, Any]:
     return {
         "figures": derived_figures(data, measure),
         "outcomes": _outcomes(data),
@@ -154,7 +153,7 @@ def build_report(run: Run) -> dict[str, Any]:
     names = {str(rt.pk): rt.target.name for rt in siblings}
     run_scope, target_scopes = run.threshold_scopes()
     measures = {scope.name: scope.measure for scope in target_scopes}
-    per_target = run.stats.get("targets", {}) if isinstance(run.stats, dict) else {}
+    per_target = run.stats_snapshot["targets"]
     elapsed = run.elapsed()
     samples = list(run.samples.order_by("minute"))
     return {

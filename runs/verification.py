@@ -38,13 +38,12 @@ def verify_run(run: Run, *, timeout: float | None = None) -> list[Comparison]:
     rows = []
     started = run.started_at or run.created_at
     minutes = math.ceil((timezone.now() - started).total_seconds() / 60) + 1
-    stats = run.stats if isinstance(run.stats, dict) else {}
-    by_target = stats.get("targets", {})
+    by_target = run.stats_snapshot["targets"]
     running = run.is_active
     for run_target in run.run_targets.select_related("target"):
         target = run_target.target
         figures = by_target.get(str(run_target.pk), {})
-        sent = int(figures.get("visits_started", 0))
+        sent = figures.get("visits_started", 0)
         label = f"last {min(minutes, LIVE_MAX_MINUTES)} min"
         row = Comparison(label, target.name, sent, None, None, None)
         if minutes > LIVE_MAX_MINUTES:

@@ -119,11 +119,11 @@ class RunsCollector:
             info.add_metric([*run_values, run.status], 1)
             if run.heartbeat_at:
                 heartbeat.add_metric(run_values, max(0.0, (now - run.heartbeat_at).total_seconds()))
-            per_target = run.stats.get("targets", {}) if isinstance(run.stats, dict) else {}
+            per_target = run.stats_snapshot["targets"]
             siblings = list(run.run_targets.all())
             for rt in siblings:
                 data = per_target.get(str(rt.pk))
-                if not isinstance(data, dict):
+                if data is None:  # the loader has not reported this target yet
                     continue
                 values = [*run_values, rt.target.name]
                 for outcome in OUTCOMES:
@@ -133,12 +133,13 @@ class RunsCollector:
                 visits.add_metric(values, data.get("visits_started", 0))
                 in_flight.add_metric(values, data.get("in_flight", 0))
                 buckets, count = histogram_buckets(data.get("latency_buckets", {}))
-                mean_ms = _number((data.get("latency_ms") or {}).get("mean")) or 0.0
+                latency_ms = data.get("latency_ms")
+                mean_ms = (latency_ms.get("mean") if latency_ms else None) or 0.0
                 latency.add_metric(values, buckets, sum_value=mean_ms * count / 1000)
                 ratio = THRESHOLD_METRICS["delivered_rate"].read(data, run.measure(rt.share_of(run, siblings)))
                 if ratio is not None:
                     delivered.add_metric(values, ratio)
-                if isinstance(data.get("saturated"), bool):
+                if "saturated" in data:
                     saturated.add_metric(values, 1 if data["saturated"] else 0)
                 for family, key in ((lag, "lag_seconds"), (behind, "visits_behind")):
                     value = _number(data.get(key))

@@ -353,9 +353,44 @@ def test_a_short_run_fills_its_charts_and_a_long_one_shows_the_last_hour(client)
 
 
 def test_figures_read_missing_telemetry_as_zero_and_compute_the_success_share():
-    assert Figures({}).hits_sent == 0 and Figures(None).success_share is None and Figures({}).p95_ms is None
+    assert Figures({}).hits_sent == 0 and Figures({}).success_share is None and Figures({}).p95_ms is None
     figures = Figures({"sent": 10, "accepted": 6, "errors": 2, "latency_ms": {"p95": 12.5}})
     assert figures.success_share == 0.75 and figures.p95_ms == 12.5
+
+
+@pytest.mark.django_db
+def test_a_queued_run_and_a_run_recorded_by_an_older_loader_render_everywhere(client):
+    from runs import reports
+    from runs.management.commands.run_traffic import saturation_line, summary_line
+    from trafficinator.metrics import RunsCollector
+
+    log_in_client(client, RUN_OPERATOR)
+    queued = make_run()  # stats are {} until the loader's first report
+    assert queued.stats_snapshot == {"totals": {}, "targets": {}}
+    assert summary_line(queued.stats_snapshot).startswith("visits_started=0 visits_delivered=0 hits=0 ")
+    old = make_run()
+    target_key = str(old.run_targets.get().pk)
+    # What the first loaders wrote: no visits_delivered, schedule, wait or latency buckets.
+    figures = {"sent": 5, "accepted": 4, "rejected": 1, "errors": 1, "latency_ms": {"p50": 10.0, "p95": 20.0}}
+    Run.objects.filter(pk=old.pk).update(
+        status=Run.Status.COMPLETED,
+        finished_at=timezone.now(),
+        stats={"totals": figures, "targets": {target_key: figures}},
+    )
+    old.refresh_from_db()
+    assert "hits=5 accepted=4 invalid=0 rejected=1 errors=1 p95_ms=20" in summary_line(old.stats_snapshot)
+    assert saturation_line(old.stats_snapshot) == ""
+    for run in (queued, old):
+        assert client.get(panel_url("detail", run)).status_code == 200
+        for fmt in reports.FORMATS:
+            assert reports.render(run, fmt)[0]
+    accepted = [
+        sample.value
+        for family in RunsCollector().collect()
+        for sample in family.samples
+        if sample.labels.get("run") == str(old.pk) and sample.labels.get("outcome") == "accepted"
+    ]
+    assert accepted == [4]
 
 
 # --- starting a run -------------------------------------------------------------------------

@@ -44,6 +44,7 @@ from trafficinator.cli import (
     validation_error,
 )
 from trafficinator.lifecycle import COMMAND_LINE
+from trafficinator.sending.telemetry import RunStats
 from trafficinator.thresholds import ThresholdError, parse_many
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
@@ -110,14 +111,15 @@ def _plain(text: str) -> str:
     return text
 
 
-def summary_line(stats: dict, outcome: str = "") -> str:
+def summary_line(stats: RunStats, outcome: str = "") -> str:
     """``visits_started=.. visits_delivered=.. hits=.. accepted=.. ... possibly_duplicated=..`` and,
     for a run with thresholds, ``thresholds=passed|failed``."""
-    totals = stats.get("totals", {})
+    totals = stats["totals"]
     # One meaning everywhere (the run page's too): every hit whose final answer was not
     # "accepted" -- invalid, unaccounted, rejected, 5xx, network errors and timeouts.
     errors = totals.get("errors", 0)
-    p95 = (totals.get("latency_ms") or {}).get("p95")
+    latency = totals.get("latency_ms")
+    p95 = latency.get("p95") if latency else None
     line = (
         f"visits_started={totals.get('visits_started', 0)} visits_delivered={totals.get('visits_delivered', 0)} "
         f"hits={totals.get('sent', 0)} "
@@ -139,11 +141,12 @@ def exit_code(run: Run) -> ExitCode:
     return ExitCode.SUCCESS
 
 
-def saturation_line(stats: dict) -> str:
+def saturation_line(stats: RunStats) -> str:
     """What the loader could not deliver, and its own wait; "" when it kept up."""
-    totals = stats.get("totals", {})
-    behind = totals.get("visits_behind", 0) or 0
-    wait_p95 = (totals.get("wait_ms") or {}).get("p95")
+    totals = stats["totals"]
+    behind = totals.get("visits_behind", 0)
+    wait = totals.get("wait_ms")
+    wait_p95 = wait.get("p95") if wait else None
     if not (totals.get("saturated") or behind or totals.get("late_hits")):
         return ""
     delivered = totals.get("delivered_percent")
@@ -244,8 +247,8 @@ class Command(BaseCommand):
         run.refresh_from_db()
         if show_progress:
             self.stderr.write("", style_func=_plain)
-        self.stdout.write(summary_line(run.stats, run.outcome))
-        saturation = saturation_line(run.stats)
+        self.stdout.write(summary_line(run.stats_snapshot, run.outcome))
+        saturation = saturation_line(run.stats_snapshot)
         if saturation:
             self.stdout.write(saturation)
         for label in run.failed_threshold_labels():
@@ -350,8 +353,8 @@ class Command(BaseCommand):
             return
         self.stdout.write(f"Report written to {path}.")
 
-    def progress(self, stats: dict) -> None:
-        totals = stats.get("totals", {})
+    def progress(self, stats: RunStats) -> None:
+        totals = stats["totals"]
         line = (
             f"\r{summary_line(stats)} rate={totals.get('hits_per_second', 0)}/s in_flight={totals.get('in_flight', 0)}"
         )
