@@ -20,16 +20,21 @@ from unittest.mock import patch
 
 import pytest
 import requests
+from django import forms
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import transaction
-from hypothesis import given
+from django.test import Client
+from hypothesis import event, given
 from hypothesis import strategies as st
 from urllib3.response import HTTPResponse
 
+from backfill.forms import BackfillPlanForm
 from backfill.models import BackfillPlan
+from funnels.forms import FunnelStepForm
 from funnels.models import Funnel, FunnelStep
 from funnels.transfer import FunnelImportError, import_funnels
+from presets.forms import PresetForm
 from presets.models import Preset
 from runs.forms import StartRunForm
 from runs.management.commands.run_traffic import parse_duration, target_share
@@ -39,8 +44,9 @@ from targets.forms import TargetForm
 from targets.models import Target
 from targets.readback import ReadBackError, day_summary, live_counters
 from trafficinator.cli import float_between, int_between
+from trafficinator.models import ApiToken
 from trafficinator.sending.sender import _bulk_counts
-from trafficinator.testing import make_target
+from trafficinator.testing import make_funnel, make_preset, make_target, make_user
 from trafficinator.traffic import Catalog, CatalogError
 from trafficinator.traffic.catalog import parse_url_list
 from trafficinator.validation import timezone_is_known
@@ -400,3 +406,217 @@ def test_a_target_spec_with_a_control_character_is_a_usage_error_before_any_quer
     with pytest.raises(CommandError) as error:
         target_share(spec)
     assert error.value.returncode == 2 and "control character" in str(error.value)
+
+
+# --- more forms: backfill plan, preset (admin), funnel step ----------------------------------
+
+READY_TARGET = {"token_auth": "tok", "last_check_ok": True, "token_can_write": True, "site_timezone": "UTC"}
+DATEISH = st.one_of(
+    st.dates().map(str), st.sampled_from(["0001-01-01", "9999-12-31", "2026-02-30", "yesterday", ""]), NUMBERISH
+)
+
+
+@pytest.mark.django_db
+@given(
+    window=st.one_of(
+        st.fixed_dictionaries({"last_days": st.one_of(st.integers(1, 5).map(str), NUMBERISH)}),
+        st.fixed_dictionaries({"start_date": DATEISH, "end_date": DATEISH}),
+    ),
+    settings=st.dictionaries(
+        st.sampled_from(
+            [
+                "visits_per_day",
+                "daily_cap",
+                "total_cap",
+                "seed",
+                "max_requests_per_second",
+                "batch_size",
+                "requests_in_flight",
+                "parallel_days",
+            ]
+        ),
+        st.one_of(st.integers(1, 1000).map(str), NUMBERISH),
+        max_size=3,
+    ),
+)
+def test_the_backfill_plan_form_saves_a_usable_draft_or_changes_nothing(window, settings):
+    with rolled_back():
+        target = make_target(name="shop", **READY_TARGET)
+        before = counts()
+        data = {
+            "targets": [target.pk],
+            "preset": Preset.objects.get(name="Light").pk,
+            "batch_size": "400",
+            "parallel_days": "1",
+        }
+        form = BackfillPlanForm(data={**data, **window, **settings})
+        event(f"valid: {form.is_valid()}")
+        if not form.is_valid():
+            assert counts() == before and form.errors
+            return
+        plan = form.save_draft()
+        plan.refresh_from_db()
+        assert plan.start_date <= plan.end_date and 1 <= plan.visits_per_day <= 50_000_000
+        rps = plan.max_requests_per_second
+        assert rps is None or (math.isfinite(rps) and rps > 0)
+
+
+def preset_form_data(preset: Preset) -> dict:
+    """What the admin's preset form posts for ``preset`` unchanged."""
+    form = PresetForm(instance=preset)
+    data = {}
+    for name, field in form.fields.items():
+        if isinstance(field, forms.FileField):
+            continue
+        value = form[name].value()
+        if isinstance(field, forms.BooleanField):
+            if value:
+                data[name] = "on"
+            continue
+        data[name] = "" if value is None else value
+    return data
+
+
+PRESET_NUMBERS = [
+    "visits_per_day",
+    "pageviews_min",
+    "pageviews_max",
+    "visit_duration_min",
+    "visit_duration_max",
+    "pause_min",
+    "pause_max",
+    "concurrency",
+    "auto_stop_after_hours",
+    "ecommerce_tax_rate",
+    "ecommerce_order_value_min",
+]
+PRESET_JSON = ["device_mix", "channel_mix", "persona_mix", "catalog_overrides", "ecommerce_shipping_options"]
+
+
+@pytest.mark.django_db
+@given(
+    numbers=st.dictionaries(st.sampled_from(PRESET_NUMBERS), NUMBERISH, max_size=3),
+    json_fields=st.dictionaries(
+        st.sampled_from([*PRESET_JSON, "events_json"]),
+        st.one_of(JSON_VALUES.map(lambda value: json.dumps(value, allow_nan=True)), st.text(max_size=30)),
+        max_size=2,
+    ),
+    text=st.dictionaries(
+        st.sampled_from(["site_url", "pages_text", "timezone", "currency", "name"]), st.text(max_size=60), max_size=2
+    ),
+)
+def test_the_preset_admin_form_saves_a_usable_preset_or_changes_nothing(numbers, json_fields, text):
+    with rolled_back():
+        preset = make_preset(name="Custom")
+        base = preset_form_data(preset)
+        assert PresetForm(data=base, instance=preset).is_valid()  # the unchanged form is valid
+        before = counts()
+        stored = Preset.objects.filter(pk=preset.pk).values().get()
+        form = PresetForm(data={**base, **numbers, **json_fields, **text}, instance=Preset.objects.get(pk=preset.pk))
+        event(f"valid: {form.is_valid()}")
+        if not form.is_valid():
+            assert counts() == before and Preset.objects.filter(pk=preset.pk).values().get() == stored
+            return
+        saved = form.save()
+        saved.refresh_from_db()
+        saved.catalog()  # the traffic model can use what was saved
+        for name in ("visit_duration_min", "visit_duration_max", "pause_min", "pause_max", "auto_stop_after_hours"):
+            value = getattr(saved, name)
+            assert value is None or math.isfinite(value)
+
+
+STEP_FIELDS = ["kind", "delay_min", "delay_max", "continue_probability", "event_value", "goal_id", "revenue", "items"]
+
+
+@pytest.mark.django_db
+@given(
+    st.dictionaries(
+        st.sampled_from(STEP_FIELDS),
+        st.one_of(
+            NUMBERISH,
+            JSON_VALUES.map(lambda value: json.dumps(value, allow_nan=True)),
+            st.sampled_from(["pageview", "event", "goal", "ecommerce_order"]),
+        ),
+        max_size=5,
+    )
+)
+def test_the_funnel_step_form_saves_a_usable_step_or_changes_nothing(fields):
+    with rolled_back():
+        funnel = make_funnel(name="Checkout")
+        before = counts()
+        data = {
+            "position": "1",
+            "kind": "pageview",
+            "url": "/cart",
+            "items": "[]",
+            "delay_min": "1",
+            "delay_max": "5",
+            "continue_probability": "0.8",
+            **fields,
+        }
+        form = FunnelStepForm(data=data, instance=FunnelStep(funnel=funnel))
+        event(f"valid: {form.is_valid()}")
+        if not form.is_valid():
+            assert counts() == before
+            return
+        step = form.save()
+        step.refresh_from_db()
+        for column in ("delay_min", "delay_max", "continue_probability", "event_value"):
+            value = getattr(step, column)
+            assert value is None or math.isfinite(value)
+        assert Funnel.objects.specs_for_preset(Preset.objects.get(name="Light")) is not None
+
+
+# --- the API's request bodies and `target add` ---------------------------------------------
+
+RUN_KEYS = ["preset", "targets", "visits_per_day", "duration_seconds", "max_visits", "daily_cap", "seed"]
+RUN_KEYS += ["bulk", "batch_size", "thresholds", "shards", "colour"]
+PLAN_KEYS = ["preset", "targets", "start_date", "end_date", "last_days", "visits_per_day", "daily_cap", "total_cap"]
+PLAN_KEYS += ["seed", "max_requests_per_second", "batch_size"]
+
+
+def _api_bodies(keys: list[str]):
+    usable = {"preset": st.just("Light"), "targets": st.just(["shop"])}
+    values = st.one_of(JSON_VALUES, st.sampled_from(["Light", ["shop"], 1, 7, "2026-01-01"]))
+    return st.one_of(
+        st.fixed_dictionaries(usable, optional={key: values for key in keys if key not in usable}).map(json.dumps),
+        st.dictionaries(st.sampled_from(keys), values).map(lambda body: json.dumps(body, allow_nan=True)),
+        st.text(max_size=60),
+        st.integers(1, 50_000).map(lambda depth: "[" * depth),
+    )
+
+
+@pytest.mark.django_db
+@given(path=st.sampled_from(["runs/", "backfills/"]), body=st.data())
+def test_any_api_body_is_created_or_a_json_error_that_changes_nothing(path, body):
+    text = body.draw(_api_bodies(RUN_KEYS if path == "runs/" else PLAN_KEYS))
+    with rolled_back():
+        make_target(name="shop", **READY_TARGET)
+        user = make_user(superuser=True)
+        token = ApiToken.issue(user, "tests")[1]
+        before = counts()
+        response = Client().post(
+            f"/api/v1/{path}", data=text, content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {token}"
+        )
+        assert response.status_code in (201, 400, 409), response.content[:300]
+        event(f"HTTP {response.status_code}")
+        answer = response.json()
+        if response.status_code != 201:
+            assert answer["error"] and counts() == before
+
+
+@pytest.mark.django_db
+@given(name=st.text(max_size=120), url=st.text(max_size=60), site_id=NUMBERISH)
+def test_target_add_adds_a_valid_target_or_is_an_error_that_adds_nothing(name, url, site_id):
+    with rolled_back():
+        before = counts()
+        try:
+            call_command(
+                "target", "add", "--name", name, "--url", url, "--site-id", site_id,
+                stdout=io.StringIO(), stderr=io.StringIO(),
+            )  # fmt: skip
+        except CommandError as exc:
+            assert str(exc) and counts() == before
+            return
+        target = Target.objects.get(name=name)
+        assert target.tracking_url.endswith("/matomo.php") and 1 <= target.site_id < 2**31
