@@ -25,15 +25,16 @@ from targets.models import Target
 from trafficinator.traffic import (
     Catalog,
     CatalogError,
+    FunnelSpec,
+    FunnelStep,
     Population,
     Profile,
     SiteGoals,
     TrafficConfigError,
     day_visits,
+    local_day_bounds,
     visits_for_day_count,
 )
-from trafficinator.traffic.clock import local_day_bounds
-from trafficinator.traffic.funnels import FunnelSpec, FunnelStep
 
 SAMPLE_VISITS = 400
 # A bulk request carries a quarter of a batch (the checkpoint unit), at least

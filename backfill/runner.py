@@ -71,8 +71,7 @@ from backfill.planning import (
 )
 from trafficinator.sending.sender import RetryPolicy, TargetSender
 from trafficinator.sending.telemetry import OUTCOMES, describe_failure, failure_hint
-from trafficinator.traffic import TrafficConfigError, day_visits, encode_visit
-from trafficinator.traffic.visit import Visit
+from trafficinator.traffic import TrafficConfigError, Visit, day_visits, encode_visit
 
 logger = logging.getLogger(__name__)
 

@@ -19,9 +19,8 @@ from django.db.models import Exists, OuterRef, Q
 
 from funnels.kinds import DETAIL_COLUMNS, KIND_PARAMS, StepKind, columns_for
 from presets.models import Preset
-from trafficinator.traffic.funnels import MAX_DELAY_SECONDS, FunnelSpec, parse_items
-from trafficinator.traffic.funnels import FunnelStep as TrafficStep
-from trafficinator.traffic.rules import is_absolute_url
+from trafficinator.traffic import MAX_DELAY_SECONDS, FunnelSpec, is_absolute_url, parse_items
+from trafficinator.traffic import FunnelStep as TrafficStep
 from trafficinator.validation import check_model_values
 
 ONE = Decimal(1)

@@ -14,7 +14,7 @@ from __future__ import annotations
 from urllib.parse import quote_plus, urlsplit
 
 from targets.fake_matomo.referrers import classify, search_engine
-from trafficinator.traffic.catalog import Catalog
+from trafficinator.traffic import Catalog
 
 # What a misfiled referrer becomes, in the words of Matomo's Channel Type report.
 _FILED_AS = {

@@ -84,10 +84,18 @@ from runs.models import MAX_SHARDS, Run, RunLog, RunShard, RunTarget
 from targets.checks import token_works_in_bulk
 from trafficinator.sending.sender import SenderClosed, TargetSender
 from trafficinator.sending.telemetry import RunStats, RunTelemetry, TargetTelemetry, delivered_percent
-from trafficinator.traffic import Catalog, CdtFormat, Profile, SiteGoals, Visit, encode_visit, live_visits
-from trafficinator.traffic.clock import resolve_timezone
-from trafficinator.traffic.curves import expected_visits
-from trafficinator.traffic.encoding import encode_params
+from trafficinator.traffic import (
+    Catalog,
+    CdtFormat,
+    Profile,
+    SiteGoals,
+    Visit,
+    encode_params,
+    encode_visit,
+    expected_visits,
+    live_visits,
+    resolve_timezone,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from django.conf import settings
 
 from presets.models import Preset
 from runs.models import MAX_SHARDS
-from trafficinator.traffic.curves import DAILY_CURVES, WEEKLY_CURVES
+from trafficinator.traffic import DAILY_CURVES, WEEKLY_CURVES
 
 logger = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ from django.core.exceptions import ValidationError
 from funnels.kinds import KIND_PARAMS, StepKind
 from funnels.models import Funnel, FunnelStep
 from trafficinator.testing import make_funnel, make_preset, make_step
-from trafficinator.traffic.funnels import STEP_KINDS
+from trafficinator.traffic import STEP_KINDS
 
 pytestmark = pytest.mark.django_db
 

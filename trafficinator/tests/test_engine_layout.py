@@ -61,3 +61,66 @@ def test_apps_use_only_the_public_api_of_other_apps():
                         if private:
                             offenders.append(f"{path.relative_to(ROOT)}: {node.module} {private}")
     assert offenders == []
+
+
+# What an app may import from the engine: the traffic model's package API and the three
+# public modules of the sending layer.
+ENGINE_PUBLIC_MODULES = {
+    "trafficinator.traffic",
+    "trafficinator.sending.sender",
+    "trafficinator.sending.telemetry",
+    "trafficinator.sending.clients",
+}
+
+
+def _engine_import_problems(source: str, label: str, traffic_api: set[str]) -> list[str]:
+    problems = []
+    tree = ast.parse(source, filename=label)
+    for node in ast.walk(tree):
+        imported: list[tuple[str, list[str]]]  # (module, names imported from it)
+        if isinstance(node, ast.Import):
+            imported = [(alias.name, []) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            imported = [(node.module, [alias.name for alias in node.names])]
+        else:
+            continue
+        for module, names in imported:
+            if not module.startswith(("trafficinator.traffic", "trafficinator.sending")):
+                continue
+            where = f"{label}:{node.lineno}"
+            if module not in ENGINE_PUBLIC_MODULES:
+                problems.append(f"{where} imports {module}")
+            elif module == "trafficinator.traffic":
+                problems += [f"{where} imports {name} (not in __all__)" for name in names if name not in traffic_api]
+            else:
+                problems += [f"{where} imports {module}.{name}" for name in names if name.startswith("_")]
+    return problems
+
+
+def test_apps_import_only_the_engines_public_api():
+    """Apps (their tests too) reach the engine through ``trafficinator.traffic``'s
+    ``__all__`` and the public names of ``trafficinator.sending.{sender,telemetry,clients}``,
+    so the engine can be rearranged inside without touching them."""
+    import trafficinator.traffic
+
+    traffic_api = set(trafficinator.traffic.__all__)
+    problems = []
+    for app in APPS:
+        for path in (ROOT / app).rglob("*.py"):
+            problems += _engine_import_problems(path.read_text(), str(path.relative_to(ROOT)), traffic_api)
+    assert problems == []
+
+
+def test_the_public_api_check_catches_a_submodule_a_private_name_and_an_unexported_name():
+    source = (
+        "from trafficinator.traffic.curves import expected_visits\n"
+        "import trafficinator.sending.sender\n"
+        "from trafficinator.sending.sender import _bulk_counts\n"
+        "from trafficinator.traffic import Profile, curves\n"
+    )
+    problems = _engine_import_problems(source, "module.py", {"Profile"})
+    assert [problem.split(" ", 1)[1] for problem in problems] == [
+        "imports trafficinator.traffic.curves",
+        "imports trafficinator.sending.sender._bulk_counts",
+        "imports curves (not in __all__)",
+    ]

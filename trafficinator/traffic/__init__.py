@@ -10,24 +10,33 @@ backfills, previews and tests all use the same code. Start here:
 """
 
 from .catalog import Catalog, CatalogError, parse_url_list
-from .clock import resolve_timezone
+from .clock import local_day_bounds, resolve_timezone
+from .curves import DAILY_CURVES, WEEKLY_CURVES, expected_visits
 from .encoding import CdtFormat, encode_params, encode_visit
 from .funnels import (
+    MAX_DELAY_SECONDS,
+    STEP_KINDS,
     FunnelSimulation,
     FunnelSpec,
     FunnelStep,
+    parse_items,
     simulate_funnel,
     validate_funnels,
 )
 from .generator import TrafficConfigError
 from .goals import SiteGoals
 from .profile import Profile
+from .rules import is_absolute_url
 from .stream import day_visits, live_visits, sample_funnel_visit, visits_for_day_count
 from .validation import validate_hit, validate_visit
 from .visit import Hit, Visit, hit_kind
 from .visitors import Population
 
 __all__ = [
+    "DAILY_CURVES",
+    "MAX_DELAY_SECONDS",
+    "STEP_KINDS",
+    "WEEKLY_CURVES",
     "Catalog",
     "CatalogError",
     "CdtFormat",
@@ -43,8 +52,12 @@ __all__ = [
     "day_visits",
     "encode_params",
     "encode_visit",
+    "expected_visits",
     "hit_kind",
+    "is_absolute_url",
     "live_visits",
+    "local_day_bounds",
+    "parse_items",
     "parse_url_list",
     "resolve_timezone",
     "sample_funnel_visit",

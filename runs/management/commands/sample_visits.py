@@ -13,8 +13,14 @@ from django.core.management.base import BaseCommand, CommandError
 from funnels.models import Funnel
 from presets.models import Preset
 from trafficinator.cli import get_preset, iso_date
-from trafficinator.traffic import TrafficConfigError, Visit, day_visits, live_visits, visits_for_day_count
-from trafficinator.traffic.clock import resolve_timezone
+from trafficinator.traffic import (
+    TrafficConfigError,
+    Visit,
+    day_visits,
+    live_visits,
+    resolve_timezone,
+    visits_for_day_count,
+)
 
 MAX_DAYS = 366
 
