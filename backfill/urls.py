@@ -13,7 +13,6 @@ urlpatterns = [
     path("<int:pk>/resume/", views.plan_resume, name="resume"),
     path("<int:pk>/clone/", views.plan_clone, name="clone"),
     path("<int:pk>/progress/", views.plan_progress, name="progress"),
-    path("<int:pk>/days/", views.plan_days, name="days"),
     path("<int:pk>/verify/", views.plan_verify, name="verify"),
     re_path(r"^(?P<pk>[0-9]+)/report\.(?P<fmt>json|csv)$", views.plan_report, name="report"),
 ]

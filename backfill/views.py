@@ -41,6 +41,11 @@ def plan_estimate(plan: BackfillPlan) -> tuple[Estimate | None, str]:
     return Estimate.from_json(plan.estimate), ""
 
 
+def finished_plans() -> list[BackfillPlan]:
+    plans = BackfillPlan.objects.select_related("created_by").prefetch_related("targets")
+    return list(plans.finished().order_by("-finished_at", "-pk")[:RECENT_PLANS])
+
+
 def days_context(plan: BackfillPlan) -> dict:
     days = list(plan.days.select_related("target").order_by("day", "target__name"))
     return {"plan": plan, "days": days, "multi_target": len({day.target_id for day in days}) > 1}
@@ -59,7 +64,7 @@ def plan_list(request: HtmxHttpRequest) -> HttpResponse:
         {
             "active": list(plans.active()),
             "drafts": list(plans.filter(status=BackfillPlan.Status.DRAFT)),
-            "finished": list(plans.finished().order_by("-finished_at", "-pk")[:RECENT_PLANS]),
+            "finished": finished_plans(),
         },
     )
 
@@ -195,24 +200,19 @@ def plan_clone(request: HtmxHttpRequest, pk: int) -> HttpResponse:
 @permission_required("backfill.view_backfillplan", raise_exception=True)
 @require_GET
 def plan_progress(request: HtmxHttpRequest, pk: int) -> HttpResponse:
-    """The progress panel alone (the plan page and the dashboard poll it)."""
+    """The progress panel (the plan page, the list and the dashboard poll it), with what
+    else on the asking page changes, out of band: one poll, so the parts never disagree."""
     plan = _plan(pk)
     if not request.htmx:
         return redirect(_plan_url(plan))
     compact = request.GET.get("compact") == "1"
-    context = {"plan": plan, "compact": compact}
-    if not compact:  # the plan's page: its header and buttons follow the status too
-        context.update(oob_plan=True, targets=list(plan.targets.order_by("name")))
+    in_list = compact and request.GET.get("list") == "1"
+    context = {"plan": plan, "compact": compact, "in_list": in_list}
+    if not compact:  # the plan's page: its header, buttons and days follow the progress
+        context.update(oob_plan=True, targets=list(plan.targets.order_by("name")), **days_context(plan))
+    elif in_list and not plan.is_active:  # its last refresh there: it joins the finished plans
+        context.update(oob_finished=True, finished=finished_plans())
     return render(request, "backfill/_progress.html", context)
-
-
-@permission_required("backfill.view_backfillplan", raise_exception=True)
-@require_GET
-def plan_days(request: HtmxHttpRequest, pk: int) -> HttpResponse:
-    plan = _plan(pk)
-    if not request.htmx:
-        return redirect(_plan_url(plan))
-    return render(request, "backfill/_days.html", days_context(plan))
 
 
 @permission_required("backfill.view_backfillplan", raise_exception=True)

@@ -123,7 +123,7 @@ def test_a_running_plan_polls_its_panels_and_a_finished_one_stops(target, preset
     plan = running_plan(target, preset)
     client = log_in_client(Client(), BACKFILL_VIEWER)
     page = client.get(reverse("backfill:detail", args=[plan.pk])).content.decode()
-    assert page.count(POLL) == 2  # progress and days
+    assert page.count(POLL) == 1  # the progress; the header and the days come with it
     panel = client.get(reverse("backfill:progress", args=[plan.pk]), **HTMX).content.decode()
     assert POLL in panel and 'data-status="running"' in panel and "Days done" in panel
     assert client.get(reverse("backfill:progress", args=[plan.pk])).status_code == 302  # not htmx: the page
@@ -131,9 +131,42 @@ def test_a_running_plan_polls_its_panels_and_a_finished_one_stops(target, preset
     plan.days.update(status=BackfillDay.Status.DONE, visits_done=10, hits_sent=30, hits_accepted=30)
     plan.complete_if_finished()
     panel = client.get(reverse("backfill:progress", args=[plan.pk]), **HTMX).content.decode()
-    days = client.get(reverse("backfill:days", args=[plan.pk]), **HTMX).content.decode()
     assert "hx-get" not in panel and "hx-trigger" not in panel and 'data-status="completed"' in panel
-    assert "hx-get" not in days
+
+
+def test_each_progress_refresh_brings_the_plans_header_and_days_out_of_band(target, preset):
+    # Issue 16: the days table polled apart from the progress and could lag it by a refresh.
+    plan = running_plan(target, preset, last_days=2)
+    client = log_in_client(Client(), BACKFILL_VIEWER)
+    first, second = plan.days.order_by("day")
+    BackfillDay.objects.filter(pk=first.pk).update(status=BackfillDay.Status.DONE, visits_done=7)
+    panel = client.get(reverse("backfill:progress", args=[plan.pk]), **HTMX).content.decode()
+    assert '<section id="backfill-plan" class="module tf-panel" hx-swap-oob="true">' in panel
+    assert '<section id="backfill-days" class="module tf-panel" hx-swap-oob="true">' in panel
+    done = re.search(rf'<tr class="bf-day-done" data-day="{first.day:%Y-%m-%d}">(.*?)</tr>', panel, re.S)
+    assert done and '<td class="tf-num">7</td>' in done.group(1)
+    assert f'<tr class="bf-day-{second.status}" data-day="{second.day:%Y-%m-%d}">' in panel
+    compact = client.get(reverse("backfill:progress", args=[plan.pk]), {"compact": "1"}, **HTMX).content.decode()
+    assert "backfill-days" not in compact and "backfill-plan" not in compact  # the dashboard has neither
+
+
+def test_a_plan_that_ends_while_the_list_is_open_joins_its_finished_plans(target, preset):
+    # Issue 16: the list's Finished table never refreshed.
+    plan = running_plan(target, preset)
+    client = log_in_client(Client(), BACKFILL_VIEWER)
+    page = client.get(reverse("backfill:list")).content.decode()
+    polled = f"{reverse('backfill:progress', args=[plan.pk])}?compact=1&amp;list=1"
+    assert f'hx-get="{polled}"' in page and "No finished backfills yet." in page
+    url = reverse("backfill:progress", args=[plan.pk])
+    panel = client.get(url, {"compact": "1", "list": "1"}, **HTMX).content.decode()
+    assert POLL in panel and "backfill-finished" not in panel  # still running: nothing else changed
+    plan.cancel()
+    panel = client.get(url, {"compact": "1", "list": "1"}, **HTMX).content.decode()
+    assert POLL not in panel
+    finished = panel[panel.index('<section id="backfill-finished" class="module" hx-swap-oob="true">') :]
+    assert f"Backfill {plan.pk}</a>" in finished and "Cancelled" in finished
+    dashboard = client.get(url, {"compact": "1"}, **HTMX).content.decode()
+    assert "backfill-finished" not in dashboard  # the dashboard has no such table
 
 
 def test_a_plan_without_a_live_worker_says_so(target, preset):

@@ -294,19 +294,27 @@ def test_the_run_page_refreshes_status_targets_and_charts_from_one_poll(browser_
     assert_clean(page, page.url)
 
 
-def test_a_backfill_page_follows_its_plan_to_the_end_without_a_reload(browser_page, live_server):
-    page = browser_page
+def make_running_backfill(days: int = 1) -> BackfillPlan:
     target = make_target(name="shop", last_check_ok=True, token_can_write=True, token_auth="token-0123456789")
     plan = BackfillPlan.objects.create_plan(
-        targets=[target], preset=Preset.objects.get(name="Light"), last_days=1, visits_per_day=5, seed=3
+        targets=[target], preset=Preset.objects.get(name="Light"), last_days=days, visits_per_day=5, seed=3
     )
     assert plan.confirm(by_name="tests") and plan.start(enqueue=False)
+    return plan
+
+
+def test_a_backfill_page_follows_its_plan_to_the_end_without_a_reload(browser_page, live_server):
+    page = browser_page
+    plan = make_running_backfill(days=2)
     log_in(page, live_server, make_user(superuser=True), next_url=f"/backfill/{plan.pk}/")
+    requests: list[str] = []
+    page.on("request", lambda request: "/backfill/" in request.url and requests.append(request.url))
     page.evaluate("window.notReloaded = true")
     header = page.locator("#backfill-plan")
     assert header.locator('[data-status="running"]').count() == 1
     assert header.get_by_role("button", name="Resume").count() == 0  # not while a worker sends
     assert header.get_by_role("button", name="Cancel plan").count() == 1
+    assert page.locator("#backfill-days tr.bf-day-done").count() == 0
     plan.days.update(status="done")
     assert plan.complete_if_finished()
     page.wait_for_selector('#backfill-plan [data-status="completed"]')
@@ -314,6 +322,25 @@ def test_a_backfill_page_follows_its_plan_to_the_end_without_a_reload(browser_pa
     assert header.get_by_role("button", name="Cancel plan").count() == 0
     finished = header.locator("tr", has_text="Finished").locator("td").inner_text()
     assert re.match(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}", finished), finished
+    # The days table came with the same refresh: every day done, no poll of its own.
+    assert page.locator("#backfill-days tr.bf-day-done").count() == 2
+    assert requests and all(f"/backfill/{plan.pk}/progress/" in url for url in requests), requests
+    assert_clean(page, page.url)
+
+
+def test_the_backfill_list_shows_a_plan_that_ended_among_the_finished_without_a_reload(browser_page, live_server):
+    page = browser_page
+    plan = make_running_backfill()
+    log_in(page, live_server, make_user(superuser=True), next_url="/backfill/")
+    page.evaluate("window.notReloaded = true")
+    finished = page.locator("#backfill-finished")
+    assert "No finished backfills yet." in finished.inner_text()
+    plan.days.update(status="done")
+    assert plan.complete_if_finished()
+    finished.get_by_role("link", name=f"Backfill {plan.pk}").wait_for()
+    assert page.evaluate("window.notReloaded") is True
+    assert finished.locator(".tf-badge").inner_text() == "Completed"
+    assert page.locator(f'#backfill-progress-{plan.pk}[data-status="completed"]').count() == 1
     assert_clean(page, page.url)
 
 
