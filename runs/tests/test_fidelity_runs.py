@@ -9,17 +9,22 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.template.loader import render_to_string
 
+from backfill.models import BackfillPlan
 from runs.forms import StartRunForm
 from runs.models import Run, RunLog
 from targets.fake_matomo import FakeMatomo
 from targets.models import Target
-from trafficinator.testing import make_fast_preset, make_target
+from trafficinator.testing import confirmed_plan, make_fast_preset, make_target
 
 
 def run_traffic(*args: str) -> str:
     out = io.StringIO()
     call_command("run_traffic", *args, stdout=out, stderr=io.StringIO())
     return out.getvalue()
+
+
+# A target that passed its connection check (with a token: backfills need one).
+READY = {"token_auth": "tok", "last_check_ok": True, "token_can_write": True, "site_timezone": "Europe/Stockholm"}
 
 
 @pytest.fixture
@@ -144,3 +149,51 @@ def test_run_traffic_to_a_site_whose_stored_zone_is_unknown_here_warns_and_sends
     assert estimate is not None and ["Europe/Kyivv" in warning for warning in estimate.timezone_warnings] == [True]
     html = render_to_string("runs/partials/estimate.html", {"estimate": estimate})
     assert 'data-estimate="timezone">shop: The site&#x27;s time zone “Europe/Kyivv”' in html
+
+
+@pytest.mark.django_db
+def test_the_run_estimate_says_which_returning_share_matomo_will_report_and_why():
+    target = make_target(name="shop", **READY)
+    none = make_fast_preset("Newcomers", returning_visitor_share=0)
+    loyal = make_fast_preset("Loyal", returning_visitor_share=0.35)
+
+    def note(preset):
+        estimate = StartRunForm({"targets": [target.pk], "preset": preset.pk}).estimate()
+        assert estimate is not None
+        return estimate.returning_note
+
+    assert "no returning visits" in note(none)
+    fresh = note(loyal)
+    assert "about 35% returning visits once the run has been going for a while" in fresh
+    assert "only when it knows the visitor from an earlier visit" in fresh
+    plan = confirmed_plan([target], loyal, last_days=2)
+    BackfillPlan.objects.filter(pk=plan.pk).update(status=BackfillPlan.Status.COMPLETED)
+    continued = note(loyal)
+    assert "about 35% returning visits from the start" in continued and "latest backfill of shop" in continued
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("bulk", [False, True])
+def test_logged_in_visitors_without_a_token_are_never_merged_by_fingerprint(bulk):
+    """Without a token every visit comes from this machine's IP, so a user id Matomo has
+    never seen is looked up by its device fingerprint (the fake does what Matomo 5 does)
+    and could adopt a concurrent anonymous visit: none does. The run continues the
+    visitors of a backfill whose visits Matomo never got, so members log in from the
+    first minute, each a stranger to Matomo: the worst case."""
+    members = make_fast_preset("Members", logged_in_share=0.5, returning_visitor_share=0.5)
+    with FakeMatomo(sites=[1]) as matomo:
+        target = make_target(name="shop", matomo_url=matomo.url, site_id=1, **READY)
+        plan = confirmed_plan([target], members, last_days=2, visits_per_day=400)
+        BackfillPlan.objects.filter(pk=plan.pk).update(status=BackfillPlan.Status.COMPLETED)  # never sent
+        Target.objects.filter(pk=target.pk).update(token_auth="")
+        run_traffic(
+            "--target", "shop", "--preset", "Members", "--visits", "150", "--seed", "3", *(["--bulk"] if bulk else [])
+        )  # fmt: skip
+        stats = matomo.stats()
+        visits = matomo.visits(1)
+        uid_hits = sum(1 for hit in matomo.hits_for(1) if hit.params.get("uid"))
+    totals = Run.objects.get().stats["totals"]
+    assert uid_hits > 20  # logged-in visitors were sent
+    assert stats["uid_matched_by_fingerprint"] == 0
+    assert totals["sent"] == totals["accepted"] == stats["recorded"] and stats["invalid"] == 0
+    assert len(visits) == totals["visits_started"] == 150
