@@ -72,6 +72,12 @@ class StartRunForm(forms.Form):
         widget=forms.Textarea(attrs={"rows": 3, "placeholder": "p95_ms < 500\nsuccess_rate >= 0.99"}),
         help_text="Pass/fail criteria judged at the end, one per line. Blank: the preset's; “none”: no thresholds.",
     )
+    abort_on_fail = forms.BooleanField(
+        label="Stop when a threshold fails",
+        required=False,
+        help_text="Stop as soon as a threshold has certainly failed (a count past its limit, e.g. rejected == 0), "
+        "instead of at the end. Rates and latencies are judged at the end.",
+    )
 
     def clean(self) -> dict:
         data = super().clean() or {}
@@ -132,6 +138,7 @@ class StartRunForm(forms.Form):
             "max_visits": data.get("max_visits"),
             "bulk": bool(data.get("bulk")),
             "thresholds": data.get("thresholds"),
+            "abort_on_fail": bool(data.get("abort_on_fail")),
             "shards": resolve_shards(
                 data["preset"], data.get("visits_per_day"), bool(data.get("bulk")), data.get("shards") or 1
             ),

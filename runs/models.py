@@ -83,6 +83,7 @@ class RunQuerySet(models.QuerySet["Run"]):
         bulk: bool = False,
         batch_size: int = 100,
         thresholds: list[str] | None = None,
+        abort_on_fail: bool = False,
         shards: int = 1,
         enqueue: bool = False,
     ) -> Run:
@@ -122,6 +123,7 @@ class RunQuerySet(models.QuerySet["Run"]):
             bulk=bulk,
             batch_size=batch_size,
             thresholds=texts,
+            abort_on_fail=abort_on_fail,
             shard_count=shards,
             created_by=created_by,
         )
@@ -142,7 +144,8 @@ class RunQuerySet(models.QuerySet["Run"]):
             f"Created by {actor(created_by)}: preset {preset.name}, {run.visits_per_day:,} visits/day, "
             f"{len(entries)} target(s), seed {run.seed}{', bulk' if bulk else ''}"
             + (f", {run.shard_count} shards" if run.shard_count > 1 else "")
-            + (f"; thresholds: {'; '.join(texts)}." if texts else "."),
+            + (f"; thresholds: {'; '.join(texts)}" if texts else "")
+            + ("; stops as soon as one has certainly failed." if texts and abort_on_fail else "."),
         )
         if enqueue:
             enqueue_run(run)
@@ -223,6 +226,10 @@ class Run(models.Model):
     thresholds = models.JSONField(
         default=list, blank=True, help_text='Pass/fail criteria, e.g. "p95_ms < 500" (README “Thresholds”).'
     )
+    abort_on_fail = models.BooleanField(
+        default=False,
+        help_text="Stop as soon as a threshold has certainly failed (a count past its limit), not at the end.",
+    )
 
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
     stop_requested = models.BooleanField(default=False)
@@ -249,6 +256,9 @@ class Run(models.Model):
     # ({"threshold", "scope", "metric", "op", "limit", "value", "passed"}).
     outcome = models.CharField(max_length=8, choices=Outcome.choices, default=Outcome.NONE, blank=True)
     threshold_results = models.JSONField(default=list, blank=True)
+    # Set when abort_on_fail stopped the run: it ends "stopped" with outcome failed, and
+    # run_traffic exits 3 (thresholds failed), not 130 (interrupted).
+    stopped_by_thresholds = models.BooleanField(default=False, editable=False)
 
     objects = RunQuerySet.as_manager()
 
@@ -446,13 +456,40 @@ class Run(models.Model):
             [self.Status.RUNNING], status=self.Status.STOPPING, stop_requested=True, end_reason=reason
         )
         if stopped:
-            RunShard.objects.filter(run_id=self.pk, status=RunShard.Status.QUEUED).update(
-                status=RunShard.Status.STOPPED, end_reason=reason, finished_at=timezone.now()
-            )
             self.log(RunLog.Level.INFO, f"Stop requested by {who}.")
-            if self.status == self.Status.STOPPING:
-                self.settle()  # every claimed shard may have ended already
+            self._after_stop_request(reason)
         return stopped
+
+    def _after_stop_request(self, reason: str) -> None:
+        RunShard.objects.filter(run_id=self.pk, status=RunShard.Status.QUEUED).update(
+            status=RunShard.Status.STOPPED, end_reason=reason, finished_at=timezone.now()
+        )
+        if self.status == self.Status.STOPPING:
+            self.settle()  # every claimed shard may have ended already
+
+    def stop_if_thresholds_certainly_failed(self) -> bool:
+        """With ``abort_on_fail``: once the run's latest figures show a threshold failed
+        for good (criteria.certainly_failed: a growing count past its limit), stop the run
+        as a user's stop does, instead of sending on until the end. The thresholds are
+        still judged at the end, on the final counters. Returns whether this call stopped it."""
+        if not (self.abort_on_fail and self.thresholds) or self.status != self.Status.RUNNING:
+            return False
+        run_scope, target_scopes = self.threshold_scopes()
+        failed = criteria.certainly_failed(criteria.parse_many(self.thresholds), run_scope, target_scopes)
+        if not failed:
+            return False
+        reason = f"Stopped early: threshold certainly failed: {'; '.join(map(criteria.describe_result, failed))}."
+        if not self._transition(
+            [self.Status.RUNNING],
+            status=self.Status.STOPPING,
+            stop_requested=True,
+            end_reason=reason,
+            stopped_by_thresholds=True,
+        ):
+            return False
+        self.log(RunLog.Level.ERROR, reason)
+        self._after_stop_request(reason)
+        return True
 
     def finish(self, status: Run.Status, reason: str, stats: RunStats | None = None) -> bool:
         """running/stopping -> completed | stopped | failed, with final counters, for the
@@ -749,6 +786,9 @@ class RunShard(models.Model):
                 )
             if sample:
                 RunSample.add(self.run_id, sample)
+        if self.run.abort_on_fail and self.run.thresholds:
+            # Every shard's figures are merged into the run now: judge what is certain.
+            Run.objects.get(pk=self.run_id).stop_if_thresholds_certainly_failed()
         return True
 
     def _write_claimed(self, token: uuid.UUID, changes: dict[str, Any], now) -> bool:

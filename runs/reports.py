@@ -40,7 +40,10 @@ KEY_FIGURES = [
     "p99_ms",
 ]
 # Settings compared between runs (from the run itself; the preset knobs are added after).
-RUN_SETTINGS = ["preset", "visits_per_day", "duration_seconds", "max_visits", "daily_cap", "bulk", "batch_size", "seed"]
+RUN_SETTINGS = [
+    *("preset", "visits_per_day", "duration_seconds", "max_visits", "daily_cap", "bulk", "batch_size", "seed"),
+    "abort_on_fail",
+]
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -118,6 +121,7 @@ def run_settings(run: Run, siblings: list[RunTarget]) -> dict[str, Any]:
         "batch_size": run.batch_size,
         "seed": run.seed,
         "thresholds": list(run.thresholds or []),
+        "abort_on_fail": run.abort_on_fail,
         "targets": [_target_settings(rt, run, siblings) for rt in siblings],
         "profile": run.profile,
     }
@@ -177,7 +181,11 @@ def build_report(run: Run) -> dict[str, Any]:
             {"name": rt.target.name, **_scope_report(per_target.get(str(rt.pk), {}), measures[rt.target.name])}
             for rt in siblings
         ],
-        "thresholds": {"outcome": run.outcome or None, "results": list(run.threshold_results or [])},
+        "thresholds": {
+            "outcome": run.outcome or None,
+            "stopped_early": run.stopped_by_thresholds,
+            "results": list(run.threshold_results or []),
+        },
         "matomo": matomo_reading(run),
         "samples": _sample_rows(samples, names, run.started_at),
         "log": [

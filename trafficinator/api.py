@@ -210,6 +210,8 @@ def run_status(run: Run, request: HttpRequest) -> dict[str, Any]:
         "outcome": run.outcome or None,
         "failed_thresholds": run.failed_threshold_labels(),
         "thresholds": run.thresholds,
+        "abort_on_fail": run.abort_on_fail,
+        "stopped_by_thresholds": run.stopped_by_thresholds,
         "end_reason": run.end_reason,
         "preset": run.preset_name,
         "visits_per_day": run.visits_per_day,
@@ -284,6 +286,7 @@ def runs(request: HttpRequest) -> dict | JsonResponse:
         "bulk",
         "batch_size",
         "thresholds",
+        "abort_on_fail",
         "shards",
     }
     if unknown:
@@ -295,6 +298,9 @@ def runs(request: HttpRequest) -> dict | JsonResponse:
     bulk = data.get("bulk", False)
     if not isinstance(bulk, bool):
         raise ApiError(400, "invalid", "“bulk” must be true or false.", {"bulk": ["invalid"]})
+    abort_on_fail = data.get("abort_on_fail", False)
+    if not isinstance(abort_on_fail, bool):
+        raise ApiError(400, "invalid", "“abort_on_fail” must be true or false.", {"abort_on_fail": ["invalid"]})
     seed = data.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise ApiError(400, "invalid", "“seed” must be a whole number.", {"seed": ["invalid"]})
@@ -317,6 +323,7 @@ def runs(request: HttpRequest) -> dict | JsonResponse:
         bulk=bulk,
         batch_size=_int_field(data, "batch_size") or 100,
         thresholds=thresholds,
+        abort_on_fail=abort_on_fail,
     )
     response = JsonResponse(run_status(run, request), status=201)
     response["Location"] = reverse("api:run", args=[run.pk])

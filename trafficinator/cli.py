@@ -37,13 +37,13 @@ class ExitCode(IntEnum):
     SUCCESS = 0  # finished, and every threshold passed (or there were none)
     FAILED = 1  # the run or plan failed (or any other error)
     USAGE = 2  # bad arguments or input: nothing was sent
-    THRESHOLDS_FAILED = 3  # the run finished but at least one threshold failed
+    THRESHOLDS_FAILED = 3  # the run finished but a threshold failed, or --abort-on-fail stopped it
     INTERRUPTED = 130  # stopped before its end (Ctrl-C, SIGTERM, a stop from the dashboard/API)
 
 
 EXIT_CODES_HELP = (
-    "Exit codes: 0 success, 1 run failed, 2 bad usage (nothing sent), 3 thresholds failed, "
-    "130 interrupted or stopped before the end."
+    "Exit codes: 0 success, 1 run failed, 2 bad usage (nothing sent), 3 thresholds failed (at the end, or "
+    "early with --abort-on-fail), 130 interrupted or stopped before the end."
 )
 
 

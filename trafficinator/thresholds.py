@@ -8,7 +8,9 @@
 ``METRIC[SCOPE] OP NUMBER``: OP is one of < <= > >= == !=. The metrics are in ``METRICS``
 (README "Thresholds" lists them too). Thresholds are evaluated once, when the run ends,
 against its final counters; a metric without data (a p95 when no request was answered)
-fails, because "nothing was measured" must never pass a CI gate.
+fails, because "nothing was measured" must never pass a CI gate. A run may also ask to be
+stopped as soon as one has certainly failed (``certainly_failed``): only a limit from above
+on a count that never goes down can be known to fail before the end.
 
 Plain Python: the figures come in as the dicts of ``Run.stats`` (telemetry snapshots).
 """
@@ -270,6 +272,46 @@ def evaluate(thresholds: list[Threshold], run_scope: Scope, target_scopes: list[
                 }
             )
     return results
+
+
+# Counts that never go down while a run goes on: a hit's final outcome is counted once,
+# and a shard's next loader continues its counters.
+GROWING_COUNTS = frozenset(
+    {
+        "hits",
+        "visits",
+        "accepted",
+        "invalid",
+        "rejected",
+        "unaccounted",
+        "server_errors",
+        "network_errors",
+        "timeouts",
+        "errors",
+        "retries",
+    }
+)
+
+
+def can_fail_early(threshold: Threshold) -> bool:
+    """Whether a run can be known to fail ``threshold`` before it ends: a growing count
+    held under a limit (<, <=, ==). A rate, a latency or a ">" may still recover."""
+    return threshold.metric in GROWING_COUNTS and threshold.op in ("<", "<=", "==")
+
+
+def certainly_failed(thresholds: list[Threshold], run_scope: Scope, target_scopes: list[Scope]) -> list[dict[str, Any]]:
+    """The results (as ``evaluate`` gives them) of thresholds the run has already failed
+    for good, whatever it sends from now on: its count is past the limit and can only grow.
+    ("rejected == 0" at 3 is certain; "accepted == 100" at 50 is not.)"""
+    results = evaluate([t for t in thresholds if can_fail_early(t)], run_scope, target_scopes)
+    return [result for result in results if _past_limit(result)]
+
+
+def _past_limit(result: dict[str, Any]) -> bool:
+    value, limit = result["value"], result["limit"]
+    if value is None:
+        return False
+    return value >= limit if result["op"] == "<" else value > limit
 
 
 def describe_result(result: dict[str, Any]) -> str:

@@ -28,7 +28,15 @@ from trafficinator.testing import (
     subprocess_env,
     wait_until,
 )
-from trafficinator.thresholds import Measure, Scope, ThresholdError, evaluate, parse, parse_many
+from trafficinator.thresholds import (
+    Measure,
+    Scope,
+    ThresholdError,
+    certainly_failed,
+    evaluate,
+    parse,
+    parse_many,
+)
 
 # --- the syntax -----------------------------------------------------------------------------
 
@@ -62,6 +70,42 @@ def test_a_bad_threshold_is_refused_with_a_message_that_points_at_the_error(text
     assert error.value.column == column
     assert problem in str(error.value)
     assert error.value.pointer().splitlines()[1].index("^") == column
+
+
+@pytest.mark.parametrize(
+    ("text", "value", "certain"),
+    [
+        ("rejected == 0", 3, True),
+        ("rejected == 0", 0, False),
+        ("accepted == 100", 50, False),  # may still reach 100
+        ("accepted == 100", 101, True),
+        ("errors < 5", 5, True),
+        ("errors < 5", 4, False),
+        ("rejected <= 2.5", 3, True),
+        ("rejected <= 2", 2, False),
+        ("hits > 100", 5, False),  # may still grow past it
+        ("rejected != 0", 0, False),
+        ("success_rate >= 0.99", 0.5, False),  # a rate may recover
+        ("p95_ms < 500", 900, False),  # so may a percentile
+    ],
+)
+def test_only_a_growing_count_past_its_limit_has_certainly_failed(text, value, certain):
+    threshold = parse(text)
+    data = {"sent": value, "accepted": value, "rejected": value, "latency_ms": {"p95": value}}
+    if threshold.metric == "errors":
+        data = {"accepted": 0, "rejected": value}
+    if threshold.metric == "success_rate":
+        data = {"accepted": 1, "rejected": 1}
+    scope = Scope(None, data, Measure())
+    assert evaluate([threshold], scope, [])[0]["passed"] is False or not certain  # certain implies failing now
+    assert bool(certainly_failed([threshold], scope, [])) is certain
+
+
+def test_a_target_scoped_count_fails_early_for_that_target_only():
+    thresholds = [parse("rejected[*] == 0")]
+    shop, blog = Scope("shop", {"rejected": 2}, Measure()), Scope("blog", {"rejected": 0}, Measure())
+    [failed] = certainly_failed(thresholds, Scope(None, {"rejected": 2}, Measure()), [shop, blog])
+    assert (failed["scope"], failed["value"]) == ("shop", 2)
 
 
 def test_several_thresholds_skip_blank_lines_and_comments():
@@ -189,6 +233,33 @@ def test_injected_400s_fail_a_rejected_threshold_flag_the_target_and_exit_with_3
 
 
 @pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("shards", ["1", "2"])
+def test_abort_on_fail_stops_the_run_once_a_count_threshold_has_failed_and_exits_with_3(
+    fake_matomo, fast_preset, monkeypatch, shards
+):
+    make_local_target(fake_matomo)
+    monkeypatch.setenv("DATABASE_URL", subprocess_env()["DATABASE_URL"])  # for shard 2's loader process
+    fake_matomo.fail_next(5, 400)
+    # 2,000 visits take ~100 s at this preset's pace: the run must be cut short long before.
+    with pytest.raises(CommandError, match="stopped early because 1 threshold failed") as error:
+        run_traffic(
+            *("--target", "local", "--preset", "Fast", "--visits", "2000", "--seed", "4", "--shards", shards),
+            *("--abort-on-fail", "--threshold", "rejected == 0", "--threshold", "p95_ms < 60000"),
+        )
+    assert error.value.returncode == ExitCode.THRESHOLDS_FAILED == 3
+    assert summary(error.value.output)["thresholds"] == "failed"
+    assert "Threshold failed: rejected == 0: 5" in error.value.output
+    run = Run.objects.get()
+    assert run.status == Run.Status.STOPPED and run.stopped_by_thresholds and run.outcome == Run.Outcome.FAILED
+    # The count when it was first certain (a shard's report may not hold all 5 yet).
+    assert run.end_reason.startswith("Stopped early: threshold certainly failed: rejected == 0: ")
+    assert {shard.status for shard in run.shard_list()} == {Run.Status.STOPPED}
+    assert run.totals["visits_started"] < 2000
+    assert [result["passed"] for result in run.threshold_results] == [False, True]  # still judged at the end
+    assert RunLog.objects.filter(run=run, level="error", message__startswith="Stopped early").exists()
+
+
+@pytest.mark.django_db(transaction=True)
 def test_latency_thresholds_judge_the_measured_latency(fake_matomo, fast_preset):
     make_target(name="local", matomo_url=fake_matomo.url, site_id=1, token_auth=TOKEN)
     fake_matomo.set_latency(0.05)
@@ -246,11 +317,17 @@ def test_a_bad_threshold_on_the_command_line_is_shown_with_a_caret_under_the_err
         (Run.Status.COMPLETED, "failed", 3),
         (Run.Status.FAILED, "failed", 1),
         (Run.Status.STOPPED, "passed", 130),
+        (Run.Status.STOPPED, "failed", 130),  # stopped by a user: interrupted, whatever the figures say
     ],
 )
 def test_the_exit_code_says_how_the_run_ended(status, outcome, code):
     run = Run(status=status, outcome=outcome)
     assert exit_code(run) == code
+
+
+def test_a_run_stopped_by_abort_on_fail_exits_with_3_unless_it_failed():
+    assert exit_code(Run(status=Run.Status.STOPPED, outcome="failed", stopped_by_thresholds=True)) == 3
+    assert exit_code(Run(status=Run.Status.FAILED, outcome="failed", stopped_by_thresholds=True)) == 1
 
 
 def start_run_traffic(*args: str) -> subprocess.Popen:
@@ -315,6 +392,9 @@ def test_the_run_page_and_the_dashboard_show_the_outcome_and_the_failing_criteri
     assert 'id="threshold-results"' in page
     dashboard = client.get("/").content.decode()
     assert 'data-outcome="failed"' in dashboard and "p95_ms &lt; 100: 250" in dashboard
+    assert "stopped early" not in page
+    Run.objects.filter(pk=run.pk).update(status=Run.Status.STOPPED, stopped_by_thresholds=True)
+    assert "thresholds failed, stopped early" in client.get(f"/runs/{run.pk}/").content.decode()
 
 
 @pytest.mark.django_db
@@ -332,7 +412,9 @@ def test_the_start_form_takes_thresholds_and_points_at_a_bad_one(client, django_
         in response.content.decode()
     )
     data["thresholds"] = "p95_ms < 500\nrejected[shop] == 0"
+    data["abort_on_fail"] = "on"
     with django_capture_on_commit_callbacks():
         response = client.post("/runs/new/", data)
     assert response.status_code == 302
-    assert Run.objects.get().thresholds == ["p95_ms < 500", "rejected[shop] == 0"]
+    run = Run.objects.get()
+    assert run.thresholds == ["p95_ms < 500", "rejected[shop] == 0"] and run.abort_on_fail

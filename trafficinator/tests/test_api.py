@@ -139,6 +139,7 @@ def test_starting_a_run_queues_it_and_answers_its_status(client, django_capture_
         "max_visits": 50,
         "seed": 7,
         "thresholds": ["p95_ms < 500", "rejected[*] == 0"],
+        "abort_on_fail": True,
     }
     with django_capture_on_commit_callbacks() as callbacks:
         response = call(client, "POST", "runs/", token, body)
@@ -148,6 +149,7 @@ def test_starting_a_run_queues_it_and_answers_its_status(client, django_capture_
     assert response["Location"] == f"/api/v1/runs/{run.pk}/"
     assert data["status"] == "queued" and data["thresholds"] == ["p95_ms < 500", "rejected[*] == 0"]
     assert run.seed == 7 and run.max_visits == 50 and run.created_by.has_perm("runs.run_traffic")
+    assert run.abort_on_fail and data["abort_on_fail"] is True and data["stopped_by_thresholds"] is False
     assert len(callbacks) == 1  # the loader task is enqueued after commit
     assert call(client, "GET", f"runs/{run.pk}/", token).json()["id"] == run.pk
     listed = call(client, "GET", "runs/?status=queued", token).json()["runs"]
@@ -168,6 +170,7 @@ def test_starting_a_run_with_bad_input_answers_400_with_the_field_and_creates_no
         ({"preset": "Light", "targets": []}, "targets", "give a list"),
         ({"preset": "Light", "targets": ["ghost"]}, "targets", "No target “ghost”"),
         ({"preset": "Light", "targets": ["shop"], "max_visits": "ten"}, "max_visits", "whole number"),
+        ({"preset": "Light", "targets": ["shop"], "abort_on_fail": "yes"}, "abort_on_fail", "true or false"),
         ({"preset": "Light", "targets": ["shop"], "colour": "red"}, None, "Unknown field(s): colour"),
     ]
     for body, field, message in cases:

@@ -134,6 +134,8 @@ def exit_code(run: Run) -> ExitCode:
     """What a finished run means to a script (README "Exit codes")."""
     if run.status == Run.Status.FAILED:
         return ExitCode.FAILED
+    if run.stopped_by_thresholds:  # --abort-on-fail: stopped because a threshold failed
+        return ExitCode.THRESHOLDS_FAILED
     if run.status == Run.Status.STOPPED:
         return ExitCode.INTERRUPTED
     if run.outcome == Run.Outcome.FAILED:
@@ -211,6 +213,13 @@ class Command(BaseCommand):
             "A failed threshold exits with 3.",
         )
         parser.add_argument(
+            "--abort-on-fail",
+            action="store_true",
+            help="Stop as soon as a threshold has certainly failed instead of at the end (exit 3). Only a count "
+            'held under a limit can fail early ("rejected == 0", "errors < 100"); rates and latencies are judged '
+            "at the end.",
+        )
+        parser.add_argument(
             "--report", metavar="FILE", help="Write the run's JSON report to FILE at the end (see run_report)."
         )
         parser.add_argument(
@@ -262,8 +271,9 @@ class Command(BaseCommand):
             raise CommandError(f"Run {run.pk} stopped before its end: {run.end_reason}", returncode=code)
         if code == ExitCode.THRESHOLDS_FAILED:
             failed = len(run.failed_thresholds)
+            how = "stopped early because" if run.stopped_by_thresholds else "completed but"
             raise CommandError(
-                f"Run {run.pk} completed but {failed} threshold{'s' if failed != 1 else ''} failed.", returncode=code
+                f"Run {run.pk} {how} {failed} threshold{'s' if failed != 1 else ''} failed.", returncode=code
             )
         self.stdout.write(f"Run {run.pk} {run.status}: {run.end_reason}")
 
@@ -340,6 +350,7 @@ class Command(BaseCommand):
                 bulk=options["bulk"],
                 batch_size=options["batch_size"],
                 thresholds=thresholds,
+                abort_on_fail=options["abort_on_fail"],
             )
         except ValidationError as exc:
             raise validation_error(exc) from None
