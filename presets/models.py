@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 from zoneinfo import available_timezones
@@ -17,16 +14,8 @@ from django.db import models, transaction
 
 from presets.channels import misfiled_referrers
 from presets.currencies import ISO_4217
-from trafficinator.traffic import Catalog, CatalogError, Profile, live_visits
+from trafficinator.traffic import Catalog, CatalogError, Profile
 from trafficinator.validation import check_model_values
-
-# The start form's estimate generates this many visits with the traffic model. Hits per
-# visit vary a lot (a bounce is one hit, a buyer's visit twenty): 3,000 visits put the
-# sample's mean within ~2 % of the long-run mean for every built-in preset.
-HITS_SAMPLE_VISITS = 3000
-# A fixed Monday noon, so the sample is the same on every call (and cacheable).
-HITS_SAMPLE_START = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
-_hits_per_visit_cache: dict[str, float] = {}
 
 
 def probability_field(verbose_name: str, default: float, help_text: str = "") -> models.FloatField:
@@ -380,30 +369,6 @@ class Preset(models.Model):
 
     def can_edit(self) -> bool:
         return not self.is_builtin
-
-    def sample_hits_per_visit(self) -> float:
-        """Mean hits per visit of the traffic a run of this preset sends: measured on
-        HITS_SAMPLE_VISITS visits that the traffic model generates from the preset's knobs,
-        catalog and funnels, the same code a live run uses. Cached per process by those
-        inputs, so changing the preset or its funnels gives a new figure."""
-        from funnels.models import Funnel  # funnels depend on presets, not the other way
-
-        knobs = self.knob_values()
-        funnels = Funnel.objects.specs_for_preset(self)
-        key = hashlib.sha256(json.dumps([knobs, repr(funnels)], sort_keys=True, default=str).encode()).hexdigest()
-        if key not in _hits_per_visit_cache:
-            visits = live_visits(
-                profile_from_knobs(knobs),
-                catalog_with_overrides(knobs.get("catalog_overrides")),
-                funnels,
-                seed="estimate",
-                token_present=True,
-                order_id_prefix="estimate",
-                start=HITS_SAMPLE_START,
-            )
-            hits = sum(len(next(visits).hits) for _ in range(HITS_SAMPLE_VISITS))
-            _hits_per_visit_cache[key] = hits / HITS_SAMPLE_VISITS
-        return _hits_per_visit_cache[key]
 
     def available_copy_name(self) -> str:
         base = f"{self.name} (copy)"

@@ -10,9 +10,18 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 
 from backfill.models import BackfillPlan
-from presets.models import HITS_SAMPLE_VISITS, Preset
+from presets.models import Preset
 from runs.models import MAX_SHARDS, MAX_VISITS
-from runs.shards import ShardPlan, describe, free_loader_slots, parse_shards, plan_shards, resolve_shards
+from runs.shards import (
+    HITS_SAMPLE_VISITS,
+    ShardPlan,
+    describe,
+    free_loader_slots,
+    parse_shards,
+    plan_shards,
+    resolve_shards,
+    sample_hits_per_visit,
+)
 from targets.models import Target
 from trafficinator.thresholds import ThresholdError, parse_many
 
@@ -196,8 +205,8 @@ class RunEstimate:
 
     @cached_property
     def hits_per_visit(self) -> float:
-        """From the traffic model itself (Preset.sample_hits_per_visit), not a formula."""
-        return self.preset.sample_hits_per_visit()
+        """From the traffic model itself (runs.shards.sample_hits_per_visit), not a formula."""
+        return sample_hits_per_visit(self.preset)
 
     @property
     def sample_visits(self) -> int:

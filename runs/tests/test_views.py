@@ -10,6 +10,7 @@ from django.utils import timezone
 from presets.models import Preset
 from runs.models import HEARTBEAT_STALE_AFTER, Run, RunLog, RunSample
 from runs.presentation import CHART_MINUTES, Figures, chart_minutes, minute_slots, nice_ceiling, traffic_charts
+from runs.shards import sample_hits_per_visit
 from trafficinator.sending.telemetry import HitOutcome, RunStats, RunTelemetry
 from trafficinator.testing import RUN_OPERATOR, RUN_VIEWER, log_in_client, make_run, make_target, set_heartbeat
 
@@ -495,7 +496,7 @@ def test_the_estimate_follows_the_form_and_names_targets_that_lack_a_token(clien
     assert html.strip().startswith('<div id="run-estimate"')
     # 1 visit/s x the hits per visit of the traffic the preset generates (3 page views,
     # and the pings that give the last page its time).
-    hits_per_visit = preset.sample_hits_per_visit()
+    hits_per_visit = sample_hits_per_visit(preset)
     assert 3 <= hits_per_visit < 4.5
     assert f"× {hits_per_visit:.2f} hits per visit" in html
     assert "about 600 visits" in html and f"{round(600 * hits_per_visit):,} hits" in html  # 10 minutes
