@@ -6,14 +6,14 @@ our catalog's sections: ``https://www.facebook.com/`` listed as a social network
 be filed as the *search engine* Facebook, and a search engine Matomo does not know as a
 website. The built-in catalog is tested against those lists (targets/tests/test_fidelity.py);
 a preset's catalog overrides are checked here the same way, with the classifier the fake
-Matomo uses (targets.fake_matomo.referrers, Matomo 5's rules and lists).
+Matomo uses (trafficinator.referrers, Matomo 5's rules and lists).
 """
 
 from __future__ import annotations
 
 from urllib.parse import quote_plus, urlsplit
 
-from targets.fake_matomo.referrers import classify, search_engine
+from trafficinator.referrers import classify, search_engine
 from trafficinator.traffic import Catalog
 
 # What a misfiled referrer becomes, in the words of Matomo's Channel Type report.

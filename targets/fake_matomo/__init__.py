@@ -35,7 +35,7 @@ What it emulates (Matomo 5, checked against its sources; see ``rules.py`` for th
 * Returning visits: a visit is returning only when its visitor id had an earlier visit
   (``Visit.returning``, Matomo 5's ``visitor_returning``); ``_idvc``/``_viewts`` are ignored.
 * Channels: ``Visit.referrer`` classifies the first hit's ``urlref`` with Matomo's own
-  search-engine and social lists (``referrers.py``).
+  search-engine and social lists (``trafficinator.referrers``).
 * Faults on demand (``Fault``; ``fail_next``, ``hang_next``, ``reset_next``, latency), and
   the "500 but stored" answer to a bulk request that starts a site-day (``Fault(kind=
   "stored_500")``), which follows docs/matomo-tracking.md's measurement on Matomo 5.0.2 with

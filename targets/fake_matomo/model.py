@@ -11,8 +11,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
+
+from trafficinator.referrers import campaign_of, classify
 
 # Matomo's default `visit_standard_length`: a visit ends after 30 minutes without actions.
 VISIT_INACTIVITY_SECONDS = 1800
@@ -281,34 +283,6 @@ class Hit:
         return f"Hit(site={self.site_id}, visitor={self.visitor_id}, time={self.time}, type={self.action_type})"
 
 
-_CAMPAIGN_NAME_KEYS = (
-    "mtm_campaign",
-    "matomo_campaign",
-    "mtm_cpn",
-    "pk_campaign",
-    "piwik_campaign",
-    "pk_cpn",
-    "utm_campaign",
-)
-_CAMPAIGN_KEYWORD_KEYS = ("mtm_kwd", "matomo_kwd", "mtm_keyword", "pk_kwd", "piwik_kwd", "pk_keyword", "utm_term")
-
-
-def campaign_of(params: Mapping[str, str]) -> tuple[str, str] | None:
-    """(name, keyword) of a campaign on a hit, lower-cased like Matomo does, or None.
-
-    Looks at the page URL's query (``mtm_*``, ``pk_*``, ``utm_*``) and at ``_rcn``/``_rck``."""
-    name = params.get("_rcn", "")
-    keyword = params.get("_rck", "")
-    url = params.get("url", "")
-    if not name and "?" in url:
-        query = {k.lower(): v for k, v in parse_qsl(urlsplit(url).query, keep_blank_values=True)}
-        name = next((query[k] for k in _CAMPAIGN_NAME_KEYS if query.get(k)), "")
-        keyword = next((query[k] for k in _CAMPAIGN_KEYWORD_KEYS if query.get(k)), "")
-    if not name:
-        return None
-    return (name.strip().lower(), keyword.strip().lower())
-
-
 @dataclass
 class Visit:
     """Hits of one visitor that Matomo would count as one visit."""
@@ -353,8 +327,6 @@ class Visit:
     def referrer(self) -> tuple[str, str]:
         """(channel, name) as Matomo files this visit: from its first hit's ``urlref`` and
         landing ``url`` (campaign, direct, search, social or website); see ``referrers``."""
-        from .referrers import classify  # referrers needs campaign_of from this module
-
         first = self.hits[0].params
         return classify(first.get("urlref", ""), first.get("url", ""), self.site_hosts)
 

@@ -12,7 +12,7 @@ import pytest
 import requests
 
 from targets.fake_matomo import FakeMatomo, Site, Token
-from targets.fake_matomo.referrers import classify, lossy_host, search_engine, social_network
+from trafficinator.referrers import classify, lossy_host, search_engine, social_network
 from trafficinator.traffic import Catalog, Profile, day_visits, encode_visit
 
 TOKEN = "f1de11ty0123456789abcdef01234567"

@@ -4,11 +4,11 @@ Matomo classifies a visit's first referrer with two public lists kept in
 matomo-org/searchengine-and-social-list (``SearchEngines.yml``, ``Socials.yml``), and
 shortens host names with the country codes of ``core/Intl/Data/Resources/countries*.php``.
 This script turns a checkout of those files into the compact JSON that
-``targets/fake_matomo/referrers.py`` reads (stdlib only at run time, so no YAML there).
+``trafficinator/referrers.py`` reads (stdlib only at run time, so no YAML there).
 
 Run it after updating the lists (PyYAML needed only here) and commit the output:
 
-    python targets/fake_matomo/data/build_referrer_lists.py SearchEngines.yml Socials.yml \\
+    python trafficinator/data/build_referrer_lists.py SearchEngines.yml Socials.yml \\
         countries.php countries-extra.php SOURCE_COMMIT
 """
 

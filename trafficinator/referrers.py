@@ -9,6 +9,9 @@ patterns, default ``/^$/`` and ``/``), then the social list (a domain anywhere i
 URL), else a website. The lists are Matomo's own (``data/referrer_lists.json``, built
 from matomo-org/searchengine-and-social-list by ``data/build_referrer_lists.py``).
 
+Plain Python (stdlib only): the fake Matomo (targets.fake_matomo) files its visits with
+it, and a preset's catalog overrides are checked against it (presets.channels).
+
 Simplifications: no charset conversion of keywords, no Google ``as_*`` keyword assembly,
 and none of the special hosts Matomo hard-codes (Google custom search, InfoSpace) beyond
 ``*.search.yahoo.com``.
@@ -22,12 +25,11 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, unquote_plus, urlsplit
-
-from .model import campaign_of
 
 _DATA = Path(__file__).parent / "data" / "referrer_lists.json"
 _DEFAULT_HIDDEN = ["/^$/", "/"]
@@ -37,6 +39,34 @@ SEARCH = "search"
 SOCIAL = "social"
 WEBSITE = "website"
 CAMPAIGN = "campaign"
+
+
+_CAMPAIGN_NAME_KEYS = (
+    "mtm_campaign",
+    "matomo_campaign",
+    "mtm_cpn",
+    "pk_campaign",
+    "piwik_campaign",
+    "pk_cpn",
+    "utm_campaign",
+)
+_CAMPAIGN_KEYWORD_KEYS = ("mtm_kwd", "matomo_kwd", "mtm_keyword", "pk_kwd", "piwik_kwd", "pk_keyword", "utm_term")
+
+
+def campaign_of(params: Mapping[str, str]) -> tuple[str, str] | None:
+    """(name, keyword) of a campaign on a hit, lower-cased like Matomo does, or None.
+
+    Looks at the page URL's query (``mtm_*``, ``pk_*``, ``utm_*``) and at ``_rcn``/``_rck``."""
+    name = params.get("_rcn", "")
+    keyword = params.get("_rck", "")
+    url = params.get("url", "")
+    if not name and "?" in url:
+        query = {k.lower(): v for k, v in parse_qsl(urlsplit(url).query, keep_blank_values=True)}
+        name = next((query[k] for k in _CAMPAIGN_NAME_KEYS if query.get(k)), "")
+        keyword = next((query[k] for k in _CAMPAIGN_KEYWORD_KEYS if query.get(k)), "")
+    if not name:
+        return None
+    return (name.strip().lower(), keyword.strip().lower())
 
 
 @cache
