@@ -124,3 +124,68 @@ def test_the_public_api_check_catches_a_submodule_a_private_name_and_an_unexport
         "imports trafficinator.sending.sender._bulk_counts",
         "imports curves (not in __all__)",
     ]
+
+
+def _app_dependencies() -> dict[str, set[str]]:
+    """The apps each app's own code imports (module level or inside a function); its
+    tests and migrations are left out."""
+    graph: dict[str, set[str]] = {app: set() for app in APPS}
+    for app in APPS:
+        for path in (ROOT / app).rglob("*.py"):
+            if "tests" in path.parts or "migrations" in path.parts:
+                continue
+            for module in _imported_modules(path):
+                top = module.split(".")[0]
+                if top in APPS and top != app:
+                    graph[app].add(top)
+    return graph
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str]:
+    """One dependency cycle as a path (["a", "b", "a"]), or [] when there is none."""
+    done: set[str] = set()
+
+    def visit(node: str, path: list[str]) -> list[str]:
+        if node in path:
+            return [*path[path.index(node) :], node]
+        if node in done:
+            return []
+        for dependency in sorted(graph.get(node, ())):
+            found = visit(dependency, [*path, node])
+            if found:
+                return found
+        done.add(node)
+        return []
+
+    for node in sorted(graph):
+        found = visit(node, [])
+        if found:
+            return found
+    return []
+
+
+def test_the_apps_depend_on_each_other_without_a_cycle():
+    assert _cycle(_app_dependencies()) == []
+
+
+def test_the_cycle_check_finds_a_cycle():
+    assert _cycle({"presets": {"targets"}, "targets": set()}) == []
+    assert _cycle({"runs": {"presets"}, "presets": {"funnels"}, "funnels": {"presets"}}) == [
+        "funnels",
+        "presets",
+        "funnels",
+    ]
+
+
+def test_no_app_code_outside_targets_uses_the_fake_matomo():
+    """The fake Matomo is a test and benchmark tool: no app's own code depends on it."""
+    offenders = [
+        f"{path.relative_to(ROOT)} imports {module}"
+        for app in APPS
+        if app != "targets"
+        for path in (ROOT / app).rglob("*.py")
+        if "tests" not in path.parts
+        for module in _imported_modules(path)
+        if module.startswith("targets.fake_matomo")
+    ]
+    assert offenders == []
