@@ -19,7 +19,7 @@ from conftest import TOKEN
 from runs.models import Run, RunLog, RunSample
 from runs.tasks import execute_run
 from trafficinator.cli import ExitCode
-from trafficinator.testing import make_fast_preset, make_target, subprocess_env
+from trafficinator.testing import make_fast_preset, make_target, subprocess_env, wait_until
 
 MANAGE = str(Path(settings.BASE_DIR) / "manage.py")
 
@@ -137,14 +137,6 @@ def _start_loader_task(run_id: int, monkeypatch) -> threading.Thread:
     return thread
 
 
-def _wait_for(condition, timeout: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting")
-        time.sleep(0.1)
-
-
 @pytest.mark.django_db(transaction=True)
 def test_stop_takes_effect_within_two_seconds_and_a_redelivered_task_starts_nothing(
     fake_matomo, fast_preset, monkeypatch
@@ -152,7 +144,7 @@ def test_stop_takes_effect_within_two_seconds_and_a_redelivered_task_starts_noth
     target = local_target(fake_matomo)
     run = Run.objects.create_run(preset=fast_preset, targets=[target])
     thread = _start_loader_task(run.pk, monkeypatch)
-    _wait_for(lambda: fake_matomo.stats()["recorded"] > 20)
+    wait_until(lambda: fake_matomo.stats()["recorded"] > 20, timeout=90, what="20 hits recorded")
 
     # django-q2 delivers the task again while the first loader runs: nothing new starts.
     assert "not starting another loader" in execute_run(run.pk)
@@ -184,7 +176,9 @@ def test_the_worker_path_runs_a_loader_end_to_end(fake_matomo, fast_preset):
         from runs.models import enqueue_run
 
         enqueue_run(run)  # on_commit runs at once: this test is not inside a transaction
-        _wait_for(lambda: Run.objects.get(pk=run.pk).status == Run.Status.COMPLETED, timeout=60)
+        wait_until(
+            lambda: Run.objects.get(pk=run.pk).status == Run.Status.COMPLETED, timeout=60, what="the run to complete"
+        )
     finally:
         cluster.terminate()
         cluster.wait(timeout=20)
@@ -337,9 +331,13 @@ def test_a_stop_with_bulk_requests_in_flight_counts_no_network_error_and_flags_n
     target = local_target(fake_matomo)
     run = Run.objects.create_run(preset=fast_preset, targets=[target], bulk=True, batch_size=20)
     thread = _start_loader_task(run.pk, monkeypatch)
-    _wait_for(lambda: fake_matomo.stats()["recorded"] > 40)
+    wait_until(lambda: fake_matomo.stats()["recorded"] > 40, timeout=90, what="40 hits recorded")
     fake_matomo.set_latency(4.0)  # answers now come after the stop's grace
-    _wait_for(lambda: fake_matomo.stats()["bulk_requests"] > 3 + fake_matomo.stats()["recorded"] // 20)
+    wait_until(
+        lambda: fake_matomo.stats()["bulk_requests"] > 3 + fake_matomo.stats()["recorded"] // 20,
+        timeout=90,
+        what="more bulk requests",
+    )
     run.request_stop("Stopped by the test.")
     thread.join(timeout=20)
     assert not thread.is_alive()

@@ -24,7 +24,7 @@ from backfill.tests.conftest import expected_keys, hit_keys, make_backfill_targe
 from conftest import TOKEN
 from runs.models import Run, RunLog, enqueue_run
 from trafficinator.taskqueue import RUN_TASK, WorkerSlots, task_key
-from trafficinator.testing import confirmed_plan, make_preset, make_target, subprocess_env
+from trafficinator.testing import confirmed_plan, make_preset, make_target, subprocess_env, wait_until
 
 MANAGE = str(Path(settings.BASE_DIR) / "manage.py")
 REDIS_URL = "redis://127.0.0.1:6379/5"  # this stream's Redis database
@@ -117,13 +117,6 @@ def broker(request, monkeypatch) -> Iterator[Broker]:
             redis.from_url(REDIS_URL).delete(*QUEUE_KEYS)
 
 
-def wait_for(condition, timeout: float = 90, message: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, message or "timed out"
-        time.sleep(0.2)
-
-
 def ancestors(pid: int) -> list[int]:
     chain = []
     while pid > 1:
@@ -190,13 +183,13 @@ def test_an_idle_cluster_takes_the_next_run_while_a_busy_one_holds_none(broker, 
     first = broker.start_cluster()
     one = slow_run(target, fast_preset)
     enqueue_run(one)
-    wait_for(lambda: running(one), message="the first cluster did not start the first run")
+    wait_until(lambda: running(one), timeout=90, what="the first cluster to start the first run", interval=0.2)
     second = broker.start_cluster()
     two = slow_run(target, fast_preset)
     three = slow_run(target, fast_preset)
     enqueue_run(two)
     enqueue_run(three)  # no worker is free for it: it must stay on the broker
-    wait_for(lambda: running(two), message="the idle cluster did not get the second run")
+    wait_until(lambda: running(two), timeout=90, what="the idle cluster to get the second run", interval=0.2)
     assert cluster_of(one, [first, second]) is first
     assert cluster_of(two, [first, second]) is second
     three.refresh_from_db()
@@ -205,7 +198,12 @@ def test_an_idle_cluster_takes_the_next_run_while_a_busy_one_holds_none(broker, 
     assert (RUN_TASK, (three.pk, 0)) in waiting  # neither cluster took it ahead of a worker
     for run in (one, two, three):
         run.request_stop("Stopped by the test.")
-    wait_for(lambda: not Run.objects.filter(status__in=[Run.Status.RUNNING, Run.Status.STOPPING]).exists())
+    wait_until(
+        lambda: not Run.objects.filter(status__in=[Run.Status.RUNNING, Run.Status.STOPPING]).exists(),
+        timeout=90,
+        what="every run to end",
+        interval=0.2,
+    )
     assert set(Run.objects.values_list("status", flat=True)) == {Run.Status.STOPPED}
 
 
@@ -229,7 +227,12 @@ def test_a_run_taken_by_a_cluster_that_died_is_delivered_again_within_the_bound(
     assert broker.take("loaders")  # ... by the cluster that dies with it
     assert not _waiting_packages(broker)
     broker.start_cluster()
-    wait_for(lambda: Run.objects.get(pk=run.pk).status == Run.Status.COMPLETED, timeout=120)
+    wait_until(
+        lambda: Run.objects.get(pk=run.pk).status == Run.Status.COMPLETED,
+        timeout=120,
+        what="the run to complete",
+        interval=0.2,
+    )
     run.refresh_from_db()
     assert run.stats["totals"]["visits_started"] == 20
     assert run.stats["totals"]["accepted"] == fake_matomo.stats()["recorded"]
@@ -249,13 +252,20 @@ def test_a_backfill_day_of_a_killed_cluster_is_finished_by_another(broker, fake_
     fake_matomo.set_latency(0.02)  # slow enough to kill it mid-day
     doomed = broker.start_cluster("trafficinator")
     assert plan.start()
-    wait_for(lambda: fake_matomo.stats()["recorded"] >= 600, message="the first cluster sent nothing")
+    wait_until(
+        lambda: fake_matomo.stats()["recorded"] >= 600, timeout=90, what="the first cluster to send", interval=0.2
+    )
     kill(doomed)
     fake_matomo.set_latency(0.0)
     assert fake_matomo.stats()["recorded"] < sum(expected_keys(plan).values())  # it died mid-plan
     held = plan.days.get(status=BackfillDay.Status.RUNNING)  # and holding a day
     broker.start_cluster("trafficinator")
-    wait_for(lambda: BackfillPlan.objects.get(pk=plan.pk).status == BackfillPlan.Status.COMPLETED, timeout=180)
+    wait_until(
+        lambda: BackfillPlan.objects.get(pk=plan.pk).status == BackfillPlan.Status.COMPLETED,
+        timeout=180,
+        what="the plan to complete",
+        interval=0.2,
+    )
     recorded, expected = hit_keys(fake_matomo.hits_for(1)), expected_keys(plan)
     assert not expected - recorded  # no visit lost
     assert sum((recorded - expected).values()) <= (DEFAULT_REQUESTS_IN_FLIGHT + 2) * batch_size
@@ -272,8 +282,8 @@ def test_a_sigterm_to_the_cluster_alone_stops_its_loaders_cleanly(orm_broker, fa
     runs = [slow_run(target, fast_preset) for _ in range(2)]
     for run in runs:
         enqueue_run(run)
-    wait_for(lambda: all(running(run) for run in runs), message="the loaders did not start")
-    wait_for(lambda: fake_matomo.stats()["recorded"] > 0)
+    wait_until(lambda: all(running(run) for run in runs), timeout=90, what="the loaders to start", interval=0.2)
+    wait_until(lambda: fake_matomo.stats()["recorded"] > 0, timeout=90, what="a hit recorded", interval=0.2)
     os.kill(cluster.pid, signal.SIGTERM)  # the main process only, not its group
     cluster.wait(timeout=60)
     for run in runs:

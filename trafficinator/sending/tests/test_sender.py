@@ -764,7 +764,9 @@ def test_a_stop_mid_request_counts_no_network_error_and_flags_nothing(matomo, ma
                 sender.send_visit(visit, outcomes.append)
 
     waiting = gevent.spawn(more)
-    gevent.sleep(0.2)
+    # Stop once the first request is on the wire: its answer is a second away, the
+    # grace a fifth. (A fixed sleep here let a loaded machine stop before it was sent.)
+    wait_until(lambda: matomo.stats()["requests"] == 1, what="the first request to arrive", sleep=gevent.sleep)
     result = sender.close(0.2, flush=False)
 
     waiting.get(timeout=2)
