@@ -405,7 +405,9 @@ def _check_with_token(client: MatomoClient, target: Target, result: CheckResult)
             f"The token can only view site {target.site_id}. Tracking with visitor countries (cip) or dates "
             "older than 24 h (backfill) needs a token of a user with write or admin access, or a super user."
         )
-    result.steps.append("Token has write access: countries and backfill are possible.")
+    # What the token makes possible is said once the bulk probe has run: a secure-only
+    # token allows countries in single hits but neither bulk with countries nor backfill.
+    result.steps.append("Token has write access.")
 
     form_ok, bulk_ok = client.probe_token_modes()
     if not form_ok:
@@ -415,7 +417,9 @@ def _check_with_token(client: MatomoClient, target: Target, result: CheckResult)
         )
     result.token_secure_only = not bulk_ok
     if bulk_ok:
-        result.steps.append("The tracker accepts the token in single hits and in bulk requests.")
+        result.steps.append(
+            "The tracker accepts the token in single hits and in bulk requests: countries and backfill are possible."
+        )
     else:
         result.steps.append(
             "The token is “secure only”: it works in single hits (POST form) but Matomo ignores it in bulk "

@@ -186,6 +186,7 @@ def test_target_check_command_prints_the_steps_and_fails_with_exit_code(fake_mat
     out = io.StringIO()
     call_command("target", "check", "shop", stdout=out)
     assert "✓ Token accepted by Matomo 5.3.0." in out.getvalue()
+    assert "in single hits and in bulk requests: countries and backfill are possible" in out.getvalue()
     with pytest.raises(CommandError, match="1 of 2 check"):
         call_command("target", "check", "--all", stdout=io.StringIO())
 
@@ -213,6 +214,8 @@ def test_a_secure_only_token_is_detected_and_what_works_is_explained():
     assert any("secure only" in step and "single hits" in step for step in result.steps)
     assert "secure-only token" in result.message
     assert stats["recorded"] == 0
+    # No step promises what the token cannot do (backfill needs it in bulk).
+    assert not any("backfill are possible" in step for step in result.steps), result.steps
 
 
 @pytest.mark.django_db
