@@ -80,7 +80,7 @@ from django.db import connections
 
 from backfill.models import BackfillPlan
 from funnels.models import Funnel
-from runs.models import MAX_SHARDS, Run, RunLog, RunShard, RunTarget
+from runs.models import MAX_SHARDS, Run, RunLog, RunShard, RunTarget, stored_stats
 from targets.checks import token_works_in_bulk
 from trafficinator.sending.sender import SenderClosed, TargetSender
 from trafficinator.sending.telemetry import RunStats, RunTelemetry, TargetTelemetry, delivered_percent
@@ -98,6 +98,8 @@ from trafficinator.traffic import (
 )
 
 logger = logging.getLogger(__name__)
+# A terminal's progress line: called with the figures after each report.
+Progress = Callable[[RunStats], object]
 
 TICK = 0.2  # longest sleep of the scheduler when nothing is due
 CHECK_EVERY = 0.25  # seconds between claim + stop-request reads (one cheap SELECT)
@@ -429,22 +431,25 @@ class LiveLoader:
     """Sends one shard of a run until it completes, is stopped, fails, is superseded or
     (``hand_back``) is asked to exit and gives the shard back to the queue."""
 
-    def __init__(self, run: Run, *, token: uuid.UUID | None = None, progress=None, hand_back: bool = False) -> None:
+    def __init__(
+        self, run: Run, *, token: uuid.UUID | None = None, progress: Progress | None = None, hand_back: bool = False
+    ) -> None:
         self.run = run
         self.shard = self._claimed_shard(run, token)
         self.token: uuid.UUID | None = self.shard.claim_token
         self.hand_back = hand_back
-        self.progress = progress  # optional callable(stats) for a terminal progress line
+        self.progress = progress  # a terminal's progress line (run_traffic), or None
         # A sharded run's progress line shows the run's figures (every shard's), as the
         # writer thread last read them after a report; None until then.
-        self.run_figures: dict | None = None
+        self.run_figures: RunStats | None = None
         self.telemetry = RunTelemetry()
         self.stop_event = gevent.event.Event()
         self.wake = gevent.event.Event()  # the scheduler's alarm: a stop, a free slot
         self.stop_reason = ""
         self.final_status: Run.Status | str = Run.Status.STOPPED  # until stop() says why the loop ended
-        # A resumed shard continues its counters from where the lost loader left them.
-        self.previous_stats = self.shard.stats if isinstance(self.shard.stats, dict) else {}
+        # A resumed shard continues its counters from where the lost loader left them
+        # ({}: the field's default, nothing to carry over).
+        self.previous_stats: dict = self.shard.stats
         self.runtimes: list[TargetRuntime] = []
         self.dispatchers: list[gevent.Greenlet] = []
         self.checker = DbThread()
@@ -695,8 +700,8 @@ class LiveLoader:
         held = self.shard.report(token, stats, logs, sample, stream)
         if held and self.progress is not None and self.run.shard_count > 1:
             figures = Run.objects.filter(pk=self.run.pk).values_list("stats", flat=True).first()
-            if isinstance(figures, dict) and figures.get("totals"):
-                self.run_figures = figures
+            if figures and figures.get("totals"):  # None: the run is gone; {}: nothing merged yet
+                self.run_figures = stored_stats(figures)
         return held
 
     @staticmethod
@@ -1214,7 +1219,9 @@ def target_streams(
     return streams
 
 
-def execute_loader(run: Run, *, token: uuid.UUID | None = None, progress=None, hand_back: bool = False) -> Run:
+def execute_loader(
+    run: Run, *, token: uuid.UUID | None = None, progress: Progress | None = None, hand_back: bool = False
+) -> Run:
     """Run the loop of the shard ``token`` claimed (default: the one ``run.claim()`` just
     claimed), stop cleanly on SIGTERM/SIGINT (``hand_back``: give the shard back to the
     queue instead), and record how it ended. A loader whose claim was superseded writes
