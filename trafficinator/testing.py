@@ -35,6 +35,7 @@ RUN_OPERATOR = (*RUN_VIEWER, "runs.run_traffic")
 BACKFILL_VIEWER = ("backfill.view_backfillplan",)
 BACKFILL_PLANNER = (*BACKFILL_VIEWER, "backfill.add_backfillplan", "backfill.change_backfillplan")
 BACKFILL_OPERATOR = (*BACKFILL_PLANNER, "backfill.run_backfill")
+FUNNEL_VIEWER = ("funnels.view_funnel",)
 
 
 def make_user(username: str | None = None, *, superuser: bool = False, staff: bool = True, perms: Iterable[str] = ()):

@@ -10,7 +10,7 @@ import pytest
 from django.core.management import call_command
 
 from backfill.models import BackfillPlan
-from trafficinator.testing import make_user
+from trafficinator.testing import BACKFILL_VIEWER, make_user
 
 
 def command(name: str, *args: str) -> str:
@@ -46,7 +46,7 @@ def test_a_plans_json_and_csv_reports_give_each_days_planned_sent_accepted_and_i
         (row["day"], row["hits_sent"]) for row in report["days"]
     ]
 
-    client.force_login(make_user(perms=("backfill.view_backfillplan",)))
+    client.force_login(make_user(perms=BACKFILL_VIEWER))
     assert f"/backfill/{plan.pk}/report.csv" in client.get(f"/backfill/{plan.pk}/").content.decode()
     response = client.get(f"/backfill/{plan.pk}/report.json")
     assert response["Content-Disposition"] == f'attachment; filename="backfill-{plan.pk}.json"'

@@ -5,15 +5,9 @@ from django.urls import reverse
 
 from funnels.library import templates
 from funnels.models import Funnel
-from trafficinator.testing import make_funnel, make_preset, make_step, make_user
+from trafficinator.testing import FUNNEL_VIEWER, make_funnel, make_preset, make_step, make_user
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def admin_client(client):
-    client.force_login(make_user(superuser=True))
-    return client
 
 
 def funnel_post(steps: list[dict], **fields) -> dict:
@@ -179,7 +173,7 @@ def test_creating_from_a_template_needs_a_post(admin_client):
 
 
 def test_template_creation_and_import_need_the_add_permission(client):
-    client.force_login(make_user(perms=("funnels.view_funnel",)))
+    client.force_login(make_user(perms=FUNNEL_VIEWER))
     assert client.post(reverse("admin:funnels_funnel_from_template", args=["lead-generation"])).status_code == 403
     assert client.get(reverse("admin:funnels_funnel_import")).status_code == 403
     assert not Funnel.objects.exists()

@@ -4,14 +4,14 @@ import pytest
 from django.urls import reverse
 
 from funnels.preview import build_preview
-from trafficinator.testing import make_funnel, make_step, make_user
+from trafficinator.testing import FUNNEL_VIEWER, make_funnel, make_step, make_user
 
 pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
 def user_client(client):
-    client.force_login(make_user(perms=("funnels.view_funnel",)))
+    client.force_login(make_user(perms=FUNNEL_VIEWER))
     return client
 
 
@@ -140,7 +140,7 @@ def test_a_user_who_may_view_funnels_but_not_the_admin_reaches_every_preview(cli
     # Issue 16: the Funnels link led to the admin only, so a non-staff user with
     # funnels.view_funnel could open a preview from no page.
     funnel = checkout_funnel()
-    client.force_login(make_user(staff=False, perms=("funnels.view_funnel",)))
+    client.force_login(make_user(staff=False, perms=FUNNEL_VIEWER))
     page = client.get(reverse("funnels:list")).content.decode()
     assert f'<a href="{reverse("funnels:list")}" aria-current="page">Funnels</a>' in page
     assert f'href="{reverse("funnels:preview", args=[funnel.pk])}">Preview</a>' in page
@@ -151,7 +151,7 @@ def test_a_user_who_may_view_funnels_but_not_the_admin_reaches_every_preview(cli
 
 def test_staff_find_the_funnels_in_the_admin_and_others_without_the_permission_are_refused(client):
     funnel = checkout_funnel()
-    client.force_login(make_user(perms=("funnels.view_funnel", "funnels.change_funnel")))
+    client.force_login(make_user(perms=(*FUNNEL_VIEWER, "funnels.change_funnel")))
     page = client.get(reverse("funnels:preview", args=[funnel.pk])).content.decode()
     assert f'<a href="{reverse("admin:funnels_funnel_changelist")}" aria-current="page">Funnels</a>' in page
     assert "Edit funnel" in page

@@ -9,19 +9,11 @@ import json
 import pytest
 from django.core.exceptions import ValidationError
 from django.core.files.uploadedfile import SimpleUploadedFile
-from django.test import Client
 from django.urls import reverse
 
 from presets.models import Preset
 from presets.tests.test_presets import _custom_preset_form_data
-from trafficinator.testing import make_preset, make_user
-
-
-@pytest.fixture
-def admin_client(db) -> Client:
-    client = Client()
-    client.force_login(make_user(superuser=True))
-    return client
+from trafficinator.testing import make_preset
 
 
 @pytest.fixture

@@ -25,7 +25,15 @@ from django.utils import timezone
 
 from runs.models import Run, RunSample
 from trafficinator.sending.telemetry import RunTelemetry
-from trafficinator.testing import log_in, make_browser_paced_preset, make_preset, make_target, make_user, subprocess_env
+from trafficinator.testing import (
+    RUN_VIEWER,
+    log_in,
+    make_browser_paced_preset,
+    make_preset,
+    make_target,
+    make_user,
+    subprocess_env,
+)
 
 ARTIFACTS = Path(settings.BASE_DIR) / "test-artifacts"
 PANELS = ("#run-summary", "#run-charts", "#run-targets", "#run-log")
@@ -199,7 +207,7 @@ def test_panels_poll_only_while_the_tab_is_visible(page, live_server):
 def test_a_viewer_without_run_traffic_sees_the_run_but_no_buttons(page, live_server):
     run = Run.objects.create_run(preset=make_preset(), targets=[make_target()])
     run.claim(pid=1, host="test")
-    log_in(page, live_server, make_user("viewer", perms=("runs.view_run",)))
+    log_in(page, live_server, make_user("viewer", perms=RUN_VIEWER))
     assert page.locator("#dashboard-runs").is_visible() and page.locator("#start-run").count() == 0
     page.goto(f"{live_server.url}/runs/{run.pk}/")
     wait_for_status(page, "running")

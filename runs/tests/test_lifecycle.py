@@ -7,7 +7,7 @@ from django.utils import timezone
 from presets.models import Preset
 from runs.models import HEARTBEAT_STALE_AFTER, Run, RunTarget
 from runs.tasks import reap_stale_runs
-from trafficinator.testing import make_run, make_target, make_user, set_heartbeat
+from trafficinator.testing import RUN_VIEWER, make_run, make_target, make_user, set_heartbeat
 
 
 @pytest.mark.django_db
@@ -149,7 +149,7 @@ def test_run_admin_shows_a_run_and_its_stop_action_needs_the_run_traffic_permiss
     page = client.get(reverse("admin:runs_run_change", args=[run.pk]))
     assert page.status_code == 200 and b"Created by" in page.content
 
-    viewer = make_user(perms=("runs.view_run",))
+    viewer = make_user(perms=RUN_VIEWER)
     client.force_login(viewer)
     client.post(reverse("admin:runs_run_changelist"), {"action": "stop_runs", "_selected_action": [run.pk]})
     run.refresh_from_db()

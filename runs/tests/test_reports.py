@@ -15,7 +15,7 @@ from django.core.management import CommandError, call_command
 
 from conftest import TOKEN
 from runs.models import Run, RunLog, RunSample
-from trafficinator.testing import make_target, make_user
+from trafficinator.testing import RUN_VIEWER, make_target, make_user
 from trafficinator.thresholds import answered_hits
 
 OUTCOME_KEYS = ("accepted", "invalid", "unaccounted", "rejected", "server_errors", "network_errors", "timeouts")
@@ -233,7 +233,7 @@ def _run_with_samples() -> Run:
 @pytest.mark.django_db
 def test_the_run_page_links_its_reports_and_each_downloads(client):
     run = _run_with_samples()
-    client.force_login(make_user(perms=("runs.view_run",)))
+    client.force_login(make_user(perms=RUN_VIEWER))
     page = client.get(f"/runs/{run.pk}/").content.decode()
     for fmt in ("json", "csv", "html"):
         assert f"/runs/{run.pk}/report.{fmt}" in page
@@ -257,7 +257,7 @@ def test_reports_need_the_view_permission(client):
 def test_the_compare_page_shows_both_runs_side_by_side(client):
     first, second = _run_with_samples(), _run_with_samples()
     Run.objects.filter(pk=second.pk).update(visits_per_day=999)
-    client.force_login(make_user(perms=("runs.view_run",)))
+    client.force_login(make_user(perms=RUN_VIEWER))
     page = client.get(f"/runs/compare/?a={first.pk}&b={second.pk}").content.decode()
     assert f"Run {first.pk}" in page and f"run {second.pk}" in page
     assert 'data-differs="visits_per_day"' in page and 'id="compare-figures"' in page
@@ -272,7 +272,7 @@ def test_the_html_report_opens_in_a_browser_without_errors_or_requests(browser_p
     from trafficinator.testing import log_in
 
     run = _run_with_samples()
-    user = make_user(perms=("runs.view_run",))
+    user = make_user(perms=RUN_VIEWER)
     log_in(browser_page, live_server, user, next_url=f"/runs/{run.pk}/")
     requests: list[str] = []
     # Chromium may fetch the site's icon for its own tab (it knows /static/favicon.svg from

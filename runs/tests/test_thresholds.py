@@ -386,7 +386,7 @@ def test_the_run_page_and_the_dashboard_show_the_outcome_and_the_failing_criteri
 
     run = _finished_run_with_failed_threshold()
     assert run.outcome == Run.Outcome.FAILED
-    client.force_login(make_user(perms=("runs.view_run", "runs.run_traffic")))
+    client.force_login(make_user(perms=RUN_OPERATOR))
     page = client.get(f"/runs/{run.pk}/").content.decode()
     assert 'data-outcome="failed"' in page and "p95_ms &lt; 100: 250" in page
     assert 'id="threshold-results"' in page
@@ -402,7 +402,7 @@ def test_the_start_form_takes_thresholds_and_points_at_a_bad_one(client, django_
     from trafficinator.testing import make_user
 
     target = make_target(name="shop")
-    client.force_login(make_user(perms=("runs.view_run", "runs.run_traffic")))
+    client.force_login(make_user(perms=RUN_OPERATOR))
     preset = Preset.objects.get(name="Light")
     data = {"targets": [target.pk], "preset": preset.pk, "thresholds": "p95_ms < 500\nrejected[shop] = 0"}
     response = client.post("/runs/new/", data)

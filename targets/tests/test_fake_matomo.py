@@ -72,12 +72,6 @@ def matomo():
         yield server
 
 
-@pytest.fixture
-def http():
-    with requests.Session() as session:
-        yield session
-
-
 def hit(**params) -> dict:
     """A minimal valid page view for site 1."""
     base = {

@@ -30,12 +30,6 @@ def matomo():
         yield server
 
 
-@pytest.fixture
-def http():
-    with requests.Session() as session:
-        yield session
-
-
 def track(http, matomo, **params):
     base = {"idsite": 1, "rec": 1, "url": "https://shop.example.com/", "ua": CHROME, "lang": "sv", "send_image": 0}
     base.update(params)

@@ -13,10 +13,15 @@ from backfill.models import BackfillPlan
 from presets.models import Preset
 from runs.models import Run
 from trafficinator.models import ApiToken, hash_token
-from trafficinator.testing import confirmed_plan, make_target, make_user
-
-OPERATOR = ("runs.view_run", "runs.run_traffic")
-BACKFILLER = ("backfill.view_backfillplan", "backfill.add_backfillplan", "backfill.run_backfill")
+from trafficinator.testing import (
+    BACKFILL_OPERATOR,
+    BACKFILL_VIEWER,
+    RUN_OPERATOR,
+    RUN_VIEWER,
+    confirmed_plan,
+    make_target,
+    make_user,
+)
 
 
 def token_for(*perms: str, **kwargs) -> str:
@@ -37,7 +42,7 @@ def call(client: Client, method: str, path: str, token: str | None = None, body=
 
 @pytest.mark.django_db
 def test_a_token_is_stored_only_as_its_hash_and_records_its_last_use(client):
-    user = make_user(perms=OPERATOR)
+    user = make_user(perms=RUN_OPERATOR)
     token, secret = ApiToken.issue(user, "CI")
     assert secret.startswith("tfx_") and token.prefix == secret[:12]
     assert token.token_hash == hash_token(secret) and secret not in json.dumps(
@@ -51,7 +56,7 @@ def test_a_token_is_stored_only_as_its_hash_and_records_its_last_use(client):
 
 @pytest.mark.django_db
 def test_a_revoked_token_or_an_inactive_user_is_refused_with_401(client):
-    user = make_user(perms=OPERATOR)
+    user = make_user(perms=RUN_OPERATOR)
     token, secret = ApiToken.issue(user, "CI")
     token.revoke()
     response = call(client, "GET", "runs/", secret)
@@ -93,7 +98,7 @@ def test_the_admin_shows_a_new_token_once_and_can_revoke_it(client):
 @pytest.mark.django_db
 def test_each_endpoint_needs_the_permission_of_its_page(client):
     target = make_target(name="shop")
-    viewer = token_for("runs.view_run")
+    viewer = token_for(*RUN_VIEWER)
     nobody = token_for()
     assert call(client, "GET", "runs/", viewer).status_code == 200
     refused = call(client, "POST", "runs/", viewer, {"preset": "Light", "targets": ["shop"]})
@@ -112,9 +117,9 @@ def test_a_token_needs_no_csrf_but_a_session_does_for_changes():
     make_target(name="shop")
     body = {"preset": "Light", "targets": ["shop"]}
     strict = Client(enforce_csrf_checks=True)
-    assert call(strict, "POST", "runs/", token_for(*OPERATOR), body).status_code == 201
+    assert call(strict, "POST", "runs/", token_for(*RUN_OPERATOR), body).status_code == 201
 
-    user = make_user(perms=OPERATOR)
+    user = make_user(perms=RUN_OPERATOR)
     strict.force_login(user)
     assert call(strict, "GET", "runs/").status_code == 200  # reading with a session is fine
     refused = call(strict, "POST", "runs/", body=body)
@@ -132,7 +137,7 @@ def test_a_token_needs_no_csrf_but_a_session_does_for_changes():
 def test_starting_a_run_queues_it_and_answers_its_status(client, django_capture_on_commit_callbacks):
     make_target(name="shop")
     make_target(name="blog")
-    token = token_for(*OPERATOR)
+    token = token_for(*RUN_OPERATOR)
     body = {
         "preset": "Light",
         "targets": ["shop", {"name": "blog", "visits_per_day": 500}],
@@ -159,7 +164,7 @@ def test_starting_a_run_queues_it_and_answers_its_status(client, django_capture_
 @pytest.mark.django_db
 def test_starting_a_run_with_bad_input_answers_400_with_the_field_and_creates_nothing(client):
     make_target(name="shop")
-    token = token_for(*OPERATOR)
+    token = token_for(*RUN_OPERATOR)
     cases = [
         (
             {"preset": "Light", "targets": ["shop"], "thresholds": ["p95_ms => 5"]},
@@ -188,7 +193,7 @@ def test_starting_a_run_with_bad_input_answers_400_with_the_field_and_creates_no
 
 @pytest.mark.django_db
 def test_stop_report_unknown_runs_wrong_methods_and_paths_answer_json(client):
-    token = token_for(*OPERATOR)
+    token = token_for(*RUN_OPERATOR)
     run = Run.objects.create_run(preset=Preset.objects.get(name="Light"), targets=[make_target()])
     stopped = call(client, "POST", f"runs/{run.pk}/stop/", token)
     assert stopped.status_code == 200 and stopped.json()["status"] == "stopped"
@@ -209,7 +214,7 @@ def test_stop_report_unknown_runs_wrong_methods_and_paths_answer_json(client):
 def test_a_ci_job_can_start_wait_for_and_judge_a_run(client):
     """What the README's curl example does, with the run finished as a loader would."""
     make_target(name="shop")
-    token = token_for(*OPERATOR)
+    token = token_for(*RUN_OPERATOR)
     body = {"preset": "Light", "targets": ["shop"], "max_visits": 5, "thresholds": ["rejected == 0"]}
     run_id = call(client, "POST", "runs/", token, body).json()["id"]
     run = Run.objects.get(pk=run_id)
@@ -239,7 +244,7 @@ def checked_target():
 @pytest.mark.django_db
 def test_a_backfill_plan_is_created_as_a_draft_confirmed_with_its_phrase_and_cancelled(client, monkeypatch):
     checked_target()
-    token = token_for(*BACKFILLER)
+    token = token_for(*BACKFILL_OPERATOR)
     created = call(client, "POST", "backfills/", token, {"preset": "Light", "targets": ["shop"], "last_days": 2})
     assert created.status_code == 201, created.content
     plan_id = created.json()["id"]
@@ -271,7 +276,7 @@ def test_cancelling_a_running_plan_queues_its_invalidation_once(
     plan = confirmed_plan([checked_target()], Preset.objects.get(name="Light"))
     assert plan.start(enqueue=False)
     with django_capture_on_commit_callbacks(execute=True):
-        response = call(client, "POST", f"backfills/{plan.pk}/cancel/", token_for(*BACKFILLER))
+        response = call(client, "POST", f"backfills/{plan.pk}/cancel/", token_for(*BACKFILL_OPERATOR))
     assert response.status_code == 200 and response.json()["status"] == "cancelled"
     assert ended == [plan.pk]
 
@@ -279,9 +284,9 @@ def test_cancelling_a_running_plan_queues_its_invalidation_once(
 @pytest.mark.django_db
 def test_backfill_endpoints_refuse_bad_input_and_missing_permissions(client):
     checked_target()
-    viewer = token_for("backfill.view_backfillplan")
+    viewer = token_for(*BACKFILL_VIEWER)
     assert call(client, "POST", "backfills/", viewer, {"preset": "Light", "targets": ["shop"]}).status_code == 403
-    token = token_for(*BACKFILLER)
+    token = token_for(*BACKFILL_OPERATOR)
     bad_date = call(client, "POST", "backfills/", token, {"preset": "Light", "targets": ["shop"], "start_date": "x"})
     assert bad_date.status_code == 400 and "start_date" in bad_date.json()["fields"]
     tomorrow = (timezone.now() + timedelta(days=1)).date().isoformat()
@@ -309,7 +314,7 @@ def test_backfill_endpoints_refuse_bad_input_and_missing_permissions(client):
 )
 def test_a_hostile_json_body_answers_400_bad_json_not_500(client, body, reason):
     make_target(name="shop")
-    token = token_for(*OPERATOR)
+    token = token_for(*RUN_OPERATOR)
     response = client.post(
         "/api/v1/runs/", data=body, content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {token}"
     )

@@ -21,7 +21,7 @@ from backfill.models import BackfillPlan
 from presets.models import Preset
 from runs.models import Run, RunSample
 from trafficinator.sending.telemetry import RunTelemetry
-from trafficinator.testing import log_in, make_funnel, make_step, make_target, make_user
+from trafficinator.testing import FUNNEL_VIEWER, RUN_VIEWER, log_in, make_funnel, make_step, make_target, make_user
 
 pytestmark = [
     pytest.mark.browser,
@@ -199,7 +199,7 @@ def test_the_check_connection_button_looks_like_the_admins_other_tools(browser_p
 def test_a_user_who_is_not_staff_logs_in_on_the_apps_page_and_sees_what_they_may_open(browser_page, live_server):
     page = browser_page
     run = make_live_run(minutes=3)
-    log_in(page, live_server, make_user("viewer", staff=False, perms=("runs.view_run",)))
+    log_in(page, live_server, make_user("viewer", staff=False, perms=RUN_VIEWER))
     assert_one_navigation(page, "/", staff=False)
     page.locator(f"#run-card-{run.pk}").wait_for()
     page.get_by_role("button", name="Log out").click()
@@ -211,7 +211,7 @@ def test_a_user_who_is_not_staff_logs_in_on_the_apps_page_and_sees_what_they_may
 def test_a_user_who_is_not_staff_finds_the_funnel_previews_in_the_navigation(browser_page, live_server):
     page = browser_page
     funnel = make_funnel(name="Checkout", steps=[make_step(url="/cart"), make_step("goal", goal_id=1)])
-    viewer = make_user("analyst", staff=False, perms=("runs.view_run", "funnels.view_funnel"))
+    viewer = make_user("analyst", staff=False, perms=(*RUN_VIEWER, *FUNNEL_VIEWER))
     log_in(page, live_server, viewer)
     page.locator("nav.app-nav").get_by_role("link", name="Funnels").click()
     page.wait_for_url(f"{live_server.url}/funnels/")

@@ -13,7 +13,7 @@ from presets.models import Preset
 from runs.models import Run, RunShard
 from trafficinator.models import ApiToken
 from trafficinator.sending.telemetry import RunTelemetry
-from trafficinator.testing import make_target, make_user
+from trafficinator.testing import RUN_VIEWER, make_target, make_user
 
 
 def scrape(client, token: str | None = None, **extra):
@@ -61,7 +61,7 @@ def running_run_with_stats() -> tuple[Run, dict]:
 @pytest.mark.django_db
 def test_metrics_expose_hits_visits_in_flight_latency_and_heartbeat_per_run_and_target(client):
     run, stats = running_run_with_stats()
-    response = scrape(client, ApiToken.issue(make_user(perms=("runs.view_run",)), "prometheus")[1])
+    response = scrape(client, ApiToken.issue(make_user(perms=RUN_VIEWER), "prometheus")[1])
     assert response.status_code == 200 and response["Content-Type"].startswith("text/plain; version=0.0.4")
     parsed = families(response.content.decode())
     run_id = str(run.pk)
@@ -113,7 +113,7 @@ def test_metrics_show_a_lost_shard_that_the_runs_own_heartbeat_hides(client):
     RunShard.objects.filter(run=run, index=0).update(heartbeat_at=now - timedelta(seconds=2))
     RunShard.objects.filter(run=run, index=1).update(heartbeat_at=now - timedelta(seconds=120))
     Run.objects.filter(pk=run.pk).update(heartbeat_at=now - timedelta(seconds=2))
-    response = scrape(client, ApiToken.issue(make_user(perms=("runs.view_run",)), "prometheus")[1])
+    response = scrape(client, ApiToken.issue(make_user(perms=RUN_VIEWER), "prometheus")[1])
     parsed = families(response.content.decode())
 
     run_age = samples(parsed["trafficinator_loader_heartbeat_age_seconds"], run=str(run.pk))
@@ -131,7 +131,7 @@ def test_metrics_show_a_lost_shard_that_the_runs_own_heartbeat_hides(client):
 def test_metrics_leave_out_runs_that_ended_long_ago(client):
     run, _ = running_run_with_stats()
     run.finish(Run.Status.COMPLETED, "Done.")
-    token = ApiToken.issue(make_user(perms=("runs.view_run",)), "prometheus")[1]
+    token = ApiToken.issue(make_user(perms=RUN_VIEWER), "prometheus")[1]
     assert f'run="{run.pk}"' in scrape(client, token).content.decode()  # just finished: scraped once more
     Run.objects.filter(pk=run.pk).update(finished_at=timezone.now() - timedelta(minutes=6))
     assert f'run="{run.pk}"' not in scrape(client, token).content.decode()

@@ -4,7 +4,7 @@ import pytest
 from django.db import connection
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
-from trafficinator.testing import TEST_PASSWORD, make_preset, make_target, make_user
+from trafficinator.testing import RUN_VIEWER, TEST_PASSWORD, make_preset, make_target, make_user
 
 # URLs that must answer without a login, and why.
 PUBLIC = {
@@ -83,7 +83,7 @@ def test_responses_carry_a_content_security_policy(client):
 
 @pytest.mark.django_db
 def test_a_user_with_a_permission_but_no_staff_flag_logs_in_on_the_apps_login_page(client):
-    make_user("viewer", staff=False, perms=("runs.view_run",))
+    make_user("viewer", staff=False, perms=RUN_VIEWER)
     response = client.get(reverse("home"))
     assert response.status_code == 302 and response["Location"].startswith("/login/")
     response = client.post("/login/?next=/", {"username": "viewer", "password": TEST_PASSWORD, "next": "/"})
