@@ -1220,17 +1220,27 @@ def target_streams(
 
 
 def execute_loader(
-    run: Run, *, token: uuid.UUID | None = None, progress: Progress | None = None, hand_back: bool = False
+    run: Run,
+    *,
+    token: uuid.UUID | None = None,
+    progress: Progress | None = None,
+    hand_back: bool = False,
+    stopped_by: str = "",
 ) -> Run:
     """Run the loop of the shard ``token`` claimed (default: the one ``run.claim()`` just
     claimed), stop cleanly on SIGTERM/SIGINT (``hand_back``: give the shard back to the
-    queue instead), and record how it ended. A loader whose claim was superseded writes
-    nothing and says so on stderr."""
+    queue instead), and record how it ended. ``stopped_by``: who such a signal comes from
+    (``run_traffic``: the command line, its Ctrl-C), logged as a stop from a page is. A
+    loader whose claim was superseded writes nothing and says so on stderr."""
     loader = LiveLoader(run, token=token, progress=progress, hand_back=hand_back)
 
     def on_signal() -> None:
         if hand_back:
             loader.stop(HANDED_BACK, "The loader process was asked to exit.")
+        elif stopped_by:
+            if not loader.stop_event.is_set():  # a second Ctrl-C is not a second request
+                loader.log(RunLog.Level.INFO, f"Stop requested by {stopped_by}.")
+            loader.stop(Run.Status.STOPPED, f"Stopped by {stopped_by}.")
         else:
             loader.stop(Run.Status.STOPPED, "Stopped: the loader process was asked to exit.")
 

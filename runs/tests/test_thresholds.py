@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import signal
 import subprocess
 import sys
@@ -364,6 +365,10 @@ def test_a_run_stopped_before_its_end_exits_with_130_after_its_summary(fake_mato
     assert int(summary(output)["hits"]) > 0
     run.refresh_from_db()
     assert run.status == Run.Status.STOPPED
+    # Logged as who stopped it, the same way from the terminal as from a page.
+    who = "the command line" if stop == "ctrl-c" else "user"
+    assert run.logs.filter(message__regex=rf"^Stop requested by {who}[0-9]*\.$").count() == 1
+    assert re.fullmatch(rf"Stopped by {who}[0-9]*\.", run.end_reason), run.end_reason
 
 
 # --- pages ---------------------------------------------------------------------------------------

@@ -248,7 +248,9 @@ class Command(BaseCommand):
         children = self.start_other_shards(run)
         show_progress = sys.stderr.isatty()
         try:
-            run = execute_loader(run, token=token, progress=self.progress if show_progress else None)
+            run = execute_loader(
+                run, token=token, progress=self.progress if show_progress else None, stopped_by=COMMAND_LINE
+            )
         except LoaderSuperseded as exc:
             raise CommandError(str(exc)) from None
         finally:
