@@ -8,13 +8,11 @@ from django.urls import reverse
 
 from conftest import TOKEN
 from targets.models import Target
-from trafficinator.testing import make_funnel, make_target, make_user
+from trafficinator.testing import FUNNEL_VIEWER, log_in_client, make_funnel, make_target
 
 
 def client_for(*perms: str) -> Client:
-    client = Client()
-    client.force_login(make_user(perms=perms))
-    return client
+    return log_in_client(Client(), perms)
 
 
 @pytest.mark.django_db
@@ -37,7 +35,7 @@ def test_funnel_preview_needs_the_view_permission_on_funnels():
     funnel = make_funnel(name="Checkout")
     url = reverse("funnels:preview", args=[funnel.pk])
     assert client_for().get(url).status_code == 403
-    assert client_for("funnels.view_funnel").get(url).status_code == 200
+    assert client_for(*FUNNEL_VIEWER).get(url).status_code == 200
 
 
 @pytest.mark.django_db
