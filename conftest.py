@@ -39,6 +39,47 @@ def pytest_collection_modifyitems(items):
             item.add_marker(serialized, append=False)
 
 
+def _is_transactional(item: pytest.Item) -> bool:
+    marker = item.get_closest_marker("django_db")
+    return bool(marker and marker.kwargs.get("transaction")) or "transactional_db" in getattr(item, "fixturenames", ())
+
+
+# Whether the last transactional test of this process emptied the database (Django's flush
+# at its teardown) and nothing has put the migrations' data back since.
+_flushed = {"yes": False}
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item: pytest.Item):
+    yield
+    if _is_transactional(item):
+        _flushed["yes"] = True
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Give a test that follows a transactional one the migrations' data back (built-in
+    presets, content types, permissions, the reaper schedule) before its fixtures open
+    their transaction. A serial run never needs it: pytest-django runs the transactional
+    tests last. Under pytest-xdist (scripts/test runs the suite on several processes) a
+    process runs whole files in the scheduler's order, so a plain test can come after a
+    transactional test's flush; the transactional tests restore the data themselves
+    (serialized_rollback, above)."""
+    if not _flushed["yes"]:
+        return
+    _flushed["yes"] = False
+    if _is_transactional(item):
+        return
+    from django.db import connections
+    from pytest_django.plugin import blocking_manager_key
+
+    with item.config.stash[blocking_manager_key].unblock():
+        for connection in connections.all(initialized_only=True):
+            contents = getattr(connection, "_test_serialized_contents", None)
+            if contents:
+                connection.creation.deserialize_db_from_string(contents)
+
+
 def _delete_instead_of_truncate() -> None:
     """Transactional tests empty the test database after each test (Django's ``flush``).
     On PostgreSQL that is one TRUNCATE of every table, which costs a file operation per
@@ -103,6 +144,25 @@ def _restore_in_bulk() -> None:
 
 
 _restore_in_bulk()
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup, django_db_blocker):
+    """pytest-django's test database set-up, plus: on PostgreSQL, end the sessions this test
+    process left open before the database is dropped. The live server answers each request
+    in a thread of its own, and with CONN_MAX_AGE (settings) that thread's connection
+    outlives the request; PostgreSQL then refused the drop ("database ... is being accessed
+    by other users"), leaving a test database behind with a warning."""
+    yield
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        return
+    with django_db_blocker.unblock(), connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
 
 
 @pytest.fixture
