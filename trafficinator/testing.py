@@ -239,6 +239,24 @@ def log_in_client(client: Client, perms: Iterable[str] = (), **user_fields: Any)
     return client
 
 
+def api_token_for(*perms: str, **user_fields: Any) -> str:
+    """A personal API token (the secret, as shown once) of a new user with ``perms``."""
+    from trafficinator.models import ApiToken
+
+    return ApiToken.issue(make_user(perms=perms, **user_fields), "tests")[1]
+
+
+def api_call(client: Client, method: str, path: str, token: str | None = None, body: Any = None, **extra: Any) -> Any:
+    """``METHOD /api/v1/<path>`` with the token as a Bearer header and ``body`` as JSON."""
+    import json
+
+    if token:
+        extra["HTTP_AUTHORIZATION"] = f"Bearer {token}"
+    if body is not None:
+        extra.update(data=json.dumps(body), content_type="application/json")
+    return getattr(client, method.lower())(f"/api/v1/{path}", **extra)
+
+
 def wait_until(
     condition: Callable[[], T],
     timeout: float = 20.0,

@@ -430,7 +430,7 @@ def test_shards_are_chosen_in_the_form_the_api_and_the_command(client, fast_pres
 
     from runs.forms import StartRunForm
     from runs.shards import plan_shards, resolve_shards
-    from trafficinator.tests.test_api import OPERATOR, call, token_for
+    from trafficinator.testing import RUN_OPERATOR, api_call, api_token_for
 
     target = make_target(name="shop")
     settings.SHARD_HITS_PER_SECOND = 10
@@ -445,11 +445,11 @@ def test_shards_are_chosen_in_the_form_the_api_and_the_command(client, fast_pres
     bad = StartRunForm({"targets": [target.pk], "preset": fast_preset.pk, "shards": "0"})
     assert not bad.is_valid() and "1 to 64" in str(bad.errors["shards"])
 
-    token = token_for(*OPERATOR)
-    answer = call(client, "POST", "runs/", token, {"preset": "Fast", "targets": ["shop"], "shards": 2})
+    token = api_token_for(*RUN_OPERATOR)
+    answer = api_call(client, "POST", "runs/", token, {"preset": "Fast", "targets": ["shop"], "shards": 2})
     assert answer.status_code == 201, answer.content
     assert answer.json()["shard_count"] == 2 and len(answer.json()["shards"]) == 2
-    refused = call(client, "POST", "runs/", token, {"preset": "Fast", "targets": ["shop"], "shards": 65})
+    refused = api_call(client, "POST", "runs/", token, {"preset": "Fast", "targets": ["shop"], "shards": 65})
     assert refused.status_code == 400 and "shards" in refused.json()["fields"]
 
     with pytest.raises(CommandError) as error:

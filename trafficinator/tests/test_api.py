@@ -18,24 +18,12 @@ from trafficinator.testing import (
     BACKFILL_VIEWER,
     RUN_OPERATOR,
     RUN_VIEWER,
+    api_call,
+    api_token_for,
     confirmed_plan,
     make_target,
     make_user,
 )
-
-
-def token_for(*perms: str, **kwargs) -> str:
-    user = make_user(perms=perms, **kwargs)
-    return ApiToken.issue(user, "tests")[1]
-
-
-def call(client: Client, method: str, path: str, token: str | None = None, body=None, **extra):
-    if token:
-        extra["HTTP_AUTHORIZATION"] = f"Bearer {token}"
-    if body is not None:
-        extra.update(data=json.dumps(body), content_type="application/json")
-    return getattr(client, method.lower())(f"/api/v1/{path}", **extra)
-
 
 # --- tokens ------------------------------------------------------------------------------------
 
@@ -49,7 +37,7 @@ def test_a_token_is_stored_only_as_its_hash_and_records_its_last_use(client):
         list(ApiToken.objects.values()), default=str
     )
     assert token.last_used_at is None
-    assert call(client, "GET", "runs/", secret).status_code == 200
+    assert api_call(client, "GET", "runs/", secret).status_code == 200
     token.refresh_from_db()
     assert token.last_used_at is not None
 
@@ -59,12 +47,12 @@ def test_a_revoked_token_or_an_inactive_user_is_refused_with_401(client):
     user = make_user(perms=RUN_OPERATOR)
     token, secret = ApiToken.issue(user, "CI")
     token.revoke()
-    response = call(client, "GET", "runs/", secret)
+    response = api_call(client, "GET", "runs/", secret)
     assert response.status_code == 401 and response["WWW-Authenticate"].startswith("Bearer")
     assert response.json() == {"error": "The API token is unknown or revoked.", "code": "unauthorized"}
     _, other = ApiToken.issue(user, "again")
     type(user).objects.filter(pk=user.pk).update(is_active=False)
-    assert call(client, "GET", "runs/", other).status_code == 401
+    assert api_call(client, "GET", "runs/", other).status_code == 401
 
 
 @pytest.mark.django_db
@@ -89,7 +77,7 @@ def test_the_admin_shows_a_new_token_once_and_can_revoke_it(client):
     client.post(
         "/admin/trafficinator/apitoken/", {"action": "revoke_tokens", "_selected_action": [token.pk]}, follow=True
     )
-    assert call(Client(), "GET", "runs/", secret).status_code == 401
+    assert api_call(Client(), "GET", "runs/", secret).status_code == 401
 
 
 # --- permissions and CSRF ---------------------------------------------------------------------
@@ -98,17 +86,18 @@ def test_the_admin_shows_a_new_token_once_and_can_revoke_it(client):
 @pytest.mark.django_db
 def test_each_endpoint_needs_the_permission_of_its_page(client):
     target = make_target(name="shop")
-    viewer = token_for(*RUN_VIEWER)
-    nobody = token_for()
-    assert call(client, "GET", "runs/", viewer).status_code == 200
-    refused = call(client, "POST", "runs/", viewer, {"preset": "Light", "targets": ["shop"]})
+    viewer = api_token_for(*RUN_VIEWER)
+    nobody = api_token_for()
+    assert api_call(client, "GET", "runs/", viewer).status_code == 200
+    refused = api_call(client, "POST", "runs/", viewer, {"preset": "Light", "targets": ["shop"]})
     assert refused.status_code == 403 and refused.json() == {
         "error": "Permission needed: runs.run_traffic.",
         "code": "forbidden",
     }
     for path in ("runs/", "backfills/", "presets/", "targets/"):
-        assert call(client, "GET", path, nobody).status_code == 403
-    assert call(client, "GET", "targets/", token_for("runs.run_traffic")).json()["targets"][0]["name"] == target.name
+        assert api_call(client, "GET", path, nobody).status_code == 403
+    listed = api_call(client, "GET", "targets/", api_token_for("runs.run_traffic")).json()["targets"]
+    assert listed[0]["name"] == target.name
     assert not Run.objects.exists()
 
 
@@ -117,16 +106,16 @@ def test_a_token_needs_no_csrf_but_a_session_does_for_changes():
     make_target(name="shop")
     body = {"preset": "Light", "targets": ["shop"]}
     strict = Client(enforce_csrf_checks=True)
-    assert call(strict, "POST", "runs/", token_for(*RUN_OPERATOR), body).status_code == 201
+    assert api_call(strict, "POST", "runs/", api_token_for(*RUN_OPERATOR), body).status_code == 201
 
     user = make_user(perms=RUN_OPERATOR)
     strict.force_login(user)
-    assert call(strict, "GET", "runs/").status_code == 200  # reading with a session is fine
-    refused = call(strict, "POST", "runs/", body=body)
+    assert api_call(strict, "GET", "runs/").status_code == 200  # reading with a session is fine
+    refused = api_call(strict, "POST", "runs/", body=body)
     assert refused.status_code == 403 and refused.json()["code"] == "csrf_failed"
     strict.get("/")  # sets the CSRF cookie, as the page would
     csrf = strict.cookies["csrftoken"].value
-    assert call(strict, "POST", "runs/", body=body, HTTP_X_CSRFTOKEN=csrf).status_code == 201
+    assert api_call(strict, "POST", "runs/", body=body, HTTP_X_CSRFTOKEN=csrf).status_code == 201
     assert Run.objects.count() == 2
 
 
@@ -137,7 +126,7 @@ def test_a_token_needs_no_csrf_but_a_session_does_for_changes():
 def test_starting_a_run_queues_it_and_answers_its_status(client, django_capture_on_commit_callbacks):
     make_target(name="shop")
     make_target(name="blog")
-    token = token_for(*RUN_OPERATOR)
+    token = api_token_for(*RUN_OPERATOR)
     body = {
         "preset": "Light",
         "targets": ["shop", {"name": "blog", "visits_per_day": 500}],
@@ -147,7 +136,7 @@ def test_starting_a_run_queues_it_and_answers_its_status(client, django_capture_
         "abort_on_fail": True,
     }
     with django_capture_on_commit_callbacks() as callbacks:
-        response = call(client, "POST", "runs/", token, body)
+        response = api_call(client, "POST", "runs/", token, body)
     assert response.status_code == 201, response.content
     data = response.json()
     run = Run.objects.get()
@@ -156,15 +145,15 @@ def test_starting_a_run_queues_it_and_answers_its_status(client, django_capture_
     assert run.seed == 7 and run.max_visits == 50 and run.created_by.has_perm("runs.run_traffic")
     assert run.abort_on_fail and data["abort_on_fail"] is True and data["stopped_by_thresholds"] is False
     assert len(callbacks) == 1  # the loader task is enqueued after commit
-    assert call(client, "GET", f"runs/{run.pk}/", token).json()["id"] == run.pk
-    listed = call(client, "GET", "runs/?status=queued", token).json()["runs"]
+    assert api_call(client, "GET", f"runs/{run.pk}/", token).json()["id"] == run.pk
+    listed = api_call(client, "GET", "runs/?status=queued", token).json()["runs"]
     assert [item["id"] for item in listed] == [run.pk]
 
 
 @pytest.mark.django_db
 def test_starting_a_run_with_bad_input_answers_400_with_the_field_and_creates_nothing(client):
     make_target(name="shop")
-    token = token_for(*RUN_OPERATOR)
+    token = api_token_for(*RUN_OPERATOR)
     cases = [
         (
             {"preset": "Light", "targets": ["shop"], "thresholds": ["p95_ms => 5"]},
@@ -179,7 +168,7 @@ def test_starting_a_run_with_bad_input_answers_400_with_the_field_and_creates_no
         ({"preset": "Light", "targets": ["shop"], "colour": "red"}, None, "Unknown field(s): colour"),
     ]
     for body, field, message in cases:
-        response = call(client, "POST", "runs/", token, body)
+        response = api_call(client, "POST", "runs/", token, body)
         assert response.status_code == 400, body
         assert message in response.json()["error"]
         if field:
@@ -193,35 +182,35 @@ def test_starting_a_run_with_bad_input_answers_400_with_the_field_and_creates_no
 
 @pytest.mark.django_db
 def test_stop_report_unknown_runs_wrong_methods_and_paths_answer_json(client):
-    token = token_for(*RUN_OPERATOR)
+    token = api_token_for(*RUN_OPERATOR)
     run = Run.objects.create_run(preset=Preset.objects.get(name="Light"), targets=[make_target()])
-    stopped = call(client, "POST", f"runs/{run.pk}/stop/", token)
+    stopped = api_call(client, "POST", f"runs/{run.pk}/stop/", token)
     assert stopped.status_code == 200 and stopped.json()["status"] == "stopped"
-    again = call(client, "POST", f"runs/{run.pk}/stop/", token)
+    again = api_call(client, "POST", f"runs/{run.pk}/stop/", token)
     assert again.status_code == 409 and again.json()["code"] == "conflict"
-    report = call(client, "GET", f"runs/{run.pk}/report/", token)
+    report = api_call(client, "GET", f"runs/{run.pk}/report/", token)
     assert report.json()["run"]["id"] == run.pk
-    assert call(client, "GET", f"runs/{run.pk}/report/?format=csv", token)["Content-Type"].startswith("text/csv")
-    assert call(client, "GET", f"runs/{run.pk}/report/?format=pdf", token).status_code == 400
-    missing = call(client, "GET", "runs/999/", token)
+    assert api_call(client, "GET", f"runs/{run.pk}/report/?format=csv", token)["Content-Type"].startswith("text/csv")
+    assert api_call(client, "GET", f"runs/{run.pk}/report/?format=pdf", token).status_code == 400
+    missing = api_call(client, "GET", "runs/999/", token)
     assert missing.status_code == 404 and missing.json() == {"error": "No run 999.", "code": "not_found"}
-    wrong = call(client, "DELETE", f"runs/{run.pk}/", token)
+    wrong = api_call(client, "DELETE", f"runs/{run.pk}/", token)
     assert wrong.status_code == 405 and wrong["Allow"] == "GET"
-    assert call(client, "GET", "nothing/here/", token).json()["code"] == "not_found"
+    assert api_call(client, "GET", "nothing/here/", token).json()["code"] == "not_found"
 
 
 @pytest.mark.django_db
 def test_a_ci_job_can_start_wait_for_and_judge_a_run(client):
     """What the README's curl example does, with the run finished as a loader would."""
     make_target(name="shop")
-    token = token_for(*RUN_OPERATOR)
+    token = api_token_for(*RUN_OPERATOR)
     body = {"preset": "Light", "targets": ["shop"], "max_visits": 5, "thresholds": ["rejected == 0"]}
-    run_id = call(client, "POST", "runs/", token, body).json()["id"]
+    run_id = api_call(client, "POST", "runs/", token, body).json()["id"]
     run = Run.objects.get(pk=run_id)
     run.claim(pid=1, host="test")
-    assert call(client, "GET", f"runs/{run_id}/", token).json()["active"] is True
+    assert api_call(client, "GET", f"runs/{run_id}/", token).json()["active"] is True
     run.finish(Run.Status.COMPLETED, "Visit limit of 5 reached.", stats={"totals": {"sent": 9, "rejected": 2}})
-    status = call(client, "GET", f"runs/{run_id}/", token).json()
+    status = api_call(client, "GET", f"runs/{run_id}/", token).json()
     assert (status["active"], status["status"], status["outcome"]) == (False, "completed", "failed")
     assert status["failed_thresholds"] == ["rejected == 0: 2"]
 
@@ -244,26 +233,26 @@ def checked_target():
 @pytest.mark.django_db
 def test_a_backfill_plan_is_created_as_a_draft_confirmed_with_its_phrase_and_cancelled(client, monkeypatch):
     checked_target()
-    token = token_for(*BACKFILL_OPERATOR)
-    created = call(client, "POST", "backfills/", token, {"preset": "Light", "targets": ["shop"], "last_days": 2})
+    token = api_token_for(*BACKFILL_OPERATOR)
+    created = api_call(client, "POST", "backfills/", token, {"preset": "Light", "targets": ["shop"], "last_days": 2})
     assert created.status_code == 201, created.content
     plan_id = created.json()["id"]
     assert created.json()["status"] == "draft" and created.json()["confirmation"] == "shop"
     assert created.json()["estimate"]["total_visits"] > 0
 
-    refused = call(client, "POST", f"backfills/{plan_id}/confirm/", token, {"confirmation": "shp"})
+    refused = api_call(client, "POST", f"backfills/{plan_id}/confirm/", token, {"confirmation": "shp"})
     assert refused.status_code == 400 and refused.json()["code"] == "confirmation_needed"
     assert BackfillPlan.objects.get().status == "draft"
 
     monkeypatch.setattr("backfill.models.BackfillPlan.start", lambda self, **kw: True)  # no workers in this test
-    confirmed = call(client, "POST", f"backfills/{plan_id}/confirm/", token, {"confirmation": "shop"})
+    confirmed = api_call(client, "POST", f"backfills/{plan_id}/confirm/", token, {"confirmation": "shop"})
     assert confirmed.status_code == 200 and confirmed.json()["status"] == "confirmed"
-    assert call(client, "POST", f"backfills/{plan_id}/confirm/", token, {"confirmation": "shop"}).status_code == 409
-    assert call(client, "GET", f"backfills/{plan_id}/", token).json()["progress"]["days"] == 2
+    assert api_call(client, "POST", f"backfills/{plan_id}/confirm/", token, {"confirmation": "shop"}).status_code == 409
+    assert api_call(client, "GET", f"backfills/{plan_id}/", token).json()["progress"]["days"] == 2
 
-    cancelled = call(client, "POST", f"backfills/{plan_id}/cancel/", token)
+    cancelled = api_call(client, "POST", f"backfills/{plan_id}/cancel/", token)
     assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
-    assert call(client, "POST", f"backfills/{plan_id}/cancel/", token).status_code == 409
+    assert api_call(client, "POST", f"backfills/{plan_id}/cancel/", token).status_code == 409
 
 
 @pytest.mark.django_db
@@ -276,7 +265,7 @@ def test_cancelling_a_running_plan_queues_its_invalidation_once(
     plan = confirmed_plan([checked_target()], Preset.objects.get(name="Light"))
     assert plan.start(enqueue=False)
     with django_capture_on_commit_callbacks(execute=True):
-        response = call(client, "POST", f"backfills/{plan.pk}/cancel/", token_for(*BACKFILL_OPERATOR))
+        response = api_call(client, "POST", f"backfills/{plan.pk}/cancel/", api_token_for(*BACKFILL_OPERATOR))
     assert response.status_code == 200 and response.json()["status"] == "cancelled"
     assert ended == [plan.pk]
 
@@ -284,13 +273,14 @@ def test_cancelling_a_running_plan_queues_its_invalidation_once(
 @pytest.mark.django_db
 def test_backfill_endpoints_refuse_bad_input_and_missing_permissions(client):
     checked_target()
-    viewer = token_for(*BACKFILL_VIEWER)
-    assert call(client, "POST", "backfills/", viewer, {"preset": "Light", "targets": ["shop"]}).status_code == 403
-    token = token_for(*BACKFILL_OPERATOR)
-    bad_date = call(client, "POST", "backfills/", token, {"preset": "Light", "targets": ["shop"], "start_date": "x"})
+    viewer = api_token_for(*BACKFILL_VIEWER)
+    assert api_call(client, "POST", "backfills/", viewer, {"preset": "Light", "targets": ["shop"]}).status_code == 403
+    token = api_token_for(*BACKFILL_OPERATOR)
+    body = {"preset": "Light", "targets": ["shop"], "start_date": "x"}
+    bad_date = api_call(client, "POST", "backfills/", token, body)
     assert bad_date.status_code == 400 and "start_date" in bad_date.json()["fields"]
     tomorrow = (timezone.now() + timedelta(days=1)).date().isoformat()
-    future = call(
+    future = api_call(
         client,
         "POST",
         "backfills/",
@@ -299,7 +289,7 @@ def test_backfill_endpoints_refuse_bad_input_and_missing_permissions(client):
     )
     assert future.status_code == 400 and future.json()["code"] == "invalid"
     assert not BackfillPlan.objects.exists()
-    assert call(client, "GET", "backfills/5/", token).status_code == 404
+    assert api_call(client, "GET", "backfills/5/", token).status_code == 404
 
 
 @pytest.mark.django_db
@@ -314,7 +304,7 @@ def test_backfill_endpoints_refuse_bad_input_and_missing_permissions(client):
 )
 def test_a_hostile_json_body_answers_400_bad_json_not_500(client, body, reason):
     make_target(name="shop")
-    token = token_for(*RUN_OPERATOR)
+    token = api_token_for(*RUN_OPERATOR)
     response = client.post(
         "/api/v1/runs/", data=body, content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {token}"
     )
