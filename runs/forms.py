@@ -85,7 +85,7 @@ class StartRunForm(forms.Form):
         label="Stop when a threshold fails",
         required=False,
         help_text="Stop as soon as a threshold has certainly failed (a count past its limit, e.g. rejected == 0), "
-        "instead of at the end. Rates and latencies are judged at the end.",
+        "instead of at the end. Needs at least one such threshold: rates and latencies are judged at the end.",
     )
 
     def clean(self) -> dict:

@@ -106,9 +106,14 @@ class RunQuerySet(models.QuerySet["Run"]):
                 raise ValidationError({"targets": f"{target.name}: {problem}"})
         if all((weight or 0) <= 0 and not rate for _, weight, rate in entries):
             raise ValidationError({"targets": "Give at least one target a weight above 0 or its own visits per day."})
-        texts = check_thresholds(
+        parsed = check_thresholds(
             preset.threshold_lines() if thresholds is None else thresholds, [target.name for target, _, _ in entries]
         )
+        # Asked to stop early, a run that nothing can stop early would silently run to its end.
+        problem = criteria.early_stop_problem(parsed) if abort_on_fail else ""
+        if problem:
+            raise ValidationError({"abort_on_fail": problem})
+        texts = [threshold.text for threshold in parsed]
         run = self.model(
             preset=preset,
             preset_name=preset.name,
@@ -165,7 +170,7 @@ class RunQuerySet(models.QuerySet["Run"]):
         return self.filter(status__in=[Run.Status.RUNNING, Run.Status.STOPPING], pk__in=lost.values("run_id"))
 
 
-def check_thresholds(lines: list[str] | str, target_names: list[str]) -> list[str]:
+def check_thresholds(lines: list[str] | str, target_names: list[str]) -> list[criteria.Threshold]:
     """Parse thresholds for a run on ``target_names``; a ValidationError on "thresholds"
     names the first bad one and where it goes wrong."""
     try:
@@ -180,7 +185,7 @@ def check_thresholds(lines: list[str] | str, target_names: list[str]) -> list[st
                     f"(its targets: {', '.join(target_names)}; * means every target)."
                 }
             )
-    return [threshold.text for threshold in parsed]
+    return parsed
 
 
 class Run(models.Model):

@@ -299,6 +299,21 @@ def can_fail_early(threshold: Threshold) -> bool:
     return threshold.metric in GROWING_COUNTS and threshold.op in ("<", "<=", "==")
 
 
+def early_stop_problem(thresholds: list[Threshold]) -> str:
+    """Why stopping as soon as a threshold has certainly failed (a run's ``abort_on_fail``)
+    could never stop a run judged by ``thresholds``; "" when one of them can fail early."""
+    if any(can_fail_early(threshold) for threshold in thresholds):
+        return ""
+    if thresholds:
+        why = f"none of its thresholds can fail before the end ({'; '.join(t.text for t in thresholds)})"
+    else:
+        why = "the run has no thresholds"
+    return (
+        f"Nothing could stop this run early: {why}. Only a count held under a limit can, e.g. rejected == 0 "
+        "or errors < 100; rates and latencies are judged at the end."
+    )
+
+
 def certainly_failed(thresholds: list[Threshold], run_scope: Scope, target_scopes: list[Scope]) -> list[dict[str, Any]]:
     """The results (as ``evaluate`` gives them) of thresholds the run has already failed
     for good, whatever it sends from now on: its count is past the limit and can only grow.

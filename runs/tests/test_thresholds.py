@@ -286,6 +286,11 @@ def test_bad_usage_exits_with_2_and_creates_nothing():
         (("--target", "shop", "--preset", "Light", "--threshold", "p95 < 5"), "unknown metric “p95”"),
         (("--target", "nope", "--preset", "Light"), "No target named"),
         (("--target", "shop", "--preset", "Nope"), "No preset named"),
+        (
+            ("--target", "shop", "--preset", "Light", "--abort-on-fail", "--threshold", "success_rate >= 0.99"),
+            r"abort_on_fail: Nothing could stop this run early: none of its thresholds can fail before the end",
+        ),
+        (("--target", "shop", "--preset", "Light", "--abort-on-fail"), "the run has no thresholds"),
     ]:
         with pytest.raises(CommandError, match=message) as error:
             run_traffic(*args)
@@ -423,3 +428,22 @@ def test_the_start_form_takes_thresholds_and_points_at_a_bad_one(client, django_
     assert response.status_code == 302
     run = Run.objects.get()
     assert run.thresholds == ["p95_ms < 500", "rejected[shop] == 0"] and run.abort_on_fail
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("thresholds", "why"),
+    [
+        ("", "the run has no thresholds"),  # the preset's: Light has none
+        ("none", "the run has no thresholds"),
+        ("p95_ms < 500\nsuccess_rate >= 0.99\nhits > 10", "none of its thresholds can fail before the end"),
+    ],
+)
+def test_the_start_form_refuses_stop_when_a_threshold_fails_when_none_can_fail_early(client, thresholds, why):
+    target = make_target(name="shop")
+    data = {"targets": [target.pk], "preset": Preset.objects.get(name="Light").pk, "thresholds": thresholds}
+    response = log_in_client(client, RUN_OPERATOR).post("/runs/new/", {**data, "abort_on_fail": "on"})
+    assert response.status_code == 200
+    assert why in " ".join(response.context["start_form"].errors["abort_on_fail"])
+    assert why in response.content.decode()  # shown next to the box
+    assert not Run.objects.exists()

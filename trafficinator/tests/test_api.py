@@ -165,6 +165,12 @@ def test_starting_a_run_with_bad_input_answers_400_with_the_field_and_creates_no
         ({"preset": "Light", "targets": ["ghost"]}, "targets", "No target “ghost”"),
         ({"preset": "Light", "targets": ["shop"], "max_visits": "ten"}, "max_visits", "whole number"),
         ({"preset": "Light", "targets": ["shop"], "abort_on_fail": "yes"}, "abort_on_fail", "true or false"),
+        (  # nothing could stop it early: refused rather than silently run to its end
+            {"preset": "Light", "targets": ["shop"], "abort_on_fail": True, "thresholds": ["p95_ms < 500"]},
+            "abort_on_fail",
+            "none of its thresholds can fail before the end (p95_ms < 500)",
+        ),
+        ({"preset": "Light", "targets": ["shop"], "abort_on_fail": True}, "abort_on_fail", "the run has no thresholds"),
         ({"preset": "Light", "targets": ["shop"], "colour": "red"}, None, "Unknown field(s): colour"),
     ]
     for body, field, message in cases:

@@ -216,8 +216,8 @@ class Command(BaseCommand):
             "--abort-on-fail",
             action="store_true",
             help="Stop as soon as a threshold has certainly failed instead of at the end (exit 3). Only a count "
-            'held under a limit can fail early ("rejected == 0", "errors < 100"); rates and latencies are judged '
-            "at the end.",
+            'held under a limit can fail early ("rejected == 0", "errors < 100"), and one is needed (exit 2 '
+            "otherwise); rates and latencies are judged at the end.",
         )
         parser.add_argument(
             "--report", metavar="FILE", help="Write the run's JSON report to FILE at the end (see run_report)."
