@@ -5,13 +5,15 @@ read-only, with per-day progress inline."""
 from __future__ import annotations
 
 from django.contrib import admin, messages
+from django.contrib.admin.utils import unquote
 from django.db import transaction
 from django.http import HttpRequest
+from django.shortcuts import redirect
 from django.urls import reverse
 from django.utils.html import format_html
 
 from backfill.forms import BackfillPlanForm
-from backfill.models import BackfillDay, BackfillLog, BackfillPlan
+from backfill.models import BackfillDay, BackfillLog, BackfillPlan, PlanNotEditable
 
 
 class BackfillDayInline(admin.TabularInline):
@@ -125,6 +127,21 @@ class BackfillPlanAdmin(admin.ModelAdmin):
         if obj is not None and not obj.can_edit():
             return False
         return super().has_change_permission(request, obj)
+
+    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
+        # A plan confirmed since its change page was opened: say so instead of a 403 (it
+        # is no longer editable when the POST arrives) or a 500 (it was confirmed while the
+        # POST was being checked, and save_draft refused).
+        if request.method == "POST" and object_id is not None:
+            plan = self.get_object(request, unquote(object_id))
+            if plan is not None and not plan.can_edit():
+                self.message_user(request, plan.not_editable().message, messages.ERROR)
+                return redirect(request.path)
+        try:
+            return super().changeform_view(request, object_id, form_url, extra_context)
+        except PlanNotEditable as refused:  # rolled back: nothing was saved or logged
+            self.message_user(request, refused.message, messages.ERROR)
+            return redirect(request.path)
 
     def save_model(self, request, obj, form, change) -> None:
         pass  # save_related saves the draft, its creator, its targets and its log line at once

@@ -79,6 +79,32 @@ def new_seed() -> int:
     return secrets.randbelow(2**31)
 
 
+# What editing a draft writes: its settings, never a lifecycle column (status, who
+# confirmed, the estimate, the frozen funnels and goals), so a stale edit cannot undo
+# a confirmation it lost to.
+DRAFT_FIELDS = (
+    "preset",
+    "preset_name",
+    "profile",
+    "start_date",
+    "end_date",
+    "visits_per_day",
+    "daily_cap",
+    "total_cap",
+    "seed",
+    "max_requests_per_second",
+    "batch_size",
+    "requests_in_flight",
+    "parallel_days",
+)
+
+
+class PlanNotEditable(ValidationError):
+    """``save_draft`` on a plan that is no longer a draft (confirmed in another tab or by
+    someone else meanwhile). Callers show it as a message, not as a field error:
+    nothing in the form can fix it."""
+
+
 class BackfillPlanQuerySet(models.QuerySet["BackfillPlan"]):
     def population_for(self, target: Target, preset: Preset | None) -> tuple[BackfillPlan, Population] | None:
         """The visitors of the latest backfill of this target with this preset that sent
@@ -421,18 +447,32 @@ class BackfillPlan(models.Model):
     @transaction.atomic
     def save_draft(self, targets: list[Target], by=None) -> None:
         """Save a draft that ``prepare_draft`` set up, and its targets, with a log line
-        saying who created or edited it (a new draft records ``by`` as its creator)."""
-        if self.pk and not self.can_edit():
-            raise ValidationError("Only drafts can be edited; run the plan again to change it.")
+        saying who created or edited it (a new draft records ``by`` as its creator).
+        An edit is a conditional UPDATE of the settings only, so if the plan was
+        confirmed since it was read, the edit loses: raises PlanNotEditable."""
         creating = self.pk is None
-        if creating and getattr(by, "pk", None):
-            self.created_by = by
-        self.save()
+        if creating:
+            if getattr(by, "pk", None):
+                self.created_by = by
+            self.save()
+        elif not self.can_edit() or not self._transition(
+            [self.Status.DRAFT], **{name: getattr(self, name) for name in DRAFT_FIELDS}
+        ):
+            raise self.not_editable()
         self.targets.set(targets)
         self.log(
             BackfillLog.Level.INFO,
             f"{'Draft created' if creating else 'Draft edited'} by {actor(by)}: {self.start_date} – {self.end_date}, "
             f"preset {self.preset_name}, {self.visits_per_day:,} visits/day, seed {self.seed}.",
+        )
+
+    def not_editable(self) -> PlanNotEditable:
+        """The refusal of an edit, naming the plan's status as it is now in the database."""
+        status = BackfillPlan.objects.filter(pk=self.pk).values_list("status", flat=True).first() or self.status
+        label = self.Status(status).label.lower()
+        return PlanNotEditable(
+            f"Plan {self.pk} is {label} now (changed elsewhere meanwhile): only drafts can be edited, so these "
+            "changes were not saved. Run the plan again to change it."
         )
 
     # --- transitions (conditional updates) -------------------------------------------

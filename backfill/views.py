@@ -18,7 +18,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from backfill.forms import BackfillPlanForm, ConfirmForm
-from backfill.models import BackfillPlan
+from backfill.models import BackfillPlan, PlanNotEditable
 from backfill.planning import Estimate, draft_estimate
 from backfill.verification import verify_plan
 from trafficinator.http import HtmxHttpRequest
@@ -90,8 +90,11 @@ def plan_edit(request: HtmxHttpRequest, pk: int) -> HttpResponse:
         return redirect(_plan_url(plan))
     form = BackfillPlanForm(request.POST or None, instance=plan)
     if request.method == "POST" and form.is_valid():
-        with transaction.atomic():
-            form.save_draft(request.user)
+        try:
+            with transaction.atomic():
+                form.save_draft(request.user)
+        except PlanNotEditable as refused:  # confirmed elsewhere while this form was checked
+            messages.error(request, refused.message)
         return redirect(_plan_url(plan))
     return render(request, "backfill/form.html", {"form": form, "plan": plan})
 

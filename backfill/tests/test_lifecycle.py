@@ -162,3 +162,39 @@ def test_a_dead_local_worker_is_noticed_without_waiting(target, preset):
     day, _ = BackfillDay.claim(plan.days.get().pk, f"{host}:{child.pid}")
     assert day.holder_is_gone()  # fresh heartbeat, but its process is gone
     assert BackfillDay.claim(day.pk) is not None
+
+
+def test_saving_a_stale_draft_never_turns_a_confirmed_plan_back_into_a_draft(target, preset):
+    # Review finding 2: tab A opens Edit, tab B confirms (and starts), tab A saves. The
+    # save must lose, not write every column back over the confirmed row.
+    from backfill.forms import BackfillPlanForm
+    from backfill.models import PlanNotEditable
+
+    plan = make_plan([target], preset, last_days=2)
+    stale = BackfillPlan.objects.get(pk=plan.pk)
+    confirmed = BackfillPlan.objects.get(pk=plan.pk)
+    assert confirmed.confirm(by_name="tab 2") and confirmed.start(enqueue=False)
+    form = BackfillPlanForm(
+        {"targets": [target.pk], "preset": preset.pk, "last_days": 3, "batch_size": 400, "parallel_days": 1},
+        instance=stale,
+    )
+    assert form.is_valid(), form.errors
+    with pytest.raises(PlanNotEditable, match="is running now"):
+        form.save_draft(None)
+    fresh = BackfillPlan.objects.get(pk=plan.pk)
+    assert fresh.status == BackfillPlan.Status.RUNNING and fresh.confirmed_at == confirmed.confirmed_at
+    assert fresh.estimate == confirmed.estimate and fresh.frozen_goals == confirmed.frozen_goals
+    assert fresh.frozen_funnels == confirmed.frozen_funnels and fresh.day_count == 2 and fresh.days.count() == 2
+    assert not fresh.logs.filter(message__startswith="Draft edited").exists()
+
+
+def test_a_draft_edit_writes_every_setting_the_form_can_change(target, preset):
+    # save_draft writes a fixed list of columns (never the lifecycle ones): a setting
+    # added to the form but not to that list would be silently dropped.
+    from backfill.forms import BackfillPlanForm
+    from backfill.models import DRAFT_FIELDS
+
+    model_fields = {field.name for field in BackfillPlan._meta.get_fields()}
+    settings = {name for name in BackfillPlanForm.Meta.fields if name in model_fields and name != "targets"}
+    assert settings <= set(DRAFT_FIELDS)
+    assert not {"status", "confirmed_at", "estimate", "frozen_goals", "frozen_funnels"} & set(DRAFT_FIELDS)

@@ -352,3 +352,62 @@ def test_a_draft_added_in_the_admin_records_its_creator_targets_and_log_line(tar
     assert response.status_code == 302 and plan.created_by.username == "root"
     assert list(plan.targets.all()) == [target] and plan.day_count == 2
     assert plan.logs.get().message.startswith("Draft created by root: ")
+
+
+def confirm_while_the_form_is_checked(monkeypatch) -> None:
+    """Another tab confirms and starts the plan after the edit request read it and while
+    the form is being validated: the narrowest race, after every status check."""
+    prepare = BackfillPlan.prepare_draft
+
+    def prepare_then_confirm_elsewhere(self, **fields):
+        prepare(self, **fields)
+        elsewhere = BackfillPlan.objects.get(pk=self.pk)
+        assert elsewhere.confirm(by_name="tab 2") and elsewhere.start(enqueue=False)
+
+    monkeypatch.setattr(BackfillPlan, "prepare_draft", prepare_then_confirm_elsewhere)
+
+
+def test_an_edit_that_loses_to_a_confirmation_says_so_and_changes_nothing(target, preset, monkeypatch):
+    plan = make_plan([target], preset, last_days=2)
+    client = log_in_client(Client(), BACKFILL_PLANNER)
+    confirm_while_the_form_is_checked(monkeypatch)
+    data = {"targets": [target.pk], "preset": preset.pk, "last_days": 5, "batch_size": 400, "parallel_days": 1}
+    response = client.post(reverse("backfill:edit", args=[plan.pk]), data, follow=True)
+    assert response.redirect_chain == [(reverse("backfill:detail", args=[plan.pk]), 302)]
+    assert f"Plan {plan.pk} is running now" in response.content.decode()
+    plan.refresh_from_db()
+    assert plan.status == BackfillPlan.Status.RUNNING and plan.confirmed_at and plan.frozen_goals is not None
+    assert plan.day_count == 2 and plan.days.count() == 2
+
+
+def test_the_admin_refuses_an_edit_of_a_plan_confirmed_meanwhile_with_a_message(target, preset, monkeypatch):
+    client = log_in_client(Client(), superuser=True)
+    data = {
+        "targets": [target.pk],
+        "preset": preset.pk,
+        "last_days": 5,
+        "batch_size": 400,
+        "requests_in_flight": 4,
+        "parallel_days": 1,
+        "logs-TOTAL_FORMS": 0,
+        "logs-INITIAL_FORMS": 0,
+        "days-TOTAL_FORMS": 0,
+        "days-INITIAL_FORMS": 0,
+    }
+    confirmed = confirmed_plan([target], preset)  # before the POST: a stale change page
+    url = reverse("admin:backfill_backfillplan_change", args=[confirmed.pk])
+    response = client.post(url, data, follow=True)
+    assert response.redirect_chain == [(url, 302)]
+    assert f"Plan {confirmed.pk} is confirmed now" in response.content.decode()
+
+    draft = make_plan([target], preset, seed=3)  # during the POST: save_draft refuses
+    confirm_while_the_form_is_checked(monkeypatch)
+    url = reverse("admin:backfill_backfillplan_change", args=[draft.pk])
+    response = client.post(url, data, follow=True)
+    assert response.redirect_chain == [(url, 302)]
+    page = response.content.decode()
+    assert f"Plan {draft.pk} is running now" in page and "was changed successfully" not in page
+    # The admin's own transaction is rolled back, with the "other tab's" confirmation that
+    # ran inside it here: what matters is that the edit was not written.
+    draft.refresh_from_db()
+    assert draft.day_count == 2 and not draft.logs.filter(message__startswith="Draft edited").exists()
