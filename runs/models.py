@@ -172,11 +172,12 @@ class RunQuerySet(models.QuerySet["Run"]):
 
 def check_thresholds(lines: list[str] | str, target_names: list[str]) -> list[criteria.Threshold]:
     """Parse thresholds for a run on ``target_names``; a ValidationError on "thresholds"
-    names the first bad one and where it goes wrong."""
+    names the first bad one and where it goes wrong (its ``__cause__``: the ThresholdError)."""
     try:
         parsed = criteria.parse_many(lines)
     except criteria.ThresholdError as error:
-        raise ValidationError({"thresholds": str(error)}) from None
+        # Chained: run_traffic shows the error's pointer (a caret under the character).
+        raise ValidationError({"thresholds": str(error)}) from error
     for threshold in parsed:
         if threshold.scope not in (None, criteria.EVERY_TARGET, *target_names):
             raise ValidationError(

@@ -315,6 +315,24 @@ def test_a_bad_threshold_on_the_command_line_is_shown_with_a_caret_under_the_err
 
 
 @pytest.mark.django_db
+def test_run_traffic_parses_each_threshold_once(monkeypatch):
+    from runs.management.commands.run_traffic import Command
+    from trafficinator import thresholds
+
+    make_target(name="shop")
+    parsed: list[str] = []
+    real_parse = thresholds.parse
+    monkeypatch.setattr(thresholds, "parse", lambda text: parsed.append(text) or real_parse(text))
+    command = Command(stdout=io.StringIO())
+    options = command.create_parser("manage.py", "run_traffic").parse_args(
+        ["--target", "shop", "--preset", "Light", "--threshold", "rejected == 0", "--threshold", "p95_ms < 500"]
+    )
+    run = command.create_run(vars(options))
+    assert run.thresholds == ["rejected == 0", "p95_ms < 500"]
+    assert parsed == ["rejected == 0", "p95_ms < 500"]  # by create_run; the command's caret needs no second parse
+
+
+@pytest.mark.django_db
 @pytest.mark.parametrize(
     ("status", "outcome", "code"),
     [

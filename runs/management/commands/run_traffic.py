@@ -45,7 +45,7 @@ from trafficinator.cli import (
 )
 from trafficinator.lifecycle import COMMAND_LINE
 from trafficinator.sending.telemetry import RunStats
-from trafficinator.thresholds import ThresholdError, parse_many
+from trafficinator.thresholds import ThresholdError
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -333,12 +333,6 @@ class Command(BaseCommand):
         thresholds = options.get("threshold")
         if thresholds is not None and [text.strip().lower() for text in thresholds] == ["none"]:
             thresholds = []
-        for text in thresholds or []:
-            try:
-                parse_many([text])
-            except ThresholdError as error:
-                # On a terminal: the expression again, with a caret under the character.
-                raise usage_error(f"{error}\n{error.pointer()}") from None
         try:
             shards = resolve_shards(preset, options["rate"], options["bulk"], options["shards"])
             return Run.objects.create_run(
@@ -355,6 +349,9 @@ class Command(BaseCommand):
                 abort_on_fail=options["abort_on_fail"],
             )
         except ValidationError as exc:
+            if isinstance(exc.__cause__, ThresholdError):
+                # On a terminal: the expression again, with a caret under the character.
+                raise usage_error(f"{exc.__cause__}\n{exc.__cause__.pointer()}") from None
             raise validation_error(exc) from None
 
     def write_report(self, run: Run, path: str) -> None:
