@@ -844,12 +844,14 @@ class TargetSender:
                 started = False
         except GreenletExit:
             if started:
-                self._record(tally, "abandoned", total)
+                # Only the hits not settled yet: a resend of part of the batch (the
+                # secure-only resend, the visit log's) has counted the rest already.
+                self._record(tally, "abandoned", total - sum(tally.values()))
             else:  # killed at close before it went out
                 self._add_unsent(total)
         except Exception as exc:  # a bug of ours: settle the batch, say so, never hang a caller
             if started:
-                self._record(tally, "network_errors", total)
+                self._record(tally, "network_errors", total - sum(tally.values()))
             outcome = "failed"
             self._internal_error(exc)
         finally:
@@ -1018,7 +1020,12 @@ class TargetSender:
 
     def _resend_single(self, queries: list[str], tally: dict[str, int], rest_accepted: bool) -> VisitOutcome:
         """Send the refused token hits of a batch one by one, oldest first as in the batch
-        (so each visitor's hits stay in order), counting each hit's own outcome."""
+        (so each visitor's hits stay in order), counting each hit's own outcome.
+
+        At a stop request no further hit is resent, and killed at close the hit on the
+        wire counts abandoned: either way the hits not resent keep Matomo's bulk answer
+        (invalid, not recorded). They went out once, so they are not "unsent", and every
+        hit of the batch is counted once: ``_run_batch`` abandons only what is unsettled."""
         self.telemetry.event_once(
             "secure-only-resend",
             "warning",
@@ -1026,13 +1033,38 @@ class TargetSender:
             "secure-only token there and recorded none of them) as single POST hits",
         )
         results: dict[str, int] = {}
-        for query in queries:
-            kind = self._send_single(query)
-            results[kind] = results.get(kind, 0) + 1
-            tally[kind] = tally.get(kind, 0) + 1
-        if rest_accepted and set(results) == {"accepted"}:
+        sending = False
+        try:
+            for query in queries:
+                if self._stop.is_set():
+                    break
+                sending = True
+                kind = self._send_single(query)
+                sending = False
+                results[kind] = results.get(kind, 0) + 1
+                tally[kind] = tally.get(kind, 0) + 1
+        except GreenletExit:
+            if sending:  # killed mid-request at close: the hit's fate is unknown
+                self._record(tally, "abandoned", 1)
+            self._keep_refused(len(queries) - sum(results.values()) - int(sending), tally)
+            raise
+        not_resent = len(queries) - sum(results.values())
+        if not_resent:
+            self._keep_refused(not_resent, tally)
+        if rest_accepted and set(results) == {"accepted"} and not not_resent:
             return "accepted"
         return "partial"
+
+    def _keep_refused(self, hits: int, tally: dict[str, int]) -> None:
+        """Refused token hits of a bulk batch that are not resent (the sender stops)."""
+        if hits <= 0:
+            return
+        self._record(tally, "invalid", hits)
+        self.telemetry.event(
+            "warning",
+            f"Stopping: {hits} hit(s) Matomo refused in bulk (secure-only token) were not resent as single POST "
+            "hits; they are counted invalid and were not recorded",
+        )
 
     def _settle_stored_error(
         self, status: int, entries: list[str], latency: float, counts: tuple[bool, int, int], tally: dict[str, int]

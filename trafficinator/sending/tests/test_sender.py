@@ -14,9 +14,11 @@ import urllib.request
 from datetime import UTC, datetime, timedelta
 
 import gevent
+import gevent.event
 import pytest
 
 from targets.fake_matomo import FakeMatomo
+from trafficinator.sending.clients import FORM
 from trafficinator.sending.sender import (
     RetryPolicy,
     SenderClosed,
@@ -635,6 +637,61 @@ def test_secure_only_token_in_bulk_is_detected_and_the_sender_falls_back_to_sing
     counts = assert_settled(sender.telemetry)
     assert counts["accepted"] == 12 and counts["invalid"] == 0
     assert matomo.stats()["recorded"] == matomo.stats()["single_requests"] == 12
+
+
+def gate_second_resent_hit(monkeypatch: pytest.MonkeyPatch, sender: TargetSender, at_gate) -> list[bytes]:
+    """Wrap the sender's transport: its single POSTs are listed, and the second one calls
+    ``at_gate()`` before it goes out. Lets a test act at an exact point of the
+    secure-only resend (a bulk request, then its refused token hits one by one)."""
+    real_post = sender._transport.post
+    singles: list[bytes] = []
+
+    def post(body, content_type):
+        if content_type == FORM:
+            singles.append(body)
+            if len(singles) == 2:
+                at_gate()
+        return real_post(body, content_type)
+
+    monkeypatch.setattr(sender._transport, "post", post)
+    return singles
+
+
+def test_a_close_during_the_secure_only_resend_counts_every_hit_once(matomo, make_sender, monkeypatch):
+    # One visit of 4 token hits: refused in bulk, then resent singly. The first resend is
+    # answered, the second stays on the wire until the close kills it, two never go out.
+    sender = make_sender(token=SECURE_TOKEN, bulk=True, batch_size=4, timeout=10)
+    on_wire = gevent.event.Event()
+    singles = gate_second_resent_hit(monkeypatch, sender, lambda: (on_wire.set(), gevent.event.Event().wait()))
+    outcomes = []
+    sender.send_visit(make_visits(1, 4, extra="&cip=10.1.2.3")[0], outcomes.append)
+    sender.flush()
+    assert on_wire.wait(10)
+    result = sender.close(0.2)
+
+    # Before, the batch's whole 4 hits were counted abandoned on top of what the resend
+    # had counted: sent 4, accepted 1 + abandoned 4, in flight -1.
+    counts = assert_settled(sender.telemetry)
+    assert (counts["sent"], counts["accepted"], counts["abandoned"], counts["invalid"]) == (4, 1, 1, 2)
+    assert result == {"abandoned": 1, "unsent": 0}
+    assert len(singles) == 2 and matomo.stats()["single_requests"] == matomo.stats()["recorded"] == 1
+    assert outcomes == ["abandoned"]
+
+
+def test_a_stop_request_ends_the_secure_only_resend(matomo, make_sender, monkeypatch):
+    # The stop comes as the second refused hit is resent: that one finishes, the last two
+    # are not resent and keep the answer Matomo gave them in bulk (invalid).
+    sender = make_sender(token=SECURE_TOKEN, bulk=True, batch_size=4)
+    singles = gate_second_resent_hit(monkeypatch, sender, sender.stop_retrying)
+    outcomes = []
+    sender.send_visit(make_visits(1, 4, extra="&cip=10.1.2.3")[0], outcomes.append)
+    assert sender.join(5)
+
+    counts = assert_settled(sender.telemetry)
+    assert (counts["sent"], counts["accepted"], counts["invalid"]) == (4, 2, 2)
+    assert len(singles) == matomo.stats()["single_requests"] == matomo.stats()["recorded"] == 2
+    assert outcomes == ["partial"]
+    assert any("not resent" in m for _, m in sender.telemetry.drain_events())
 
 
 def test_secure_only_detection_without_fallback_keeps_bulk(matomo, make_sender):
