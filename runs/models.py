@@ -596,8 +596,10 @@ class Run(models.Model):
             if not resumed:
                 return False
             if not RunShard.objects.filter(run_id=self.pk, status__in=RunShard.CLAIMED_STATUSES).exists():
+                # Every trace of a stop goes, the thresholds' too: a run that still fails one
+                # for good is stopped again (and flagged again) at its new loader's first report.
                 Run.objects.filter(pk=self.pk, status__in=[self.Status.RUNNING, self.Status.STOPPING]).update(
-                    status=self.Status.QUEUED, stop_requested=False, end_reason=""
+                    status=self.Status.QUEUED, stop_requested=False, end_reason="", stopped_by_thresholds=False
                 )
             who = actor(by)
             if self.shard_count == 1:

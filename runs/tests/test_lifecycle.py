@@ -1,4 +1,5 @@
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from django.core.exceptions import ValidationError
@@ -92,6 +93,37 @@ def test_a_run_without_heartbeat_is_lost_and_can_be_closed_or_resumed(django_cap
     run.refresh_from_db()
     assert run.close_lost()
     assert run.status == Run.Status.FAILED
+
+
+@pytest.mark.django_db
+def test_resuming_a_run_its_thresholds_stopped_clears_the_flag_until_they_stop_it_again():
+    from runs.management.commands.run_traffic import exit_code
+    from runs.reports import build_report
+
+    run = make_run(thresholds=["rejected == 0"], abort_on_fail=True, max_visits=10)
+    failing: Any = {"totals": {"sent": 5, "accepted": 4, "rejected": 1}, "targets": {}}
+    token = run.claim(pid=1, host="a")
+    assert run.claimed_shard.report(token, failing)
+    run.refresh_from_db()
+    assert run.status == Run.Status.STOPPING and run.stopped_by_thresholds
+    set_heartbeat(run, timezone.now() - HEARTBEAT_STALE_AFTER - timedelta(seconds=1))  # its loader died
+    assert run.resume()
+    assert run.status == Run.Status.QUEUED and not run.stopped_by_thresholds
+    # Still failed for good: the new loader's first report stops it again, flagged again.
+    token = run.claim(pid=2, host="b")
+    assert run.claimed_shard.report(token, failing)
+    run.refresh_from_db()
+    assert run.status == Run.Status.STOPPING and run.stopped_by_thresholds
+
+    # Resumed again, it reaches its visit limit before any report: completed, not stopped early.
+    set_heartbeat(run, timezone.now() - HEARTBEAT_STALE_AFTER - timedelta(seconds=1))
+    assert run.resume()
+    token = run.claim(pid=3, host="c")
+    assert run.claimed_shard.finish_claimed(token, Run.Status.COMPLETED, "Visit limit of 10 reached.", failing)
+    run.refresh_from_db()
+    assert run.status == Run.Status.COMPLETED and run.outcome == Run.Outcome.FAILED
+    assert not run.stopped_by_thresholds and build_report(run)["thresholds"]["stopped_early"] is False
+    assert exit_code(run) == 3  # "completed but 1 threshold failed", not "stopped early"
 
 
 @pytest.mark.django_db
