@@ -1238,9 +1238,11 @@ def execute_loader(
         if hand_back:
             loader.stop(HANDED_BACK, "The loader process was asked to exit.")
         elif stopped_by:
+            # Written with the loader's next report (no DB write in a signal handler).
+            line, reason = Run.stop_request_wording(stopped_by)
             if not loader.stop_event.is_set():  # a second Ctrl-C is not a second request
-                loader.log(RunLog.Level.INFO, f"Stop requested by {stopped_by}.")
-            loader.stop(Run.Status.STOPPED, f"Stopped by {stopped_by}.")
+                loader.log(RunLog.Level.INFO, line)
+            loader.stop(Run.Status.STOPPED, reason)
         else:
             loader.stop(Run.Status.STOPPED, "Stopped: the loader process was asked to exit.")
 

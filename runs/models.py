@@ -446,12 +446,19 @@ class Run(models.Model):
         self.claimed_shard = RunShard.objects.get(pk=chosen)
         return token
 
+    @staticmethod
+    def stop_request_wording(by=None) -> tuple[str, str]:
+        """(the log line, the end reason) of a stop asked for by ``by``: one wording from a
+        page, the admin, the API and run_traffic's Ctrl-C, whichever process writes it."""
+        who = actor(by)
+        return f"Stop requested by {who}.", f"Stopped by {who}."
+
     def request_stop(self, reason: str = "", *, by=None) -> bool:
         """A queued run stops at once; a running one is asked to stop (every shard's
         loader sees it within ~1 s and finishes as 'stopped'; shards still queued stop at
         once). Logs who asked."""
-        who = actor(by)
-        reason = reason or f"Stopped by {who}."
+        line, default_reason = self.stop_request_wording(by)
+        reason = reason or default_reason
         stopped = self._transition(
             [self.Status.QUEUED],
             status=self.Status.STOPPED,
@@ -462,7 +469,7 @@ class Run(models.Model):
             [self.Status.RUNNING], status=self.Status.STOPPING, stop_requested=True, end_reason=reason
         )
         if stopped:
-            self.log(RunLog.Level.INFO, f"Stop requested by {who}.")
+            self.log(RunLog.Level.INFO, line)
             self._after_stop_request(reason)
         return stopped
 

@@ -300,7 +300,7 @@ class Command(BaseCommand):
                     code = child.wait()
                     break
                 except KeyboardInterrupt:
-                    run.request_stop("Stopped: Ctrl-C.", by=COMMAND_LINE)
+                    run.request_stop(by=COMMAND_LINE)  # worded as the loader's own Ctrl-C
             reason = f"The loader process exited with code {code} without finishing its shard."
             if run.shard_of(token).fail_claimed(token, reason):
                 run.log(RunLog.Level.ERROR, f"Loader of a shard exited with code {code}.")
