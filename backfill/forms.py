@@ -17,9 +17,9 @@ from presets.models import Preset
 from targets.models import Target
 from trafficinator.cli import MAX_SEED
 
-# The plan's own settings, used as given (the window, rate and seed are derived in clean()).
+# The plan's own settings, used as given (the window, rate, daily cap and seed are
+# derived in clean()).
 PLAIN_SETTINGS = (
-    "daily_cap",
     "total_cap",
     "max_requests_per_second",
     "batch_size",
@@ -82,6 +82,9 @@ class BackfillPlanForm(forms.ModelForm):
             "requests_in_flight",
             "parallel_days",
         ]
+        help_texts = {
+            "daily_cap": "At most this many visits on any day. Blank: the preset's daily visit cap, if it has one.",
+        }
 
     def __init__(self, *args, today=None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -119,6 +122,7 @@ class BackfillPlanForm(forms.ModelForm):
                 end_date=data.get("end_date"),
                 last_days=data.get("last_days"),
                 visits_per_day=data.get("visits_per_day"),
+                daily_cap=data.get("daily_cap"),
                 seed=data.get("seed"),
                 today=self.today,
             )
@@ -127,9 +131,13 @@ class BackfillPlanForm(forms.ModelForm):
                 self.add_error(field if field in self.fields else None, messages)
         else:
             # ModelForm copies the cleaned data onto the plan after clean(): the window,
-            # rate and seed the plan chose, not the blanks that asked for them.
+            # rate, daily cap and seed the plan chose, not the blanks that asked for them.
             data.update(
-                start_date=plan.start_date, end_date=plan.end_date, visits_per_day=plan.visits_per_day, seed=plan.seed
+                start_date=plan.start_date,
+                end_date=plan.end_date,
+                visits_per_day=plan.visits_per_day,
+                daily_cap=plan.daily_cap,
+                seed=plan.seed,
             )
         return data
 

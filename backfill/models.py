@@ -145,11 +145,10 @@ class BackfillPlanQuerySet(models.QuerySet["BackfillPlan"]):
         today: date | None = None,
     ) -> BackfillPlan:
         """A validated draft, saved with its targets and logged (the API, the command,
-        the benchmarks). ``BackfillPlan.prepare_draft`` says how the window, the rate and
-        the seed are chosen; a blank daily cap is the preset's. Raises ValidationError
-        with every guardrail that fails."""
+        the benchmarks). ``BackfillPlan.prepare_draft`` says how the window, the rate, the
+        daily cap and the seed are chosen. Raises ValidationError with every guardrail
+        that fails."""
         plan = self.model(
-            daily_cap=daily_cap if daily_cap is not None else preset.daily_cap,
             total_cap=total_cap,
             max_requests_per_second=max_requests_per_second,
             batch_size=batch_size,
@@ -163,6 +162,7 @@ class BackfillPlanQuerySet(models.QuerySet["BackfillPlan"]):
             end_date=end_date,
             last_days=last_days,
             visits_per_day=visits_per_day,
+            daily_cap=daily_cap,
             seed=seed,
             today=today,
         )
@@ -415,15 +415,19 @@ class BackfillPlan(models.Model):
         end_date: date | None = None,
         last_days: int | None = None,
         visits_per_day: int | None = None,
+        daily_cap: int | None = None,
         seed: int | None = None,
         today: date | None = None,
     ) -> None:
-        """Set a new or edited draft's window, preset snapshot, visits per day and seed,
-        then check it: the field bounds and every guardrail (``planning.check_plan``),
-        with the caps and pacing already set on the plan. Raises ValidationError keyed by
-        field. The window is explicit dates or ``last_days`` (the N fully past days
-        ending yesterday in the site's time zone); a blank rate is the preset's; a blank
-        seed keeps the plan's (a new plan's is random). Nothing is saved: ``save_draft``."""
+        """Set a new or edited draft's window, preset snapshot, visits per day, daily cap
+        and seed, then check it: the field bounds and every guardrail
+        (``planning.check_plan``), with the total cap and pacing already set on the plan.
+        Raises ValidationError keyed by field. The window is explicit dates or
+        ``last_days`` (the N fully past days ending yesterday in the site's time zone); a
+        blank rate is the preset's, and so is a blank daily cap (none if the preset has
+        none), the same on every path: the page, the admin, the API and the command; a
+        blank seed keeps the plan's (a new plan's is random). Nothing is saved:
+        ``save_draft``."""
         from backfill.planning import check_plan, last_days_window
 
         if last_days is not None:
@@ -439,6 +443,7 @@ class BackfillPlan(models.Model):
         self.profile = PresetSnapshot.of(preset).as_json()
         self.start_date, self.end_date = start_date, end_date
         self.visits_per_day = visits_per_day or preset.visits_per_day
+        self.daily_cap = daily_cap if daily_cap is not None else preset.daily_cap
         if seed is not None:
             self.seed = seed
         self.full_clean()

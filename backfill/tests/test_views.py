@@ -411,3 +411,30 @@ def test_the_admin_refuses_an_edit_of_a_plan_confirmed_meanwhile_with_a_message(
     # ran inside it here: what matters is that the edit was not written.
     draft.refresh_from_db()
     assert draft.day_count == 2 and not draft.logs.filter(message__startswith="Draft edited").exists()
+
+
+def test_a_blank_daily_cap_is_the_presets_on_the_page_and_in_create_plan_alike(target):
+    # Review finding 3: the API and the command took the preset's cap, the page and the
+    # admin none, so the same input built different plans and estimates.
+    from backfill.planning import draft_estimate
+    from trafficinator.testing import make_preset
+
+    capped = make_preset(name="Capped", visits_per_day=300, daily_cap=120)
+    client = log_in_client(Client(), BACKFILL_PLANNER)
+    fields = {"targets": [target.pk], "preset": capped.pk, "last_days": 7, "seed": 5}
+    response = client.post(reverse("backfill:new"), {**fields, "batch_size": 400, "parallel_days": 1})
+    assert response.status_code == 302
+    on_page = BackfillPlan.objects.get()
+    by_create_plan = make_plan([target], capped, last_days=7, seed=5)
+    assert on_page.daily_cap == by_create_plan.daily_cap == 120
+    page_estimate, by_create_plan_estimate = draft_estimate(on_page)[0], draft_estimate(by_create_plan)[0]
+    assert page_estimate is not None and by_create_plan_estimate is not None
+    assert page_estimate.as_json() == by_create_plan_estimate.as_json()
+    assert max(day.visits for day in page_estimate.days) == 120
+
+    # A cap that is given wins over the preset's, on both paths.
+    client.post(
+        reverse("backfill:edit", args=[on_page.pk]), {**fields, "daily_cap": 200, "batch_size": 400, "parallel_days": 1}
+    )
+    on_page.refresh_from_db()
+    assert on_page.daily_cap == make_plan([target], capped, last_days=7, seed=5, daily_cap=200).daily_cap == 200

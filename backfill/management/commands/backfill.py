@@ -80,7 +80,9 @@ class Command(BaseCommand):
             help=f"Average visits per day, 1 to {MAX_VISITS_PER_DAY:,} (default: preset's).",
         )
         parser.add_argument(
-            "--daily-cap", type=int_between(1, MAX_VISITS_PER_DAY), help="At most this many visits on any day."
+            "--daily-cap",
+            type=int_between(1, MAX_VISITS_PER_DAY),
+            help="At most this many visits on any day (default: preset's daily visit cap, if any).",
         )
         parser.add_argument(
             "--total-cap",
