@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 import requests
+import urllib3
 
 from targets.models import Target
 from trafficinator.validation import StrictJSONError, loads_strict, timezone_is_known
@@ -184,7 +185,9 @@ class MatomoClient:
         bulk = self._request("POST", self.target.tracking_url, json=body, stream=True)
         try:
             answer = loads_strict(self._read_limited(bulk, "tracker", self.target.tracking_url))
-        except StrictJSONError:  # not a bulk answer (or a hostile one): the token did not work in bulk
+        # Not a bulk answer, a hostile one, one too large or cut off: whatever answered did
+        # not take the token in bulk, and the check goes on (the README's promise).
+        except (CheckFailed, StrictJSONError):
             answer = None
         if not isinstance(answer, dict):
             return form_ok, False
@@ -224,7 +227,9 @@ class MatomoClient:
         or misconfigured server must not fill our memory)."""
         try:
             body = response.raw.read(MAX_ANSWER_BYTES + 1, decode_content=True)
-        except (requests.RequestException, OSError, ValueError) as exc:
+        # urllib3's own errors too: a connection reset, a read timeout or a bad gzip body
+        # in the middle of the answer is a ProtocolError, ReadTimeoutError or DecodeError.
+        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
             raise CheckFailed(f"Reading the answer of {url} failed: {_short(str(exc))}.") from None
         finally:
             response.close()

@@ -22,6 +22,7 @@ from conftest import TOKEN
 from runs.models import Run
 from targets.checks import (
     GOAL_NAME_MAX,
+    MAX_ANSWER_BYTES,
     CheckResult,
     MatomoClient,
     _goals,
@@ -31,6 +32,7 @@ from targets.checks import (
     parse_timezone,
     parse_version,
     run_check,
+    token_works_in_bulk,
 )
 from targets.fake_matomo import FakeMatomo
 from targets.models import Target, normalize_matomo_url
@@ -181,10 +183,21 @@ def canned(answers: dict[str, bytes], tracker: bytes = b'{"status":"success","tr
         response = requests.Response()
         response.status_code = 200
         response.headers["Content-Type"] = "application/json"
-        response.raw = HTTPResponse(body=io.BytesIO(body), preload_content=False, status=200)
+        stream = body if isinstance(body, io.RawIOBase) else io.BytesIO(body)
+        response.raw = HTTPResponse(body=stream, preload_content=False, status=200)
         return response
 
     return request
+
+
+class CutOffBody(io.RawIOBase):
+    """An answer whose connection resets after the head (urllib3 raises ProtocolError)."""
+
+    def readable(self):
+        return True
+
+    def readinto(self, buffer):
+        raise ConnectionResetError("connection reset by peer")
 
 
 def test_goal_answers_are_cleaned_and_bounded_and_odd_ids_are_skipped_with_a_warning():
@@ -252,6 +265,41 @@ def test_a_hostile_bulk_probe_answer_means_the_token_does_not_work_in_bulk(monke
     assert client.probe_token_modes() == (True, False)
     monkeypatch.setattr(MatomoClient, "_request", canned({}))
     assert client.probe_token_modes() == (True, True)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "answer",
+    [b'{"status":"success","tracked":1,"invalid":0}' + b" " * MAX_ANSWER_BYTES, CutOffBody()],
+    ids=["larger than 4 MB", "cut off"],
+)
+def test_an_unusable_bulk_probe_answer_means_not_in_bulk_and_the_check_goes_on(monkeypatch, answer):
+    # Before, either answer raised CheckFailed: the whole connection check failed, and a
+    # bulk run took the token as working in bulk (token_works_in_bulk answered True).
+    answers = {
+        "API.getMatomoVersion": b'{"value": "5.0.2"}',
+        "SitesManager.getSiteFromId": b'{"idsite": 1, "name": "Shop", "timezone": "UTC", "currency": "EUR"}',
+        "UsersManager.hasSuperUserAccess": b'{"value": true}',
+        "Goals.getGoals": b"[]",
+    }
+    monkeypatch.setattr(MatomoClient, "_request", canned(answers, tracker=answer))
+    target = make_target(token_auth=TOKEN)
+    assert MatomoClient(target).probe_token_modes() == (True, False)
+    assert token_works_in_bulk(target) is False
+    target.refresh_from_db()
+    assert target.token_secure_only is True
+
+    result = run_check(target)
+    assert result.ok, result.message
+    assert result.token_secure_only is True
+    assert "secure-only token: no bulk with countries, no backfill" in result.warnings
+
+
+@pytest.mark.django_db
+def test_an_api_answer_cut_off_mid_body_fails_the_check_with_a_message(monkeypatch):
+    monkeypatch.setattr(MatomoClient, "_request", canned({"API.getMatomoVersion": CutOffBody()}))
+    result = run_check(make_target(token_auth=TOKEN))
+    assert not result.ok and "Reading the answer of" in result.message
 
 
 @pytest.mark.django_db
