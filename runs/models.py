@@ -23,6 +23,7 @@ import secrets
 import uuid
 from collections.abc import Sequence
 from datetime import timedelta
+from functools import cached_property
 from typing import Any
 
 from django.conf import settings
@@ -480,12 +481,19 @@ class Run(models.Model):
         if self.status == self.Status.STOPPING:
             self.settle()  # every claimed shard may have ended already
 
+    @cached_property
+    def can_stop_early(self) -> bool:
+        """Whether ``abort_on_fail`` can ever stop this run: one of its thresholds can fail
+        before the end. A run's thresholds are fixed once a loader has it, so a loader
+        works this out once (its shard's ``run``), not at every report."""
+        return self.abort_on_fail and any(map(criteria.can_fail_early, criteria.parse_many(self.thresholds)))
+
     def stop_if_thresholds_certainly_failed(self) -> bool:
         """With ``abort_on_fail``: once the run's latest figures show a threshold failed
         for good (criteria.certainly_failed: a growing count past its limit), stop the run
         as a user's stop does, instead of sending on until the end. The thresholds are
         still judged at the end, on the final counters. Returns whether this call stopped it."""
-        if not (self.abort_on_fail and self.thresholds) or self.status != self.Status.RUNNING:
+        if not self.can_stop_early or self.status != self.Status.RUNNING:
             return False
         run_scope, target_scopes = self.threshold_scopes()
         failed = criteria.certainly_failed(criteria.parse_many(self.thresholds), run_scope, target_scopes)
@@ -801,9 +809,11 @@ class RunShard(models.Model):
                 )
             if sample:
                 RunSample.add(self.run_id, sample)
-        if self.run.abort_on_fail and self.run.thresholds:
-            # Every shard's figures are merged into the run now: judge what is certain.
-            Run.objects.get(pk=self.run_id).stop_if_thresholds_certainly_failed()
+        if self.run.can_stop_early:
+            # Every shard's figures are merged into the run now: judge what is certain, on
+            # the fresh row and its targets read in one go (threshold_scopes uses them).
+            targets = models.Prefetch("run_targets", queryset=RunTarget.objects.select_related("target"))
+            Run.objects.prefetch_related(targets).get(pk=self.run_id).stop_if_thresholds_certainly_failed()
         return True
 
     def _write_claimed(self, token: uuid.UUID, changes: dict[str, Any], now) -> bool:

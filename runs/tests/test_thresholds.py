@@ -465,3 +465,38 @@ def test_the_start_form_refuses_stop_when_a_threshold_fails_when_none_can_fail_e
     assert why in " ".join(response.context["start_form"].errors["abort_on_fail"])
     assert why in response.content.decode()  # shown next to the box
     assert not Run.objects.exists()
+
+
+def _report_queries(run: Run) -> int:
+    """Queries of one loader report of ``run``'s first shard (its run already loaded, as
+    in a loader after its first report)."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    token = run.claim(pid=1, host="a")
+    assert token is not None
+    shard = run.claimed_shard
+    assert shard.run.pk == run.pk
+    stats: Any = {"totals": {"sent": 5, "accepted": 5}, "targets": {}}
+    assert shard.report(token, stats)  # the first report
+    with CaptureQueriesContext(connection) as queries:
+        assert shard.report(token, stats)
+    return len(queries)
+
+
+@pytest.mark.django_db
+def test_a_report_checks_for_an_early_stop_only_when_a_threshold_can_fail_early_and_in_fixed_queries():
+    def run_with(thresholds: list[str], abort_on_fail: bool, targets: int = 1) -> Run:
+        run = Run.objects.create_run(
+            preset=Preset.objects.get(name="Light"), targets=[make_target() for _ in range(targets)], thresholds=[]
+        )
+        # As a run stored before such requests were refused could have it.
+        Run.objects.filter(pk=run.pk).update(thresholds=thresholds, abort_on_fail=abort_on_fail)
+        run.refresh_from_db()
+        return run
+
+    plain = _report_queries(run_with(["rejected == 0"], abort_on_fail=False))
+    assert _report_queries(run_with(["p95_ms < 500", "success_rate >= 0.99"], abort_on_fail=True)) == plain
+    checked = _report_queries(run_with(["rejected == 0"], abort_on_fail=True))
+    assert checked == plain + 2  # the run, and its targets with their names
+    assert _report_queries(run_with(["rejected[*] == 0"], abort_on_fail=True, targets=5)) == checked
