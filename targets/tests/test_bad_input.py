@@ -220,16 +220,16 @@ def test_goal_answers_are_cleaned_and_bounded_and_odd_ids_are_skipped_with_a_war
 
 @pytest.mark.django_db
 @pytest.mark.parametrize(
-    "goals",
-    [
-        b'{"1": {"idgoal": "\xc2\xb2", "name": "x"}}',
-        b'[{"idgoal": "1", "name": "Sign\\u0000up"}]',
-        b'[{"idgoal": Infinity, "name": "x"}]',
-        b'{"1": {"idgoal": NaN}}',
-        b"[" * 100_000 + b"]" * 100_000,
+    ("goals", "site_goals", "said"),
+    [  # site_goals None: the check fails, and says why
+        (b'{"1": {"idgoal": "\xc2\xb2", "name": "x"}}', {}, "1 entry without a usable goal id"),
+        (b'[{"idgoal": "1", "name": "Sign\\u0000up"}]', {"1": "Sign up"}, "OK: Matomo 5.0.2"),
+        (b'[{"idgoal": Infinity, "name": "x"}]', None, "Infinity is not a number in JSON"),
+        (b'{"1": {"idgoal": NaN}}', None, "NaN is not a number in JSON"),
+        (b"[" * 100_000 + b"]" * 100_000, None, "nested more than 32 levels deep"),
     ],
 )
-def test_a_hostile_goal_list_is_a_warning_or_a_failed_check_never_a_traceback(monkeypatch, goals):
+def test_a_hostile_goal_list_is_a_warning_or_a_failed_check_never_a_traceback(monkeypatch, goals, site_goals, said):
     answers = {
         "API.getMatomoVersion": b'{"value": "5.0.2"}',
         "SitesManager.getSiteFromId": b'{"idsite": 1, "name": "Shop", "timezone": "UTC", "currency": "EUR"}',
@@ -240,10 +240,11 @@ def test_a_hostile_goal_list_is_a_warning_or_a_failed_check_never_a_traceback(mo
     target = make_target(token_auth=TOKEN)
     result = run_check(target)
     target.refresh_from_db()
-    if result.ok:
-        assert all("\x00" not in name for name in target.site_goals.values()) and target.site_goals != {"1": "x"}
+    assert said in result.message
+    if site_goals is None:
+        assert not result.ok and "did not answer usable JSON" in result.message and target.last_check_ok is False
     else:
-        assert "did not answer usable JSON" in result.message and target.last_check_ok is False
+        assert result.ok and target.last_check_ok and target.site_goals == site_goals
 
 
 @pytest.mark.django_db
