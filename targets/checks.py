@@ -19,7 +19,8 @@ import requests
 import urllib3
 
 from targets.models import Target
-from trafficinator.validation import StrictJSONError, loads_strict, timezone_is_known
+from trafficinator.strictjson import MAX_ANSWER_BYTES, StrictJSONError, count_or_none, loads_strict
+from trafficinator.validation import timezone_is_known
 
 # Column sizes of what the check stores on a Target.
 SITE_NAME_MAX: int = Target._meta.get_field("site_name").max_length or 255
@@ -34,15 +35,11 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 CHECK_TIMEOUT_SECONDS = 10.0
 # The visitor IP of the token probes (rec=0: recorded nowhere). TEST-NET-3, no bot range.
 PROBE_IP = "203.0.113.7"
-# The check's answers are a few kB; getSitesIdWithAdminAccess of a big instance maybe 1 MB.
-MAX_ANSWER_BYTES = 4_000_000
 USER_AGENT = "Trafficinator connection check"
 # Matomo's goal names are VARCHAR(50); a longer or stranger one is cut, never stored whole.
 GOAL_NAME_MAX = 100
 # Far more goals than any site has (the target stores them all, and runs map each one).
 MAX_GOALS = 1000
-# Counts Matomo answers (visits, actions, goal ids): whole, not negative, below this.
-MAX_COUNT = 10**15
 
 
 class CheckFailed(Exception):
@@ -248,22 +245,6 @@ class ApiError(CheckFailed):
 def _token_problem(message: str) -> bool:
     lowered = message.lower()
     return any(word in lowered for word in ("token", "authenticate", "credentials", "not logged in", "anonymous"))
-
-
-def count_or_none(value: Any) -> int | None:
-    """A count or id in a Matomo answer (an int, or digits as text) as an int from 0 to
-    MAX_COUNT, else None: "²", "1e9", 1.5, true, -1 and 10**20 are not counts."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        number = value
-    elif isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 16:
-        number = int(value)
-    elif isinstance(value, float) and value.is_integer():
-        number = int(value)  # finite: call_api refuses NaN and Infinity
-    else:
-        return None
-    return number if 0 <= number < MAX_COUNT else None
 
 
 def _site_ids(value: Any) -> set[int]:

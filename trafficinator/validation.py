@@ -4,13 +4,14 @@ page, a command or the database cannot handle out of the database."""
 from __future__ import annotations
 
 import functools
-import json
 import math
 import re
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from django import forms
 from django.core.exceptions import ValidationError
+
+from trafficinator.strictjson import MAX_JSON_DEPTH, StrictJSONError, loads_strict
 
 # C0 controls (NUL, CR, LF, TAB, ...), DEL and C1 controls: never part of a name, URL or
 # token. PostgreSQL refuses NUL in text outright (a 500 instead of a form error).
@@ -53,69 +54,6 @@ def timezone_is_known(name: str) -> bool:
     except (ZoneInfoNotFoundError, ValueError, OSError):
         return False
     return True
-
-
-# JSON a person writes is a few levels deep; 100,000 nested "[" must be a form error, not
-# a RecursionError (json.loads recurses once per level).
-MAX_JSON_DEPTH = 32
-
-
-class StrictJSONError(ValueError):
-    """The JSON text cannot be used; the message is for the user as it is."""
-
-
-def json_depth(text: str) -> int:
-    """The deepest nesting of [ and { in JSON text (strings skipped), without parsing."""
-    depth = deepest = 0
-    in_string = escaped = False
-    for char in text:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif char == "\\":
-                escaped = True
-            elif char == '"':
-                in_string = False
-        elif char == '"':
-            in_string = True
-        elif char in "[{":
-            depth += 1
-            deepest = max(deepest, depth)
-        elif char in "]}":
-            depth -= 1
-    return deepest
-
-
-def _refuse_constant(name: str):
-    raise StrictJSONError(f"{name} is not a number in JSON; use a finite number")
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise StrictJSONError(f"{text} is too large a number")
-    return value
-
-
-def loads_strict(text: str | bytes, *, max_depth: int = MAX_JSON_DEPTH):
-    """``json.loads`` for input from people and other programs: refuses NaN, Infinity,
-    numbers that overflow to infinity, integers of thousands of digits and nesting deeper
-    than ``max_depth``, each with a StrictJSONError (a ValueError) naming the problem."""
-    if isinstance(text, bytes):
-        try:
-            text = text.decode("utf-8-sig")
-        except UnicodeDecodeError:
-            raise StrictJSONError("not UTF-8 text") from None
-    if json_depth(text) > max_depth:
-        raise StrictJSONError(f"nested more than {max_depth} levels deep")
-    try:
-        return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
-    except json.JSONDecodeError as exc:
-        raise StrictJSONError(f"{exc.msg} at line {exc.lineno} column {exc.colno}") from None
-    except StrictJSONError:
-        raise
-    except (ValueError, RecursionError) as exc:  # e.g. an integer beyond Python's digit limit
-        raise StrictJSONError(str(exc)[:200]) from None
 
 
 def check_json_value(value, *, max_depth: int = MAX_JSON_DEPTH) -> str:

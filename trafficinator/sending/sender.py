@@ -66,6 +66,8 @@ import gevent.event
 import gevent.pool
 from gevent import GreenletExit
 
+from trafficinator.strictjson import StrictJSONError, count_or_none, loads_answer
+
 from .clients import (
     FORM,
     JSON,
@@ -170,16 +172,32 @@ class Failure:
 
 
 def _bulk_counts(data: bytes) -> tuple[bool, int, int] | None:
-    """(status is "success", tracked, invalid) of a bulk answer, or None without counts."""
+    """(status is "success", tracked, invalid) of a bulk answer, or None without counts.
+
+    Read like the connection check reads Matomo (one parse per request, not per hit): a
+    hostile or broken answer (over 4 MB, NaN or Infinity, deep nesting, a list instead of
+    an object, a count that is not a whole number from 0) has no counts, as if unreadable."""
     if not data:
         return None
     try:
-        answer = json.loads(data)
-        return answer.get("status") == "success", int(answer["tracked"]), int(answer.get("invalid", 0))
-    # A hostile or broken answer: Infinity (OverflowError in int), nesting deeper than the
-    # parser's recursion, a list instead of an object. Without counts, as if unreadable.
-    except (ValueError, TypeError, KeyError, AttributeError, OverflowError, RecursionError):
+        answer = loads_answer(data)
+    except StrictJSONError:
         return None
+    if not isinstance(answer, dict):
+        return None
+    tracked, invalid = count_or_none(answer.get("tracked")), count_or_none(answer.get("invalid", 0))
+    if tracked is None or invalid is None:
+        return None
+    return answer.get("status") == "success", tracked, invalid
+
+
+def _visit_second(value: object) -> int:
+    """A visit log action's timestamp: a whole number of seconds, else ValueError (a
+    float is not truncated into a second it does not name)."""
+    second = count_or_none(value)
+    if second is None:
+        raise ValueError(f"a timestamp that is not a whole number of seconds: {str(value)[:40]!r}")
+    return second
 
 
 def cdt_epoch(query: str) -> float | None:
@@ -1157,14 +1175,15 @@ class TargetSender:
             if self._api is None:
                 self._api = make_transport("geventhttpclient", self._api_url, concurrency=1, timeout=self._timeout)
             status, data, _ = self._api.post(urlencode(form).encode("ascii"), FORM)
-            visits = json.loads(data) if status == 200 else None
+            visits = loads_answer(data) if status == 200 else None
             recorded = {
                 str(visit["visitorId"]).lower()
                 for visit in visits or ()
-                if seconds.get(str(visit["visitorId"]).lower()) in {int(a["timestamp"]) for a in visit["actionDetails"]}
+                if seconds.get(str(visit["visitorId"]).lower())
+                in {_visit_second(action["timestamp"]) for action in visit["actionDetails"]}
             }
-        # Infinity as a timestamp is an OverflowError, 100,000 nested [ a RecursionError.
-        except (TransportError, ValueError, TypeError, KeyError, OverflowError, RecursionError) as exc:
+        # StrictJSONError (a ValueError): over 4 MB, NaN or Infinity, deep nesting.
+        except (TransportError, ValueError, TypeError, KeyError) as exc:
             self.telemetry.event_once(
                 "visit-log-unusable",
                 "warning",

@@ -25,10 +25,12 @@ from trafficinator.sending.sender import (
     TargetSender,
     _bulk_counts,
     bulk_requests_json,
+    cdt_epoch,
     needs_token,
     parse_retry_after,
 )
 from trafficinator.sending.telemetry import OUTCOMES, LatencyHistogram, RunTelemetry, TargetTelemetry
+from trafficinator.strictjson import MAX_ANSWER_BYTES
 from trafficinator.testing import wait_until
 
 TOKEN = "c0ffee0123456789abcdef0123456789"
@@ -460,9 +462,50 @@ def test_a_hostile_visit_log_answer_leaves_resent_bounces_possibly_duplicated_wi
     assert event[0] == "warning" and "possibly duplicated" in event[1]
 
 
-@pytest.mark.parametrize("answer", [b'{"tracked": Infinity, "invalid": 0}', b"[" * 100_000 + b"]" * 100_000, b"[1]"])
+@pytest.mark.parametrize(
+    "holds",
+    [True, False],
+    ids=["an action at the second, in an answer over 4 MB", "an action at half past the second"],
+)
+def test_a_visit_log_answer_too_large_or_with_a_fractional_timestamp_is_unusable(make_sender, holds):
+    # Before, the visit log was parsed without the 4 MB bound the README promises, and
+    # int() truncated a timestamp of 12.5 s to an action at second 12: both counted the
+    # bounce as held by Matomo.
+    sender = make_sender(bulk=True)
+    (visit,) = make_dated_visits(1, hits=1, first=50)
+    second = int(cdt_epoch(visit[0]))
+    action = {"timestamp": second if holds else second + 0.5}
+    answer = json.dumps([{"visitorId": f"{50:016x}", "actionDetails": [action]}]).encode()
+    sender._api = CannedVisitLog(answer + b" " * MAX_ANSWER_BYTES if holds else answer)
+    assert sender._judge_by_visit_log(visit, {}) is None
+    (event,) = sender.telemetry.drain_events()
+    assert event[0] == "warning" and "possibly duplicated" in event[1]
+    sender._api = CannedVisitLog(
+        json.dumps([{"visitorId": f"{50:016x}", "actionDetails": [{"timestamp": second}]}]).encode()
+    )
+    assert sender._judge_by_visit_log(visit, {}) == ([], frozenset())
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b'{"tracked": Infinity, "invalid": 0}',
+        b"[" * 100_000 + b"]" * 100_000,
+        b"[1]",
+        # Before, int() made counts of these: 2.5 -> 2, -3, true -> 1, and an answer over 4 MB.
+        b'{"status": "success", "tracked": 2.5, "invalid": 0}',
+        b'{"status": "success", "tracked": -3, "invalid": 0}',
+        b'{"status": "success", "tracked": true, "invalid": 0}',
+        b'{"status": "success", "tracked": 1, "invalid": 0}' + b" " * MAX_ANSWER_BYTES,
+    ],
+)
 def test_a_hostile_bulk_answer_has_no_counts(answer):
     assert _bulk_counts(answer) is None
+
+
+def test_a_bulk_answer_has_whole_counts():
+    assert _bulk_counts(b'{"status": "success", "tracked": 3, "invalid": 1}') == (True, 3, 1)
+    assert _bulk_counts(b'{"status": "error", "tracked": "3"}') == (False, 3, 0)
 
 
 @pytest.mark.parametrize("status", [502, 504])
