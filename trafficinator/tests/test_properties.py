@@ -391,10 +391,39 @@ def test_any_bulk_probe_answer_gives_two_yes_or_no_answers(body):
     assert all(type(answer) is bool for answer in client.probe_token_modes())
 
 
-@given(ANSWER_BODIES)
-def test_any_bulk_answer_gives_counts_or_none(body):
+# What Matomo's bulk tracking answers: a status, the tracked and invalid counts (invalid only
+# from Matomo 4 on), sometimes the indices of the invalid requests or a message.
+BULK_ANSWER_BODIES = st.fixed_dictionaries(
+    {"status": st.sampled_from(["success", "error"]), "tracked": st.integers(0, 10**9)},
+    optional={
+        "invalid": st.integers(0, 10**9),
+        "invalid_indices": st.lists(st.integers(0, 5000), max_size=3),
+        "message": st.text(max_size=10),
+    },
+).map(lambda answer: json.dumps(answer).encode())
+
+
+def _is_matomo_bulk_answer(answer: dict) -> bool:
+    """A valid bulk answer: its status is text and its counts whole numbers of at least 0
+    (``invalid`` may be missing)."""
+    counts = [answer.get("tracked"), answer.get("invalid", 0)]
+    return isinstance(answer.get("status"), str) and all(type(count) is int and count >= 0 for count in counts)
+
+
+@given(st.one_of(BULK_ANSWER_BODIES, ANSWER_BODIES))
+def test_any_bulk_answer_gives_its_counts_or_none(body):
     counts = _bulk_counts(body)
-    assert counts is None or all(type(count) in (bool, int) for count in counts)
+    try:
+        answer = json.loads(body)
+    except (ValueError, RecursionError):
+        answer = None
+    if not isinstance(answer, dict) or "tracked" not in answer:
+        assert counts is None  # no count to read: as if unreadable
+    elif _is_matomo_bulk_answer(answer):
+        event("a valid bulk answer")
+        assert counts == (answer["status"] == "success", answer["tracked"], answer.get("invalid", 0))
+    else:  # a hostile answer: counts of the right types, or none
+        assert counts is None or (type(counts[0]) is bool and all(type(count) is int for count in counts[1:]))
 
 
 @pytest.mark.django_db
