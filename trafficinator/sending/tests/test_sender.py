@@ -427,6 +427,35 @@ def test_with_a_token_resent_bounces_are_settled_by_matomos_visit_log(matomo, ma
     assert call["params"]["segment"] == f"visitorId=={50:016x}" and call["params"]["filter_limit"] == "-1"
 
 
+def test_a_close_during_a_resend_after_the_visit_log_counts_every_hit_once(matomo, make_sender, monkeypatch):
+    # The visit log shows the bounce recorded (counted accepted), the rest is resent and
+    # is on the wire when the close comes: only those 6 hits are abandoned. Before, the
+    # whole request's 7 were, on top of the bounce's accepted hit.
+    sender = make_sender(bulk=True, batch_size=7, timeout=10)
+    before = start_site_day(sender)
+    matomo.reset_next(1, processed=True, target="bulk")
+    real_post = sender._transport.post
+    bulk_posts = []
+    on_wire = gevent.event.Event()
+
+    def post(body, content_type):
+        bulk_posts.append(body)
+        if len(bulk_posts) == 2:  # the resend (the first is the lost one)
+            on_wire.set()
+            gevent.event.Event().wait()
+        return real_post(body, content_type)
+
+    monkeypatch.setattr(sender._transport, "post", post)
+    for visit in make_dated_visits(2) + make_dated_visits(1, hits=1, first=50):
+        sender.send_visit(visit)
+    sender.flush()
+    assert on_wire.wait(10)
+    assert sender.close(0.2) == {"abandoned": 6, "unsent": 0}
+
+    counts = assert_settled(sender.telemetry)
+    assert (counts["sent"], counts["accepted"], counts["already_recorded"]) == (before + 7, before + 1, 1)
+
+
 class CannedVisitLog:
     """Stands in for the sender's Reporting API transport: one fixed answer."""
 
