@@ -4,7 +4,9 @@ A plan is draft -> confirmed -> running -> completed | failed | cancelled. A dra
 edited and shows an estimate; confirming freezes it (the preset's knobs, the per-day
 visit counts, the site time zones and the estimate) and is recorded with who and when.
 Finished plans are locked: "run again" clones them into a new draft. Every transition is
-a conditional UPDATE on the current status, so two processes can never both win.
+a conditional UPDATE on the current status, so two processes can never both win; confirming
+is also conditional on the draft revision it planned from, so it never freezes days and an
+estimate of settings that an edit replaced meanwhile.
 
 Progress lives on ``BackfillDay`` rows (one per target and site-local day): a worker
 claims a day with a conditional UPDATE, checkpoints after every acknowledged batch and
@@ -26,7 +28,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models, transaction
-from django.db.models import Exists, OuterRef, Q, Sum
+from django.db.models import Exists, F, OuterRef, Q, Sum
 from django.utils import timezone
 
 from presets.models import Preset, PresetSnapshot
@@ -103,6 +105,12 @@ class PlanNotEditable(ValidationError):
     """``save_draft`` on a plan that is no longer a draft (confirmed in another tab or by
     someone else meanwhile). Callers show it as a message, not as a field error:
     nothing in the form can fix it."""
+
+
+class DraftChanged(ValidationError):
+    """``confirm`` lost to a draft edit that committed after it had planned the days and
+    the estimate from the settings it read: nothing was confirmed, the plan stays a
+    draft (with the edit), and its estimate needs a fresh look before confirming."""
 
 
 class BackfillPlanQuerySet(models.QuerySet["BackfillPlan"]):
@@ -269,6 +277,11 @@ class BackfillPlan(models.Model):
     )
 
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.DRAFT)
+    # Bumped by every draft edit in the edit's own UPDATE: confirm() writes only if the
+    # row is still the revision it planned its days and estimate from.
+    draft_revision = models.PositiveIntegerField(
+        default=0, editable=False, help_text="How many times the draft was edited."
+    )
     end_reason = models.TextField(blank=True)
     estimate = models.JSONField(default=dict, blank=True, help_text="The estimate the user confirmed.")
     created_by = models.ForeignKey(
@@ -454,14 +467,18 @@ class BackfillPlan(models.Model):
         """Save a draft that ``prepare_draft`` set up, and its targets, with a log line
         saying who created or edited it (a new draft records ``by`` as its creator).
         An edit is a conditional UPDATE of the settings only, so if the plan was
-        confirmed since it was read, the edit loses: raises PlanNotEditable."""
+        confirmed since it was read, the edit loses: raises PlanNotEditable. The same
+        UPDATE bumps ``draft_revision`` (and the targets change in this transaction), so a
+        confirm that planned from the settings before this edit loses in turn."""
         creating = self.pk is None
         if creating:
             if getattr(by, "pk", None):
                 self.created_by = by
             self.save()
         elif not self.can_edit() or not self._transition(
-            [self.Status.DRAFT], **{name: getattr(self, name) for name in DRAFT_FIELDS}
+            [self.Status.DRAFT],
+            draft_revision=F("draft_revision") + 1,
+            **{name: getattr(self, name) for name in DRAFT_FIELDS},
         ):
             raise self.not_editable()
         self.targets.set(targets)
@@ -480,6 +497,12 @@ class BackfillPlan(models.Model):
             "changes were not saved. Run the plan again to change it."
         )
 
+    def draft_changed(self) -> DraftChanged:
+        return DraftChanged(
+            f"Plan {self.pk} was not confirmed: the draft changed while it was being confirmed; check the "
+            "estimate and confirm again."
+        )
+
     # --- transitions (conditional updates) -------------------------------------------
 
     def _transition(self, from_statuses, **changes) -> bool:
@@ -488,7 +511,12 @@ class BackfillPlan(models.Model):
     def confirm(self, by=None, *, by_name: str = "", today: date | None = None) -> bool:
         """draft -> confirmed after the user saw the estimate: re-checks every guardrail,
         freezes the per-day plan and the estimate, records who and when. Raises
-        ValidationError when a guardrail fails; returns False if no longer a draft."""
+        ValidationError when a guardrail fails; returns False if no longer a draft.
+
+        The days and the estimate come from this instance's settings and the targets as
+        read now; the UPDATE is conditional on the ``draft_revision`` they were read at,
+        so a draft edit that commits in between (SQLite has no row locks to hold it off)
+        makes this confirm lose: raises DraftChanged and writes nothing."""
         from backfill.planning import (
             build_estimate,
             check_plan,
@@ -500,6 +528,7 @@ class BackfillPlan(models.Model):
 
         if self.status != self.Status.DRAFT:
             return False
+        planned_from = self.draft_revision
         targets = list(self.targets.order_by("name"))
         check_plan(self, targets, today=today)
         # Everything that shapes the traffic is fixed from here on: the profile (the
@@ -513,7 +542,7 @@ class BackfillPlan(models.Model):
         estimate = build_estimate(self, targets, days=days)
         who = actor(by_name or by)
         with transaction.atomic():
-            won = BackfillPlan.objects.filter(pk=self.pk, status=self.Status.DRAFT).update(
+            won = BackfillPlan.objects.filter(pk=self.pk, status=self.Status.DRAFT, draft_revision=planned_from).update(
                 status=self.Status.CONFIRMED,
                 confirmed_by=by if getattr(by, "pk", None) else None,
                 confirmed_by_name=who,
@@ -523,6 +552,9 @@ class BackfillPlan(models.Model):
                 frozen_goals=self.frozen_goals,
             )
             if not won:
+                self.refresh_from_db()  # drop what was planned from the settings that lost
+                if self.is_draft:
+                    raise self.draft_changed()
                 return False
             BackfillDay.objects.bulk_create(
                 BackfillDay(

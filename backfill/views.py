@@ -18,7 +18,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from backfill.forms import BackfillPlanForm, ConfirmForm
-from backfill.models import BackfillPlan, PlanNotEditable
+from backfill.models import BackfillPlan, DraftChanged, PlanNotEditable
 from backfill.planning import Estimate, draft_estimate
 from backfill.verification import verify_plan
 from trafficinator.http import HtmxHttpRequest
@@ -149,6 +149,9 @@ def plan_confirm(request: HtmxHttpRequest, pk: int) -> HttpResponse:
             confirmed = plan.confirm(by=request.user)
             if confirmed:
                 plan.start()
+        except DraftChanged as lost:  # edited meanwhile: show the new estimate, ask again
+            messages.error(request, lost.message)
+            return redirect(reverse("backfill:confirm", args=[plan.pk]))
         except ValidationError as exc:
             for message in exc.messages:
                 form.add_error(None, message)

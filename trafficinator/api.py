@@ -24,7 +24,7 @@ from django.middleware.csrf import CsrfViewMiddleware
 from django.urls import reverse
 from django.views.decorators.csrf import csrf_exempt
 
-from backfill.models import BackfillPlan
+from backfill.models import BackfillPlan, DraftChanged
 from backfill.planning import draft_estimate
 from presets.models import Preset
 from runs import reports
@@ -466,7 +466,11 @@ def plan_confirm(request: HttpRequest, pk: int) -> dict:
             f'Send {{"confirmation": "{phrase}"}} (the target\'s name) to confirm plan {pk}.',
             {"confirmation": ["mismatch"]},
         )
-    if found.confirm(by=request.user):
+    try:
+        confirmed = found.confirm(by=request.user)
+    except DraftChanged as lost:
+        raise ApiError(409, "conflict", "; ".join(lost.messages)) from None
+    if confirmed:
         found.start()
     found.refresh_from_db()
     return plan_status(found, request)

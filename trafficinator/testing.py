@@ -233,6 +233,28 @@ def confirmed_plan(targets: Iterable[Any], preset: Any, **fields: Any) -> Backfi
     return plan
 
 
+def edit_while_confirming(monkeypatch: Any, **edit: Any) -> None:
+    """Make the next ``BackfillPlan.confirm`` lose its race deterministically: another tab
+    saves a draft edit (``edit``: ``prepare_draft`` arguments, e.g. ``last_days=3``) after
+    confirm planned its days and estimate and before its conditional UPDATE. Only
+    confirm passes ``days=`` to ``build_estimate``; estimates of a page or the command
+    run as usual."""
+    from backfill import planning
+    from backfill.models import BackfillPlan
+
+    build = planning.build_estimate
+
+    def build_then_edit_elsewhere(plan, targets, **kwargs):
+        estimate = build(plan, targets, **kwargs)
+        if "days" in kwargs:
+            elsewhere = BackfillPlan.objects.get(pk=plan.pk)
+            elsewhere.prepare_draft(preset=elsewhere.preset, targets=targets, **edit)
+            elsewhere.save_draft(targets, by="tab 2")
+        return estimate
+
+    monkeypatch.setattr(planning, "build_estimate", build_then_edit_elsewhere)
+
+
 def log_in_client(client: Client, perms: Iterable[str] = (), **user_fields: Any) -> Client:
     """Log a Django test client in as a new user with ``perms`` (e.g. RUN_OPERATOR)."""
     client.force_login(make_user(perms=perms, **user_fields))

@@ -193,3 +193,17 @@ def test_a_site_zone_unknown_here_is_a_warning_and_the_days_follow_the_presets_z
     assert "Note: shop: The site's time zone “Europe/Kyivv” is unknown on this machine" in output
     assert f"time zone {small_preset.timezone}" in output
     assert set(plan.days.values_list("timezone", flat=True)) == {small_preset.timezone}
+
+
+def test_a_confirmation_that_loses_to_a_draft_edit_is_a_usage_error_and_sends_nothing(
+    db, fake_matomo, shop, small_preset, monkeypatch
+):
+    from trafficinator.testing import edit_while_confirming
+
+    edit_while_confirming(monkeypatch, last_days=3)  # e.g. on the plan's page while the command asked
+    with pytest.raises(CommandError, match="the draft changed while it was being confirmed") as refused:
+        backfill("--target", "shop", "--preset", "Small", "--last-days", "2", "--yes")
+    assert refused.value.returncode == ExitCode.USAGE
+    plan = BackfillPlan.objects.get()
+    assert plan.status == BackfillPlan.Status.DRAFT and plan.day_count == 3 and not plan.days.exists()
+    assert fake_matomo.stats()["requests"] == 0

@@ -198,3 +198,37 @@ def test_a_draft_edit_writes_every_setting_the_form_can_change(target, preset):
     settings = {name for name in BackfillPlanForm.Meta.fields if name in model_fields and name != "targets"}
     assert settings <= set(DRAFT_FIELDS)
     assert not {"status", "confirmed_at", "estimate", "frozen_goals", "frozen_funnels"} & set(DRAFT_FIELDS)
+
+
+def test_a_confirm_that_planned_before_a_draft_edit_refuses_and_writes_nothing(target, preset, monkeypatch):
+    # The edit commits after confirm() computed two days and their estimate and before its
+    # UPDATE: the confirmed row would have had the edited three-day window with two days.
+    from backfill.models import DraftChanged
+    from trafficinator.testing import edit_while_confirming
+
+    plan = make_plan([target], preset, last_days=2)
+    edit_while_confirming(monkeypatch, last_days=3)
+    with pytest.raises(DraftChanged, match="the draft changed while it was being confirmed; check the estimate"):
+        plan.confirm(by_name="tab 1")
+    fresh = BackfillPlan.objects.get(pk=plan.pk)
+    assert fresh.status == BackfillPlan.Status.DRAFT and fresh.day_count == 3 and fresh.draft_revision == 1
+    assert not fresh.days.exists() and fresh.estimate == {} and fresh.confirmed_at is None
+    assert fresh.confirmed_by_name == "" and fresh.frozen_funnels is None and fresh.frozen_goals is None
+    assert not fresh.logs.filter(message__startswith="Confirmed").exists()
+    assert plan.day_count == 3 and plan.frozen_goals is None  # the loser holds the row as it is now
+
+    monkeypatch.undo()
+    assert plan.confirm(by_name="tab 1")  # confirming again plans from the edit
+    assert plan.days.count() == 3 and plan.estimate["total_visits"] == sum(d.planned_visits for d in plan.days.all())
+
+
+def test_every_draft_edit_bumps_the_revision_a_confirm_plans_from(target, preset):
+    from backfill.models import DraftChanged
+
+    plan = make_plan([target], preset, last_days=2)
+    stale = BackfillPlan.objects.get(pk=plan.pk)
+    plan.save_draft([target], by="tab 2")  # even an edit that changes nothing but the targets
+    assert plan.draft_revision == 1 and stale.draft_revision == 0
+    with pytest.raises(DraftChanged):
+        stale.confirm(by_name="tab 1")
+    assert not plan.days.exists()

@@ -438,3 +438,20 @@ def test_a_blank_daily_cap_is_the_presets_on_the_page_and_in_create_plan_alike(t
     )
     on_page.refresh_from_db()
     assert on_page.daily_cap == make_plan([target], capped, last_days=7, seed=5, daily_cap=200).daily_cap == 200
+
+
+def test_a_confirmation_that_loses_to_a_draft_edit_says_so_and_shows_the_new_estimate(target, preset, monkeypatch):
+    from trafficinator.testing import edit_while_confirming
+
+    plan = make_plan([target], preset, last_days=2)
+    client = log_in_client(Client(), BACKFILL_OPERATOR)
+    url = reverse("backfill:confirm", args=[plan.pk])
+    edit_while_confirming(monkeypatch, last_days=3)
+    response = client.post(url, {"typed_name": "shop"}, follow=True)
+    assert response.redirect_chain == [(url, 302)]  # back to the confirm page, a fresh estimate
+    page = response.content.decode()
+    assert "the draft changed while it was being confirmed; check the estimate and confirm again" in page
+    assert "<code>shop</code>" in page and 'data-figure="days">3<' in page  # the edited plan's estimate
+    plan.refresh_from_db()
+    assert plan.status == BackfillPlan.Status.DRAFT and plan.day_count == 3 and not plan.days.exists()
+    assert plan.confirmed_at is None and plan.estimate == {}

@@ -262,6 +262,21 @@ def test_a_backfill_plan_is_created_as_a_draft_confirmed_with_its_phrase_and_can
 
 
 @pytest.mark.django_db
+def test_a_confirmation_that_loses_to_a_draft_edit_is_a_409_and_confirms_nothing(client, monkeypatch):
+    from trafficinator.testing import edit_while_confirming, make_plan
+
+    plan = make_plan([checked_target()], Preset.objects.get(name="Light"), last_days=2)
+    edit_while_confirming(monkeypatch, last_days=3)
+    response = api_call(
+        client, "POST", f"backfills/{plan.pk}/confirm/", api_token_for(*BACKFILL_OPERATOR), {"confirmation": "shop"}
+    )
+    assert response.status_code == 409 and response.json()["code"] == "conflict"
+    assert "the draft changed while it was being confirmed; check the estimate" in response.json()["error"]
+    plan.refresh_from_db()
+    assert plan.status == BackfillPlan.Status.DRAFT and plan.day_count == 3 and not plan.days.exists()
+
+
+@pytest.mark.django_db
 def test_cancelling_a_running_plan_queues_its_invalidation_once(
     client, monkeypatch, django_capture_on_commit_callbacks
 ):

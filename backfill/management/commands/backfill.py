@@ -161,7 +161,7 @@ class Command(BaseCommand):
             self.ask_to_confirm(plan)
         try:
             plan.confirm(by_name=f"{getpass.getuser()}@{socket.gethostname()} (command line)")
-        except ValidationError as exc:
+        except ValidationError as exc:  # also DraftChanged: edited on its page while we asked
             raise validation_error(exc) from None
         plan.start(enqueue=False)
         return plan
