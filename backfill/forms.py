@@ -151,10 +151,13 @@ class ConfirmForm(forms.Form):
     """The explicit act: type the target's name (names) to confirm."""
 
     typed_name = forms.CharField(label="Type the target's name to confirm", max_length=1000)
+    # The draft revision whose estimate the page showed: confirm() refuses another one.
+    revision = forms.IntegerField(widget=forms.HiddenInput, required=False, min_value=0)
 
     def __init__(self, *args, plan: BackfillPlan, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.plan = plan
+        self.fields["revision"].initial = plan.draft_revision
         self.phrase = plan.confirmation_phrase()
         if "," in self.phrase:
             self.fields["typed_name"].label = "Type the targets' names, comma-separated, to confirm"

@@ -508,7 +508,7 @@ class BackfillPlan(models.Model):
     def _transition(self, from_statuses, **changes) -> bool:
         return transition(self, from_statuses, **changes)
 
-    def confirm(self, by=None, *, by_name: str = "", today: date | None = None) -> bool:
+    def confirm(self, by=None, *, by_name: str = "", today: date | None = None, revision: int | None = None) -> bool:
         """draft -> confirmed after the user saw the estimate: re-checks every guardrail,
         freezes the per-day plan and the estimate, records who and when. Raises
         ValidationError when a guardrail fails; returns False if no longer a draft.
@@ -516,7 +516,9 @@ class BackfillPlan(models.Model):
         The days and the estimate come from this instance's settings and the targets as
         read now; the UPDATE is conditional on the ``draft_revision`` they were read at,
         so a draft edit that commits in between (SQLite has no row locks to hold it off)
-        makes this confirm lose: raises DraftChanged and writes nothing."""
+        makes this confirm lose: raises DraftChanged and writes nothing. ``revision`` is
+        the one whose estimate the user was shown (the confirm page, the API): a draft
+        edited since then is refused the same way, whatever this instance holds."""
         from backfill.planning import (
             build_estimate,
             check_plan,
@@ -528,6 +530,8 @@ class BackfillPlan(models.Model):
 
         if self.status != self.Status.DRAFT:
             return False
+        if revision is not None and revision != self.draft_revision:
+            raise self.draft_changed()
         planned_from = self.draft_revision
         targets = list(self.targets.order_by("name"))
         check_plan(self, targets, today=today)

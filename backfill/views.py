@@ -146,7 +146,7 @@ def plan_confirm(request: HtmxHttpRequest, pk: int) -> HttpResponse:
         try:
             # Not inside one transaction: the estimate is generated before confirm() takes
             # the write lock for its conditional UPDATE and the day rows.
-            confirmed = plan.confirm(by=request.user)
+            confirmed = plan.confirm(by=request.user, revision=form.cleaned_data["revision"])
             if confirmed:
                 plan.start()
         except DraftChanged as lost:  # edited meanwhile: show the new estimate, ask again

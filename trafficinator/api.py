@@ -373,6 +373,7 @@ def plan_status(plan: BackfillPlan, request: HttpRequest) -> dict[str, Any]:
         "end_date": plan.end_date.isoformat(),
         "seed": plan.seed,
         "confirmation": plan.confirmation_phrase() if plan.can_confirm() else None,
+        "revision": plan.draft_revision,
         "estimate": plan.estimate or None,
         "progress": {
             "days": progress.days,
@@ -453,12 +454,14 @@ def plan(request: HttpRequest, pk: int) -> dict:
 @api_view({"POST": "backfill.run_backfill"})
 def plan_confirm(request: HttpRequest, pk: int) -> dict:
     """Confirm and start a draft. Like the page, it needs the explicit confirmation: the
-    target's name(s) as in the plan's "confirmation" field."""
+    target's name(s) as in the plan's "confirmation" field; with the plan's "revision"
+    (as read with its estimate) a draft edited since is refused (409)."""
     found = _get(BackfillPlan, pk, "backfill plan")
     if not found.can_confirm():
         raise ApiError(409, "conflict", f"Plan {pk} is {found.status}: only drafts can be confirmed.")
     phrase = found.confirmation_phrase()
-    given = json_body(request).get("confirmation")
+    body = json_body(request)
+    given = body.get("confirmation")
     if not isinstance(given, str) or " ".join(given.split()) != phrase:
         raise ApiError(
             400,
@@ -467,7 +470,7 @@ def plan_confirm(request: HttpRequest, pk: int) -> dict:
             {"confirmation": ["mismatch"]},
         )
     try:
-        confirmed = found.confirm(by=request.user)
+        confirmed = found.confirm(by=request.user, revision=_int_field(body, "revision", minimum=0))
     except DraftChanged as lost:
         raise ApiError(409, "conflict", "; ".join(lost.messages)) from None
     if confirmed:

@@ -455,3 +455,20 @@ def test_a_confirmation_that_loses_to_a_draft_edit_says_so_and_shows_the_new_est
     plan.refresh_from_db()
     assert plan.status == BackfillPlan.Status.DRAFT and plan.day_count == 3 and not plan.days.exists()
     assert plan.confirmed_at is None and plan.estimate == {}
+
+
+def test_the_confirm_page_confirms_only_the_draft_whose_estimate_it_showed(target, preset):
+    plan = make_plan([target], preset, last_days=2)
+    client = log_in_client(Client(), BACKFILL_OPERATOR)
+    url = reverse("backfill:confirm", args=[plan.pk])
+    shown = re.search(r'name="revision" value="(\d+)"', client.get(url).content.decode())
+    assert shown and shown.group(1) == "0"
+    edited = BackfillPlan.objects.get(pk=plan.pk)  # another tab, after the page was shown
+    edited.prepare_draft(preset=preset, targets=[target], last_days=3)
+    edited.save_draft([target], by="tab 2")
+    response = client.post(url, {"typed_name": "shop", "revision": shown.group(1)}, follow=True)
+    assert response.redirect_chain == [(url, 302)]
+    page = response.content.decode()
+    assert "the draft changed while it was being confirmed" in page and 'name="revision" value="1"' in page
+    plan.refresh_from_db()
+    assert plan.status == BackfillPlan.Status.DRAFT and not plan.days.exists()

@@ -277,6 +277,28 @@ def test_a_confirmation_that_loses_to_a_draft_edit_is_a_409_and_confirms_nothing
 
 
 @pytest.mark.django_db
+def test_a_confirmation_with_the_revision_read_refuses_a_draft_edited_since(client, monkeypatch):
+    from trafficinator.testing import make_plan
+
+    target = checked_target()
+    plan = make_plan([target], Preset.objects.get(name="Light"), last_days=2)
+    token = api_token_for(*BACKFILL_OPERATOR)
+    read = api_call(client, "GET", f"backfills/{plan.pk}/", token).json()
+    assert read["revision"] == 0
+    plan.prepare_draft(preset=plan.preset, targets=[target], last_days=3)
+    plan.save_draft([target], by="someone else")
+    body = {"confirmation": "shop", "revision": read["revision"]}
+    refused = api_call(client, "POST", f"backfills/{plan.pk}/confirm/", token, body)
+    assert refused.status_code == 409 and "the draft changed" in refused.json()["error"]
+    assert BackfillPlan.objects.get(pk=plan.pk).status == "draft" and not plan.days.exists()
+
+    monkeypatch.setattr("backfill.models.BackfillPlan.start", lambda self, **kw: True)  # no workers in this test
+    body["revision"] = 1
+    assert api_call(client, "POST", f"backfills/{plan.pk}/confirm/", token, body).json()["status"] == "confirmed"
+    assert plan.days.count() == 3
+
+
+@pytest.mark.django_db
 def test_cancelling_a_running_plan_queues_its_invalidation_once(
     client, monkeypatch, django_capture_on_commit_callbacks
 ):
