@@ -207,3 +207,25 @@ def test_a_confirmation_that_loses_to_a_draft_edit_is_a_usage_error_and_sends_no
     plan = BackfillPlan.objects.get()
     assert plan.status == BackfillPlan.Status.DRAFT and plan.day_count == 3 and not plan.days.exists()
     assert fake_matomo.stats()["requests"] == 0
+
+
+@pytest.mark.parametrize("elsewhere", ["confirmed and started", "cancelled"])
+def test_a_plan_taken_elsewhere_while_the_command_asked_is_not_sent_from_here(
+    db, fake_matomo, shop, small_preset, monkeypatch, elsewhere
+):
+    from backfill.management.commands import backfill as command
+
+    def meanwhile(self, plan, estimate):  # e.g. on the plan's page while the command printed
+        other = BackfillPlan.objects.get(pk=plan.pk)
+        if elsewhere == "cancelled":
+            assert other.cancel(reason="Cancelled on its page.")
+        else:
+            assert other.confirm(by_name="someone on the page") and other.start(enqueue=False)
+
+    monkeypatch.setattr(command.Command, "print_estimate", meanwhile)
+    with pytest.raises(CommandError, match="was not sent from here") as refused:
+        backfill("--target", "shop", "--preset", "Small", "--last-days", "2", "--yes")
+    assert refused.value.returncode == ExitCode.USAGE
+    assert fake_matomo.stats()["requests"] == 0
+    plan = BackfillPlan.objects.get()
+    assert plan.logs.filter(message__startswith="Started").count() == (elsewhere != "cancelled")  # only theirs

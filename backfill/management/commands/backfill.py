@@ -160,10 +160,17 @@ class Command(BaseCommand):
         if not options["yes"]:
             self.ask_to_confirm(plan)
         try:
-            plan.confirm(by_name=f"{getpass.getuser()}@{socket.gethostname()} (command line)")
+            confirmed = plan.confirm(by_name=f"{getpass.getuser()}@{socket.gethostname()} (command line)")
         except ValidationError as exc:  # also DraftChanged: edited on its page while we asked
             raise validation_error(exc) from None
-        plan.start(enqueue=False)
+        # Both are conditional: while we asked, the plan may have been confirmed (and started
+        # on the workers) or cancelled on its page. Then it is not ours to send.
+        if not (confirmed and plan.start(enqueue=False)):
+            plan.refresh_from_db(fields=["status"])
+            raise CommandError(
+                f"Plan {plan.pk} was not sent from here: it was {plan.get_status_display().lower()} elsewhere "
+                f"(its page or the API) while this command waited. Follow it on its page."
+            )
         return plan
 
     def print_estimate(self, plan: BackfillPlan, estimate: Estimate) -> None:
