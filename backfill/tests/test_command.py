@@ -121,26 +121,13 @@ def test_resume_continues_an_interrupted_plan_and_refuses_finished_ones(fake_mat
 def test_a_plan_cancelled_on_its_page_while_sending_exits_with_130_like_a_stopped_run(
     fake_matomo, shop, small_preset, client
 ):
-    from backfill.management.commands.backfill import Command
-
     browser = log_in_client(client, BACKFILL_OPERATOR)
     out = io.StringIO()
-    command = Command(stdout=out, stderr=io.StringIO())
-    original = command.run
 
-    def run(plan):
-        calls = {"n": 0}
+    def cancel_on_the_page(command, plan):
+        assert browser.post(f"/backfill/{plan.pk}/cancel/").status_code == 302
 
-        def cancel_on_the_page_at_the_third_checkpoint(*_):
-            calls["n"] += 1
-            if calls["n"] == 3:
-                assert browser.post(f"/backfill/{plan.pk}/cancel/").status_code == 302
-
-        command.progress = cancel_on_the_page_at_the_third_checkpoint
-        command.show_progress = True
-        return original(plan)
-
-    command.run = run  # stands in for the real run, then calls it
+    command = command_that_at_its_third_checkpoint(cancel_on_the_page, out)
     with pytest.raises(CommandError, match=r"was cancelled.*Cancelled by") as exc:
         call_command(
             command, "--target", "shop", "--preset", "Small", "--last-days", "2", "--yes", "--batch-size", "30"
@@ -150,26 +137,37 @@ def test_a_plan_cancelled_on_its_page_while_sending_exits_with_130_like_a_stoppe
     assert BackfillPlan.objects.get().status == BackfillPlan.Status.CANCELLED
 
 
-def _interrupted_run() -> None:
-    """The command as if Ctrl-C came after the third checkpoint."""
+def command_that_at_its_third_checkpoint(action, stdout=None):
+    """The backfill command, with ``action(command, plan)`` run at its third checkpoint
+    (its progress callback), then sending on as the real command does."""
     from backfill.management.commands.backfill import Command
 
-    command = Command(stdout=io.StringIO(), stderr=io.StringIO())
+    command = Command(stdout=stdout or io.StringIO(), stderr=io.StringIO())
     original = command.run
 
     def run(plan):
         calls = {"n": 0}
 
-        def should_stop_after_three(*_):
+        def at_the_third_checkpoint(*_):
             calls["n"] += 1
             if calls["n"] == 3:
-                command.interrupted = True
+                action(command, plan)
 
-        command.progress = should_stop_after_three
+        command.progress = at_the_third_checkpoint
         command.show_progress = True
         return original(plan)
 
-    command.run = run  # type: ignore[method-assign]  # stands in for the real run, then calls it
+    command.run = run  # stands in for the real run, then calls it
+    return command
+
+
+def _interrupted_run() -> None:
+    """The command as if Ctrl-C came after the third checkpoint."""
+
+    def press_ctrl_c(command, plan):
+        command.interrupted = True
+
+    command = command_that_at_its_third_checkpoint(press_ctrl_c)
     call_command(command, "--target", "shop", "--preset", "Small", "--last-days", "2", "--yes", "--batch-size", "30")
 
 

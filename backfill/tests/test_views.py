@@ -262,21 +262,27 @@ def test_the_admin_shows_days_inline_and_keeps_confirmed_plans_read_only(target,
     assert 'name="_save"' in page and reverse("backfill:confirm", args=[draft.pk]) in page
 
 
+def admin_plan_data(target, preset, **fields) -> dict:
+    """The admin's add or change form of a plan as a browser posts it: the settings, and
+    the empty management forms of its logs and days inlines."""
+    return {
+        "targets": [target.pk],
+        "preset": preset.pk,
+        "batch_size": 400,
+        "requests_in_flight": 4,
+        "parallel_days": 1,
+        "logs-TOTAL_FORMS": 0,
+        "logs-INITIAL_FORMS": 0,
+        "days-TOTAL_FORMS": 0,
+        "days-INITIAL_FORMS": 0,
+        **fields,
+    }
+
+
 def test_the_admin_add_form_applies_the_guardrails(target, preset):
     client = log_in_client(Client(), superuser=True)
     url = reverse("admin:backfill_backfillplan_add")
-    data = {
-        "targets": [target.pk],
-        "preset": preset.pk,
-        "start_date": "2020-01-01",
-        "end_date": "2021-01-01",
-        "batch_size": 200,
-        "parallel_days": 1,
-        "days-TOTAL_FORMS": 0,
-        "days-INITIAL_FORMS": 0,
-        "logs-TOTAL_FORMS": 0,
-        "logs-INITIAL_FORMS": 0,
-    }
+    data = admin_plan_data(target, preset, start_date="2020-01-01", end_date="2021-01-01", batch_size=200)
     response = client.post(url, data)
     assert response.status_code == 200 and "at most 180 days" in response.content.decode()
     data.update(start_date="", end_date="", last_days=3)
@@ -333,21 +339,7 @@ def test_a_draft_is_logged_the_same_way_from_the_page_and_from_the_command_line(
 
 def test_a_draft_added_in_the_admin_records_its_creator_targets_and_log_line(target, preset):
     client = log_in_client(Client(), superuser=True, username="root")
-    response = client.post(
-        reverse("admin:backfill_backfillplan_add"),
-        {
-            "targets": [target.pk],
-            "preset": preset.pk,
-            "last_days": 2,
-            "batch_size": 400,
-            "requests_in_flight": 4,
-            "parallel_days": 1,
-            "logs-TOTAL_FORMS": 0,
-            "logs-INITIAL_FORMS": 0,
-            "days-TOTAL_FORMS": 0,
-            "days-INITIAL_FORMS": 0,
-        },
-    )
+    response = client.post(reverse("admin:backfill_backfillplan_add"), admin_plan_data(target, preset, last_days=2))
     plan = BackfillPlan.objects.get()
     assert response.status_code == 302 and plan.created_by.username == "root"
     assert list(plan.targets.all()) == [target] and plan.day_count == 2
@@ -382,18 +374,7 @@ def test_an_edit_that_loses_to_a_confirmation_says_so_and_changes_nothing(target
 
 def test_the_admin_refuses_an_edit_of_a_plan_confirmed_meanwhile_with_a_message(target, preset, monkeypatch):
     client = log_in_client(Client(), superuser=True)
-    data = {
-        "targets": [target.pk],
-        "preset": preset.pk,
-        "last_days": 5,
-        "batch_size": 400,
-        "requests_in_flight": 4,
-        "parallel_days": 1,
-        "logs-TOTAL_FORMS": 0,
-        "logs-INITIAL_FORMS": 0,
-        "days-TOTAL_FORMS": 0,
-        "days-INITIAL_FORMS": 0,
-    }
+    data = admin_plan_data(target, preset, last_days=5)
     confirmed = confirmed_plan([target], preset)  # before the POST: a stale change page
     url = reverse("admin:backfill_backfillplan_change", args=[confirmed.pk])
     response = client.post(url, data, follow=True)
