@@ -29,11 +29,18 @@ def test_bench_runs_the_real_live_loader_and_an_overload_with_its_saturation_fig
         stdout=out,
     )  # fmt: skip
     lines = out.getvalue().splitlines()
-    assert [line.split(":")[0] for line in lines] == ["live single", "live bulk", "overload"]
+    assert [line.split(":")[0] for line in lines] == [
+        "live single, 50,000,000 visits/day on 1 target(s)",
+        "live single, 400,000,000 visits/day on 8 target(s)",
+        "live bulk, 50,000,000 visits/day on 1 target(s)",
+        "live bulk, 800,000,000 visits/day on 16 target(s)",
+        "overload",
+    ]
     for line in lines:
         assert "hits per loader CPU-second" in line and "saturated=" in line and "delivered" in line
-    assert "peak RSS" in lines[0] and "peak RSS" in lines[1]
-    assert "stopped in" in lines[2] and "status stopped" in lines[2] and "saturated=True" in lines[2]
+    assert all("peak RSS" in line for line in lines[:4])
+    assert "at capacity" in lines[1] and "at capacity" in lines[3] and "at capacity" not in lines[0]
+    assert "stopped in" in lines[4] and "status stopped" in lines[4] and "saturated=True" in lines[4]
 
 
 @pytest.mark.django_db(transaction=True)
