@@ -17,6 +17,7 @@ from bisect import bisect_right
 from collections.abc import Iterator
 from datetime import date, datetime, tzinfo
 from itertools import accumulate
+from math import log
 from random import Random
 from typing import TYPE_CHECKING
 
@@ -250,17 +251,20 @@ class ArrivalProcess:
         self.t = t + expected_visits / self.rate
 
     def __iter__(self) -> Iterator[tuple[float, float, float]]:
-        expovariate = self.rng.expovariate
         random = self.rng.random
         # A burst of K ~ Geometric(mean m) visits uses (K-1) inner gaps of mean c, so the
         # gap before a burst has mean m - (m-1)c: one visit per unit on average.
         continue_burst = 1.0 - 1.0 / BURST_MEAN
         between = BURST_MEAN - (BURST_MEAN - 1.0) * BURST_GAP
+        # Random.expovariate(lambd) is -log(1.0 - random()) / lambd: written out here,
+        # the same numbers without its Python call per arrival.
+        outer_rate = 1.0 / between
+        inner_rate = 1.0 / BURST_GAP
         while True:
-            self._advance(expovariate(1.0 / between))
+            self._advance(-log(1.0 - random()) / outer_rate)
             yield self.t, self.offset, self.day_end
             while random() < continue_burst:
-                self._advance(expovariate(1.0 / BURST_GAP))
+                self._advance(-log(1.0 - random()) / inner_rate)
                 yield self.t, self.offset, self.day_end
 
 

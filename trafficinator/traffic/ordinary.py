@@ -24,7 +24,7 @@ from random import Random
 
 from .catalog_items import title_from_url
 from .ecommerce import OrderPlanner
-from .hits import HitFactory
+from .hits import HitFactory, product_params
 from .personas import Behaviour
 from .profile import Profile
 from .site_model import SiteModel
@@ -37,8 +37,7 @@ _FIRST = itemgetter(0)
 
 
 Params = dict[str, str]
-ProductShown = tuple[str, str, str, int]  # sku, name, category, price in cents
-PageShown = tuple[str, str, ProductShown | None]  # url, title, product on the page
+PageShown = tuple[str, str, Params | None]  # url, title, product view params of the page
 FollowUps = list[list[tuple[float, Params]]]  # per page: (share of its dwell time, hit)
 
 
@@ -55,6 +54,12 @@ class OrdinaryVisits:
         self.duration_min = profile.visit_duration_min * 60.0
         self.duration_span = (profile.visit_duration_max - profile.visit_duration_min) * 60.0
         self.page_index = {url: i for i, url in enumerate(site.page_urls)}
+        # Each catalog page as it is shown while browsing, built once (a product page
+        # shows its product at the browse price).
+        self.pages_shown: list[PageShown] = [
+            (url, title, self._product_on(index))
+            for index, (url, title) in enumerate(zip(site.page_urls, site.page_titles, strict=True))
+        ]
 
     def build(
         self,
@@ -69,18 +74,20 @@ class OrdinaryVisits:
         site, hits, random = self.site, self.hits, rng.random
 
         # Landing page (a campaign may name its own).
+        pages_shown = self.pages_shown
         index = None
         if campaign_landing:
             index = self.page_index.get(campaign_landing)
             url = campaign_landing
             title = site.page_titles[index] if index is not None else title_from_url(url)
+            landing = (url, title, self._product_on(index))
         else:
             index = site.landing.pick(rng)
-            url, title = site.page_urls[index], site.page_titles[index]
+            landing = pages_shown[index]
         if campaign_query:
-            url = f"{url}{'&' if '?' in url else '?'}{campaign_query}"
-        # (url, title, product or None); product = (sku, name, category, price in cents)
-        pages: list[PageShown] = [(url, title, self._product_on(index))]
+            url, title, product = landing
+            landing = (f"{url}{'&' if '?' in url else '?'}{campaign_query}", title, product)
+        pages: list[PageShown] = [landing]
 
         if random() < self.bounce_share:
             params = self._page_params(rng, pages[0], device, hits.new_pv_id(rng))
@@ -98,7 +105,7 @@ class OrdinaryVisits:
                 following = site.inner.pick(rng)
             if following == current:
                 following = site.inner.pick(rng)
-            pages.append((site.page_urls[following], site.page_titles[following], self._product_on(following)))
+            pages.append(pages_shown[following])
             current = following
 
         follow: FollowUps = [[] for _ in pages]
@@ -138,20 +145,20 @@ class OrdinaryVisits:
         entries.append((t, hits.ping(pages[last][0], pvs[last])))
         return entries
 
-    def _product_on(self, index: int | None) -> ProductShown | None:
+    def _product_on(self, index: int | None) -> Params | None:
         if index is None:
             return None
         product_index = self.site.page_product[index]
         if product_index is None:
             return None
         p = self.site.products[product_index]
-        return (p.sku, p.name, p.category, self.planner.browse_price(product_index))
+        return product_params(p.sku, p.name, p.category, self.planner.browse_price(product_index))
 
     def _page_params(self, rng: Random, page: PageShown, device: str, pv: str) -> Params:
         url, title, product = page
         params = self.hits.pageview(rng, url, title, device, pv)
         if product is not None:
-            self.hits.add_product(params, *product)
+            params.update(product)
         return params
 
     def _add_shopping(
@@ -167,7 +174,8 @@ class OrdinaryVisits:
         chosen, order = self.planner.plan(rng)
         for number, (product_index, line) in enumerate(zip(chosen, order.lines, strict=True)):
             url = site.product_urls[product_index]
-            pages.append((url, site.product_titles[product_index], (line.sku, line.name, line.category, line.price)))
+            shown = product_params(line.sku, line.name, line.category, line.price)
+            pages.append((url, site.product_titles[product_index], shown))
             pv = hits.new_pv_id(rng)
             pvs.append(pv)
             follow.append([(0.5, hits.cart_update(url, pv, order.lines[: number + 1]))])

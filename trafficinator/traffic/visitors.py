@@ -124,8 +124,9 @@ class Members:
             raise ValueError(f"part {part} is not one of 0..{parts - 1}")
         self.population = population
         self.key = derive_seed("visitors", population.seed)
-        # derive_seed(key, member) without building the joined text each time (same value).
-        self._seed_prefix = f"{self.key}\x1f".encode()
+        # derive_seed(key, member) without hashing the key's text each time (same value):
+        # a copy of a hash that has already seen it.
+        self._seed_hash = hashlib.blake2b(f"{self.key}\x1f".encode(), digest_size=8)
         self.joins = population.joins_per_day(profile)
         # A stream split into sub-streams (stream.live_visits) gives each its own members:
         # those whose index is ``part`` modulo ``parts``, so a visitor only ever returns in
@@ -197,5 +198,6 @@ class Members:
 
     def member_seed(self, member: int) -> int:
         """derive_seed(key, member): the same value, computed in the hot path."""
-        digest = hashlib.blake2b(self._seed_prefix + str(member).encode(), digest_size=8).digest()
-        return int.from_bytes(digest, "big")
+        hasher = self._seed_hash.copy()
+        hasher.update(str(member).encode())
+        return int.from_bytes(hasher.digest(), "big")
