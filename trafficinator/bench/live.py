@@ -101,7 +101,8 @@ def benchmark_live(
         count = -(-visits_per_day // MAX_VISITS_PER_DAY)
         for _ in range(count):
             targets.append(make_bench_target(url, token, BENCH_TIMEZONE))
-        entries = [(target, 1.0, visits_per_day // count) for target in targets] if count > 1 else list(targets)
+        shares: list[tuple[Target, float, int | None]] = [(target, 1.0, visits_per_day // count) for target in targets]
+        entries: list[Target] | list[tuple[Target, float, int | None]] = shares if count > 1 else list(targets)
         preset = make_bench_preset("live", visits_per_day=1_000_000, concurrency=concurrency)
         run = Run.objects.create_run(
             preset=preset,
