@@ -129,7 +129,8 @@ def _idle_socket_alive(sock: socket.socket | None) -> bool:
     if sock is None:
         return False
     try:
-        return sock.fileno() >= 0 and not _select([sock], [], [], 0.0)[0]
+        fd = sock.fileno()
+        return fd >= 0 and not _select([fd], [], [], 0.0)[0]
     except (OSError, ValueError):
         return False
 
@@ -156,7 +157,7 @@ def _more(sock: socket.socket, buf: bytearray) -> None:
     buf += data
 
 
-def read_answer(sock: socket.socket) -> tuple[int, bytes, str | None, bool]:
+def read_answer(sock: socket.socket, first: bytes | None = None) -> tuple[int, bytes, str | None, bool]:
     """Read one HTTP/1.x answer from ``sock``: (status, body, Retry-After, reusable).
 
     What a tracking request needs and no more: the status line, the headers that frame
@@ -169,7 +170,7 @@ def read_answer(sock: socket.socket) -> tuple[int, bytes, str | None, bool]:
     Replaces geventhttpclient's parser, whose Python callbacks per header field and value
     cost more than the rest of reading an answer."""
     buf = bytearray()
-    data = sock.recv(_RECV_SIZE)
+    data = sock.recv(_RECV_SIZE) if first is None else first  # first: already received
     if not data:
         raise HTTPConnectionClosed("connection closed.")
     buf += data
@@ -289,6 +290,7 @@ class GeventTransport:
         if not _REQUEST_TARGET.fullmatch(target):
             raise ValueError("tracking URL path must not contain spaces or control characters")
         pool_class = _SSLPool if secure else _Pool
+        self._plain = not secure
         self._pool = pool_class(
             host,
             port,
@@ -331,9 +333,19 @@ class GeventTransport:
 
     def _exchange(self, request: bytes, progress: list[bool]) -> tuple[int, bytes, str | None]:
         pool = self._pool
-        sock = pool.get_socket()
+        sock: Any = pool.get_socket()  # a gevent socket: ._sock is the real one, non-blocking
         try:
-            sock.sendall(request)
+            if self._plain:
+                # gevent's sendall costs a getsockopt and a few Python calls per request;
+                # a tracking request nearly always fits the send buffer at once.
+                try:
+                    sent = sock._sock.send(request)  # the real non-blocking socket
+                except BlockingIOError:
+                    sent = 0
+                if sent < len(request):
+                    sock.sendall(request[sent:])
+            else:
+                sock.sendall(request)
             progress[0] = True
         except OSError as exc:
             if exc.errno not in (errno.ECONNRESET, errno.EPIPE):
@@ -345,7 +357,16 @@ class GeventTransport:
             pool.release_socket(sock)
             raise
         try:
-            status, data, retry_after, reusable = read_answer(sock)
+            first = None
+            if self._plain:
+                # The answer is hardly ever there yet: wait until the socket is readable
+                # rather than try first (gevent's recv raises and catches EAGAIN then waits).
+                sock._wait(sock._read_event)
+                try:
+                    first = sock._sock.recv(_RECV_SIZE)
+                except BlockingIOError:  # woken without data after all: read_answer waits
+                    first = None
+            status, data, retry_after, reusable = read_answer(sock, first)
         except BaseException:
             pool.release_socket(sock)
             raise
