@@ -4,8 +4,10 @@ Each string is ``idsite=1&rec=1&...`` (``?`` in front for bulk ``requests`` entr
 POST body of a single hit has none). The visit's constant part (idsite, rec, apiv,
 send_image, cid, _id, uid, ua, lang, res, uadata, cip) is encoded once per visit and
 reused for each hit; values that recur across visits (URLs, titles, event names) are
-quoted once and cached in a bounded table. No token is ever added here: the sender puts
-``token_auth`` into the POST body separately.
+quoted once and cached in a bounded table. A hit from the generator arrives already
+encoded (``Hit.query``, built from fragments encoded once per catalog page); others are
+encoded here. No token is ever added here: the sender puts ``token_auth`` into the POST
+body separately.
 
 ``cdt`` (custom date-time, UTC) comes from each hit's due time, in whole seconds:
 ``cdt="datetime"`` gives ``YYYY-MM-DD HH:MM:SS``, ``cdt="unix"`` gives epoch seconds.
@@ -85,7 +87,16 @@ def encode_params(params: dict[str, str]) -> str:
     )
 
 
+def encode_pair(key: str, value: str) -> str:
+    """``k=v`` for one parameter, exactly as encode_params writes it."""
+    if key in _PLAIN:
+        return f"{key}={value}"
+    return f"{key}={_cache.get(value) or _quote_and_remember(key, value)}"
+
+
 _dates: dict[int, str] = {}
+# "YYYY-MM-DD%20HH:MM:" by minute since 1970: a visit's hits share a few minutes.
+_minutes: dict[int, str] = {}
 
 
 def format_cdt(due: float, cdt: CdtFormat) -> str:
@@ -93,15 +104,25 @@ def format_cdt(due: float, cdt: CdtFormat) -> str:
     seconds = int(due)
     if cdt == "unix":
         return str(seconds)
-    day, second_of_day = divmod(seconds, 86400)
+    minute, second = divmod(seconds, 60)
+    text = _minutes.get(minute)
+    if text is None:
+        text = _minute_text(minute)
+    return text + _TWO_DIGITS[second]
+
+
+def _minute_text(minute: int) -> str:
+    day, minute_of_day = divmod(minute, 1440)
     date = _dates.get(day)
     if date is None:
         if len(_dates) > 1000:
             _dates.clear()
         date = _dates[day] = time.strftime("%Y-%m-%d", time.gmtime(day * 86400))
-    hour, rest = divmod(second_of_day, 3600)
-    minute, second = divmod(rest, 60)
-    return f"{date}%20{_TWO_DIGITS[hour]}:{_TWO_DIGITS[minute]}:{_TWO_DIGITS[second]}"
+    hour, minute_of_hour = divmod(minute_of_day, 60)
+    if len(_minutes) > 5000:
+        _minutes.clear()  # bounded memory; refills with the minutes in use now
+    text = _minutes[minute] = f"{date}%20{_TWO_DIGITS[hour]}:{_TWO_DIGITS[minute_of_hour]}:"
+    return text
 
 
 _TWO_DIGITS = [f"{n:02d}" for n in range(60)]
@@ -113,6 +134,7 @@ def encode_visit(visit: Visit, cdt: CdtFormat = None, prefix: str = "?") -> list
     if cdt not in (None, "datetime", "unix"):
         raise ValueError("cdt must be None, 'datetime' or 'unix'")
     head = prefix + encode_params(visit.params) + "&"
+    queries = [encode_params(hit.params) if hit.query is None else hit.query for hit in visit.hits]
     if cdt is None:
-        return [head + encode_params(hit.params) for hit in visit.hits]
-    return [f"{head}{encode_params(hit.params)}&cdt={format_cdt(hit.due, cdt)}" for hit in visit.hits]
+        return [head + query for query in queries]
+    return [f"{head}{query}&cdt={format_cdt(hit.due, cdt)}" for hit, query in zip(visit.hits, queries, strict=True)]

@@ -14,7 +14,7 @@ from typing import Any
 from .catalog_items import title_from_url
 from .ecommerce import Line, cents, order_from_lines
 from .funnels import FunnelSpec, FunnelStep, parse_items
-from .hits import HitFactory
+from .hits import Entry, HitFactory
 from .site_model import SiteModel
 
 
@@ -27,10 +27,10 @@ class FunnelVisits:
 
     def build(
         self, rng: Random, spec: FunnelSpec, device: str, referrer: str | None, campaign_query: str
-    ) -> list[tuple[float, dict]]:
+    ) -> list[Entry]:
         random = rng.random
         state = _State(self.site.base + "/", self.hits.new_pv_id(rng))
-        entries: list[tuple[float, dict]] = []
+        entries: list[Entry] = []
         t = 0.0
         last = len(spec.steps) - 1
         for number, step in enumerate(spec.steps):
@@ -44,13 +44,13 @@ class FunnelVisits:
                     url = params["url"]
                     params["url"] = f"{url}{'&' if '?' in url else '?'}{campaign_query}"
                     state.url = state.page_url = params["url"]
-            entries.append((t, params))
+            entries.append((t, params, None))
             if number == last or random() >= step.continue_probability:
                 break
         if len(entries) > 1 and state.seen_page:
             # Give the last page its time on page, as an ordinary visit does.
             t += self.pause_min + self.pause_span * random()
-            entries.append((t, self.hits.ping(state.page_url, state.page_pv)))
+            entries.append((t, self.hits.ping(state.page_url, state.page_pv), None))
         return entries
 
     def _step(self, rng: Random, step: FunnelStep, device: str, state: _State) -> dict:

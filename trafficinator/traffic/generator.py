@@ -16,6 +16,7 @@ from random import Random
 
 from .catalog import Catalog
 from .ecommerce import OrderPlanner
+from .encoding import encode_params
 from .funnel_visits import FunnelVisits
 from .funnels import FunnelPartition, FunnelSpec, validate_funnels
 from .goals import SiteGoals
@@ -31,6 +32,8 @@ from .visitors import Members, Population, Traits, TraitSampler
 _CLOCK = [f"{n}" for n in range(60)]
 # (h, m) of each minute of the day: one lookup per hit instead of two and their arithmetic.
 _HOUR_MINUTE = [(_CLOCK[minute // 60], _CLOCK[minute % 60]) for minute in range(1440)]
+# The same, encoded, up to the second's value: "&h=13&m=5&s=".
+_HOUR_MINUTE_QUERY = [f"&h={hour}&m={minute}&s=" for hour, minute in _HOUR_MINUTE]
 # Members whose traits and visitor id are kept for their next visit (a loyal core member
 # comes back often); about 1.5 MB at most. Evicted first in, first out.
 MEMBER_CACHE_SIZE = 4096
@@ -182,21 +185,30 @@ class Generator:
         duration = entries[-1][0]
         if start + duration > limit:
             scale = (limit - start) / duration
-            entries = [(t * scale, params) for t, params in entries]
+            entries = [(t * scale, params, query) for t, params, query in entries]
 
-        entries[0][1]["new_visit"] = "1"
+        first_t, first, first_query = entries[0]
+        if first_query is not None and "new_visit" not in first:
+            entries[0] = (first_t, first, first_query + "&new_visit=1")
+        else:
+            entries[0] = (first_t, first, None)
+        first["new_visit"] = "1"
         hits: list[Hit] = []
         append = hits.append
         getrandbits = rng.getrandbits
         clock = _CLOCK
-        hour_minute = _HOUR_MINUTE
+        hour_minute, hour_minute_query = _HOUR_MINUTE, _HOUR_MINUTE_QUERY
         local_start = start + utc_offset
-        for t, params in entries:
+        for t, params, query in entries:
+            # Each hit leaves here encoded (Hit.query); builders encode page views from
+            # fragments of the catalog page, the rest is encoded now, before h/m/s/rand.
+            if query is None:
+                query = encode_params(params)
             minute, second = divmod(int(local_start + t) % 86400, 60)
             params["h"], params["m"] = hour_minute[minute]  # assigned in this order: h, then m
-            params["s"] = clock[second]
-            params["rand"] = str(getrandbits(30))
-            append(Hit(start + t, params))
+            params["s"] = second_text = clock[second]
+            params["rand"] = rand = str(getrandbits(30))
+            append(Hit(start + t, params, f"{query}{hour_minute_query[minute]}{second_text}&rand={rand}"))
 
         if self.goals is not None:
             # After the hits got their times and `rand`: leaving a conversion out must not
@@ -270,10 +282,13 @@ class Generator:
                 if found is None:
                     continue
                 hit.params["idgoal"] = str(found)
+                hit.query = encode_params(hit.params)
             kept.append(hit)
         if not kept:  # a visit of nothing but a left-out conversion: keep it (it is 1 hit)
             return hits
-        kept[0].params["new_visit"] = "1"
+        first = kept[0]
+        first.params["new_visit"] = "1"
+        first.query = encode_params(first.params)
         return kept
 
     def _channel(self, rng: Random) -> tuple[str, str | None, str, str]:

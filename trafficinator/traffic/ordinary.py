@@ -24,7 +24,8 @@ from random import Random
 
 from .catalog_items import title_from_url
 from .ecommerce import OrderPlanner
-from .hits import HitFactory, product_params
+from .encoding import encode_pair, encode_params
+from .hits import Entry, HitFactory, product_params
 from .personas import Behaviour
 from .profile import Profile
 from .site_model import SiteModel
@@ -37,7 +38,9 @@ _FIRST = itemgetter(0)
 
 
 Params = dict[str, str]
-PageShown = tuple[str, str, Params | None]  # url, title, product view params of the page
+# url, title, product view params of the page (or None), and the page's parameters
+# encoded: "url=...&action_name=..." and "&_pks=..." (or ""), see _shown.
+PageShown = tuple[str, str, Params | None, str, str]
 FollowUps = list[list[tuple[float, Params]]]  # per page: (share of its dwell time, hit)
 
 
@@ -57,7 +60,7 @@ class OrdinaryVisits:
         # Each catalog page as it is shown while browsing, built once (a product page
         # shows its product at the browse price).
         self.pages_shown: list[PageShown] = [
-            (url, title, self._product_on(index))
+            _shown(url, title, self._product_on(index))
             for index, (url, title) in enumerate(zip(site.page_urls, site.page_titles, strict=True))
         ]
 
@@ -69,8 +72,9 @@ class OrdinaryVisits:
         referrer: str | None,
         campaign_query: str,
         campaign_landing: str,
-    ) -> list[tuple[float, dict]]:
-        """Hits as (seconds after the visit start, params), in time order."""
+    ) -> list[Entry]:
+        """Hits as (seconds after the visit start, params, encoded params or None), in
+        time order."""
         site, hits, random = self.site, self.hits, rng.random
 
         # Landing page (a campaign may name its own).
@@ -80,20 +84,21 @@ class OrdinaryVisits:
             index = self.page_index.get(campaign_landing)
             url = campaign_landing
             title = site.page_titles[index] if index is not None else title_from_url(url)
-            landing = (url, title, self._product_on(index))
+            landing = _shown(url, title, self._product_on(index))
         else:
             index = site.landing.pick(rng)
             landing = pages_shown[index]
         if campaign_query:
-            url, title, product = landing
-            landing = (f"{url}{'&' if '?' in url else '?'}{campaign_query}", title, product)
+            url, title, product = landing[:3]
+            landing = _shown(f"{url}{'&' if '?' in url else '?'}{campaign_query}", title, product)
         pages: list[PageShown] = [landing]
 
         if random() < self.bounce_share:
-            params = self._page_params(rng, pages[0], device, hits.new_pv_id(rng))
+            params, query = self._page_params(rng, pages[0], device, hits.new_pv_id(rng))
             if referrer:
                 params["urlref"] = referrer
-            return [(0.0, params)]
+                query = f"{query}&{encode_pair('urlref', referrer)}"
+            return [(0.0, params, query)]
 
         span = self.pages_max - self.pages_min + 1
         count = self.pages_min + int(random() ** behaviour.page_skew * span)
@@ -127,22 +132,23 @@ class OrdinaryVisits:
 
         search_pages = self._add_interactions(rng, behaviour, pages, follow, pvs, last)
 
-        entries: list[tuple[float, dict]] = []
+        entries: list[Entry] = []
         t = 0.0
         previous_url = referrer
         for i, page in enumerate(pages):
-            params = self._page_params(rng, page, device, pvs[i])
+            params, query = self._page_params(rng, page, device, pvs[i])
             if previous_url:
                 params["urlref"] = previous_url
-            entries.append((t, params))
+                query = f"{query}&{encode_pair('urlref', previous_url)}"
+            entries.append((t, params, query))
             page_follow = follow[i]
             if page_follow:
                 page_follow.sort(key=_FIRST)
                 span_i = dwell[i]
-                entries.extend((t + fraction * span_i, p) for fraction, p in page_follow)
+                entries.extend((t + fraction * span_i, p, None) for fraction, p in page_follow)
             previous_url = search_pages.get(i, page[0])
             t += dwell[i]
-        entries.append((t, hits.ping(pages[last][0], pvs[last])))
+        entries.append((t, hits.ping(pages[last][0], pvs[last]), None))
         return entries
 
     def _product_on(self, index: int | None) -> Params | None:
@@ -154,12 +160,14 @@ class OrdinaryVisits:
         p = self.site.products[product_index]
         return product_params(p.sku, p.name, p.category, self.planner.browse_price(product_index))
 
-    def _page_params(self, rng: Random, page: PageShown, device: str, pv: str) -> Params:
-        url, title, product = page
-        params = self.hits.pageview(rng, url, title, device, pv)
+    def _page_params(self, rng: Random, page: PageShown, device: str, pv: str) -> tuple[Params, str]:
+        """The page view's params and their encoding."""
+        url, title, product, head, product_query = page
+        params, query = self.hits.pageview_encoded(rng, url, title, head, device, pv)
         if product is not None:
             params.update(product)
-        return params
+            query += product_query
+        return params, query
 
     def _add_shopping(
         self, rng: Random, behaviour: Behaviour, pages: list[PageShown], follow: FollowUps, pvs: list[str]
@@ -175,7 +183,7 @@ class OrdinaryVisits:
         for number, (product_index, line) in enumerate(zip(chosen, order.lines, strict=True)):
             url = site.product_urls[product_index]
             shown = product_params(line.sku, line.name, line.category, line.price)
-            pages.append((url, site.product_titles[product_index], shown))
+            pages.append(_shown(url, site.product_titles[product_index], shown))
             pv = hits.new_pv_id(rng)
             pvs.append(pv)
             follow.append([(0.5, hits.cart_update(url, pv, order.lines[: number + 1]))])
@@ -190,7 +198,7 @@ class OrdinaryVisits:
     def _append_page(
         self, rng: Random, pages: list[PageShown], follow: FollowUps, pvs: list[str], url: str, title: str
     ) -> None:
-        pages.append((url, title, None))
+        pages.append(_shown(url, title, None))
         pvs.append(self.hits.new_pv_id(rng))
         follow.append([])
 
@@ -256,3 +264,9 @@ class OrdinaryVisits:
                 e = events[int(random() * len(events))]
                 on(0, lambda url, pv: hits.event(url, pv, e.category, e.action, e.name, e.value))
         return searches
+
+
+def _shown(url: str, title: str, product: Params | None) -> PageShown:
+    """A page as shown, with its parameters encoded (what encode_params writes for them)."""
+    head = encode_params({"url": url, "action_name": title})
+    return (url, title, product, head, "&" + encode_params(product) if product else "")

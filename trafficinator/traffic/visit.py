@@ -19,11 +19,15 @@ from .clock import to_datetime
 
 
 class Hit:
-    __slots__ = ("due", "params")
+    __slots__ = ("due", "params", "query")
 
-    def __init__(self, due: float, params: dict[str, str]):
+    def __init__(self, due: float, params: dict[str, str], query: str | None = None):
         self.due = due
         self.params = params
+        # ``params`` already URL-encoded (what encoding.encode_params gives), or None. The
+        # generator sets it, so sending a hit does not encode it again: whoever changes
+        # ``params`` afterwards must set it to None (or the new encoding).
+        self.query = query
 
     @property
     def due_datetime(self) -> datetime:

@@ -10,7 +10,10 @@ from urllib.parse import parse_qsl
 import pytest
 
 from trafficinator.traffic import (
+    Catalog,
     Profile,
+    SiteGoals,
+    encode_params,
     encode_visit,
     live_visits,
     validate_visit,
@@ -33,6 +36,18 @@ def test_every_hit_of_twelve_thousand_visits_is_valid(sample):
 def test_every_hit_is_valid_with_a_token_and_random_countries(token_sample):
     problems = [p for v in token_sample for p in validate_visit(v, token_present=True)]
     assert problems == []
+
+
+def test_hits_leave_the_generator_encoded_exactly_as_their_params(sample, token_sample):
+    """The generator encodes each hit from fragments (Hit.query): always the same text as
+    encoding its params, also after goals it converts or leaves out and for campaigns."""
+    from .test_funnels import FUNNELS
+
+    goals = SiteGoals({2: "Contact form sent"}, Catalog.load_default())
+    profile = make_profile(ecommerce_probability=0.2, campaign_param_style="utm", page_performance=False)
+    other = make_day(profile, count=1500, seed=5, funnels=FUNNELS, goals=goals)
+    for visit in [*sample, *token_sample, *other]:
+        assert [hit.query for hit in visit.hits] == [encode_params(hit.params) for hit in visit.hits]
 
 
 def test_hits_carry_cip_only_with_a_token_and_random_countries(sample, token_sample):
