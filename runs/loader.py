@@ -15,7 +15,8 @@ Greenlets and threads:
   the sender's own greenlets do the HTTP;
 - two real OS threads do all database work, so a slow or locked database never stops
   the sending: the *checker* reads the claim and stop requests every ``CHECK_EVERY``
-  (a plain SELECT, which another process's write lock does not block), the *writer*
+  (a plain SELECT, which another process's write lock does not block) on its own clock,
+  extends the lease itself and wakes the scheduler only to end the loop, the *writer*
   writes stats, heartbeat, run log and chart rows every ``FLUSH_EVERY`` (a write held up
   by a lock is simply not repeated until it is done).
 
@@ -77,6 +78,7 @@ import gevent.lock
 import gevent.threadpool
 from django.conf import settings
 from django.db import connections
+from gevent.monkey import get_original
 
 from backfill.models import BackfillPlan
 from funnels.models import Funnel
@@ -98,10 +100,12 @@ from trafficinator.traffic import (
 )
 
 logger = logging.getLogger(__name__)
+# A real OS lock even when monkey-patched: the claim checker's thread sleeps on it.
+_real_lock = get_original("_thread", "allocate_lock")
 # A terminal's progress line: called with the figures after each report.
 Progress = Callable[[RunStats], object]
 
-TICK = 0.2  # longest sleep of the scheduler when nothing is due
+TICK = 0.2  # the scheduler's sleep while a target cannot start a due visit (see _idle_wait)
 CHECK_EVERY = 0.25  # seconds between claim + stop-request reads (one cheap SELECT)
 FLUSH_EVERY = 2.0  # seconds between DB reports (stats + heartbeat + log + chart row)
 STOP_GRACE = 1.0  # seconds in-flight requests get after a stop (all targets at once)
@@ -195,6 +199,72 @@ class DbThread:
             pool.spawn(connections.close_all).get(timeout=timeout)
         except Exception:  # pragma: no cover - a locked DB at exit: the process ends anyway
             logger.warning("Could not close the DB thread's connection", exc_info=True)
+        pool.kill()
+
+
+class ClaimChecker:
+    """The *checker*: one real OS thread that reads the claim and the stop request every
+    ``every`` seconds (``check()``: one SELECT), on its own clock.
+
+    A confirmed claim extends the lease at once (``on_confirmed(started)``, a float the
+    senders read); only a verdict that ends the loop (the claim superseded, a stop
+    requested) is handed to the scheduler: ``verdict`` is set and ``on_verdict`` runs in
+    the loop's hub. So a loader that holds its claim spends no scheduler wake-up and no
+    greenlet hand-off per check. A failed read is logged and changes nothing (the lease
+    runs out unless a later read works)."""
+
+    def __init__(
+        self,
+        check: Callable[[], tuple[bool, bool]],
+        on_confirmed: Callable[[float], None],
+        on_verdict: Callable[[], None],
+        every: float = CHECK_EVERY,
+    ) -> None:
+        self._check = check
+        self._on_confirmed = on_confirmed
+        self._on_verdict = on_verdict
+        self.every = every
+        self.verdict: tuple[bool, bool] | None = None  # (owned, stop requested), once it ends the loop
+        self._pool: gevent.threadpool.ThreadPool | None = None
+        self._job: gevent.event.AsyncResult | None = None
+        self._closing = _real_lock()
+
+    def start(self) -> None:
+        self._closing.acquire()  # released by close(): the thread's sleep ends at once
+        self._pool = gevent.threadpool.ThreadPool(1)
+        self._job = self._pool.spawn(self._run, gevent.get_hub().loop)
+
+    def _run(self, loop) -> None:
+        try:
+            while True:
+                started = time.monotonic()
+                try:
+                    claim = self._check()
+                except Exception as exc:
+                    logger.warning("Loader DB work failed: %r", exc)
+                    claim = None
+                if claim is not None:
+                    owned, stop_requested = claim
+                    if owned:
+                        self._on_confirmed(started)
+                    if not owned or stop_requested:
+                        self.verdict = (owned, stop_requested)
+                        loop.run_callback_threadsafe(self._on_verdict)
+                        return
+                if self._closing.acquire(timeout=max(0.0, started + self.every - time.monotonic())):
+                    return
+        finally:
+            connections.close_all()  # the thread's own DB connection, else it outlives the loader
+
+    def close(self, timeout: float = 5.0) -> None:
+        pool, job, self._pool, self._job = self._pool, self._job, None, None
+        if pool is None or job is None:
+            return
+        self._closing.release()
+        try:
+            job.get(timeout=timeout)
+        except Exception:  # pragma: no cover - a locked DB at exit: the process ends anyway
+            logger.warning("Could not stop the claim checker", exc_info=True)
         pool.kill()
 
 
@@ -452,9 +522,10 @@ class LiveLoader:
         self.previous_stats: dict = self.shard.stats
         self.runtimes: list[TargetRuntime] = []
         self.dispatchers: list[gevent.Greenlet] = []
-        self.checker = DbThread()
+        self.checker = ClaimChecker(self._check_claim, self._claim_confirmed, self._wake_up)
         self.writer = DbThread()
         self.lease_until = 0.0
+        self.lease = 0.0  # seconds a confirmed claim lets it send (claim_lease(), read when the loop starts)
         self.pending_logs: deque[tuple[str, str, int | None]] = deque(maxlen=200)
         self.reported_sent = 0  # hits sent as of the last report the database took
         self._day_key: str | None = None
@@ -594,11 +665,11 @@ class LiveLoader:
     def run_loop(self) -> Run.Status | str:
         """Returns the final status (or SUPERSEDED); the caller records it."""
         self.build()
+        self.lease = claim_lease()
+        started = time.monotonic()
+        self.lease_until = started + self.lease  # the claim was confirmed just before the loop
         self.checker.start()
         self.writer.start()
-        lease = claim_lease()
-        started = time.monotonic()
-        self.lease_until = started + lease  # the claim was confirmed just before the loop
         duration = self.run.duration_seconds
         deadline = started + duration if duration else None
         if duration:
@@ -611,11 +682,8 @@ class LiveLoader:
                 runtime.workers = [
                     gevent.spawn(self._send_hits, runtime, lead) for _ in range(runtime.sender.concurrency)
                 ]
-        check: gevent.event.AsyncResult | None = None
-        check_started = 0.0
         report: gevent.event.AsyncResult | None = None
         report_sent = 0
-        next_check = started
         next_flush = started  # the first report at once: "Loader started" and a fresh heartbeat
         next_sample = _next_minute(time.time())
         self.log(RunLog.Level.INFO, f"Loader started: {self._describe_targets()}.")
@@ -623,18 +691,14 @@ class LiveLoader:
         while not self.stop_event.is_set():
             now_mono = time.monotonic()
             # Results of the DB threads: act on them, never wait for them.
-            if check is not None and check.ready():
-                claim = self._result(check)  # None: the read failed; the lease runs out unless one works
-                check = None
-                if claim is not None:
-                    owned, stop_requested = claim
-                    if not owned:
-                        self.stop(SUPERSEDED, "Another loader claimed this run.")
-                        break
-                    self.lease_until = check_started + lease
-                    if stop_requested:
-                        self.stop(Run.Status.STOPPED, "Stop requested.")
-                        break
+            verdict = self.checker.verdict
+            if verdict is not None:
+                owned, _ = verdict
+                if not owned:
+                    self.stop(SUPERSEDED, "Another loader claimed this run.")
+                else:
+                    self.stop(Run.Status.STOPPED, "Stop requested.")
+                break
             if report is not None and report.ready():
                 held = self._result(report)  # None: the write failed; the next report retries
                 report = None
@@ -646,10 +710,6 @@ class LiveLoader:
             if deadline is not None and now_mono >= deadline:
                 self.stop(Run.Status.COMPLETED, "Duration limit reached.")
                 break
-            if check is None and now_mono >= next_check:
-                check_started, next_check = now_mono, now_mono + CHECK_EVERY
-                check = self.checker.submit(self.shard.check_claim, self.token)
-                check.rawlink(self._wake_up)
             now = time.time()
             if report is None and now_mono >= next_flush:
                 next_flush = now_mono + FLUSH_EVERY
@@ -678,16 +738,22 @@ class LiveLoader:
                 runtime.sender.poll()
             self.wake.clear()
             # A pending DB job wakes the loop when done: its due time is no reason to wake.
-            self.wake.wait(
-                self._idle_wait(
-                    now_mono, math.inf if check else next_check, math.inf if report else next_flush, deadline
-                )
-            )
+            self.wake.wait(self._idle_wait(now_mono, math.inf, math.inf if report else next_flush, deadline))
 
         return self.shutdown()
 
     def _wake_up(self, _job=None) -> None:
         self.wake.set()
+
+    def _check_claim(self) -> tuple[bool, bool]:
+        """(the claim is still ours, a stop was requested): on the checker's thread."""
+        assert self.token is not None, "a loader runs a claimed run"
+        return self.shard.check_claim(self.token)
+
+    def _claim_confirmed(self, started: float) -> None:
+        """The checker read the claim as ours at ``started`` (monotonic): send on until
+        the lease from then runs out (on the checker's thread: one float written)."""
+        self.lease_until = started + self.lease
 
     def _slot_freed(self) -> None:
         if self._waiting_for_slot:
@@ -714,9 +780,12 @@ class LiveLoader:
 
     def _idle_wait(self, now_mono: float, next_check: float, next_flush: float, deadline: float | None) -> float:
         """How long the scheduler may sleep: until the next due visit it could start, the
-        next check or flush, or the deadline. Never 0 when it cannot act (no spin once
-        the visit limit is reached, while the daily cap pauses, or while at capacity)."""
-        wait = min(TICK, next_check - now_mono, next_flush - now_mono)
+        next check or flush, or the deadline; while a target cannot start a due visit (at
+        capacity, or its due hits wait), ``TICK`` (a visit's end wakes it sooner when it
+        waits for a slot). Never 0 when it cannot act (no spin once the visit limit is
+        reached, while the daily cap pauses, or while at capacity), and with nothing to
+        do it sleeps until the next report: an idle loader wakes a few times a second."""
+        wait = min(FLUSH_EVERY, next_check - now_mono, next_flush - now_mono)
         if deadline is not None:
             wait = min(wait, deadline - now_mono)
         if not self._visit_limit_reached():
@@ -725,8 +794,10 @@ class LiveLoader:
                 visit = runtime.next_visit
                 if visit is None or (self._admit_until is not None and visit.start > self._admit_until):
                     continue  # (never started: the duration limit ends the run first)
-                if runtime.can_admit(now) and not runtime.exhausted:
-                    wait = min(wait, visit.start - ADMIT_AHEAD / 2 - now)
+                if runtime.exhausted:
+                    continue
+                due_in = visit.start - ADMIT_AHEAD / 2 - now
+                wait = min(wait, due_in if runtime.can_admit(now) else max(due_in, TICK))
         return max(0.0, wait)
 
     def _admit(self, now: float, now_mono: float) -> None:
@@ -842,20 +913,48 @@ class LiveLoader:
         return None
 
     def _dispatch(self, runtime: TargetRuntime) -> None:
-        """Bulk: hand the target's due visits to its sender, in due order. The sender
-        blocks while ``concurrency`` requests are in flight."""
+        """Bulk: hand the target's due visits to its sender, in due order: every visit due
+        when it wakes, their waits recorded at once. The sender blocks while
+        ``concurrency`` requests are in flight. It sleeps until the next visit is due (at
+        least ``quantum``) or the sender's buffered batch is (``flush_due``), and sends
+        only while the claim is confirmed, like ``_next_due``."""
         sender, telemetry = runtime.sender, runtime.telemetry
-        clock = time.time
-        while (popped := self._next_due(runtime)) is not None:
-            visit, due = popped
-            runtime.holding.add(visit)  # until the sender settles it (on_done)
-            try:  # (sent as single hits if the sender fell back for a secure-only token)
-                sender.send_visit(visit.items, on_done=visit)
-                telemetry.record_wait(clock() - due, len(visit.items))
-            except SenderClosed:
-                return
-            except Exception as exc:  # a bug: never silent, never the end of the target
-                self._visit_failed(runtime, visit, exc)
+        heap, holding, wake, stop = runtime.heap, runtime.holding, runtime.wake, self.stop_event
+        clock, mono, pop = time.time, time.monotonic, heapq.heappop
+        while not stop.is_set():
+            now = clock()
+            if not heap or heap[0][0] > now:
+                sender.poll()
+                sleep = min(heap[0][0] - now if heap else math.inf, sender.flush_due() - mono())
+                sleep = max(sleep, runtime.quantum)
+                runtime.wake_at = now + sleep
+                wake.clear()
+                wake.wait(None if sleep == math.inf else sleep)
+                runtime.wake_at = 0.0
+                continue
+            if mono() > self.lease_until:
+                # The claim was not confirmed lately (frozen, or the DB unreachable):
+                # send nothing until it is, as another loader may own the run by now.
+                stop.wait(0.05)
+                continue
+            waits: list[tuple[float, int]] = []
+            try:
+                while heap and heap[0][0] <= now:
+                    due, _, visit = pop(heap)
+                    holding.add(visit)  # until the sender settles it (on_done)
+                    try:  # (sent as single hits if the sender fell back for a secure-only token)
+                        sender.send_visit(visit.items, on_done=visit)
+                    except SenderClosed:
+                        return
+                    except Exception as exc:  # a bug: never silent, never the end of the target
+                        self._visit_failed(runtime, visit, exc)
+                        continue
+                    waits.append((clock() - due, len(visit.items)))
+                    if stop.is_set() or mono() > self.lease_until:
+                        break
+            finally:
+                if waits:
+                    telemetry.record_waits(waits)
 
     def _send_hits(self, runtime: TargetRuntime, lead: gevent.lock.Semaphore) -> None:
         """Single hits: one of the target's ``concurrency`` workers. Each sends one due

@@ -29,7 +29,7 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
-from django.db import models, transaction
+from django.db import connections, models, router, transaction
 from django.utils import timezone
 
 from presets.models import Preset, PresetSnapshot
@@ -775,10 +775,23 @@ class RunShard(models.Model):
         another process's write lock (MVCC on PostgreSQL, WAL on SQLite)."""
         if self.pk is None:
             return False, True
-        row = RunShard.objects.filter(pk=self.pk).values_list("claim_token", "status", "run__stop_requested").first()
+        # The loader's checker reads it several times a second: the SQL is built once per
+        # shard (and database), then only executed.
+        using = router.db_for_read(RunShard)
+        cache: dict[str, tuple[str, tuple]] = self.__dict__.setdefault("_claim_sql", {})
+        compiled = cache.get(using)
+        if compiled is None:
+            query = RunShard.objects.using(using).filter(pk=self.pk).order_by()
+            compiled = cache[using] = query.values_list(
+                "claim_token", "status", "run__stop_requested"
+            ).query.sql_with_params()
+        with connections[using].cursor() as cursor:
+            cursor.execute(*compiled)
+            row = cursor.fetchone()
         if row is None:
             return False, True
-        owned = row[0] == token and row[1] in self.CLAIMED_STATUSES
+        claim_token = RunShard._meta.get_field("claim_token").to_python(row[0])
+        owned = claim_token == token and row[1] in self.CLAIMED_STATUSES
         return owned, bool(row[2])
 
     def report(

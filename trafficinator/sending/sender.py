@@ -535,6 +535,11 @@ class TargetSender:
         if self._buffer and time.monotonic() - self._buffer_since >= self.max_batch_delay:
             self.flush()
 
+    def flush_due(self) -> float:
+        """When (``time.monotonic()``) ``poll()`` flushes the buffered visits; inf with
+        none buffered. A caller that sleeps until then need not poll more often."""
+        return self._buffer_since + self.max_batch_delay if self._buffer else math.inf
+
     def join(self, timeout: float | None = None) -> bool:
         """Flush and wait until nothing is in flight; returns whether all finished."""
         self.flush()

@@ -524,6 +524,18 @@ class TargetTelemetry:
             if seconds > LATE_AFTER_SECONDS:
                 self._late_hits += hits
 
+    def record_waits(self, waits: Iterable[tuple[float, int]]) -> None:
+        """``record_wait(seconds, hits)`` for each pair, under one lock (a bulk dispatcher
+        hands many visits over at each wake-up)."""
+        histogram = self._wait
+        late = 0
+        with self._lock:
+            for seconds, hits in waits:
+                histogram.add(seconds if seconds > 0.0 else 0.0)
+                if seconds > LATE_AFTER_SECONDS:
+                    late += hits
+            self._late_hits += late
+
     def set_schedule(self, *, lag_seconds: float, visits_behind: int, saturated: bool) -> None:
         """The scheduler's view: how far behind schedule it is, the visits it owes, and
         whether it is saturated (cannot keep up with the asked rate)."""
