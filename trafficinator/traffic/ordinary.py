@@ -63,6 +63,13 @@ class OrdinaryVisits:
             _shown(url, title, self._product_on(index))
             for index, (url, title) in enumerate(zip(site.page_urls, site.page_titles, strict=True))
         ]
+        self.cart_page = _shown(site.cart_url, "Cart", None)
+        self.checkout_page = _shown(site.checkout_url, "Checkout", None)
+        self.confirmation_page = _shown(site.confirmation_url, "Checkout / Thank you", None)
+        # The encoded url and title of each product's page (an order's lines show them).
+        self.product_heads = [
+            _url_and_title(url, title) for url, title in zip(site.product_urls, site.product_titles, strict=True)
+        ]
 
     def build(
         self,
@@ -148,7 +155,9 @@ class OrdinaryVisits:
                 entries.extend((t + fraction * span_i, p, None) for fraction, p in page_follow)
             previous_url = search_pages.get(i, page[0])
             t += dwell[i]
-        entries.append((t, hits.ping(pages[last][0], pvs[last]), None))
+        last_url, last_pv = pages[last][0], pvs[last]
+        # hits.ping() and its encoding.
+        entries.append((t, hits.ping(last_url, last_pv), f"ping=1&{encode_pair('url', last_url)}&pv_id={last_pv}"))
         return entries
 
     def _product_on(self, index: int | None) -> Params | None:
@@ -183,22 +192,22 @@ class OrdinaryVisits:
         for number, (product_index, line) in enumerate(zip(chosen, order.lines, strict=True)):
             url = site.product_urls[product_index]
             shown = product_params(line.sku, line.name, line.category, line.price)
-            pages.append(_shown(url, site.product_titles[product_index], shown))
+            pages.append(_shown(url, site.product_titles[product_index], shown, self.product_heads[product_index]))
             pv = hits.new_pv_id(rng)
             pvs.append(pv)
             follow.append([(0.5, hits.cart_update(url, pv, order.lines[: number + 1]))])
         if ordering or rng.random() < ABANDONED_CART_VISITS_CART:
-            self._append_page(rng, pages, follow, pvs, site.cart_url, "Cart")
+            self._append_page(rng, pages, follow, pvs, self.cart_page)
         if ordering:
-            self._append_page(rng, pages, follow, pvs, site.checkout_url, "Checkout")
-            self._append_page(rng, pages, follow, pvs, site.confirmation_url, "Checkout / Thank you")
+            self._append_page(rng, pages, follow, pvs, self.checkout_page)
+            self._append_page(rng, pages, follow, pvs, self.confirmation_page)
             # The thank-you page reports the order as soon as it loads.
             follow[-1].append((0.02, hits.order(site.confirmation_url, pvs[-1], order)))
 
     def _append_page(
-        self, rng: Random, pages: list[PageShown], follow: FollowUps, pvs: list[str], url: str, title: str
+        self, rng: Random, pages: list[PageShown], follow: FollowUps, pvs: list[str], page: PageShown
     ) -> None:
-        pages.append(_shown(url, title, None))
+        pages.append(page)
         pvs.append(self.hits.new_pv_id(rng))
         follow.append([])
 
@@ -266,7 +275,13 @@ class OrdinaryVisits:
         return searches
 
 
-def _shown(url: str, title: str, product: Params | None) -> PageShown:
-    """A page as shown, with its parameters encoded (what encode_params writes for them)."""
-    head = encode_params({"url": url, "action_name": title})
+def _shown(url: str, title: str, product: Params | None, head: str | None = None) -> PageShown:
+    """A page as shown, with its parameters encoded (what encode_params writes for them);
+    ``head``: _url_and_title(url, title) when known."""
+    if head is None:
+        head = _url_and_title(url, title)
     return (url, title, product, head, "&" + encode_params(product) if product else "")
+
+
+def _url_and_title(url: str, title: str) -> str:
+    return encode_params({"url": url, "action_name": title})
