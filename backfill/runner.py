@@ -46,12 +46,13 @@ Order and resume, per day:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from datetime import time as datetime_time
@@ -59,6 +60,7 @@ from enum import StrEnum
 from zoneinfo import ZoneInfo
 
 import gevent
+from django.db import connections, models, router, transaction
 from django.utils import timezone
 
 from backfill.models import HEARTBEAT_SECONDS, BackfillDay, BackfillLog, BackfillPlan
@@ -203,6 +205,50 @@ class DayState:
     def fields(self) -> dict:
         return dict(self.__dict__)
 
+    def values(self) -> list:
+        return [getattr(self, name) for name in DAY_STATE_COLUMNS]
+
+
+DAY_STATE_COLUMNS = tuple(column.name for column in dataclasses.fields(DayState))
+
+
+def _field(name: str) -> models.Field:
+    column = BackfillDay._meta.get_field(name)
+    assert isinstance(column, models.Field) and column.column, name
+    return column
+
+
+class FencedWriter:
+    """One fenced UPDATE of the day (``BackfillDay.fenced``) that sets ``columns``, its
+    SQL built once: the checkpoint and the heartbeat, written several times a second at
+    full speed. The ORM's ``update()`` builds and compiles the query on every call,
+    ~0.3 ms of CPU of a checkpoint's ~0.8 ms (bench --only matomo's backfill). Values
+    are prepared by the model's fields, so every backend gets what the ORM would send."""
+
+    def __init__(self, day: BackfillDay, token: uuid.UUID, columns: Sequence[str]) -> None:
+        self.alias = router.db_for_write(BackfillDay)
+        connection = connections[self.alias]
+        quote = connection.ops.quote_name
+        self.fields = [_field(name) for name in columns]
+        fence = [
+            (_field("id"), day.pk),
+            (_field("claim_token"), token),
+            (_field("status"), BackfillDay.Status.RUNNING),
+        ]
+        # Only the model's own table and column names, quoted; every value is a parameter.
+        assignments = ", ".join(f"{quote(str(column.column))} = %s" for column in self.fields)
+        condition = " AND ".join(f"{quote(str(column.column))} = %s" for column, _ in fence)
+        self.sql = f"UPDATE {quote(BackfillDay._meta.db_table)} SET {assignments} WHERE {condition}"  # noqa: S608
+        self.fence = [column.get_db_prep_value(value, connection) for column, value in fence]
+
+    def __call__(self, values: Sequence) -> bool:
+        """Write ``values`` (one per column); False when the day is no longer held."""
+        connection = connections[self.alias]
+        params = [column.get_db_prep_save(value, connection) for column, value in zip(self.fields, values, strict=True)]
+        with transaction.mark_for_rollback_on_error(using=self.alias), connection.cursor() as cursor:
+            cursor.execute(self.sql, params + self.fence)
+            return cursor.rowcount > 0
+
 
 class Abort(Exception):
     """The plan must fail; the message is for the user as it is."""
@@ -265,6 +311,8 @@ class DaySender:
         self.last_beat = time.monotonic()
         self.session_hits = 0
         self.sender = self._make_sender()
+        self.write_checkpoint = FencedWriter(day, token, [*DAY_STATE_COLUMNS, "in_flight_visits", "heartbeat_at"])
+        self.write_heartbeat = FencedWriter(day, token, ["heartbeat_at"])
         # The pipeline: requests in send order until counted into the checkpoint; visits
         # sent this session (counted from ``first_visit``); the announced window's end.
         self.pending: deque[Request] = deque()
@@ -494,6 +542,11 @@ class DaySender:
             raise ClaimLost
         self.last_beat = time.monotonic()
 
+    def _fenced_write(self, write: FencedWriter, values: list) -> None:
+        if not write(values):
+            raise ClaimLost
+        self.last_beat = time.monotonic()
+
     def _active_seconds(self) -> float:
         return self.active_before + (time.monotonic() - self.started)
 
@@ -508,12 +561,12 @@ class DaySender:
         self.window_end = self.sent + ahead
         self.hits_since_checkpoint = 0
         state.active_seconds = self._active_seconds()
-        self._fenced_update(**state.fields(), in_flight_visits=in_flight, heartbeat_at=timezone.now())
+        self._fenced_write(self.write_checkpoint, [*state.values(), in_flight, timezone.now()])
         if self.on_progress is not None:
             self.on_progress(self.day, state)
 
     def _heartbeat(self) -> None:
-        self._fenced_update(heartbeat_at=timezone.now())
+        self._fenced_write(self.write_heartbeat, [timezone.now()])
 
     def _finish(self) -> DayResult:
         self.state.active_seconds = self._active_seconds()
