@@ -169,26 +169,10 @@ def read_answer(sock: socket.socket, first: bytes | None = None) -> tuple[int, b
 
     Replaces geventhttpclient's parser, whose Python callbacks per header field and value
     cost more than the rest of reading an answer."""
-    buf = bytearray()
     data = sock.recv(_RECV_SIZE) if first is None else first  # first: already received
     if not data:
         raise HTTPConnectionClosed("connection closed.")
-    buf += data
-    while True:  # until the head of a final (not 1xx) answer is complete
-        end = buf.find(b"\r\n\r\n")
-        if end < 0:
-            if len(buf) > _MAX_HEAD:
-                raise HTTPParseError("answer head too long")
-            _more(sock, buf)
-            continue
-        lines = bytes(buf[:end]).split(b"\r\n")
-        del buf[: end + 4]
-        parts = lines[0].split(None, 2)
-        if len(parts) < 2 or parts[0] not in (b"HTTP/1.1", b"HTTP/1.0") or len(parts[1]) != 3 or not parts[1].isdigit():
-            raise HTTPParseError(f"invalid status line {lines[0][:40]!r}")
-        status = int(parts[1])
-        if status >= 200:
-            break
+    lines, status, rest = _read_head(sock, data)
     length: int | None = None
     chunked = False
     other_encoding = False
@@ -199,6 +183,8 @@ def read_answer(sock: socket.socket, first: bytes | None = None) -> tuple[int, b
         if not colon or not name or name != name.strip():
             raise HTTPParseError(f"invalid header line {line[:40]!r}")
         name = name.lower()
+        if name not in _FRAMING:
+            continue
         value = value.strip()
         if name == b"content-length":
             if not value.isdigit() or (length is not None and int(value) != length):
@@ -210,15 +196,23 @@ def read_answer(sock: socket.socket, first: bytes | None = None) -> tuple[int, b
             other_encoding = not chunked
         elif name == b"connection":
             connection += b"," + value.lower()
-        elif name == b"retry-after":
+        else:
             retry_after.append(value)
     if (chunked or other_encoding) and length is not None:
         raise HTTPParseError("both Content-Length and Transfer-Encoding")
-    tokens = {token.strip() for token in connection.split(b",")}
-    keep_alive = b"keep-alive" in tokens if parts[0] == b"HTTP/1.0" else b"close" not in tokens
+    http10 = lines[0].split(None, 1)[0] == b"HTTP/1.0"
+    if connection:
+        tokens = {token.strip() for token in connection.split(b",")}
+        keep_alive = b"keep-alive" in tokens if http10 else b"close" not in tokens
+    else:
+        keep_alive = not http10
+    advice = retry_after[0].decode("latin-1") if len(retry_after) == 1 else None
     if status in _NO_BODY:
-        body = b""
-    elif chunked:
+        return status, b"", advice, keep_alive and not rest
+    if length is not None and not chunked and len(rest) >= length:  # the usual: all read already
+        return status, bytes(rest[:length]), advice, keep_alive and len(rest) == length
+    buf = rest if isinstance(rest, bytearray) else bytearray(rest)
+    if chunked:
         body = _read_chunked(sock, buf)
     elif length is not None:
         while len(buf) < length:
@@ -231,8 +225,43 @@ def read_answer(sock: socket.socket, first: bytes | None = None) -> tuple[int, b
         body = bytes(buf)
         buf.clear()
         keep_alive = False
-    reusable = keep_alive and not buf
-    return status, body, retry_after[0].decode("latin-1") if len(retry_after) == 1 else None, reusable
+    return status, body, advice, keep_alive and not buf
+
+
+_FRAMING = frozenset((b"content-length", b"transfer-encoding", b"connection", b"retry-after"))
+
+
+def _read_head(sock: socket.socket, data: bytes) -> tuple[list[bytes], int, bytes | bytearray]:
+    """The head of a final (not 1xx) answer that starts with ``data``: its lines, its
+    status, and what was read after it. Usually the whole head is in ``data``."""
+    end = data.find(b"\r\n\r\n")
+    if end >= 0:
+        lines = data[:end].split(b"\r\n")
+        status = _status(lines[0])
+        if status >= 200:
+            return lines, status, data[end + 4 :]
+        buf = bytearray(data[end + 4 :])
+    else:
+        buf = bytearray(data)
+    while True:  # until the head of a final answer is complete
+        end = buf.find(b"\r\n\r\n")
+        if end < 0:
+            if len(buf) > _MAX_HEAD:
+                raise HTTPParseError("answer head too long")
+            _more(sock, buf)
+            continue
+        lines = bytes(buf[:end]).split(b"\r\n")
+        del buf[: end + 4]
+        status = _status(lines[0])
+        if status >= 200:
+            return lines, status, buf
+
+
+def _status(line: bytes) -> int:
+    parts = line.split(None, 2)
+    if len(parts) < 2 or parts[0] not in (b"HTTP/1.1", b"HTTP/1.0") or len(parts[1]) != 3 or not parts[1].isdigit():
+        raise HTTPParseError(f"invalid status line {line[:40]!r}")
+    return int(parts[1])
 
 
 def _read_chunked(sock: socket.socket, buf: bytearray) -> bytes:

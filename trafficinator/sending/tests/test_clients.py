@@ -80,9 +80,10 @@ def test_retry_after_given_twice_is_ignored():
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabXY0\r\n\r\n",
     ],
 )
-def test_malformed_or_truncated_answers_are_parse_errors(answer):
+@pytest.mark.parametrize("size", [3, 1000])  # in pieces, or whole in the first read
+def test_malformed_or_truncated_answers_are_parse_errors(answer, size):
     with pytest.raises(HTTPParseError):
-        read_answer(Pieces(answer, 3))
+        read_answer(Pieces(answer, size))
 
 
 def test_a_connection_closed_before_any_answer_says_so():
