@@ -75,15 +75,30 @@ def items_json(lines: list[Line]) -> str:
 
     Prices are written as exact decimal literals, not via float.
     """
-    dumps = json.dumps
+    text = _json_text
     return (
         "["
         + ",".join(
-            f"[{dumps(line.sku)},{dumps(line.name)},{dumps(line.category)},{money(line.price)},{line.quantity}]"
+            f"[{text(line.sku)},{text(line.name)},{text(line.category)},{money(line.price)},{line.quantity}]"
             for line in lines
         )
         + "]"
     )
+
+
+# json.dumps of the catalog's few thousand SKUs, names and categories, which every cart
+# update writes again (dumps costs more than the rest of a line). Bounded.
+_JSON_TEXT_LIMIT = 20_000
+_json_texts: dict[str, str] = {}
+
+
+def _json_text(value: str) -> str:
+    found = _json_texts.get(value)
+    if found is None:
+        if len(_json_texts) >= _JSON_TEXT_LIMIT:
+            _json_texts.clear()
+        found = _json_texts[value] = json.dumps(value)
+    return found
 
 
 class OrderPlanner:

@@ -133,8 +133,20 @@ def encode_visit(visit: Visit, cdt: CdtFormat = None, prefix: str = "?") -> list
     ``prefix=""`` for a single hit's POST body."""
     if cdt not in (None, "datetime", "unix"):
         raise ValueError("cdt must be None, 'datetime' or 'unix'")
-    head = prefix + encode_params(visit.params) + "&"
-    queries = [encode_params(hit.params) if hit.query is None else hit.query for hit in visit.hits]
+    head = prefix + (encode_params(visit.params) if visit.query is None else visit.query) + "&"
     if cdt is None:
-        return [head + query for query in queries]
-    return [f"{head}{query}&cdt={format_cdt(hit.due, cdt)}" for hit, query in zip(visit.hits, queries, strict=True)]
+        return [head + (encode_params(hit.params) if hit.query is None else hit.query) for hit in visit.hits]
+    if cdt == "unix":
+        return [
+            f"{head}{encode_params(hit.params) if hit.query is None else hit.query}&cdt={int(hit.due)}"
+            for hit in visit.hits
+        ]
+    # format_cdt(due, "datetime") written out: it runs for every hit a backfill sends.
+    minutes, two_digits = _minutes, _TWO_DIGITS
+    entries = []
+    for hit in visit.hits:
+        minute, second = divmod(int(hit.due), 60)
+        date_time = minutes.get(minute) or _minute_text(minute)
+        query = encode_params(hit.params) if hit.query is None else hit.query
+        entries.append(f"{head}{query}&cdt={date_time}{two_digits[second]}")
+    return entries

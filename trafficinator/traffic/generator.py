@@ -16,7 +16,7 @@ from random import Random
 
 from .catalog import Catalog
 from .ecommerce import OrderPlanner
-from .encoding import encode_params
+from .encoding import encode_pair, encode_params
 from .funnel_visits import FunnelVisits
 from .funnels import FunnelPartition, FunnelSpec, validate_funnels
 from .goals import SiteGoals
@@ -41,6 +41,25 @@ MEMBER_CACHE_SIZE = 4096
 # cost (a member's first visit re-seeds once; that was most of what members cost).
 _seed_int = _CRandom.seed
 _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
+
+
+# "&ua=...&lang=...&res=...[&uadata=...]" by browser: a few thousand combinations.
+_BROWSER_QUERY_LIMIT = 10_000
+_browser_queries: dict[tuple[str, str, str, str], str] = {}
+
+
+def _browser_query(ua: str, lang: str, res: str, uadata: str) -> str:
+    """A visitor's browser params encoded, as a visit's constant params end with them."""
+    key = (ua, lang, res, uadata)
+    found = _browser_queries.get(key)
+    if found is None:
+        if len(_browser_queries) >= _BROWSER_QUERY_LIMIT:
+            _browser_queries.clear()
+        params = {"ua": ua, "lang": lang, "res": res}
+        if uadata:
+            params["uadata"] = uadata
+        found = _browser_queries[key] = "&" + encode_params(params)
+    return found
 
 
 def _uid_visitor_id(uid: str) -> str:
@@ -94,6 +113,8 @@ class Generator:
         self._start_state(part=0, parts=1)
         self.direct_share = profile.direct_traffic_share
         self.site_id = str(site_id)
+        # The encoded start of every visit's constant params, up to the visitor id.
+        self._constant_query = encode_params({"idsite": self.site_id, "rec": "1", "apiv": "1", "send_image": "0"})
         # None: the site's goals are unknown and every conversion is sent as generated.
         self.goals = goals
         available = {
@@ -216,6 +237,8 @@ class Generator:
             hits = self._accepted_conversions(hits)
 
         constant = {"idsite": self.site_id, "rec": "1", "apiv": "1", "send_image": "0", "cid": cid, "_id": cid}
+        # The same params encoded as they are added (Visit.query): cid and _id need no quoting.
+        query = f"{self._constant_query}&cid={cid}&_id={cid}"
         if uid:
             constant["uid"] = uid
             # Matomo looks a uid visitor whose id it has never seen up by its configuration
@@ -227,13 +250,16 @@ class Generator:
             # session needs it); anonymous visitors send no plugin flags, so the two
             # fingerprints never match.
             constant["cookie"] = "1"
+            query = f"{query}&{encode_pair('uid', uid)}&cookie=1"
         constant["ua"] = traits.ua
         constant["lang"] = traits.lang
         constant["res"] = traits.res
         if traits.uadata:
             constant["uadata"] = traits.uadata
+        query += _browser_query(traits.ua, traits.lang, traits.res, traits.uadata)
         if traits.ip:
             constant["cip"] = traits.ip
+            query = f"{query}&{encode_pair('cip', traits.ip)}"
 
         if member is not None:
             members.visited(member, hits[-1].due)
@@ -250,6 +276,7 @@ class Generator:
             constant,
             hits,
             self.part,
+            query,
         )
 
     def _member(self, member: int) -> tuple[Traits, str]:

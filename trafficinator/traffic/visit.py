@@ -55,6 +55,7 @@ class Visit:
         "params",
         "part",
         "persona",
+        "query",
         "returning",
         "start",
         "uid",
@@ -74,6 +75,7 @@ class Visit:
         params: dict[str, str],
         hits: list[Hit],
         part: int = 0,
+        query: str | None = None,
     ) -> None:
         self.index = index  # position in its stream (what `skip` counts)
         self.cid = cid  # 16 lowercase hex, sent as cid and _id
@@ -87,6 +89,9 @@ class Visit:
         self.params = params  # constant parameters of every hit
         self.hits = hits  # list[Hit], in time order
         self.part = part  # its sub-stream (see stream.live_visits); 0 in a stream of one part
+        # ``params`` already encoded (as Hit.query): set by the generator; None = encode
+        # them when needed. Whoever changes ``params`` must reset it.
+        self.query = query
 
     @property
     def end(self) -> float:
@@ -104,7 +109,9 @@ class Visit:
             yield {**self.params, **hit.params}
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Visit) and all(getattr(self, name) == getattr(other, name) for name in self.__slots__)
+        return isinstance(other, Visit) and all(
+            getattr(self, name) == getattr(other, name) for name in self.__slots__ if name != "query"
+        )
 
     def __repr__(self) -> str:
         return (

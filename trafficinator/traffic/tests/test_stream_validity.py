@@ -39,14 +39,16 @@ def test_every_hit_is_valid_with_a_token_and_random_countries(token_sample):
 
 
 def test_hits_leave_the_generator_encoded_exactly_as_their_params(sample, token_sample):
-    """The generator encodes each hit from fragments (Hit.query): always the same text as
-    encoding its params, also after goals it converts or leaves out and for campaigns."""
+    """The generator encodes each hit from fragments (Hit.query, Visit.query): always the
+    same text as encoding its params, also after goals it converts or leaves out, for
+    campaigns and for logged-in visitors."""
     from .test_funnels import FUNNELS
 
     goals = SiteGoals({2: "Contact form sent"}, Catalog.load_default())
     profile = make_profile(ecommerce_probability=0.2, campaign_param_style="utm", page_performance=False)
     other = make_day(profile, count=1500, seed=5, funnels=FUNNELS, goals=goals)
     for visit in [*sample, *token_sample, *other]:
+        assert visit.query == encode_params(visit.params)
         assert [hit.query for hit in visit.hits] == [encode_params(hit.params) for hit in visit.hits]
 
 
