@@ -78,6 +78,7 @@ import gevent.lock
 import gevent.threadpool
 from django.conf import settings
 from django.db import connections
+from gevent import get_hub
 from gevent.monkey import get_original
 
 from backfill.models import BackfillPlan
@@ -132,6 +133,19 @@ HANDED_BACK = "handed back"  # run_loop's result when the loader was asked to ex
 # Sub-streams of every live stream: as many as a run may have shards, so every shard
 # count divides the same stream (changing it changes what a seed generates).
 STREAM_PARTS = MAX_SHARDS
+
+
+def _wait_at_most(event: gevent.event.Event, seconds: float) -> None:
+    """``event.wait(seconds)`` where a timer sets the event when the time is up: a wait
+    with a timeout throws a gevent Timeout into the waiting greenlet when it expires
+    (measured ~25 us of CPU more per wake-up), and a worker sleeping until the next hit is
+    due wakes that way about every DISPATCH_QUANTUM."""
+    timer = get_hub().loop.timer(seconds)
+    timer.start(event.set)
+    try:
+        event.wait()
+    finally:
+        timer.close()
 
 
 def shard_parts(index: int, count: int) -> range:
@@ -901,7 +915,7 @@ class LiveLoader:
                 sleep = max(due - now, runtime.quantum)
                 runtime.wake_at = now + sleep
                 wake.clear()
-                wake.wait(sleep)
+                _wait_at_most(wake, sleep)
                 runtime.wake_at = 0.0
                 continue
             if mono() > self.lease_until:
