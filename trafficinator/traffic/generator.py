@@ -125,6 +125,7 @@ class Generator:
         }
         # A channel the catalog has no sources for sends its share to direct.
         self.channels = Weighted(CHANNELS, [profile.channel_mix.get(c, 0.0) if available[c] else 0.0 for c in CHANNELS])
+        self.any_channel = bool(self.channels)  # (a call: asked once, not per visit)
         self.campaign_queries = [site.campaign_query(c, profile.campaign_param_style) for c in site.campaigns.items]
         self.campaign_landings = [site.absolute(c.landing) if c.landing else "" for c in site.campaigns.items]
 
@@ -320,7 +321,7 @@ class Generator:
 
     def _channel(self, rng: Random) -> tuple[str, str | None, str, str]:
         """(channel, referrer URL or None, campaign query, campaign landing URL)."""
-        if not self.channels or rng.random() < self.direct_share:
+        if not self.any_channel or rng.random() < self.direct_share:
             return "direct", None, "", ""
         site = self.site
         channel = self.channels.pick(rng)

@@ -211,6 +211,4 @@ class HitFactory:
     def ping(url: str, pv: str) -> dict[str, str]:
         return {"ping": "1", "url": url, "pv_id": pv}
 
-    @staticmethod
-    def new_pv_id(rng: Random) -> str:
-        return pv_id(rng)
+    new_pv_id = staticmethod(pv_id)

@@ -23,7 +23,7 @@ from operator import itemgetter
 from random import Random
 
 from .catalog_items import title_from_url
-from .ecommerce import OrderPlanner
+from .ecommerce import Line, OrderPlanner, money
 from .encoding import encode_pair, encode_params
 from .hits import Entry, HitFactory, product_params
 from .personas import Behaviour
@@ -34,6 +34,7 @@ SAME_SECTION_PROBABILITY = 0.5  # next page in the current top-level section
 OUTLINK_ON_LAST_PAGE = 0.6  # people often leave through an outlink
 CONTENT_INTERACTION_PROBABILITY = 0.3
 ABANDONED_CART_VISITS_CART = 0.5
+CAMPAIGN_PAGES_KEPT = 4096  # campaign landing pages (and order line params) kept encoded
 _FIRST = itemgetter(0)
 
 
@@ -70,6 +71,12 @@ class OrdinaryVisits:
         self.product_heads = [
             _url_and_title(url, title) for url, title in zip(site.product_urls, site.product_titles, strict=True)
         ]
+        # A line's product params encoded up to its price, by (sku, name, category).
+        self._line_queries: dict[tuple[str, str, str], str] = {}
+        # Landing pages with a campaign's query (or its own landing URL), as shown.
+        self._campaign_pages: dict[tuple[str, int | None, str], PageShown] = {}
+        self.shopping = bool(planner)  # (bool() of these is a call: asked once, not per visit)
+        self.any_goal = bool(site.goals)
 
     def build(
         self,
@@ -86,18 +93,12 @@ class OrdinaryVisits:
 
         # Landing page (a campaign may name its own).
         pages_shown = self.pages_shown
-        index = None
         if campaign_landing:
             index = self.page_index.get(campaign_landing)
-            url = campaign_landing
-            title = site.page_titles[index] if index is not None else title_from_url(url)
-            landing = _shown(url, title, self._product_on(index))
+            landing = self._campaign_page(campaign_landing, index, campaign_query)
         else:
             index = site.landing.pick(rng)
-            landing = pages_shown[index]
-        if campaign_query:
-            url, title, product = landing[:3]
-            landing = _shown(f"{url}{'&' if '?' in url else '?'}{campaign_query}", title, product)
+            landing = self._campaign_page("", index, campaign_query) if campaign_query else pages_shown[index]
         pages: list[PageShown] = [landing]
 
         if random() < self.bounce_share:
@@ -160,6 +161,38 @@ class OrdinaryVisits:
         entries.append((t, hits.ping(last_url, last_pv), f"ping=1&{encode_pair('url', last_url)}&pv_id={last_pv}"))
         return entries
 
+    def _campaign_page(self, landing_url: str, index: int | None, campaign_query: str) -> PageShown:
+        """The landing page of a campaign visit: its own landing URL (else the catalog
+        page ``index``) with the campaign's query added, as shown (kept, bounded)."""
+        key = (landing_url, index, campaign_query)
+        found = self._campaign_pages.get(key)
+        if found is not None:
+            return found
+        if landing_url:
+            url = landing_url
+            title = self.site.page_titles[index] if index is not None else title_from_url(url)
+            product = self._product_on(index)
+        else:
+            assert index is not None
+            url, title, product = self.pages_shown[index][:3]
+        if campaign_query:
+            url = f"{url}{'&' if '?' in url else '?'}{campaign_query}"
+        if len(self._campaign_pages) >= CAMPAIGN_PAGES_KEPT:
+            self._campaign_pages.clear()
+        found = self._campaign_pages[key] = _shown(url, title, product)
+        return found
+
+    def _line_query(self, line: Line) -> str:
+        """ "&" + encode_params(product_params(line...)) for an order line: the product's
+        part is encoded once, the price (digits and a dot) needs no quoting."""
+        key = (line.sku, line.name, line.category)
+        start = self._line_queries.get(key)
+        if start is None:
+            if len(self._line_queries) >= CAMPAIGN_PAGES_KEPT:
+                self._line_queries.clear()
+            start = self._line_queries[key] = "&" + encode_params(product_params(*key, None)) + "&_pkp="
+        return start + money(line.price)
+
     def _product_on(self, index: int | None) -> Params | None:
         if index is None:
             return None
@@ -181,7 +214,7 @@ class OrdinaryVisits:
     def _add_shopping(
         self, rng: Random, behaviour: Behaviour, pages: list[PageShown], follow: FollowUps, pvs: list[str]
     ) -> None:
-        if not self.planner:
+        if not self.shopping:
             return
         u = rng.random()
         if u >= behaviour.order + behaviour.abandon:
@@ -192,7 +225,15 @@ class OrdinaryVisits:
         for number, (product_index, line) in enumerate(zip(chosen, order.lines, strict=True)):
             url = site.product_urls[product_index]
             shown = product_params(line.sku, line.name, line.category, line.price)
-            pages.append(_shown(url, site.product_titles[product_index], shown, self.product_heads[product_index]))
+            pages.append(
+                (
+                    url,
+                    site.product_titles[product_index],
+                    shown,
+                    self.product_heads[product_index],
+                    self._line_query(line),
+                )
+            )
             pv = hits.new_pv_id(rng)
             pvs.append(pv)
             follow.append([(0.5, hits.cart_update(url, pv, order.lines[: number + 1]))])
@@ -261,7 +302,7 @@ class OrdinaryVisits:
             if random() < CONTENT_INTERACTION_PROBABILITY:
                 name, piece, target = blocks[0]
                 follow[page].append((0.3 + 0.5 * random(), hits.content(url, pv, name, piece, target, "click")))
-        if site.goals and random() < b.goal:
+        if self.any_goal and random() < b.goal:
             goal = site.goals.pick(rng)
             revenue = None if goal.revenue is None else int(goal.revenue * 100)
             page = 1 + int(random() * last) if last else 0
