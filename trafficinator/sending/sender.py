@@ -81,7 +81,6 @@ from .telemetry import HitOutcome, TargetTelemetry
 
 # Parameters that need a token (docs/matomo-tracking.md); cdt only when older than 24 h.
 _TOKEN_PARAM = re.compile(r"(?:^|[?&])(?:cip|country|region|city|lat|long)=[^&]")
-_CDT_PARAM = re.compile(r"(?:^|[?&])cdt=([^&]*)")
 CDT_WITHOUT_TOKEN_SECONDS = 86400
 # Answers a proxy (nginx before php-fpm) gives after the request went out: Matomo may
 # have processed it (504: it was too slow to answer; 502: it failed, maybe after storing
@@ -200,16 +199,32 @@ def _visit_second(value: object) -> int:
     return second
 
 
+def _param(query: str, key: str) -> str | None:
+    """The raw value of the first parameter ``key`` ("cdt=": name and "=") of an encoded
+    hit, as ``re.search("(?:^|[?&])" + key + "([^&]*)")`` finds it, or None: str.find
+    runs at C speed, the regex tries every position of a ~700-character hit (~20 us,
+    measured, for a cdt at the end where the encoder puts it)."""
+    at = query.find(key)
+    while at >= 0:
+        if at == 0 or query[at - 1] in "?&":
+            start = at + len(key)
+            end = query.find("&", start)
+            return query[start:] if end < 0 else query[start:end]
+        at = query.find(key, at + 1)
+    return None
+
+
 def cdt_epoch(query: str) -> float | None:
     """A hit's ``cdt`` as UNIX seconds, or None when it has none (or an unreadable one)."""
-    match = _CDT_PARAM.search(query)
-    if not match:
+    raw = _param(query, "cdt=")
+    if raw is None:
         return None
-    value = unquote_plus(match.group(1)).strip()
-    try:
-        return float(value)
-    except ValueError:
-        pass
+    value = (unquote_plus(raw) if "%" in raw or "+" in raw else raw).strip()
+    if ":" not in value:  # never a float: spare the exception of a datetime's float()
+        try:
+            return float(value)
+        except ValueError:
+            pass
     try:
         parsed = datetime.fromisoformat(value.replace("T", " ", 1))
     except ValueError:
@@ -1303,13 +1318,23 @@ class _Parts:
         return self.parts == 0
 
 
-_NOT_RECORDED = re.compile(r"(?:^|[?&])rec=0*(?:&|$)")
-
-
 def _records(query: str) -> bool:
     """Whether Matomo records this hit (``rec`` set and not 0): a probe without it
-    starts no site-day."""
-    return "rec=" in query and not _NOT_RECORDED.search(query)
+    starts no site-day. As ``"rec=" in query and not re.search(r"(?:^|[?&])rec=0*(?:&|$)",
+    query)``, with str.find (the regex scanned the whole hit, ~25 us)."""
+    at = query.find("rec=")
+    if at < 0:
+        return False
+    while at >= 0:
+        if at == 0 or query[at - 1] in "?&":
+            end = query.find("&", at + 4)
+            value = query[at + 4 :] if end < 0 else query[at + 4 : end]
+            if end < 0 and value.endswith("\n"):  # the regex's $ matches before a final newline
+                value = value[:-1]
+            if not value.strip("0"):
+                return False
+        at = query.find("rec=", at + 1)
+    return True
 
 
 def _settled_outcome(results: dict[str, int], hits: int) -> VisitOutcome:

@@ -8,6 +8,7 @@ OS threads run beside the gevent hub.
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 import urllib.request
@@ -24,6 +25,8 @@ from trafficinator.sending.sender import (
     SenderClosed,
     TargetSender,
     _bulk_counts,
+    _param,
+    _records,
     bulk_requests_json,
     cdt_epoch,
     needs_token,
@@ -1080,3 +1083,76 @@ def test_min_interval_spaces_every_http_request_including_parts(matomo, make_sen
     took = time.monotonic() - began
     requests = matomo.stats()["bulk_requests"]
     assert requests >= 4 and took >= (requests - 1) * 0.1
+
+
+QUERIES = [
+    "",
+    "rec=1",
+    "?rec=1",
+    "?idsite=1&rec=1&cdt=2024-01-02%2003:04:05",
+    "?idsite=1&rec=0",
+    "?idsite=1&rec=",
+    "?idsite=1&rec=000&cdt=1",
+    "?idsite=1&rec=0\n",
+    "?idsite=1&rec=0\nx",
+    "?idsite=1&rec=01",
+    "?idsite=1&xrec=0&rec=1",
+    "?idsite=1&rec=1&rec=0",
+    "?idsite=1&rec=0&rec=1",
+    "?idsite=1&prec=1",
+    "?idsite=1&xcdt=5&cdt=7&cdt=9",
+    "cdt=3&rec=1",
+    "?cdt=&rec=1",
+    "?idsite=1&urlref=cdt%3D4&rec=true",
+    "?idsite=1&rec=rec=0",
+    "&cdt=cdt=1",
+]
+
+
+@pytest.mark.parametrize("query", QUERIES)
+def test_the_hit_scanners_read_parameters_as_the_regexes_they_replaced(query):
+    recorded = "rec=" in query and not re.search(r"(?:^|[?&])rec=0*(?:&|$)", query)
+    assert _records(query) == recorded
+    match = re.search(r"(?:^|[?&])cdt=([^&]*)", query)
+    assert _param(query, "cdt=") == (match.group(1) if match else None)
+
+
+def _old_cdt_epoch(query):
+    from urllib.parse import unquote_plus
+
+    match = re.search(r"(?:^|[?&])cdt=([^&]*)", query)
+    if not match:
+        return None
+    value = unquote_plus(match.group(1)).strip()
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        parsed = datetime.fromisoformat(value.replace("T", " ", 1))
+    except ValueError:
+        return None
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
+
+
+@pytest.mark.parametrize(
+    "cdt",
+    [
+        "1700000000",
+        " 1700000000.5 ",
+        "1e9",
+        "2024-01-02 03:04:05",
+        "2024-01-02%2003:04:05",
+        "2024-01-02+03:04:05",
+        "2024-01-02T03:04:05%2B01:00",
+        "2024-01-02",
+        "12:00",
+        "nan",
+        "garbage",
+        "",
+        "%20",
+    ],
+)
+def test_cdt_epoch_reads_what_it_always_read(cdt):
+    query = f"?idsite=1&rec=1&cdt={cdt}&x=1"
+    assert cdt_epoch(query) == _old_cdt_epoch(query) or (cdt == "nan" and cdt_epoch(query) != cdt_epoch(query))
