@@ -100,9 +100,12 @@ _FAILED_OUTCOMES = tuple(kind for kind in OUTCOMES if kind not in ("accepted", "
 @dataclass
 class Request:
     """One bulk request: whole visits, encoded as bulk entries ("?idsite=...&cdt=..."),
-    in start order; ``result`` is set when it is settled (outcome, hits per outcome)."""
+    in start order, and their visitor ids (what the sender would read from each visit's
+    first hit, known here without parsing it); ``result`` is set when it is settled
+    (outcome, hits per outcome)."""
 
     visits: list[list[str]] = field(default_factory=list)
+    visitors: list[str] = field(default_factory=list)
     hits: int = 0
     result: tuple[str, dict[str, int]] | None = None
 
@@ -110,8 +113,9 @@ class Request:
     def count(self) -> int:
         return len(self.visits)
 
-    def add(self, entries: list[str]) -> None:
+    def add(self, entries: list[str], visitor: str) -> None:
         self.visits.append(entries)
+        self.visitors.append(visitor)
         self.hits += len(entries)
 
     def settle(self, outcome: str, tally: dict[str, int]) -> None:
@@ -134,7 +138,7 @@ def iter_requests(visits: Iterator[Visit], hits_per_request: int) -> Iterator[Re
         if request.hits and request.hits + len(entries) > hits_per_request:
             yield request
             request = Request()
-        request.add(entries)
+        request.add(entries, visit.cid)  # sent as the hits' cid and _id
     if request.hits:
         yield request
 
@@ -408,7 +412,7 @@ class DaySender:
         while not sender.ready(1.0):
             self._beat_if_due()
             self._advance()
-        sender.send_request(request.visits, request.settle, resend=resend)
+        sender.send_request(request.visits, request.settle, resend=resend, visitors=request.visitors)
         self.pending.append(request)
         self.sent += request.count
         self.mean_visit_hits = 0.9 * self.mean_visit_hits + 0.1 * (request.hits / request.count)
@@ -479,7 +483,7 @@ class DaySender:
         nothing either way."""
         stamp = time.strftime("%Y-%m-%d%%20%H:%M:%S", time.gmtime(epoch))
         probe = Request()
-        probe.add([f"?idsite={self.target.site_id}&rec=0&cdt={stamp}"])
+        probe.add([f"?idsite={self.target.site_id}&rec=0&cdt={stamp}"], "")
         self.sender.send_request(probe.visits, probe.settle)
         self.sender.join()
         self.sender.telemetry.drain_events()

@@ -30,6 +30,7 @@ from backfill.tests.conftest import (
     make_backfill_target,
 )
 from targets.fake_matomo import FakeMatomo, Token
+from trafficinator.sending.sender import visitor_of
 from trafficinator.testing import confirmed_plan, subprocess_env
 from trafficinator.traffic import Profile, day_visits
 
@@ -57,6 +58,9 @@ def test_requests_are_whole_visits_of_a_quarter_batch_packed_the_same_way_from_a
         entry for visit in stream() for entry in runner.encode_visit(visit, cdt="datetime", prefix="?")
     ]  # every hit once, in start order, visits whole
     assert all(r.hits <= 100 or r.count == 1 for r in requests)
+    # Each visit's visitor, as the sender would read it from the visit's first hit.
+    assert all(r.visitors == [visitor_of(visit[0]) for visit in r.visits] for r in requests)
+    assert len({visitor for r in requests for visitor in r.visitors}) > 100
     assert all(r.hits + len(nxt.visits[0]) > 100 for r, nxt in pairwise(requests))
     # A resumed worker starts at a checkpoint (a request boundary) and packs the same requests.
     skip = sum(r.count for r in requests[:3])

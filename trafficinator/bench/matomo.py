@@ -265,11 +265,16 @@ def _backfill(
         plan.refresh_from_db()
         hits = progress.hits_sent
         fake_call(url, "_fake/reset", "POST")
-        generated = (
-            [entry for visit in request.visits for entry in visit]
-            for request in runner.iter_requests(runner.day_stream(plan, day, skip=0), planning.request_hits(batch_size))
-        )
-        generating = bare_bulk(url, token, generated, in_flight, encoded=False)
+
+        def generated() -> Iterator[list[str]]:
+            # All on the clock, as in the backfill's worker: load the plan and its day and
+            # build the day's generator (~10 ms), then generate, encode and pack.
+            again = BackfillPlan.objects.get(pk=plan.pk)
+            stream = runner.day_stream(again, again.days.get(pk=day.pk), skip=0)
+            for request in runner.iter_requests(stream, planning.request_hits(batch_size)):
+                yield [entry for visit in request.visits for entry in visit]
+
+        generating = bare_bulk(url, token, generated(), in_flight, encoded=False)
         generating["recorded"] = fake_call(url, "_fake/stats")["recorded"]
         return (
             {

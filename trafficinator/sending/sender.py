@@ -88,8 +88,8 @@ CDT_WITHOUT_TOKEN_SECONDS = 86400
 AMBIGUOUS_STATUSES = frozenset({502, 504})
 # Tries of the harmless probe that tells "Matomo refused a resend" from "Matomo is broken".
 PROBE_ATTEMPTS = 3
-# Characters a JSON string cannot hold as they are: these, a quote and a backslash.
-_JSON_CONTROL = bytes(range(0x20))
+# Characters a JSON string cannot hold as they are: a quote, a backslash, control characters.
+_JSON_UNSAFE = ('"', "\\", *map(chr, range(0x20)))
 
 _IDSITE = re.compile(r"(?:^|[?&])idsite=(\d+)")
 _VISITOR = re.compile(r"(?:^|[?&])(?:cid|_id)=([0-9A-Fa-f]{16})")
@@ -312,15 +312,17 @@ def _excerpt(data: bytes, token: str | None) -> str:
 def bulk_requests_json(entries: Sequence[str]) -> bytes:
     """The ``requests`` array of a bulk body: each hit as a JSON string starting with "?".
 
-    Encoded hits are URL-encoded, so joining them is valid JSON; three C-speed passes over
-    the joined bytes check that (no quote but the two around each entry, no backslash, no
-    control character): ~3 times cheaper than the regex it replaced, ~75 times than
-    json.dumps of the list (measured)."""
+    Encoded hits are URL-encoded, so joining them is valid JSON; a ``char in hits`` (a
+    memchr at C speed) for each character a JSON string cannot hold as it is (a quote, a
+    backslash, a control character) checks that: ~2.5 times cheaper than the count and
+    translate over the body it replaced (measured ~50 against ~125 us for 96 hits; a
+    regex over the hits is slower still), and those ~3 times cheaper than the regex
+    before them, ~75 times than json.dumps of the list."""
     entries = [query if query.startswith("?") else "?" + query for query in entries]
-    data = ('["' + '","'.join(entries) + '"]').encode("utf-8")
-    if data.count(b'"') != 2 * len(entries) or b"\\" in data or len(data.translate(None, _JSON_CONTROL)) != len(data):
+    hits = "".join(entries)
+    if not entries or any(char in hits for char in _JSON_UNSAFE):
         return json.dumps(entries).encode("utf-8")
-    return data
+    return ('["' + '","'.join(entries) + '"]').encode("utf-8")
 
 
 class TargetSender:
@@ -507,7 +509,12 @@ class TargetSender:
             self.poll()
 
     def send_request(
-        self, visits: Sequence[Sequence[str]], on_done: RequestCallback | None = None, *, resend: bool = False
+        self,
+        visits: Sequence[Sequence[str]],
+        on_done: RequestCallback | None = None,
+        *,
+        resend: bool = False,
+        visitors: Sequence[str] | None = None,
     ) -> None:
         """Send exactly these whole visits as one bulk request (for callers that pack
         requests themselves, like the backfill). Waits while ``concurrency`` requests are
@@ -515,9 +522,13 @@ class TargetSender:
         after a site-day's first, leave as a second part once that request is answered
         (see ``_spawn_batch``). ``on_done(outcome, tally)`` gets the request's outcome and
         its hits per final outcome, once every part is settled. ``resend``: Matomo may
-        hold these visits already (see "Ambiguous answers")."""
+        hold these visits already (see "Ambiguous answers"). ``visitors``: each visit's
+        visitor id, when the caller knows it (default: its first hit's, see ``visitor_of``)."""
         self._check_open()
-        batch = [Visit(hits, None, visitor_of(hits[0])) for hits in visits if hits]
+        if visitors is None:
+            batch = [Visit(hits, None, visitor_of(hits[0])) for hits in visits if hits]
+        else:
+            batch = [Visit(hits, None, visitor) for hits, visitor in zip(visits, visitors, strict=True) if hits]
         if not batch:
             return
         self._spawn_batch(batch, resend=resend, on_request=on_done)
