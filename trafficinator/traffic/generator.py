@@ -102,6 +102,7 @@ class Generator:
         self.funnel_visits = FunnelVisits(site, self.hits, profile.pause_min, profile.pause_max)
         self.order_tag_seed: tuple[object, ...] = (seed, stream_label)
         self.partition = FunnelPartition(funnels)
+        self.any_funnel = bool(self.partition.funnels)
         self.behaviours = behaviours(profile)
         self.traits = TraitSampler(profile, site, use_ip=token_present and profile.randomize_countries)
         self.profile = profile
@@ -160,7 +161,8 @@ class Generator:
     def visit(self, rng: Random, index: int, start: float, utc_offset: float, limit: float) -> Visit:
         """The visit starting at ``start`` whose hits all come before ``limit``."""
         random = rng.random
-        funnel = self.partition.pick(random())
+        u = random()  # drawn with or without funnels: the stream is the same
+        funnel = self.partition.pick(u) if self.any_funnel else None
 
         members = self.members
         day_key = int((start + utc_offset) // 86400)

@@ -18,6 +18,7 @@ Shape of a visit:
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Callable
 from operator import itemgetter
 from random import Random
@@ -97,7 +98,8 @@ class OrdinaryVisits:
             index = self.page_index.get(campaign_landing)
             landing = self._campaign_page(campaign_landing, index, campaign_query)
         else:
-            index = site.landing.pick(rng)
+            items, bounds, total = site.landing.table  # Weighted.pick written out (hot)
+            index = items[bisect_right(bounds, random() * total)]
             landing = self._campaign_page("", index, campaign_query) if campaign_query else pages_shown[index]
         pages: list[PageShown] = [landing]
 
@@ -111,13 +113,17 @@ class OrdinaryVisits:
         span = self.pages_max - self.pages_min + 1
         count = self.pages_min + int(random() ** behaviour.page_skew * span)
         current = index
+        group_pickers, page_group = site.group_pickers, site.page_group
+        # Weighted.pick written out (hot): inner pages, or pages of the current section.
+        inner_items, inner_bounds, inner_total = site.inner.table
         for _ in range(count - 1):
             if current is not None and random() < SAME_SECTION_PROBABILITY:
-                following = site.group_pickers[site.page_group[current]].pick(rng)
+                items, bounds, total = group_pickers[page_group[current]].table
+                following = items[bisect_right(bounds, random() * total)]
             else:
-                following = site.inner.pick(rng)
+                following = inner_items[bisect_right(inner_bounds, random() * inner_total)]
             if following == current:
-                following = site.inner.pick(rng)
+                following = inner_items[bisect_right(inner_bounds, random() * inner_total)]
             pages.append(pages_shown[following])
             current = following
 

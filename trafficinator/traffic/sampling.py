@@ -29,7 +29,7 @@ def derive_seed(*parts: object) -> int:
 class Weighted(Generic[T]):
     """Items with weights, picked in O(log n) from one uniform draw."""
 
-    __slots__ = ("_bounds", "cumulative", "items", "total")
+    __slots__ = ("_bounds", "cumulative", "items", "table", "total")
 
     def __init__(self, items: Sequence[T], weights: Sequence[float]):
         if len(items) != len(weights):
@@ -41,6 +41,9 @@ class Weighted(Generic[T]):
         # passes the last item, which is what min(index, last) did for a draw that
         # rounded up to the total, without the call (pick runs ~8 times a visit).
         self._bounds = [*self.cumulative[:-1], math.inf] if self.cumulative else []
+        # For the hottest loops, which pick inline without pick()'s call:
+        # ``items[bisect_right(bounds, random() * total)]`` is exactly pick().
+        self.table = (self.items, self._bounds, self.total)
 
     def __len__(self) -> int:
         return len(self.items)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from bisect import bisect_right
 from dataclasses import dataclass
 from datetime import date
 from random import Random
@@ -57,10 +58,16 @@ class TraitSampler:
 
     def draw(self, rng: Random, pooled: bool) -> Traits:
         site = self.site
-        persona = self.personas.pick(rng)
-        device = self.devices.pick(rng)
-        ua, resolutions, uadata = site.user_agents[device].pick(rng)
-        res = resolutions.pick(rng)
+        random = rng.random
+        # Weighted.pick written out (see Weighted.table): a visit draws its traits once.
+        items, bounds, total = self.personas.table
+        persona = items[bisect_right(bounds, random() * total)]
+        items, bounds, total = self.devices.table
+        device = items[bisect_right(bounds, random() * total)]
+        agents, bounds, total = site.user_agents[device].table
+        ua, resolutions, uadata = agents[bisect_right(bounds, random() * total)]
+        items, bounds, total = resolutions.table
+        res = items[bisect_right(bounds, random() * total)]
         ip = None
         if self.use_ip:
             country = site.countries.pick(rng)
@@ -70,7 +77,8 @@ class TraitSampler:
             n = base + 1 + int(rng.random() * (size - 2))
             ip = f"{n >> 24}.{(n >> 16) & 255}.{(n >> 8) & 255}.{n & 255}"
         else:
-            lang = site.languages.pick(rng)
+            items, bounds, total = site.languages.table
+            lang = items[bisect_right(bounds, random() * total)]
         uid = None
         if pooled and rng.random() < self.logged_in_share:
             uid = f"user-{rng.getrandbits(48):012x}"
