@@ -41,8 +41,9 @@ _FIRST = itemgetter(0)
 
 Params = dict[str, str]
 # url, title, product view params of the page (or None), and the page's parameters
-# encoded: "url=...&action_name=..." and "&_pks=..." (or ""), see _shown.
-PageShown = tuple[str, str, Params | None, str, str]
+# encoded: "url=...&action_name=...", "&_pks=..." (or ""), and "&urlref=..." for the
+# page after it; see _shown.
+PageShown = tuple[str, str, Params | None, str, str, str]
 FollowUps = list[list[tuple[float, Params]]]  # per page: (share of its dwell time, hit)
 
 
@@ -72,6 +73,7 @@ class OrdinaryVisits:
         self.product_heads = [
             _url_and_title(url, title) for url, title in zip(site.product_urls, site.product_titles, strict=True)
         ]
+        self.product_referrers = [f"&{encode_pair('urlref', url)}" for url in site.product_urls]
         # A line's product params encoded up to its price, by (sku, name, category).
         self._line_queries: dict[tuple[str, str, str], str] = {}
         # Landing pages with a campaign's query (or its own landing URL), as shown.
@@ -149,18 +151,29 @@ class OrdinaryVisits:
         entries: list[Entry] = []
         t = 0.0
         previous_url = referrer
+        previous_query = f"&{encode_pair('urlref', referrer)}" if referrer else ""
+        pageview = hits.pageview_encoded
         for i, page in enumerate(pages):
-            params, query = self._page_params(rng, page, device, pvs[i])
+            url, title, product, head, product_query, as_referrer = page
+            # _page_params() written out (a call less per page).
+            params, query = pageview(rng, url, title, head, device, pvs[i])
+            if product is not None:
+                params.update(product)
+                query += product_query
             if previous_url:
                 params["urlref"] = previous_url
-                query = f"{query}&{encode_pair('urlref', previous_url)}"
+                query += previous_query
             entries.append((t, params, query))
             page_follow = follow[i]
             if page_follow:
                 page_follow.sort(key=_FIRST)
                 span_i = dwell[i]
                 entries.extend((t + fraction * span_i, p, None) for fraction, p in page_follow)
-            previous_url = search_pages.get(i, page[0])
+            search_url = search_pages.get(i)
+            if search_url is None:
+                previous_url, previous_query = url, as_referrer
+            else:
+                previous_url, previous_query = search_url, f"&{encode_pair('urlref', search_url)}"
             t += dwell[i]
         last_url, last_pv = pages[last][0], pvs[last]
         # hits.ping() and its encoding.
@@ -210,7 +223,7 @@ class OrdinaryVisits:
 
     def _page_params(self, rng: Random, page: PageShown, device: str, pv: str) -> tuple[Params, str]:
         """The page view's params and their encoding."""
-        url, title, product, head, product_query = page
+        url, title, product, head, product_query, _ = page
         params, query = self.hits.pageview_encoded(rng, url, title, head, device, pv)
         if product is not None:
             params.update(product)
@@ -231,15 +244,9 @@ class OrdinaryVisits:
         for number, (product_index, line) in enumerate(zip(chosen, order.lines, strict=True)):
             url = site.product_urls[product_index]
             shown = product_params(line.sku, line.name, line.category, line.price)
-            pages.append(
-                (
-                    url,
-                    site.product_titles[product_index],
-                    shown,
-                    self.product_heads[product_index],
-                    self._line_query(line),
-                )
-            )
+            head = self.product_heads[product_index]
+            as_referrer = self.product_referrers[product_index]
+            pages.append((url, site.product_titles[product_index], shown, head, self._line_query(line), as_referrer))
             pv = hits.new_pv_id(rng)
             pvs.append(pv)
             follow.append([(0.5, hits.cart_update(url, pv, order.lines[: number + 1]))])
@@ -327,7 +334,8 @@ def _shown(url: str, title: str, product: Params | None, head: str | None = None
     ``head``: _url_and_title(url, title) when known."""
     if head is None:
         head = _url_and_title(url, title)
-    return (url, title, product, head, "&" + encode_params(product) if product else "")
+    product_query = "&" + encode_params(product) if product else ""
+    return (url, title, product, head, product_query, f"&{encode_pair('urlref', url)}")
 
 
 def _url_and_title(url: str, title: str) -> str:
