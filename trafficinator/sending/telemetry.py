@@ -321,20 +321,24 @@ class HealthWindow:
     def add(self, key: str, hits: int) -> str | None:
         """Add ``hits`` hits with failure ``key`` ("" = accepted). Returns "degraded" or
         "recovered" when the state changes."""
-        self.entries.append((key, hits))
-        self.total += hits
+        entries = self.entries
+        entries.append((key, hits))
+        total = self.total + hits
         if key:
             self.failed += hits
             self.failures[key] += hits
-        while len(self.entries) > 1 and self.total - self.entries[0][1] >= self.size:
-            old_key, old_hits = self.entries.popleft()
-            self.total -= old_hits
+        while len(entries) > 1 and total - entries[0][1] >= self.size:
+            old_key, old_hits = entries.popleft()
+            total -= old_hits
             if old_key:
                 self.failed -= old_hits
                 self.failures[old_key] -= old_hits
                 if not self.failures[old_key]:
                     del self.failures[old_key]
-        if self.total < self.min_hits:
+        self.total = total
+        if not self.failed and not self.degraded:  # all accepted, and healthy: it stays so
+            return None
+        if total < self.min_hits:
             return None
         share = self.failed / self.total
         # The 4xx share only when something failed (it is a sum over the failure kinds).
@@ -503,14 +507,13 @@ class TargetTelemetry:
                 self._minute_latency.add_to_bucket(self._latency.add(latency), latency)
             if kind == "abandoned" or hits <= 0:
                 return
-            now = self._clock()
             accepted = hits if kind == "accepted" else 0
-            self._rate.add(now, hits, accepted)
+            self._rate.add(self._clock(), hits, accepted)
             minute = self._minute
             minute["hits"] += hits
             minute["accepted"] += accepted
             key = ""
-            if kind != "accepted":
+            if not accepted:
                 minute["errors"] += hits
                 if kind == "rejected":
                     self._rejected_by_status[status] += hits
