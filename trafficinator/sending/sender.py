@@ -848,12 +848,14 @@ class TargetSender:
         tally: dict[str, int],
         request: _Parts | None,
     ) -> None:
+        in_flight = self._visitors_in_flight
         for visitor in visitors:
-            if self._visitors_in_flight.get(visitor) is done:
-                del self._visitors_in_flight[visitor]
+            if in_flight.get(visitor) is done:
+                del in_flight[visitor]
         done.set()
         for visit in visits:
-            self._notify(visit.on_done, outcome)
+            if visit.on_done is not None:  # none in a caller's request (send_request)
+                self._notify(visit.on_done, outcome)
         if request is not None:
             self._settle_part(request, outcome, tally)
 
