@@ -29,6 +29,7 @@ from .encoding import encode_pair, encode_params
 from .hits import Entry, HitFactory, product_params
 from .personas import Behaviour
 from .profile import Profile
+from .sampling import pv_ids
 from .site_model import SiteModel
 
 SAME_SECTION_PROBABILITY = 0.5  # next page in the current top-level section
@@ -130,7 +131,7 @@ class OrdinaryVisits:
             current = following
 
         follow: FollowUps = [[] for _ in pages]
-        pvs = [hits.new_pv_id(rng) for _ in pages]
+        pvs = pv_ids(rng, len(pages))
         self._add_shopping(rng, behaviour, pages, follow, pvs)
         last = len(pages) - 1
 

@@ -189,8 +189,15 @@ class Members:
             return None
         core = max(1, int(known * CORE_SHARE))
         last_end = self.last_end
+        random = rng.random
+        # known_member() inlined: a new stream's first half hour tries all attempts in vain.
+        known_before, part, parts = self._known_before, self.part, self.parts
+        today_shift = self._below_today - known_before
         for _ in range(MEMBER_ATTEMPTS):
-            member = self.known_member(int(rng.random() * (core if rng.random() < CORE_VISITS else known)))
+            rank = int(random() * (core if random() < CORE_VISITS else known))
+            if rank >= known_before:  # joined today
+                rank += today_shift
+            member = part + parts * rank
             if last_end.get(member, -math.inf) + VISIT_GAP_SECONDS < start:
                 return member
         return None

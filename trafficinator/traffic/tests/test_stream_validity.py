@@ -150,3 +150,12 @@ def test_site_url_and_site_id_parameters_are_used():
             kind = hit.kind
             if kind not in ("outlink", "download"):
                 assert hit.params["url"].startswith("https://demo.test/"), hit.params["url"]
+
+
+def test_page_view_ids_drawn_together_are_those_drawn_one_by_one():
+    from random import Random
+
+    from trafficinator.traffic.sampling import pv_id, pv_ids
+
+    one_by_one = Random(8)
+    assert pv_ids(Random(8), 40) == [pv_id(one_by_one) for _ in range(40)]
