@@ -286,6 +286,32 @@ def test_the_same_seed_gives_the_same_stream_in_another_run(fast_preset):
     assert visitors(first) == visitors(second) != visitors(other)
 
 
+@pytest.mark.django_db
+def test_a_bulk_visit_carries_the_visitor_its_hits_name(fast_preset):
+    """The dispatcher hands the sender each visit's visitor (it orders a visitor's visits
+    by it): the one the sender would read from the hits."""
+    import heapq
+    import time
+
+    from runs.loader import LiveLoader
+    from trafficinator.sending.sender import visitor_of
+
+    run = Run.objects.create_run(preset=fast_preset, targets=[make_target()], bulk=True, seed=5)
+    run.claim(pid=0, host="test")
+    loader = LiveLoader(run)
+    loader.build()
+    (runtime,) = loader.runtimes
+    try:
+        for _ in range(50):
+            visit = runtime.next_visit
+            runtime.advance()
+            runtime.start_visit(visit, time.time(), time.monotonic())
+        states = [heapq.heappop(runtime.heap)[2] for _ in range(50)]
+        assert all(state.bulk and state.visitor == visitor_of(state.items[0]) != "" for state in states)
+    finally:
+        runtime.sender.close(grace_seconds=0)
+
+
 @pytest.mark.django_db(transaction=True)
 def test_live_bulk_with_500s_that_stored_the_request_records_each_visit_once(fake_matomo, fast_preset):
     local_target(fake_matomo)
