@@ -58,6 +58,7 @@ run's snapshot), the loop, and ``execute_loader``, which the commands ``run_load
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import heapq
 import itertools
@@ -1342,6 +1343,21 @@ def target_streams(
             )
         )
     return streams
+
+
+def tune_gc_for_loader() -> None:
+    """The garbage collector as a loader process wants it (``manage.py run_loader``,
+    whose process is the loader's alone; not for a process that runs other things).
+
+    What is loaded by then (Django, the models, the traffic model's data) lives as long
+    as the process: frozen, so full collections no longer walk it. A loader allocates
+    and frees many objects per visit; the first generation is collected after 10,000
+    net allocations instead of 700, so visits in progress are not promoted (and walked
+    again) every few milliseconds. Measured on a saturated bulk loader: ~0.8 s -> ~0.35 s
+    of collections in 20 s."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 20, 20)
 
 
 def execute_loader(

@@ -8,7 +8,7 @@ from argparse import ArgumentParser
 
 from django.core.management.base import BaseCommand, CommandError
 
-from runs.loader import LoaderSuperseded, execute_loader
+from runs.loader import LoaderSuperseded, execute_loader, tune_gc_for_loader
 from runs.models import Run, RunShard
 
 
@@ -35,6 +35,7 @@ class Command(BaseCommand):
         if shard is None:
             # Another loader owns this shard (or it ended): never send a second copy of its traffic.
             raise CommandError(f"Run {run_id} is not claimed by this loader (status {run.status}).")
+        tune_gc_for_loader()
         try:
             execute_loader(run, token=shard.claim_token, hand_back=hand_back)
         except LoaderSuperseded as exc:
