@@ -366,7 +366,7 @@ class TargetRuntime:
     wake_at: float = 0.0
     on_slot_free: Callable[[], None] | None = None
     workers: list[gevent.Greenlet] = field(default_factory=list)  # single hits: see LiveLoader._send_hits
-    # Monotonic start times of the visits of the last minute, for the actual visits/day.
+    # [monotonic time, visits started then] of the last minute, for the actual visits/day.
     recent_starts: deque = field(default_factory=deque)
     # Stream positions: ``position`` is the next index of the current stream not yet
     # passed (offset by ``offset`` when the stream was replaced: a daily-cap restart or a
@@ -427,29 +427,36 @@ class TargetRuntime:
     def start_visit(self, visit: Visit, now: float, now_mono: float) -> int:
         """Admit ``visit`` now: ``now - visit.start`` late when behind schedule. Returns
         how many stream positions it moved on (visits of other shards included)."""
-        shift = max(0.0, now - visit.start)
-        redone = visit.index < self.position and visit.index in self.redo
-        sent = self.redo.pop(visit.index) if redone else 0
-        passed = max(0, visit.index + 1 - self.position)
-        self.position = max(self.position, visit.index + 1)
+        start, index = visit.start, visit.index
+        shift = now - start if now > start else 0.0
+        if index < self.position:  # a handed-back visit, or one passed already
+            redone = index in self.redo
+            sent = self.redo.pop(index) if redone else 0
+            passed = 0
+        else:
+            redone, sent = False, 0
+            passed = index + 1 - self.position
+            self.position = index + 1
         if self.bulk:
             entries = self.stream.encode(visit, with_cdt=True)
-            state = VisitInProgress(
-                self, entries, shift, sum(map(len, entries)), visit.index, bulk=True, visitor=visit.cid
-            )
-            due = visit.hits[-1].due + shift if visit.hits else visit.start + shift
+            state = VisitInProgress(self, entries, shift, sum(map(len, entries)), index, bulk=True, visitor=visit.cid)
+            hits = visit.hits
+            due = (hits[-1].due if hits else start) + shift
         else:
             timed = self.stream.encode_timed(visit)
-            state = VisitInProgress(self, timed, shift, sum(len(b) for _, b in timed), visit.index, bulk=False)
+            state = VisitInProgress(self, timed, shift, sum(len(b) for _, b in timed), index, bulk=False)
             if sent:  # a handed-back visit: its first hits went out before
                 state.index = min(sent, len(timed) - 1)
             due = timed[state.index][0] + shift
             self.gap_seconds += timed[-1][0] - timed[0][0]
             self.gap_hits += len(timed)
-        size = state.size
         self.in_progress += 1
-        self.held_bytes += size
-        self.recent_starts.append(now_mono)
+        self.held_bytes += state.size
+        starts = self.recent_starts  # [monotonic, visits]: one entry per scheduler pass
+        if starts and starts[-1][0] == now_mono:
+            starts[-1][1] += 1
+        else:
+            starts.append([now_mono, 1])
         if not redone:  # a handed-back visit was counted by the loader that started it
             self.telemetry.start_visits()
         self.push(due, state)
@@ -460,9 +467,7 @@ class TargetRuntime:
         self.held_bytes -= visit.size
         visit.items = []
         if finished:
-            self.telemetry.finish_visits()
-            if visit.delivered:
-                self.telemetry.deliver_visits()
+            self.telemetry.finish_visits(delivered=1 if visit.delivered else 0)
         if self.on_slot_free is not None:
             self.on_slot_free()
 
@@ -506,9 +511,9 @@ class TargetRuntime:
     def visits_per_day(self, now: float) -> int:
         """Visits started in the last 60 s, scaled to a day: what the target gets now."""
         starts = self.recent_starts
-        while starts and starts[0] < now - 60:
+        while starts and starts[0][0] < now - 60:
             starts.popleft()
-        return len(starts) * 1440
+        return sum(count for _, count in starts) * 1440
 
 
 def single_visit_cap(concurrency: int, latency: float, gap: float, ceiling: int) -> int:
@@ -834,22 +839,24 @@ class LiveLoader:
         horizon = now + ADMIT_AHEAD
         if self._admit_until is not None:
             horizon = min(horizon, self._admit_until)
+        daily_cap = self.run.daily_cap
         for runtime in self.runtimes:
             runtime.update_visit_cap()
+            can_admit, advance, start_visit = runtime.can_admit, runtime.advance, runtime.start_visit
             admitted = 0
             while admitted < ADMIT_PER_PASS:
                 visit = runtime.next_visit
                 if visit is None or visit.start > horizon or runtime.exhausted:
                     break
-                if not runtime.can_admit(now):
+                if not can_admit(now):
                     self._waiting_for_slot = True
                     break
-                if self._daily_cap_reached(visit.start):
+                if daily_cap and self._daily_cap_reached(visit.start):
                     self._pause_until_next_day(visit.start)
                     return
-                runtime.advance()
+                advance()
                 # Stream positions, so shards together keep the cap the run asked for.
-                self._visits_today += runtime.start_visit(visit, now, now_mono)
+                self._visits_today += start_visit(visit, now, now_mono)
                 admitted += 1
 
     def _visit_limit_reached(self) -> bool:

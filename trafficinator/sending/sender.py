@@ -490,23 +490,25 @@ class TargetSender:
         ``visitor``: the visit's visitor id (default: its ``cid``/``_id``); in bulk mode a
         visit whose visitor has an earlier visit in a request in flight leaves once that
         request is answered (in a part of its own; the other visits do not wait)."""
-        self._check_open()
+        if self._closed:
+            raise SenderClosed("this sender is closed")
         if not hits:
             return
         if not self.bulk:
             self._pool.spawn(self._run_single, hits, on_done)
             return
         visitor = visitor_of(hits[0]) if visitor is None else visitor
-        if self._buffer_hits and self._buffer_hits + len(hits) > self.batch_size:
+        count = len(hits)
+        if self._buffer_hits and self._buffer_hits + count > self.batch_size:
             self.flush()
         if not self._buffer:
             self._buffer_since = time.monotonic()
         self._buffer.append(Visit(hits, on_done, visitor))
-        self._buffer_hits += len(hits)
+        self._buffer_hits += count
         if self._buffer_hits >= self.batch_size:
             self.flush()
-        else:
-            self.poll()
+        elif time.monotonic() - self._buffer_since >= self.max_batch_delay:
+            self.flush()  # what poll() does
 
     def send_request(
         self,

@@ -461,9 +461,13 @@ class TargetTelemetry:
         with self._lock:
             self._counts["visits_started"] += count
 
-    def finish_visits(self, count: int = 1) -> None:
+    def finish_visits(self, count: int = 1, *, delivered: int = 0) -> None:
+        """``count`` visits ended, ``delivered`` of them delivered (see ``deliver_visits``)."""
         with self._lock:
-            self._counts["visits_finished"] += count
+            counts = self._counts
+            counts["visits_finished"] += count
+            if delivered:
+                counts["visits_delivered"] += delivered
 
     def deliver_visits(self, count: int = 1) -> None:
         """Visits whose hits Matomo accepted (started visits may end undelivered: stopped,
