@@ -94,7 +94,6 @@ from trafficinator.traffic import (
     Profile,
     SiteGoals,
     Visit,
-    encode_params,
     encode_visit,
     expected_visits,
     live_visits,
@@ -1245,8 +1244,8 @@ class TargetStream:
     def encode_timed(self, visit: Visit) -> list[tuple[float, str]]:
         """(due time, single-hit POST body) pairs. No cdt: Matomo dates a live hit on
         arrival, so a hit sent a little late can never be "older" than one it recorded."""
-        head = encode_params(visit.params) + "&"
-        return [(hit.due, head + encode_params(hit.params)) for hit in visit.hits]
+        # encode_visit reuses what the generator encoded already (Hit.query, Visit.query).
+        return list(zip([hit.due for hit in visit.hits], encode_visit(visit, prefix=""), strict=True))
 
 
 def run_profile(run: Run, visits_per_day: int) -> Profile:
