@@ -25,8 +25,9 @@ def benchmark_generation(seconds: float = 2.0, profile: Profile | None = None) -
     Rates are per CPU second of this process (``time.process_time``), so other busy
     processes on the machine do not distort them: it is the speed of one core.
 
-    Returns hits_per_second and visits_per_second (generation only),
-    encoded_hits_per_second (generation + query-string encoding with cdt, what a
+    Returns hits_per_second and visits_per_second (generation: since the generator
+    builds each hit's query string as it goes, this includes most of the encoding),
+    encoded_hits_per_second (generation + the visit's query strings with cdt, what a
     backfill does), hits, visits, and peak_memory_bytes: the traced peak while building
     the model from scratch and streaming 2,000 visits (tracemalloc, so it excludes the
     interpreter itself).
