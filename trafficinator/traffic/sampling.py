@@ -74,8 +74,8 @@ def stable_shuffle(items: Sequence[T], label: str) -> list[T]:
 
 
 def pv_ids(rng: Random, count: int) -> list[str]:
-    """``count`` page view ids, the same as [pv_id(rng) for _ in range(count)] without
-    a call per id (a visit draws one per page)."""
+    """``count`` of Matomo's page view ids (6 alphanumeric characters each), drawn in
+    one loop rather than a call per id (a visit draws one per page)."""
     getrandbits, chars = rng.getrandbits, ALPHANUMERIC
     ids = []
     for _ in range(count):
@@ -92,14 +92,5 @@ def pv_ids(rng: Random, count: int) -> list[str]:
 
 
 def pv_id(rng: Random) -> str:
-    """Matomo's page view id: 6 alphanumeric characters."""
-    bits = rng.getrandbits(36)
-    chars = ALPHANUMERIC
-    return (
-        chars[bits % 62]
-        + chars[(bits >> 6) % 62]
-        + chars[(bits >> 12) % 62]
-        + chars[(bits >> 18) % 62]
-        + chars[(bits >> 24) % 62]
-        + chars[(bits >> 30) % 62]
-    )
+    """Matomo's page view id: 6 alphanumeric characters (one of ``pv_ids``)."""
+    return pv_ids(rng, 1)[0]
