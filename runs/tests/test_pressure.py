@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from django.conf import settings
 from django.db import connection
+from django.utils import timezone
 
 import runs.models
 from runs import loader as loader_module
@@ -39,6 +40,14 @@ LOADER_WAIT = 90.0  # seconds: a loader process starts slowly on a loaded machin
 # --- 3. fenced loaders ---------------------------------------------------------------------
 
 
+def just_reported(run: Run) -> bool:
+    """The run's loader wrote its report less than half a second ago (reports come every
+    FLUSH_EVERY seconds), as this test process sees it: a test starved on a loaded machine
+    waits for the next one instead."""
+    heartbeat = run.shards.get().heartbeat_at
+    return heartbeat is not None and timezone.now() - heartbeat < timedelta(seconds=0.5)
+
+
 @pytest.mark.django_db(transaction=True)
 def test_a_frozen_loader_that_was_superseded_sends_nothing_more_and_writes_nothing(
     fake_matomo, fast_preset, monkeypatch
@@ -54,10 +63,12 @@ def test_a_frozen_loader_that_was_superseded_sends_nothing_more_and_writes_nothi
     second = None
     try:
         wait_until(
-            lambda: Run.objects.get(pk=run.pk).stats.get("totals", {}).get("sent", 0) > 40,
+            lambda: Run.objects.get(pk=run.pk).stats.get("totals", {}).get("sent", 0) > 40 and just_reported(run),
             timeout=LOADER_WAIT,
             what="a report",
         )
+        # Frozen right after a report, so not in the middle of the next one: a loader frozen
+        # inside its report's transaction would hold SQLite's write lock for good.
         os.kill(first.pid, signal.SIGSTOP)
         wait_until(lambda: Run.objects.get(pk=run.pk).is_lost(), timeout=LOADER_WAIT, what="the run to show lost")
         run.refresh_from_db()
