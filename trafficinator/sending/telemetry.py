@@ -462,18 +462,14 @@ class TargetTelemetry:
             self._counts["visits_started"] += count
 
     def finish_visits(self, count: int = 1, *, delivered: int = 0) -> None:
-        """``count`` visits ended, ``delivered`` of them delivered (see ``deliver_visits``)."""
+        """``count`` visits ended, ``delivered`` of them delivered: Matomo accepted their hits
+        (started visits may end undelivered: stopped, failed, or still queued when the run
+        ended)."""
         with self._lock:
             counts = self._counts
             counts["visits_finished"] += count
             if delivered:
                 counts["visits_delivered"] += delivered
-
-    def deliver_visits(self, count: int = 1) -> None:
-        """Visits whose hits Matomo accepted (started visits may end undelivered: stopped,
-        failed, or still queued when the run ended)."""
-        with self._lock:
-            self._counts["visits_delivered"] += count
 
     def start_hits(self, hits: int) -> None:
         """``hits`` go out for the first time (retries are not counted here)."""
@@ -537,10 +533,7 @@ class TargetTelemetry:
     def record_wait(self, seconds: float, hits: int = 1) -> None:
         """``hits`` were handed to the sender ``seconds`` after they were due (the loader's
         own queueing, never part of the latency)."""
-        with self._lock:
-            self._wait.add(max(0.0, seconds))
-            if seconds > LATE_AFTER_SECONDS:
-                self._late_hits += hits
+        self.record_waits(((seconds, hits),))
 
     def record_waits(self, waits: Iterable[tuple[float, int]]) -> None:
         """``record_wait(seconds, hits)`` for each pair, under one lock (a bulk dispatcher

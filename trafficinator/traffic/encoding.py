@@ -99,19 +99,9 @@ _dates: dict[int, str] = {}
 _minutes: dict[int, str] = {}
 
 
-def format_cdt(due: float, cdt: CdtFormat) -> str:
-    """cdt for a due time, already URL-encoded (the space is %20)."""
-    seconds = int(due)
-    if cdt == "unix":
-        return str(seconds)
-    minute, second = divmod(seconds, 60)
-    text = _minutes.get(minute)
-    if text is None:
-        text = _minute_text(minute)
-    return text + _TWO_DIGITS[second]
-
-
 def _minute_text(minute: int) -> str:
+    """cdt up to its seconds ("YYYY-MM-DD%20HH:MM:", the space URL-encoded) for a minute
+    since 1970, remembered in ``_minutes``."""
     day, minute_of_day = divmod(minute, 1440)
     date = _dates.get(day)
     if date is None:
@@ -141,7 +131,7 @@ def encode_visit(visit: Visit, cdt: CdtFormat = None, prefix: str = "?") -> list
             f"{head}{encode_params(hit.params) if hit.query is None else hit.query}&cdt={int(hit.due)}"
             for hit in visit.hits
         ]
-    # format_cdt(due, "datetime") written out: it runs for every hit a backfill sends.
+    # "YYYY-MM-DD%20HH:MM:SS" from the per-minute cache: it runs for every hit a backfill sends.
     minutes, two_digits = _minutes, _TWO_DIGITS
     entries = []
     for hit in visit.hits:
