@@ -31,9 +31,9 @@ def test_bench_runs_the_real_live_loader_and_an_overload_with_its_saturation_fig
     lines = out.getvalue().splitlines()
     assert [line.split(":")[0] for line in lines] == [
         "live single, 50,000,000 visits/day on 1 target(s)",
-        "live single, 400,000,000 visits/day on 8 target(s)",
+        "live single, 800,000,000 visits/day on 16 target(s)",
         "live bulk, 50,000,000 visits/day on 1 target(s)",
-        "live bulk, 800,000,000 visits/day on 16 target(s)",
+        "live bulk, 1,600,000,000 visits/day on 32 target(s)",
         "overload",
     ]
     for line in lines:
