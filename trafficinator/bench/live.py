@@ -159,6 +159,7 @@ def benchmark_live(
             "visits_per_day_asked": visits_per_day,
             "targets": len(targets),
             "visits_started": int(totals.get("visits_started", 0)),
+            "visits_delivered": int(totals.get("visits_delivered", 0)),
             "visits_behind": int(totals.get("visits_behind", 0)),
             "delivered_percent": totals.get("delivered_percent"),
             "saturated": bool(totals.get("saturated")),

@@ -209,21 +209,32 @@ class Command(BaseCommand):
     def overload(self, seconds: float, concurrency: int) -> None:
         """Ten times what one loader can deliver (single hits), for ``seconds``; then Stop.
 
-        Against a fake Matomo in capacity mode (2 workers, 10 ms per hit, ~200 hits/s), so
-        ten times its capacity stays below the most a run may ask for
+        Against a fake Matomo in capacity mode (one process of 2 workers, 10 ms per hit,
+        ~200 hits/s), so ten times its capacity stays below the most a run may ask for
         (runs.models.MAX_VISITS_PER_DAY); against the count-only server one loader already
-        delivers about that much, and the overload would be no overload at all."""
+        delivers about that much, and the overload would be no overload at all. The
+        capacity is measured in visits delivered (their every hit accepted): visits started
+        include those still waiting for a worker, which would overstate it."""
         from runs.models import MAX_VISITS_PER_DAY
         from trafficinator.bench.live import benchmark_live
 
         server = ["--capacity", "2", "--hit-ms", "10"]
         calibration = benchmark_live(
-            bulk=False, seconds=max(3.0, min(10.0, seconds)), concurrency=concurrency, server_args=server
+            bulk=False,
+            seconds=max(3.0, min(10.0, seconds)),
+            concurrency=concurrency,
+            server_workers=1,
+            server_args=server,
         )
-        capacity = calibration["visits_started"] / max(calibration["seconds"], 1) * 86400
+        capacity = calibration["visits_delivered"] / max(calibration["seconds"], 1) * 86400
         asked = min(int(capacity * 10), MAX_VISITS_PER_DAY)
         result = benchmark_live(
-            bulk=False, visits_per_day=asked, concurrency=concurrency, stop_after=seconds, server_args=server
+            bulk=False,
+            visits_per_day=asked,
+            concurrency=concurrency,
+            stop_after=seconds,
+            server_workers=1,
+            server_args=server,
         )
         samples = result["rss_samples"]
         highest = max((value for _, value in samples), default=0.0)
