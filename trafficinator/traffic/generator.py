@@ -317,8 +317,11 @@ class Generator:
         if not kept:  # a visit of nothing but a left-out conversion: keep it (it is 1 hit)
             return hits
         first = kept[0]
-        first.params["new_visit"] = "1"
-        first.query = encode_params(first.params)
+        # The visit's first hit already says new_visit=1 (params and query); only a hit
+        # that became first because the one before it was left out needs it added.
+        if first is not hits[0]:
+            first.params["new_visit"] = "1"
+            first.query = encode_params(first.params)
         return kept
 
     def _channel(self, rng: Random) -> tuple[str, str | None, str, str]:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections import Counter
 
-from trafficinator.traffic import Catalog, SiteGoals
+from trafficinator.traffic import Catalog, SiteGoals, encode_params
+from trafficinator.traffic.funnels import FunnelSpec, FunnelStep
 
 from .conftest import make_day, make_profile
 
@@ -42,3 +43,20 @@ def test_an_empty_site_gets_no_goal_conversions_but_keeps_its_orders():
     visits = make_day(make_profile(), count=3000, seed=4, goals=SiteGoals({}, Catalog.load_default()))
     assert conversions(visits) == Counter()
     assert any(hit.params.get("idgoal") == "0" for visit in visits for hit in visit.hits)
+
+
+def test_a_visit_whose_first_hit_is_left_out_starts_with_its_next_hit():
+    """A funnel that starts with a conversion the site lacks: the hit after it becomes the
+    visit's first and says new_visit=1, in its params and in its encoding."""
+    starts_with_goal = FunnelSpec(
+        "Goal first",
+        1.0,
+        (FunnelStep.goal(3), FunnelStep.pageview("/", "Home", delay_min=1, delay_max=2)),
+    )
+    goals = SiteGoals({1: "Newsletter signup"}, Catalog.load_default())
+    visits = make_day(count=50, seed=4, funnels=(starts_with_goal,), goals=goals)
+    for visit in visits:
+        first = visit.hits[0]
+        assert "idgoal" not in first.params
+        assert first.params["new_visit"] == "1"
+        assert first.query == encode_params(first.params)
