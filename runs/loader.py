@@ -351,8 +351,9 @@ class TargetRuntime:
     sender: TargetSender
     telemetry: TargetTelemetry
     max_visits: int = 1000  # the target's share of LOADER_MAX_VISITS_IN_PROGRESS
-    # Single hits: visits in progress that keep the sender busy (single_visit_cap); until
-    # the first answers tell the latency, 2 x concurrency. None: no such cap (bulk).
+    # Visits in progress that keep the sender busy (single_visit_cap, bulk_visit_cap).
+    # Until the first answers tell the latency: 2 x concurrency for single hits, none
+    # for bulk (a bulk visit's first request leaves only once its last hit is due).
     visit_cap: int | None = None
     max_bytes: int = 8 << 20
     heap: list = field(default_factory=list)  # (due, seq, VisitInProgress)
@@ -386,6 +387,11 @@ class TargetRuntime:
     # visits started (their mean gap between hits, for single_visit_cap).
     gap_seconds: float = 0.0
     gap_hits: int = 0
+    # Bulk: seconds from a visit's start to its last hit, and hits, summed over the
+    # visits started, and how many (for bulk_visit_cap).
+    span_seconds: float = 0.0
+    span_hits: int = 0
+    span_visits: int = 0
 
     # Bulk or single hits, for the runtime's whole life: it decides how visits are encoded
     # and what sends them (a dispatcher or hit workers, spawned once). A bulk sender that
@@ -440,7 +446,11 @@ class TargetRuntime:
             entries = self.stream.encode(visit, with_cdt=True)
             state = VisitInProgress(self, entries, shift, sum(map(len, entries)), index, bulk=True, visitor=visit.cid)
             hits = visit.hits
-            due = (hits[-1].due if hits else start) + shift
+            last = hits[-1].due if hits else start
+            due = last + shift
+            self.span_seconds += last - start
+            self.span_hits += len(hits)
+            self.span_visits += 1
         else:
             timed = self.stream.encode_timed(visit)
             state = VisitInProgress(self, timed, shift, sum(len(b) for _, b in timed), index, bulk=False)
@@ -476,12 +486,23 @@ class TargetRuntime:
         return not (self.heap and now - self.heap[0][0] > ADMIT_MAX_LAG)
 
     def update_visit_cap(self) -> None:
-        """Single hits: bound the visits in progress by what the sender can serve at the
-        latency seen so far (bulk visits wait for their last hit, not for the sender)."""
-        if self.bulk:
-            self.visit_cap = None
-            return
+        """Bound the visits in progress by what the sender can serve at the latency seen
+        so far."""
         latency = self.telemetry.mean_latency()
+        if self.bulk:
+            if latency is None or not self.span_visits:
+                self.visit_cap = None
+                return
+            visits = self.span_visits
+            self.visit_cap = bulk_visit_cap(
+                self.sender.concurrency,
+                self.sender.batch_size,
+                latency,
+                self.span_seconds / visits,
+                self.span_hits / visits,
+                self.max_visits,
+            )
+            return
         if latency is None or not self.gap_hits:
             self.visit_cap = min(self.max_visits, 2 * self.sender.concurrency)
         else:
@@ -526,6 +547,26 @@ def single_visit_cap(concurrency: int, latency: float, gap: float, ceiling: int)
         return ceiling
     wanted = math.ceil(2 * concurrency * (1 + gap / latency))
     return max(2 * concurrency, min(ceiling, wanted))
+
+
+def bulk_visit_cap(
+    concurrency: int, batch_size: int, latency: float, span: float, hits_per_visit: float, ceiling: int
+) -> int:
+    """Visits in progress that keep ``concurrency`` bulk requests busy, twice over.
+
+    A bulk visit is in progress for ``span`` seconds (its start to its last hit), then
+    for a request (``latency``); a request slot sends ``batch_size / hits_per_visit``
+    visits every ``latency`` seconds. More visits than that only wait in the loader:
+    when Matomo is the bottleneck they were started in bursts (each time the due backlog
+    cleared, every visit behind schedule at once: up to 11 s of loader wait against a
+    4-worker fake, and thousands of visits generated that a timed run never sent).
+    Within two full rounds of requests and ``ceiling``."""
+    if latency <= 0:
+        return ceiling
+    per_request = max(1.0, batch_size / max(hits_per_visit, 1.0))
+    floor = math.ceil(2 * concurrency * per_request)
+    wanted = math.ceil(floor * (1 + span / latency))
+    return max(min(floor, ceiling), min(ceiling, wanted))
 
 
 class LiveLoader:

@@ -22,7 +22,14 @@ from django.utils import timezone
 
 import runs.models
 from runs import loader as loader_module
-from runs.loader import LiveLoader, TargetRuntime, execute_loader, single_visit_cap, target_streams
+from runs.loader import (
+    LiveLoader,
+    TargetRuntime,
+    bulk_visit_cap,
+    execute_loader,
+    single_visit_cap,
+    target_streams,
+)
 from runs.models import Run, RunLog
 from trafficinator.sending.telemetry import RunTelemetry, TargetTelemetry
 from trafficinator.testing import (
@@ -327,6 +334,55 @@ def test_the_single_hit_visit_cap_keeps_the_requests_busy_twice_over_within_boun
     assert single_visit_cap(20, latency=0.01, gap=30.0, ceiling=20_000) == 20_000  # realistic pauses: the ceiling
     assert single_visit_cap(20, latency=5.0, gap=0.0, ceiling=20_000) == 40  # never below 2 x concurrency
     assert single_visit_cap(20, latency=0.0, gap=1.0, ceiling=500) == 500
+
+
+@pytest.mark.django_db(transaction=True)
+def test_bulk_visits_in_progress_follow_what_their_sender_can_serve(fake_matomo, overload, settings, monkeypatch):
+    # Bulk requests of 10 hits, 2 at a time, 20 ms each: ~1,000 hits/s at most, against
+    # ~580 visits/s of about 3 hits asked. Bounded only by the overall 20,000, the loader
+    # started every visit behind schedule at once whenever its due backlog cleared (bursts
+    # of thousands, sent seconds late, many never sent by the end of a timed run).
+    settings.LOADER_MAX_VISITS_IN_PROGRESS = 20_000
+    seen = []
+    original = TargetRuntime.start_visit
+
+    def counting_start(self, visit, now, now_mono):
+        passed = original(self, visit, now, now_mono)
+        seen.append((self.visit_cap, self.in_progress))
+        return passed
+
+    monkeypatch.setattr(TargetRuntime, "start_visit", counting_start)
+    run = Run.objects.create_run(
+        preset=overload,
+        targets=[make_local_target(fake_matomo)],
+        duration_seconds=6,
+        bulk=True,
+        batch_size=10,
+        visits_per_day=50_000_000,
+    )
+    run.claim(pid=0, host="test")
+    run = execute_loader(run)
+
+    capped = [(cap, in_progress) for cap, in_progress in seen if cap is not None]
+    assert capped, "the cap follows the first answers"
+    assert all(in_progress <= cap <= 500 for cap, in_progress in capped)
+    totals = run.stats["totals"]
+    assert totals["saturated"]
+    assert totals["accepted"] == fake_matomo.stats()["recorded"] == totals["sent"] - totals["abandoned"]
+    # What was started was (nearly all) delivered: no backlog of thousands left unsent.
+    assert totals["visits_started"] - totals["visits_delivered"] <= max(cap for cap, _ in capped)
+
+
+def test_the_bulk_visit_cap_keeps_the_requests_busy_twice_over_within_bounds():
+    # 4 requests of 100 hits (25 visits of 4 hits) take 0.5 s; a visit lasts 0.5 s before
+    # its request: 2 x 4 x 25 = 200 visits, x (1 + 0.5 / 0.5) = 400.
+    assert bulk_visit_cap(4, 100, latency=0.5, span=0.5, hits_per_visit=4.0, ceiling=20_000) == 400
+    # Visits of minutes against a fast Matomo: the ceiling (they must be held anyway).
+    assert bulk_visit_cap(4, 100, latency=0.01, span=120.0, hits_per_visit=4.0, ceiling=20_000) == 20_000
+    # A slow Matomo and instant visits: never below two full rounds of requests.
+    assert bulk_visit_cap(4, 100, latency=30.0, span=0.0, hits_per_visit=4.0, ceiling=20_000) == 200
+    assert bulk_visit_cap(4, 100, latency=0.0, span=1.0, hits_per_visit=4.0, ceiling=500) == 500
+    assert bulk_visit_cap(4, 100, latency=1.0, span=0.0, hits_per_visit=4.0, ceiling=50) == 50  # the ceiling wins
 
 
 def test_saturation_figures_add_up_over_targets():
