@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from geventhttpclient.response import HTTPConnectionClosed, HTTPParseError
 
@@ -121,3 +123,39 @@ def test_a_server_trickling_its_answer_times_out_and_the_watchdog_rests_when_idl
     token = transport._watchdog.watch()
     assert isinstance(token, gevent.Timeout)
     transport._watchdog.unwatch(token)
+
+
+def test_the_watchdog_wakes_only_when_a_deadline_is_due():
+    """One timer, due at the earliest deadline in flight: requests that finish in time
+    never wake it, and a request that started later is timed out at its own deadline."""
+    import gevent
+    from gevent.server import StreamServer
+
+    from trafficinator.sending.clients import FORM, GeventTransport, TransportTimeout
+
+    delays = iter([0.02] * 8 + [5.0])
+
+    def answer(conn, _address):
+        while conn.recv(65536):
+            gevent.sleep(next(delays))
+            conn.sendall(b"HTTP/1.1 204 No Content\r\n\r\n")
+
+    server = StreamServer(("127.0.0.1", 0), answer)
+    server.start()
+    transport = GeventTransport(f"http://127.0.0.1:{server.server_port}/matomo.php", concurrency=1, timeout=0.5)
+    checks = []
+    check = transport._watchdog._check
+    transport._watchdog._check = lambda: (checks.append(time.monotonic()), check())  # type: ignore[method-assign]
+    try:
+        for _ in range(8):  # ~0.2 s of requests answered in time: the periodic check woke ~4 times
+            assert transport.post(b"idsite=1&rec=1", FORM)[0] == 204
+        assert checks == []
+        started = time.monotonic()
+        with pytest.raises(TransportTimeout):
+            transport.post(b"idsite=1&rec=1", FORM)
+        # Due at its own deadline, not at the first request's (0.3 s earlier).
+        assert 0.45 <= time.monotonic() - started < 2.0
+        assert 1 <= len(checks) <= 3  # the first request's deadline, maybe a re-arm, this one's
+    finally:
+        transport.close()
+        server.stop()
