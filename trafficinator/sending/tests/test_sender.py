@@ -881,6 +881,26 @@ def test_close_abandons_what_is_still_in_flight_after_the_grace(matomo, make_sen
     assert any("abandoned" in message for _, message in sender.telemetry.drain_events())
 
 
+def test_close_ends_the_request_workers_within_the_grace(matomo, make_sender):
+    """Requests run in long-lived workers: at close, the worker whose request is abandoned
+    and an idle one both end, so close takes the grace and not the time it allows for
+    killing (2 s), and nothing is left running."""
+    sender = make_sender(bulk=True, batch_size=2, concurrency=3, timeout=10)
+    sender.send_request([[make_hit(2, 0)]])  # answered: its worker waits for more work
+    assert sender.join(10)
+    matomo.hang_next(1, seconds=5)
+    sender.send_request([[make_hit(1, 0), make_hit(1, 1)]])  # its answer hangs
+    wait_until(lambda: matomo.stats()["requests"] == 2, what="both requests to arrive", sleep=gevent.sleep)
+    started = time.monotonic()
+    result = sender.close(0.2)
+
+    assert time.monotonic() - started < 1.5
+    assert result == {"abandoned": 2, "unsent": 0}
+    assert sender._pool._workers and all(worker.dead for worker in sender._pool._workers)
+    counts = assert_settled(sender.telemetry)
+    assert (counts["accepted"], counts["abandoned"], counts["network_errors"]) == (1, 2, 0)
+
+
 def test_a_stop_mid_request_counts_no_network_error_and_flags_nothing(matomo, make_sender):
     # Bulk requests in flight, answers late; more visits queued behind them. At stop the
     # grace is shorter than the answers: they are abandoned, the rest never goes out.
