@@ -50,11 +50,12 @@ from __future__ import annotations
 
 import json
 import math
+import operator
 import random
 import re
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from email.utils import parsedate_to_datetime
@@ -112,6 +113,9 @@ class Visit(NamedTuple):
     hits: Sequence[str]
     on_done: Callback | None
     visitor: str
+
+
+_visitor_field = operator.itemgetter(2)  # Visit.visitor, for map() at C speed
 
 
 @dataclass(frozen=True)
@@ -173,6 +177,12 @@ class Failure:
     sent: bool
 
 
+# Matomo's usual bulk answer, compact as PHP's json_encode writes it, with counts below
+# MAX_COUNT: read without the strict parser (~0.5 against ~4 us a request), the same figures.
+_COUNT = rb"(0|[1-9][0-9]{0,14})"
+_PLAIN_COUNTS = re.compile(rb'\{"status":"(success|error)","tracked":' + _COUNT + rb',"invalid":' + _COUNT + rb"\}")
+
+
 def _bulk_counts(data: bytes) -> tuple[bool, int, int] | None:
     """(status is "success", tracked, invalid) of a bulk answer, or None without counts.
 
@@ -181,6 +191,9 @@ def _bulk_counts(data: bytes) -> tuple[bool, int, int] | None:
     an object, a count that is not a whole number from 0) has no counts, as if unreadable."""
     if not data:
         return None
+    plain = _PLAIN_COUNTS.fullmatch(data)
+    if plain is not None:
+        return plain.group(1) == b"success", int(plain.group(2)), int(plain.group(3))
     try:
         answer = loads_answer(data)
     except StrictJSONError:
@@ -238,9 +251,21 @@ def cdt_epoch(query: str) -> float | None:
 
 
 def visitor_of(query: str) -> str:
-    """The visitor id (``cid``, else ``_id``) of an encoded hit, "" if it has none."""
+    """The visitor id (``cid``, else ``_id``) of an encoded hit, "" if it has none.
+
+    The sender looks up every visit's visitor: the usual hit (our encoder's: a valid
+    ``cid`` after "&", no ``_id`` before it) is read with str.find (~0.3 us); anything
+    else goes to the regex, which tries every position up to the id (~0.6 us)."""
+    at = query.find("cid=")
+    if at > 0 and query[at - 1] in "?&" and query.find("_id=", 0, at) < 0:
+        value = query[at + 4 : at + 20]
+        if len(value) == 16 and not value.strip(_HEX_DIGITS):
+            return value.lower()
     match = _VISITOR.search(query)
     return match.group(1).lower() if match else ""
+
+
+_HEX_DIGITS = "0123456789abcdefABCDEF"
 
 
 def _by_visitor(entries: Sequence[str]) -> list[list[str]]:
@@ -828,14 +853,17 @@ class TargetSender:
         held: list[Visit] = []
         ready: list[Visit] = []
         deps: list[gevent.event.Event] = []
-        for visit in batch:
-            event = in_flight.get(visit.visitor) if visit.visitor else None
-            if event is not None and not event.is_set():
-                held.append(visit)
-                if event not in deps:
-                    deps.append(event)
-            else:
-                ready.append(visit)
+        if in_flight.keys().isdisjoint(map(_visitor_field, batch)):
+            ready = batch  # the usual case, checked at C speed: no visitor of it in flight
+        else:
+            for visit in batch:
+                event = in_flight.get(visit.visitor) if visit.visitor else None
+                if event is not None and not event.is_set():
+                    held.append(visit)
+                    if event not in deps:
+                        deps.append(event)
+                else:
+                    ready.append(visit)
         request = _Parts(on_request) if on_request is not None else None
         leader = self._leader if self._leader is not None and not self._leader.is_set() else None
         first = ready[0] if ready else held[0]
@@ -867,9 +895,10 @@ class TargetSender:
         """Register the part's visitors as in flight and start it: at once in a request
         slot (blocking the caller while all are busy), or after ``waits`` are answered."""
         done = gevent.event.Event()
-        visitors = {visit.visitor for visit in visits if visit.visitor}
-        for visitor in visitors:
-            self._visitors_in_flight[visitor] = done
+        # Each visitor with an id, mapped to this part (built and merged at C speed).
+        visitors = dict.fromkeys(map(_visitor_field, visits), done)
+        visitors.pop("", None)
+        self._visitors_in_flight.update(visitors)
         if request is not None:
             request.parts += 1
         if waits:
@@ -882,7 +911,7 @@ class TargetSender:
         self,
         visits: list[Visit],
         done: gevent.event.Event,
-        visitors: set[str],
+        visitors: Collection[str],
         waits: list[gevent.event.Event],
         resend: bool,
         request: _Parts | None,
@@ -906,7 +935,7 @@ class TargetSender:
         self,
         visits: list[Visit],
         done: gevent.event.Event,
-        visitors: set[str],
+        visitors: Collection[str],
         outcome: VisitOutcome,
         tally: dict[str, int],
         request: _Parts | None,
@@ -937,7 +966,7 @@ class TargetSender:
         self,
         batch: list[Visit],
         done: gevent.event.Event,
-        visitors: set[str],
+        visitors: Collection[str],
         resend: bool,
         request: _Parts | None,
     ) -> None:

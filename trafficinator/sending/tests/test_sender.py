@@ -31,6 +31,7 @@ from trafficinator.sending.sender import (
     cdt_epoch,
     needs_token,
     parse_retry_after,
+    visitor_of,
 )
 from trafficinator.sending.telemetry import OUTCOMES, LatencyHistogram, RunTelemetry, TargetTelemetry
 from trafficinator.strictjson import MAX_ANSWER_BYTES
@@ -1176,3 +1177,53 @@ def _old_cdt_epoch(query):
 def test_cdt_epoch_reads_what_it_always_read(cdt):
     query = f"?idsite=1&rec=1&cdt={cdt}&x=1"
     assert cdt_epoch(query) == _old_cdt_epoch(query) or (cdt == "nan" and cdt_epoch(query) != cdt_epoch(query))
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "?idsite=1&rec=1&cid=0123456789ABCDEF&_id=fedcba9876543210",
+        "idsite=1&_id=fedcba9876543210&cid=0123456789abcdef",  # _id first: it counts
+        "cid=0123456789abcdef&x=1",  # at the very start, no "?"
+        "?xcid=0123456789abcdef&cid=1111111111111111",  # not a parameter of its own
+        "?cid=0123456789abcdeg&_id=2222222222222222",  # not 16 hex digits: the next one
+        "?cid=0123456789abcdef0&x=1",  # 17 digits: the first 16, as the regex reads
+        "?cid=0123456789abc&x=1",
+        "?idsite=1&rec=1",
+        "?a=cid%3D0123456789abcdef",
+        "",
+    ],
+)
+def test_visitor_of_reads_what_the_regex_read(query):
+    match = re.search(r"(?:^|[?&])(?:cid|_id)=([0-9A-Fa-f]{16})", query)
+    assert visitor_of(query) == (match.group(1).lower() if match else "")
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b'{"status":"success","tracked":100,"invalid":0}',
+        b'{"status":"error","tracked":3,"invalid":2}',
+        b'{"status":"success","tracked":999999999999999,"invalid":0}',
+        b'{"status":"success","tracked":1000000000000000,"invalid":0}',  # not a count
+        b'{"status":"success","tracked":01,"invalid":0}',  # not JSON
+        b'{"status":"success","tracked":-1,"invalid":0}',
+        b'{"status":"other","tracked":1,"invalid":0}',
+        b'{"status":"success","tracked":1,"invalid":0,"invalid_indices":[]}',
+        b'\xef\xbb\xbf{"status":"success","tracked":1,"invalid":0}',
+        b'{"status": "success", "tracked": 1, "invalid": 0}\n',
+    ],
+)
+def test_bulk_counts_of_a_plain_answer_are_what_the_parser_reads(answer):
+    from trafficinator.strictjson import StrictJSONError, count_or_none, loads_answer
+
+    try:
+        parsed = loads_answer(answer)
+    except StrictJSONError:
+        parsed = None
+    counts = None
+    if isinstance(parsed, dict):
+        tracked, invalid = count_or_none(parsed.get("tracked")), count_or_none(parsed.get("invalid", 0))
+        if tracked is not None and invalid is not None:
+            counts = (parsed.get("status") == "success", tracked, invalid)
+    assert _bulk_counts(answer) == counts
