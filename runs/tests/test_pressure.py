@@ -295,6 +295,20 @@ def test_overload_keeps_visits_in_progress_bounded_and_reports_the_shortfall(fak
     assert "could not keep up" in run.end_reason
 
 
+def caps_at_each_start(monkeypatch) -> list[tuple[int | None, int]]:
+    """(the target's visit cap, its visits in progress) just after each visit started."""
+    seen: list[tuple[int | None, int]] = []
+    original = TargetRuntime.start_visit
+
+    def counting_start(self, visit, now, now_mono):
+        passed = original(self, visit, now, now_mono)
+        seen.append((self.visit_cap, self.in_progress))
+        return passed
+
+    monkeypatch.setattr(TargetRuntime, "start_visit", counting_start)
+    return seen
+
+
 @pytest.mark.django_db(transaction=True)
 def test_single_hits_keep_only_the_visits_their_sender_can_serve_in_progress(
     fake_matomo, overload, settings, monkeypatch
@@ -306,15 +320,7 @@ def test_single_hits_keep_only_the_visits_their_sender_can_serve_in_progress(
     # the schedule alone admits a visit every few milliseconds until the hits wait.
     overload.pause_min, overload.pause_max = 0.5, 1.0
     overload.save()
-    seen = []
-    original = TargetRuntime.start_visit
-
-    def counting_start(self, visit, now, now_mono):
-        passed = original(self, visit, now, now_mono)
-        seen.append((self.visit_cap, self.in_progress))
-        return passed
-
-    monkeypatch.setattr(TargetRuntime, "start_visit", counting_start)
+    seen = caps_at_each_start(monkeypatch)
     run = Run.objects.create_run(preset=overload, targets=[make_local_target(fake_matomo)], duration_seconds=6)
     run.claim(pid=0, host="test")
     run = execute_loader(run)
@@ -343,15 +349,7 @@ def test_bulk_visits_in_progress_follow_what_their_sender_can_serve(fake_matomo,
     # started every visit behind schedule at once whenever its due backlog cleared (bursts
     # of thousands, sent seconds late, many never sent by the end of a timed run).
     settings.LOADER_MAX_VISITS_IN_PROGRESS = 20_000
-    seen = []
-    original = TargetRuntime.start_visit
-
-    def counting_start(self, visit, now, now_mono):
-        passed = original(self, visit, now, now_mono)
-        seen.append((self.visit_cap, self.in_progress))
-        return passed
-
-    monkeypatch.setattr(TargetRuntime, "start_visit", counting_start)
+    seen = caps_at_each_start(monkeypatch)
     run = Run.objects.create_run(
         preset=overload,
         targets=[make_local_target(fake_matomo)],
