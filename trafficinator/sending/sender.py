@@ -362,16 +362,17 @@ class _Workers:
     ``spawn`` blocks the caller while ``size`` jobs are running or handed over, like
     ``Pool.spawn``. A job must settle its own errors; one killed (``kill``) ends its
     worker once it returns, so a job that catches GreenletExit to count its request
-    abandoned does not leave the worker waiting for more."""
+    abandoned does not leave the worker waiting for more. ``close`` ends the idle
+    workers (a sender closed in time must not leave greenlets waiting for work)."""
 
     def __init__(self, size: int) -> None:
         self.size = size
         self._slots = gevent.lock.Semaphore(size)
-        self._jobs: gevent.queue.SimpleQueue = gevent.queue.SimpleQueue()
+        self._jobs: gevent.queue.SimpleQueue = gevent.queue.SimpleQueue()  # (function, args), None: end
         self._workers: list[gevent.Greenlet] = []
         self._idle = gevent.event.Event()  # set while no job runs or waits
         self._idle.set()
-        self._killed = False
+        self._closed = False
 
     def __len__(self) -> int:
         return self.size - self._slots.counter
@@ -393,19 +394,28 @@ class _Workers:
         return self._idle.wait(timeout=timeout)
 
     def kill(self, *, block: bool = True, timeout: float | None = None) -> None:
-        self._killed = True
+        self._closed = True
         gevent.killall(self._workers, block=block, timeout=timeout)
+
+    def close(self) -> None:
+        """No more jobs: every worker ends once it is idle."""
+        self._closed = True
+        for _ in self._workers:
+            self._jobs.put(None)
 
     def _work(self) -> None:
         jobs = self._jobs
         slots = self._slots
-        while not self._killed:
-            function, args = jobs.get()
+        while not self._closed:
+            job = jobs.get()
+            if job is None:  # close()
+                return
             try:
-                function(*args)
+                job[0](*job[1])
             except Exception:  # a bug of ours: report it like a dying greenlet, keep working
                 gevent.get_hub().handle_error(getcurrent(), *sys.exc_info())
             finally:
+                job = None  # an idle worker holds no finished request
                 slots.release()
                 if slots.counter == self.size:
                     self._idle.set()
@@ -691,6 +701,7 @@ class TargetSender:
             self._abandon.set()
             self._pool.kill(block=True, timeout=2.0)
         self._abandon.set()
+        self._pool.close()
         self._transport.close()
         if self._api is not None:
             self._api.close()

@@ -859,6 +859,10 @@ def test_close_waits_for_in_flight_requests_within_the_grace(matomo, make_sender
     counts = assert_settled(sender.telemetry)
     assert counts["accepted"] == 7
     assert sorted(outcomes) == ["accepted"] * 4
+    # Its request workers end too: none is left waiting for work (or holding a request).
+    workers = sender._pool._workers
+    wait_until(lambda: all(worker.dead for worker in workers), what="the workers to end", sleep=gevent.sleep)
+    assert workers
     with pytest.raises(SenderClosed):
         sender.send_hit(make_hit(10, 0))
 
