@@ -265,7 +265,7 @@ class Generator:
             query = f"{query}&{encode_pair('cip', traits.ip)}"
 
         if member is not None:
-            members.visited(member, hits[-1].due)
+            members.visited(member, start, hits[-1].due)
         return Visit(
             index,
             cid,

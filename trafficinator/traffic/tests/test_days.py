@@ -163,3 +163,35 @@ def test_a_stream_after_fewer_known_days_brings_back_only_members_who_visited():
     rng = Random(2)
     picked = {members.free_member(rng, 0.0) for _ in range(2000)}
     assert picked <= seen and set(today) & picked
+
+
+def test_members_forget_who_cannot_be_busy_any_more_and_nothing_else():
+    """Only a member whose last visit ended under 30 minutes before a start is busy. Those
+    whose visit ended earlier are forgotten as stream time goes on, so what a stream holds
+    stays about 38 minutes of visits however fast it runs; a busy member is never
+    forgotten, and a forgotten one is free, as it was before."""
+    from random import Random
+
+    from trafficinator.traffic.visitors import PRUNE_INTERVAL_SECONDS, VISIT_GAP_SECONDS, Members
+
+    profile = Profile(visits_per_day=1_000_000, returning_visitor_share=0.3)
+    members = Members(Population("prune", date(2025, 3, 3)), profile)
+    members.start_day(0)
+    ends: dict[int, float] = {}
+    # Two hours of stream time, a visit of 60 s every second, each by a new member.
+    for second in range(7200):
+        member = members.join()
+        assert member is not None
+        members.visited(member, float(second), second + 60.0)
+        ends[member] = second + 60.0
+        held = members.last_end
+        assert min(held.values()) >= second - VISIT_GAP_SECONDS - 1.0 - PRUNE_INTERVAL_SECONDS
+        if second % 600 == 0:  # every member still busy at this start is remembered
+            assert all(held.get(m) == end for m, end in ends.items() if end + VISIT_GAP_SECONDS >= second)
+    assert len(members.last_end) <= VISIT_GAP_SECONDS + PRUNE_INTERVAL_SECONDS + 62
+    # A forgotten member is free at the next start, a remembered one only once its 30
+    # minutes have passed.
+    rng = Random(3)
+    picked = [members.free_member(rng, 7200.0) for _ in range(500)]
+    assert any(m is not None for m in picked)
+    assert all(ends[m] + VISIT_GAP_SECONDS < 7200.0 for m in picked if m is not None)
