@@ -265,7 +265,7 @@ class Generator:
             query = f"{query}&{encode_pair('cip', traits.ip)}"
 
         if member is not None:
-            members.visited(member, start, hits[-1].due)
+            members.visited(member, start, hits[-1].due, joined=not returning)
         return Visit(
             index,
             cid,

@@ -4,14 +4,15 @@ A member is an index into a population (see ``Population``). Everything about th
 (visitor id, persona, device, browser, language, IP, login) derives from
 ``(seed, index)``, so the same visitor comes back with the same id and device on any
 day, in any process, without storing anything. A stream remembers only the last visit
-end of members seen in the last hour, so two visits of one visitor never overlap or come
-within 30 minutes of each other (Matomo would merge them).
+end of members seen in the last half hour or so, so two visits of one visitor never
+overlap or come within 30 minutes of each other (Matomo would merge them).
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+from array import array
 from bisect import bisect_right
 from dataclasses import dataclass
 from datetime import date
@@ -142,7 +143,13 @@ class Members:
         # the sub-stream it joined in (one loader sends all of its visits, in order).
         self.part = part
         self.parts = parts
+        # When each member's last visit ended, for those that may still be busy (see
+        # visited): a returning visit's end by member, and the first visit's end of each
+        # of today's joiners by join order (8 bytes each, where a dict entry takes ~110:
+        # at 50 M visits/day nearly every visit of a new stream's first half hour joins).
         self.last_end: dict[int, float] = {}
+        self._joined_ends = array("d")
+        self._joined_from = 0  # today's join index of _joined_ends[0] (older ones forgotten)
         self.day: int | None = None
         self.joined_today = 0
         # This part's members known from the days before today, and those below today's
@@ -158,6 +165,13 @@ class Members:
 
     def start_day(self, day_number: int) -> None:
         if day_number != self.day:
+            # Yesterday's joiners are no longer today's: those still remembered go to the
+            # map (a later return's end, already there, wins). The next prune trims them.
+            last_end, first = self.last_end, self._below_today + self._joined_from
+            for index, end in enumerate(self._joined_ends):
+                last_end.setdefault(self.part + self.parts * (first + index), end)
+            self._joined_ends = array("d")
+            self._joined_from = 0
             self.day = day_number
             self.joined_today = 0
             known_days = self.population.known_days
@@ -189,23 +203,55 @@ class Members:
         if known == 0:
             return None
         core = max(1, int(known * CORE_SHARE))
-        last_end = self.last_end
+        last_end, joined_ends = self.last_end, self._joined_ends
         random = rng.random
-        # known_member() inlined: a new stream's first half hour tries all attempts in vain.
+        # known_member() and last_visit_end() inlined: a new stream's first half hour tries
+        # all attempts in vain.
         known_before, part, parts = self._known_before, self.part, self.parts
         today_shift = self._below_today - known_before
+        joined_from = known_before + self._joined_from
         for _ in range(MEMBER_ATTEMPTS):
             rank = int(random() * (core if random() < CORE_VISITS else known))
-            if rank >= known_before:  # joined today
-                rank += today_shift
-            member = part + parts * rank
-            if last_end.get(member, -math.inf) + VISIT_GAP_SECONDS < start:
+            if rank >= known_before:  # joined today: rank - known_before is its join index
+                member = part + parts * (rank + today_shift)
+                end = last_end.get(member)
+                if end is None:
+                    index = rank - joined_from
+                    end = joined_ends[index] if 0 <= index < len(joined_ends) else -math.inf
+            else:
+                member = part + parts * rank
+                end = last_end.get(member, -math.inf)
+            if end + VISIT_GAP_SECONDS < start:
                 return member
         return None
 
-    def visited(self, member: int, start: float, end: float) -> None:
-        """``member``'s visit from ``start`` (no earlier than the visit before it) to ``end``."""
-        self.last_end[member] = end
+    def last_visit_end(self, member: int) -> float | None:
+        """When ``member``'s last visit ended, if it may still be busy (None: free)."""
+        end = self.last_end.get(member)
+        if end is None:
+            index = self._join_index(member) - self._joined_from
+            if 0 <= index < len(self._joined_ends):
+                return self._joined_ends[index]
+        return end
+
+    def _join_index(self, member: int) -> int:
+        """Its position in today's intake (negative or past it: not one of today's)."""
+        return (member - self.part) // self.parts - self._below_today
+
+    def visited(self, member: int, start: float, end: float, *, joined: bool = False) -> None:
+        """``member``'s visit from ``start`` (no earlier than the visit before it) to
+        ``end``; ``joined``: its first, just after ``join()`` returned it."""
+        if joined:
+            index = self._join_index(member) - self._joined_from
+            ends = self._joined_ends
+            if index == len(ends):  # joiners visit in join order
+                ends.append(end)
+            elif 0 <= index < len(ends):
+                ends[index] = end
+            else:
+                self.last_end[member] = end
+        else:
+            self.last_end[member] = end
         if start >= self._prune_at:
             # A member whose last visit ended 30 minutes before this start is free for every
             # later visit (starts only grow), as if never seen: forget it. Pruned by stream
@@ -216,6 +262,14 @@ class Members:
             self._prune_at = start + PRUNE_INTERVAL_SECONDS
             horizon = start - VISIT_GAP_SECONDS - 1.0
             self.last_end = {m: t for m, t in self.last_end.items() if t >= horizon}
+            # Joiners come in start order, so their ends nearly do: forget the leading ones
+            # that ended before the horizon (a later one that did too is free all the same).
+            ends, done = self._joined_ends, 0
+            while done < len(ends) and ends[done] < horizon:
+                done += 1
+            if done:
+                del ends[:done]
+                self._joined_from += done
 
     def member_seed(self, member: int) -> int:
         """derive_seed(key, member): the same value, computed in the hot path."""

@@ -169,7 +169,8 @@ def test_members_forget_who_cannot_be_busy_any_more_and_nothing_else():
     """Only a member whose last visit ended under 30 minutes before a start is busy. Those
     whose visit ended earlier are forgotten as stream time goes on, so what a stream holds
     stays about 38 minutes of visits however fast it runs; a busy member is never
-    forgotten, and a forgotten one is free, as it was before."""
+    forgotten, and a forgotten one is free, as it was before. Today's joiners are kept by
+    join order; a return, and the next day, move them to the map."""
     from random import Random
 
     from trafficinator.traffic.visitors import PRUNE_INTERVAL_SECONDS, VISIT_GAP_SECONDS, Members
@@ -178,20 +179,31 @@ def test_members_forget_who_cannot_be_busy_any_more_and_nothing_else():
     members = Members(Population("prune", date(2025, 3, 3)), profile)
     members.start_day(0)
     ends: dict[int, float] = {}
-    # Two hours of stream time, a visit of 60 s every second, each by a new member.
+    rng = Random(3)
+    # Two hours of stream time, a visit of 60 s every second: a new member, and every
+    # tenth second also a returning one.
     for second in range(7200):
         member = members.join()
         assert member is not None
-        members.visited(member, float(second), second + 60.0)
+        members.visited(member, float(second), second + 60.0, joined=True)
         ends[member] = second + 60.0
-        held = members.last_end
-        assert min(held.values()) >= second - VISIT_GAP_SECONDS - 1.0 - PRUNE_INTERVAL_SECONDS
-        if second % 600 == 0:  # every member still busy at this start is remembered
-            assert all(held.get(m) == end for m, end in ends.items() if end + VISIT_GAP_SECONDS >= second)
-    assert len(members.last_end) <= VISIT_GAP_SECONDS + PRUNE_INTERVAL_SECONDS + 62
+        if second % 10 == 0:
+            back = members.free_member(rng, float(second))
+            if back is not None:
+                assert ends[back] + VISIT_GAP_SECONDS < second
+                members.visited(back, float(second), second + 60.0)
+                ends[back] = second + 60.0
+        if second % 600 == 0:  # every member still busy at this start is remembered, as it is
+            assert all(members.last_visit_end(m) == end for m, end in ends.items() if end + VISIT_GAP_SECONDS >= second)
+    remembered = [m for m in ends if members.last_visit_end(m) is not None]
+    assert len(remembered) <= 1.1 * (VISIT_GAP_SECONDS + PRUNE_INTERVAL_SECONDS + 62)
+    assert min(members.last_visit_end(m) for m in remembered) >= 7199 - VISIT_GAP_SECONDS - 1 - PRUNE_INTERVAL_SECONDS
     # A forgotten member is free at the next start, a remembered one only once its 30
     # minutes have passed.
-    rng = Random(3)
     picked = [members.free_member(rng, 7200.0) for _ in range(500)]
     assert any(m is not None for m in picked)
     assert all(ends[m] + VISIT_GAP_SECONDS < 7200.0 for m in picked if m is not None)
+    # The next day: yesterday's joiners still busy are remembered by id.
+    busy = [m for m, end in ends.items() if end + VISIT_GAP_SECONDS >= 7200.0]
+    members.start_day(1)
+    assert busy and all(members.last_visit_end(m) == ends[m] for m in busy)
