@@ -32,6 +32,7 @@ for bare and backfill, the loader process for live) and the ratio to bare.
 
 from __future__ import annotations
 
+import gc
 import os
 import resource
 import secrets
@@ -125,6 +126,7 @@ def bare_bulk(
             sent[0] += 1
             sent[1] += count
 
+    gc.collect()  # each row starts without the garbage of the one before
     cpu_start = cpu_seconds()
     started = time.perf_counter()
     gevent.joinall([gevent.spawn(worker, client) for client in clients], raise_error=True)
@@ -151,6 +153,7 @@ def sender_only(url: str, token: str, requests: list[list[str]], in_flight: int)
 
     sender = TargetSender(url + "matomo.php", token, concurrency=in_flight, timeout=60, bulk=True, name="bench")
     visits = [[[entry] for entry in entries] for entries in requests]  # visitor order needs no grouping here
+    gc.collect()  # each row starts without the garbage of the one before
     cpu_start = cpu_seconds()
     started = time.perf_counter()
     for request in visits:
@@ -255,6 +258,7 @@ def _backfill(
             for request in runner.iter_requests(runner.day_stream(plan, day, skip=0), planning.request_hits(batch_size))
         ]
         plan.start(enqueue=False)
+        gc.collect()  # each row starts without the garbage of the one before
         cpu_start = cpu_seconds()
         started = time.perf_counter()
         run_in_foreground(plan)
@@ -302,7 +306,7 @@ def _live(url: str, token: str, offered_hits_per_second: float, seconds: float) 
     ``offered_hits_per_second`` for ``seconds``; hits/s is what the fake recorded."""
     from presets.models import Preset
     from targets.models import Target
-    from trafficinator.testing import make_preset
+    from trafficinator.testing import make_preset, subprocess_env
 
     target: Target | None = None
     preset: Preset | None = None
@@ -344,6 +348,7 @@ def _live(url: str, token: str, offered_hits_per_second: float, seconds: float) 
                 "1",
             ],
             cwd=PROJECT_ROOT,
+            env=subprocess_env(),  # the database this process uses (a test database under pytest)
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

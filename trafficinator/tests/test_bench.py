@@ -60,3 +60,24 @@ def test_bench_runs_one_bulk_run_with_one_and_with_two_shards_and_prints_the_sca
 def test_bench_refuses_shard_counts_that_are_not_numbers():
     with pytest.raises(CommandError, match="--shard-counts"):
         call_command("bench", "--only", "shards", "--shard-counts", "1,two", stdout=io.StringIO())
+
+
+@pytest.mark.django_db(transaction=True)
+def test_bench_sends_into_a_matomo_sized_fake_next_to_the_bare_sender():
+    """A small day and a short live run: every path sends and prints its ratio to bare."""
+    out = io.StringIO()
+    call_command("bench", "--only", "matomo", "--matomo-visits", "300", "--live-seconds", "3", stdout=out)
+    lines = out.getvalue().splitlines()
+    assert [line.split(":")[0] for line in lines] == [
+        "matomo",
+        "matomo bare",
+        "matomo bare generating",
+        "matomo sender",
+        "matomo backfill",
+        "matomo live",
+        "matomo",
+    ]
+    for line in lines[2:6]:
+        assert "ratio to bare" in line and "CPU" in line
+    assert "bare generating's" in lines[4] and "bare generating's" in lines[5]
+    assert "visits_started=" in lines[5] and "errors=0" in lines[5]
