@@ -249,12 +249,17 @@ def test_a_backfill_day_of_a_killed_cluster_is_finished_by_another(broker, fake_
     preset = make_preset(name="Small", visits_per_day=120, pause_min=1.0, pause_max=20.0, daily_curve="default")
     shop = make_backfill_target(fake_matomo)
     plan = confirmed_plan([shop], preset, last_days=2, visits_per_day=400, batch_size=batch_size)
-    fake_matomo.set_latency(0.02)  # slow enough to kill it mid-day
+    # Slow enough to kill it mid-day: a day is ~14 requests, 4 in flight. At 20 ms a day
+    # took ~0.2 s, and a starved test noticed its 600th hit only after the first day was
+    # done and before the next was claimed (no day held at the kill).
+    fake_matomo.set_latency(0.2)
     doomed = broker.start_cluster("trafficinator")
     assert plan.start()
-    wait_until(
-        lambda: fake_matomo.stats()["recorded"] >= 600, timeout=90, what="the first cluster to send", interval=0.2
-    )
+
+    def sending_mid_day() -> bool:
+        return fake_matomo.stats()["recorded"] >= 300 and plan.days.filter(status=BackfillDay.Status.RUNNING).exists()
+
+    wait_until(sending_mid_day, timeout=90, what="the first cluster to send a day", interval=0.05)
     kill(doomed)
     fake_matomo.set_latency(0.0)
     assert fake_matomo.stats()["recorded"] < sum(expected_keys(plan).values())  # it died mid-plan
