@@ -28,7 +28,13 @@ bind = os.environ.get("SERVE_BIND", "0.0.0.0:8000")
 # WEB_CONCURRENCY is the name gunicorn and most platforms use for the process count.
 workers = _int("WEB_CONCURRENCY", 2)
 worker_class = "gthread"
-threads = _int("WEB_THREADS", 4)
+# gunicorn 27's gthread worker gives a new connection a thread from accept until its first
+# request is read (TLS handshake included), and a browser opens up to 6 connections to a
+# host, some only in case it needs them. With 4 threads, a worker that got a browser's
+# idle connections left a page's static files waiting until the 30 s timeout (seen in
+# the production test; with 1 thread, every time). 8 covers one browser's connections
+# per worker; a thread waiting for a first request costs no CPU.
+threads = _int("WEB_THREADS", 8)
 timeout = _int("WEB_TIMEOUT", 30)
 graceful_timeout = _int("WEB_GRACEFUL_TIMEOUT", 30)
 keepalive = 5
