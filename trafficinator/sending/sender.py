@@ -793,7 +793,7 @@ class TargetSender:
             else:
                 latency = time.perf_counter() - start
                 if status < 300:
-                    telemetry.record_outcome("accepted", 1, latency=latency)
+                    telemetry.record_accepted(latency)
                     if maybe_recorded:
                         telemetry.record_possibly_duplicated(maybe_recorded)
                     return "accepted"

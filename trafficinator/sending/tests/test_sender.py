@@ -1063,6 +1063,37 @@ def test_telemetry_rates_minute_samples_and_snapshots():
     assert telemetry.minute_sample() == {"hits": 0, "accepted": 0, "errors": 0, "p95_ms": None}
 
 
+def test_accepted_hits_held_for_folding_read_the_same_as_recorded_one_by_one():
+    """record_accepted holds a healthy window's accepted hits and folds them in later; every
+    reader sees what record_outcome hit by hit gives: counts, latency, rates, the minute,
+    health (degraded and recovered at the same hits) and events."""
+    now = [1000.0]
+    held, plain = (TargetTelemetry("t", health_window=40, clock=lambda: now[0]) for _ in range(2))
+    states = []
+    for step in range(700):
+        now[0] = 1000.0 + step // 10  # ten hits a second
+        latency = 0.001 * (1 + step % 37)
+        failing = 300 <= step < 340  # a burst of 500s: degraded, then recovered
+        for telemetry in (held, plain):
+            telemetry.start_hits(1)
+            if failing:
+                telemetry.record_outcome("server_errors", 1, latency=latency, status=500)
+            elif telemetry is held:
+                telemetry.record_accepted(latency)
+            else:
+                telemetry.record_outcome("accepted", 1, latency=latency)
+        if step % 23 == 0 or 290 <= step < 420:
+            states.append((held.degraded, plain.degraded))
+            assert held.counts() == plain.counts()
+        if step == 500:
+            assert held.minute_sample() == plain.minute_sample()
+    assert all(a == b for a, b in states) and (True, True) in states and states[-1] == (False, False)
+    assert held.snapshot() == plain.snapshot()
+    assert held.mean_latency() == plain.mean_latency()
+    assert held.minute_sample() == plain.minute_sample()
+    assert held.drain_events() == plain.drain_events()
+
+
 def test_events_are_bounded_and_only_the_first_error_of_each_kind_is_logged():
     telemetry = TargetTelemetry("t")
     for _ in range(1000):
