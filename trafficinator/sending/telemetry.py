@@ -465,6 +465,7 @@ class TargetTelemetry:
         self._health = HealthWindow(health_window)
         self._accepted: list[float] = []  # latencies of accepted hits not folded in yet
         self._accepted_second = 0  # the clock's second they were accepted in
+        self._waits: list[float] = []  # single hits' loader waits not folded in yet
         self._messages: dict[str, str] = {}  # failure key -> first message seen (scrubbed)
         self._events: deque[tuple[str, str]] = deque(maxlen=EVENT_QUEUE_SIZE)
         self.events_dropped = 0
@@ -600,13 +601,30 @@ class TargetTelemetry:
         if change:
             self._health_changed(change)
 
-    def record_wait(self, seconds: float, hits: int = 1) -> None:
-        """``hits`` were handed to the sender ``seconds`` after they were due (the loader's
-        own queueing, never part of the latency)."""
-        self.record_waits(((seconds, hits),))
+    def record_wait(self, seconds: float) -> None:
+        """One hit was handed to the sender ``seconds`` after it was due (the loader's own
+        queueing, never part of the latency). Held and folded in like ``record_accepted``
+        (this runs for every single hit): every ``ACCEPTED_FOLD_AT`` hits and before the
+        figures are read."""
+        with self._lock:
+            waits = self._waits
+            waits.append(seconds)
+            if len(waits) >= ACCEPTED_FOLD_AT:
+                self._fold_waits_locked()
+
+    def _fold_waits_locked(self) -> None:
+        waits = self._waits
+        histogram = self._wait
+        late = 0
+        for seconds in waits:
+            histogram.add(seconds if seconds > 0.0 else 0.0)
+            if seconds > LATE_AFTER_SECONDS:
+                late += 1
+        self._late_hits += late
+        waits.clear()
 
     def record_waits(self, waits: Iterable[tuple[float, int]]) -> None:
-        """``record_wait(seconds, hits)`` for each pair, under one lock (a bulk dispatcher
+        """``hits`` handed to the sender ``seconds`` late, for each pair, under one lock (a bulk dispatcher
         hands many visits over at each wake-up)."""
         histogram = self._wait
         late = 0
@@ -721,6 +739,7 @@ class TargetTelemetry:
 
     def _snapshot_locked(self) -> TargetStats:
         self._fold_locked()
+        self._fold_waits_locked()
         counts = self._counts
         hits_per_second, accepted_per_second = self._rate.rates(self._clock())
         done = sum(counts[kind] for kind in OUTCOMES)

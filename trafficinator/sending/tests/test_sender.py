@@ -1063,10 +1063,10 @@ def test_telemetry_rates_minute_samples_and_snapshots():
     assert telemetry.minute_sample() == {"hits": 0, "accepted": 0, "errors": 0, "p95_ms": None}
 
 
-def test_accepted_hits_held_for_folding_read_the_same_as_recorded_one_by_one():
+def test_accepted_hits_and_waits_held_for_folding_read_the_same_as_recorded_one_by_one():
     """record_accepted holds a healthy window's accepted hits and folds them in later; every
     reader sees what record_outcome hit by hit gives: counts, latency, rates, the minute,
-    health (degraded and recovered at the same hits) and events."""
+    health (degraded and recovered at the same hits) and events. record_wait likewise."""
     now = [1000.0]
     held, plain = (TargetTelemetry("t", health_window=40, clock=lambda: now[0]) for _ in range(2))
     states = []
@@ -1074,6 +1074,9 @@ def test_accepted_hits_held_for_folding_read_the_same_as_recorded_one_by_one():
         now[0] = 1000.0 + step // 10  # ten hits a second
         latency = 0.001 * (1 + step % 37)
         failing = 300 <= step < 340  # a burst of 500s: degraded, then recovered
+        wait = 0.003 * step - 0.1  # early, on time, and over a second late
+        held.record_wait(wait)
+        plain.record_waits(((wait, 1),))
         for telemetry in (held, plain):
             telemetry.start_hits(1)
             if failing:
@@ -1088,7 +1091,9 @@ def test_accepted_hits_held_for_folding_read_the_same_as_recorded_one_by_one():
         if step == 500:
             assert held.minute_sample() == plain.minute_sample()
     assert all(a == b for a, b in states) and (True, True) in states and states[-1] == (False, False)
-    assert held.snapshot() == plain.snapshot()
+    snapshot = held.snapshot()
+    assert snapshot == plain.snapshot()
+    assert snapshot["late_hits"] > 0 and snapshot["wait_ms"]["p50"] > 0
     assert held.mean_latency() == plain.mean_latency()
     assert held.minute_sample() == plain.minute_sample()
     assert held.drain_events() == plain.drain_events()
