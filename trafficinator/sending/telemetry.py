@@ -419,8 +419,9 @@ def failure_hint(key: str) -> str:
 
 _ONE_ACCEPTED = ("", 1)
 
-# Accepted single hits held by ``record_accepted`` before they are folded into the figures.
-ACCEPTED_FOLD_AT = 64
+# Single hits' accepted outcomes and loader waits held (``record_accepted``,
+# ``record_wait``) before they are folded into the figures.
+FOLD_EVERY = 64
 
 
 def _failure_key(kind: str, status: int) -> str:
@@ -517,7 +518,7 @@ class TargetTelemetry:
         """``record_outcome("accepted", 1, latency=latency)``: one single hit accepted.
 
         In a healthy window (no failure in it: an accepted hit cannot change its state)
-        only its latency is kept here; every ``ACCEPTED_FOLD_AT`` hits, at the clock's next
+        only its latency is kept here; every ``FOLD_EVERY`` hits, at the clock's next
         second, and before anything reads the figures or records another outcome, they
         are folded in at once. Per hit,
         the scattered updates of ``record_outcome`` (two histograms, the rate ring, the
@@ -536,7 +537,7 @@ class TargetTelemetry:
                 self._accepted_second = second
             pending = self._accepted
             pending.append(latency)
-            if len(pending) >= ACCEPTED_FOLD_AT:
+            if len(pending) >= FOLD_EVERY:
                 self._fold_locked()
 
     def _fold_locked(self) -> None:
@@ -604,12 +605,12 @@ class TargetTelemetry:
     def record_wait(self, seconds: float) -> None:
         """One hit was handed to the sender ``seconds`` after it was due (the loader's own
         queueing, never part of the latency). Held and folded in like ``record_accepted``
-        (this runs for every single hit): every ``ACCEPTED_FOLD_AT`` hits and before the
+        (this runs for every single hit): every ``FOLD_EVERY`` hits and before the
         figures are read."""
         with self._lock:
             waits = self._waits
             waits.append(seconds)
-            if len(waits) >= ACCEPTED_FOLD_AT:
+            if len(waits) >= FOLD_EVERY:
                 self._fold_waits_locked()
 
     def _fold_waits_locked(self) -> None:
