@@ -520,11 +520,10 @@ class TargetTelemetry:
         In a healthy window (no failure in it: an accepted hit cannot change its state)
         only its latency is kept here; every ``FOLD_EVERY`` hits, at the clock's next
         second, and before anything reads the figures or records another outcome, they
-        are folded in at once. Per hit,
-        the scattered updates of ``record_outcome`` (two histograms, the rate ring, the
-        minute, the health window) cost the single-hit sender ~10 % of its CPU (py-spy),
-        far more than their instructions: between two answers the process sleeps, and
-        they ran cold."""
+        are folded in at once. Per hit, the scattered updates of ``record_outcome`` (two
+        histograms, the rate ring, the minute, the health window) cost the single-hit
+        sender ~10 % of its CPU (py-spy), far more than their instructions: between two
+        answers the process sleeps, and they ran cold."""
         with self._lock:
             health = self._health
             if health.failed or health.degraded:  # recovery is judged hit by hit
