@@ -288,6 +288,9 @@ class RateWindow:
         return hits / span, accepted / span
 
 
+_ONE_ACCEPTED = ("", 1)  # a HealthWindow entry: one hit, accepted
+
+
 class HealthWindow:
     """Outcomes of the most recent ``size`` hits; degraded when most of them failed, or
     when a smaller but steady share was rejected with HTTP 4xx (Matomo refusing hits is a
@@ -416,8 +419,6 @@ def failure_hint(key: str) -> str:
         or ("the target fails internally: check its error log, or lower the rate" if kind == "server_errors" else "")
     )
 
-
-_ONE_ACCEPTED = ("", 1)
 
 # Single hits' accepted outcomes and loader waits held (``record_accepted``,
 # ``record_wait``) before they are folded into the figures.
@@ -614,26 +615,24 @@ class TargetTelemetry:
 
     def _fold_waits_locked(self) -> None:
         waits = self._waits
-        histogram = self._wait
-        late = 0
-        for seconds in waits:
-            histogram.add(seconds if seconds > 0.0 else 0.0)
-            if seconds > LATE_AFTER_SECONDS:
-                late += 1
-        self._late_hits += late
-        waits.clear()
+        if waits:
+            self._add_waits_locked(zip(waits, repeat(1)))
+            waits.clear()
 
     def record_waits(self, waits: Iterable[tuple[float, int]]) -> None:
-        """``hits`` handed to the sender ``seconds`` late, for each pair, under one lock (a bulk dispatcher
-        hands many visits over at each wake-up)."""
+        """``hits`` handed to the sender ``seconds`` late, for each pair, under one lock (a
+        bulk dispatcher hands many visits over at each wake-up)."""
+        with self._lock:
+            self._add_waits_locked(waits)
+
+    def _add_waits_locked(self, waits: Iterable[tuple[float, int]]) -> None:
         histogram = self._wait
         late = 0
-        with self._lock:
-            for seconds, hits in waits:
-                histogram.add(seconds if seconds > 0.0 else 0.0)
-                if seconds > LATE_AFTER_SECONDS:
-                    late += hits
-            self._late_hits += late
+        for seconds, hits in waits:
+            histogram.add(seconds if seconds > 0.0 else 0.0)
+            if seconds > LATE_AFTER_SECONDS:
+                late += hits
+        self._late_hits += late
 
     def set_schedule(self, *, lag_seconds: float, visits_behind: int, saturated: bool) -> None:
         """The scheduler's view: how far behind schedule it is, the visits it owes, and
@@ -649,7 +648,6 @@ class TargetTelemetry:
         """A request for ``hits`` hits failed with ``reason`` ("429", "503", "timeout",
         "network") and will be sent again after ``delay`` seconds."""
         with self._lock:
-            self._fold_locked()  # latencies in their order (a retry's is in the minute too)
             counts = self._counts
             counts["retries"] += 1
             self._retries_by_reason[reason] += 1
