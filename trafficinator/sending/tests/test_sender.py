@@ -1269,6 +1269,10 @@ def test_visitor_of_reads_what_the_regex_read(query):
         b'{"status":"success","tracked":-1,"invalid":0}',
         b'{"status":"other","tracked":1,"invalid":0}',
         b'{"status":"success","tracked":1,"invalid":0,"invalid_indices":[]}',
+        b'{"status":"error","tracked":4,"invalid":1,"invalid_indices":[]}',
+        b'{"status":"success","tracked":3,"invalid":2,"invalid_indices":[0,4]}',
+        b'{"status":"success","tracked":1,"invalid":0,"invalid_indices":[],"x":1}',
+        b'{"status":"success","tracked":1,"invalid":0,"invalid_indices":[]]}',  # not JSON
         b'\xef\xbb\xbf{"status":"success","tracked":1,"invalid":0}',
         b'{"status": "success", "tracked": 1, "invalid": 0}\n',
     ],
