@@ -113,11 +113,16 @@ STOP_GRACE = 1.0  # seconds in-flight requests get after a stop (all targets at 
 HAND_BACK_GRACE = 5.0  # ... when handing a shard back (no user waits; an abandoned hit is a lost one)
 REQUEST_TIMEOUT = 10.0
 ADMIT_MAX_LAG = 0.5  # start no new visit while a target's due hits wait longer than this
-ADMIT_PER_PASS = 100  # visits started per scheduler pass before letting I/O run
+ADMIT_PER_PASS = 100  # visits started per target and scheduler pass before letting I/O run
 # Visits starting within this many seconds are started in one scheduler pass (their hits
 # still leave at their own due times), and the scheduler wakes ADMIT_AHEAD / 2 before the
 # next start: ~20 passes a second instead of one per visit.
 ADMIT_AHEAD = 0.1
+# Bulk visits wait in the sender's buffer anyway (up to its max_batch_delay, 1 s) and
+# carry their hits' times (cdt): fewer passes, each generating more visits (up to
+# ADMIT_PER_PASS), cost less per hit. One target at 50 M visits/day: 21,700 to 27,100
+# hits per loader CPU-second (means of alternated pairs); at capacity no change.
+BULK_ADMIT_AHEAD = 0.5
 # A target's dispatcher sleeps at least this long for its next due hit or visit, so the
 # hits due within it leave in one wake-up (at most this late; the loader wait shows it).
 DISPATCH_QUANTUM = 0.01
@@ -400,10 +405,12 @@ class TargetRuntime:
     # settles each visit once, so the runtime and its visits stay bulk.
     bulk: bool = field(init=False)
     quantum: float = field(init=False)  # the dispatcher's shortest sleep (see DISPATCH_QUANTUM)
+    admit_ahead: float = field(init=False)  # see ADMIT_AHEAD
 
     def __post_init__(self) -> None:
         self.bulk = self.sender.bulk
         self.quantum = BULK_DISPATCH_QUANTUM if self.bulk else DISPATCH_QUANTUM
+        self.admit_ahead = BULK_ADMIT_AHEAD if self.bulk else ADMIT_AHEAD
 
     def push(self, due: float, visit: VisitInProgress) -> None:
         heap = self.heap
@@ -868,19 +875,19 @@ class LiveLoader:
                     continue  # (never started: the duration limit ends the run first)
                 if runtime.exhausted:
                     continue
-                due_in = visit.start - ADMIT_AHEAD / 2 - now
+                due_in = visit.start - runtime.admit_ahead / 2 - now
                 wait = min(wait, due_in if runtime.can_admit(now) else max(due_in, TICK))
         return max(0.0, wait)
 
     def _admit(self, now: float, now_mono: float) -> None:
-        """Start the visits due by ``now + ADMIT_AHEAD`` (not after the duration limit), at
-        most ADMIT_PER_PASS per target and pass, within the admission bounds; what cannot
-        start now stays due (behind schedule)."""
-        horizon = now + ADMIT_AHEAD
-        if self._admit_until is not None:
-            horizon = min(horizon, self._admit_until)
+        """Start each target's visits due by ``now + admit_ahead`` (not after the duration
+        limit), at most ADMIT_PER_PASS per target and pass, within the admission bounds;
+        what cannot start now stays due (behind schedule)."""
         daily_cap = self.run.daily_cap
         for runtime in self.runtimes:
+            horizon = now + runtime.admit_ahead
+            if self._admit_until is not None:
+                horizon = min(horizon, self._admit_until)
             runtime.update_visit_cap()
             can_admit, advance, start_visit = runtime.can_admit, runtime.advance, runtime.start_visit
             admitted = 0
