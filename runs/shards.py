@@ -27,7 +27,8 @@ logger = logging.getLogger(__name__)
 AUTO = "auto"
 # The start form's estimate generates this many visits with the traffic model. Hits per
 # visit vary a lot (a bounce is one hit, a buyer's visit twenty): 3,000 visits put the
-# sample's mean within ~2 % of the long-run mean for every built-in preset.
+# sample's mean within ~3 % of a 60,000-visit mean for every built-in preset (measured
+# with five seeds each), in ~0.1-0.3 s, once per preset and process.
 HITS_SAMPLE_VISITS = 3000
 # A fixed Monday noon, so the sample is the same on every call (and cacheable).
 HITS_SAMPLE_START = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-from _random import Random as _CRandom
 from collections.abc import Sequence
 from datetime import date
 from random import Random
@@ -24,7 +23,7 @@ from .hits import HitFactory
 from .ordinary import OrdinaryVisits
 from .personas import behaviours
 from .profile import CHANNELS, Profile
-from .sampling import Weighted
+from .sampling import DigestDraws, Weighted
 from .site_model import compile_site
 from .visit import Hit, Visit
 from .visitors import Members, Population, Traits, TraitSampler
@@ -37,9 +36,6 @@ _HOUR_MINUTE_QUERY = [f"&h={hour}&m={minute}&s=" for hour, minute in _HOUR_MINUT
 # Returning members whose traits and visitor id are kept for their next visit (a loyal
 # core member comes back often); about 1.5 MB at most. Evicted first in, first out.
 MEMBER_CACHE_SIZE = 4096
-# Random.seed(int) without Python's wrapper: the same state as Random(int), a third of the
-# cost (a member's first visit re-seeds once; that was most of what members cost).
-_seed_int = _CRandom.seed
 _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 
 
@@ -136,7 +132,6 @@ class Generator:
         self.parts = parts
         population = self.population
         self.members = Members(population, self.profile, part, parts) if population is not None else None
-        self._member_rng = Random()
         self._day_key: int | None = None  # the local day (days since 1970) of the last visit
         self._member_cache: dict[int, tuple[Traits, str]] = {}
         # The parts share the population, so they share the cache's budget.
@@ -294,13 +289,11 @@ class Generator:
         if found is not None:
             return found
         assert self.members is not None
-        visitor_seed = self.members.member_seed(member)
-        rng = self._member_rng
-        _seed_int(rng, visitor_seed)  # the same draws as Random(visitor_seed)
-        traits = self.traits.draw(rng, pooled=True)
+        draws = DigestDraws(self.members.member_digest(member))
+        traits = self.traits.draw(draws, pooled=True)
         # A logged-in member's id is Matomo's id for its user id from the first visit on,
         # so the visit that later sends `uid` is found by id, never by fingerprint.
-        cid = _uid_visitor_id(traits.uid) if traits.uid else f"{visitor_seed:016x}"
+        cid = _uid_visitor_id(traits.uid) if traits.uid else f"{draws.seed:016x}"
         found = (traits, cid)
         if returning:
             if len(cache) >= self._member_cache_size:

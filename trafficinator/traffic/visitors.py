@@ -19,7 +19,7 @@ from datetime import date
 from random import Random
 
 from .profile import DEVICES, PERSONAS, Profile
-from .sampling import Weighted, derive_seed
+from .sampling import DIGEST_SIZE, Draws, Weighted, derive_seed
 from .site_model import SiteModel
 
 VISIT_GAP_SECONDS = 1800.0  # Matomo's visit_standard_length
@@ -45,7 +45,8 @@ class Traits:
 
 
 class TraitSampler:
-    """Draws visitor traits from any Random, in a fixed order (determinism)."""
+    """Draws visitor traits from a Random (a new visitor) or a member's DigestDraws, in a
+    fixed order (determinism)."""
 
     def __init__(self, profile: Profile, site: SiteModel, use_ip: bool):
         self.personas = Weighted(PERSONAS, [profile.persona_mix.get(p, 0.0) for p in PERSONAS])
@@ -58,7 +59,7 @@ class TraitSampler:
         self.use_ip = use_ip and bool(site.countries)
         self.logged_in_share = profile.logged_in_share
 
-    def draw(self, rng: Random, pooled: bool) -> Traits:
+    def draw(self, rng: Draws, pooled: bool) -> Traits:
         site = self.site
         random = rng.random
         # Weighted.pick written out (see Weighted.table): a visit draws its traits once.
@@ -134,9 +135,9 @@ class Members:
             raise ValueError(f"part {part} is not one of 0..{parts - 1}")
         self.population = population
         self.key = derive_seed("visitors", population.seed)
-        # derive_seed(key, member) without hashing the key's text each time (same value):
+        # A member's digest (see member_digest) without hashing the key's text each time:
         # a copy of a hash that has already seen it.
-        self._seed_hash = hashlib.blake2b(f"{self.key}\x1f".encode(), digest_size=8)
+        self._member_hash = hashlib.blake2b(f"{self.key}\x1f".encode(), digest_size=DIGEST_SIZE)
         self.joins = population.joins_per_day(profile)
         # A stream split into sub-streams (stream.live_visits) gives each its own members:
         # those whose index is ``part`` modulo ``parts``, so a visitor only ever returns in
@@ -271,8 +272,10 @@ class Members:
                 del ends[:done]
                 self._joined_from += done
 
-    def member_seed(self, member: int) -> int:
-        """derive_seed(key, member): the same value, computed in the hot path."""
-        hasher = self._seed_hash.copy()
+    def member_digest(self, member: int) -> bytes:
+        """A member's own hash (of the population's key and its number), the same in
+        every stream and shard: its visitor id and the draws of its traits
+        (sampling.DigestDraws)."""
+        hasher = self._member_hash.copy()
         hasher.update(str(member).encode())
-        return int.from_bytes(hasher.digest(), "big")
+        return hasher.digest()

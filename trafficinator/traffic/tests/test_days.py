@@ -207,3 +207,61 @@ def test_members_forget_who_cannot_be_busy_any_more_and_nothing_else():
     busy = [m for m, end in ends.items() if end + VISIT_GAP_SECONDS >= 7200.0]
     members.start_day(1)
     assert busy and all(members.last_visit_end(m) == ends[m] for m in busy)
+
+
+def test_a_members_traits_take_no_more_draws_than_its_digest_holds():
+    """A member's traits are read off its digest (sampling.DigestDraws), which holds
+    DIGEST_UNIFORMS uniforms and 64 bits: the sampler with every trait on (countries and
+    IPs, logins) stays within them, for any member."""
+    from trafficinator.traffic.catalog import Catalog
+    from trafficinator.traffic.sampling import DIGEST_UNIFORMS, DigestDraws
+    from trafficinator.traffic.site_model import compile_site
+    from trafficinator.traffic.visitors import Members, TraitSampler
+
+    class Counting:
+        def __init__(self, draws: DigestDraws) -> None:
+            self.draws, self.uniforms, self.bits = draws, 0, 0
+
+        def random(self) -> float:
+            self.uniforms += 1
+            return self.draws.random()
+
+        def getrandbits(self, k: int) -> int:
+            self.bits += k
+            return self.draws.getrandbits(k)
+
+    profile = Profile(visits_per_day=1000, logged_in_share=1.0, randomize_countries=True)
+    sampler = TraitSampler(profile, compile_site(Catalog.load_default(), None), use_ip=True)
+    members = Members(Population("digest", date(2025, 3, 3)), profile)
+    uniforms = []
+    for member in range(2000):
+        counting = Counting(DigestDraws(members.member_digest(member)))
+        traits = sampler.draw(counting, pooled=True)
+        assert traits.ip and traits.uid  # every draw the sampler can make was made
+        assert counting.uniforms <= DIGEST_UNIFORMS and counting.bits <= 64
+        uniforms.append(counting.uniforms)
+    assert max(uniforms) == min(uniforms)  # a fixed number: the sampler has no loop
+
+
+def test_digest_draws_are_uniform_and_the_same_for_the_same_digest():
+    import hashlib
+
+    from trafficinator.traffic.sampling import DIGEST_SIZE, DIGEST_UNIFORMS, DigestDraws
+
+    digests = [hashlib.blake2b(str(n).encode(), digest_size=DIGEST_SIZE).digest() for n in range(3000)]
+    values = [[draws.random() for _ in range(DIGEST_UNIFORMS)] for draws in map(DigestDraws, digests)]
+    flat = [u for row in values for u in row]
+    assert all(0.0 <= u < 1.0 for u in flat)
+    assert abs(sum(flat) / len(flat) - 0.5) < 0.01
+    assert sum(u < 0.1 for u in flat) / len(flat) == pytest.approx(0.1, abs=0.01)
+    again = DigestDraws(digests[7])
+    assert [again.random() for _ in range(DIGEST_UNIFORMS)] == values[7]
+    bits = DigestDraws(digests[7])
+    assert 0 <= bits.getrandbits(48) < 1 << 48 and 0 <= bits.getrandbits(16) < 1 << 16
+    with pytest.raises(ValueError):
+        bits.getrandbits(1)  # 64 bits used up
+    exhausted = DigestDraws(digests[7])
+    for _ in range(DIGEST_UNIFORMS):
+        exhausted.random()
+    with pytest.raises(StopIteration):
+        exhausted.random()
