@@ -30,6 +30,13 @@ JOIN_SHARE_OF_NEW = 0.4
 CORE_SHARE, CORE_VISITS = 0.1, 0.5  # 10 % of the members make half the returning visits
 # How often (in stream seconds) a stream forgets the members that can no longer be busy.
 PRUNE_INTERVAL_SECONDS = VISIT_GAP_SECONDS / 4
+# After MEMBER_ATTEMPTS found no free member, stream seconds before looking again. In a
+# stream's first half hour every member it knows is busy (they all joined in it), and
+# each returning visit, and then each visit catching up on the share, probed six members
+# in vain: 8 % of a busy new stream's generation. Members become free 30 minutes after a
+# visit, so a second's pause delays a return by at most a second; a stream slower than
+# a visit per second is never paused.
+SEARCH_PAUSE_SECONDS = 1.0
 
 
 @dataclass(slots=True)
@@ -159,6 +166,7 @@ class Members:
         self._known_before = 0
         self._below_today = 0
         self._prune_at = 0.0  # stream time of the next prune (see visited)
+        self._search_from = -math.inf  # stream time of the next search (see free_member)
 
     def _count_below(self, limit: int) -> int:
         """This part's members among members [0, limit)."""
@@ -200,8 +208,11 @@ class Members:
         return member
 
     def free_member(self, rng: Random, start: float) -> int | None:
+        """A known member free to visit at ``start`` (its last visit ended 30 minutes
+        before), found in MEMBER_ATTEMPTS draws, else None (and no search for the next
+        SEARCH_PAUSE_SECONDS of stream time, so no draws either)."""
         known = self._known_before + self.joined_today  # known(), inlined: runs for every returning visit
-        if known == 0:
+        if known == 0 or start < self._search_from:
             return None
         core = max(1, int(known * CORE_SHARE))
         last_end, joined_ends = self.last_end, self._joined_ends
@@ -224,6 +235,7 @@ class Members:
                 end = last_end.get(member, -math.inf)
             if end + VISIT_GAP_SECONDS < start:
                 return member
+        self._search_from = start + SEARCH_PAUSE_SECONDS
         return None
 
     def last_visit_end(self, member: int) -> float | None:

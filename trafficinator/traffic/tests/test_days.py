@@ -265,3 +265,28 @@ def test_digest_draws_are_uniform_and_the_same_for_the_same_digest():
         exhausted.random()
     with pytest.raises(StopIteration):
         exhausted.random()
+
+
+def test_after_a_search_finds_no_free_member_the_next_second_searches_none():
+    """In a stream's first half hour all its members are busy: a search that found none
+    is not tried again (no draws) for SEARCH_PAUSE_SECONDS of stream time, then is."""
+    from random import Random
+
+    from trafficinator.traffic.visitors import SEARCH_PAUSE_SECONDS, Members
+
+    profile = Profile(visits_per_day=1_000_000, returning_visitor_share=0.3)
+    members = Members(Population("pause", date(2025, 3, 3)), profile)
+    members.start_day(0)
+    for second in range(100):  # 100 joiners, each still busy for half an hour
+        member = members.join()
+        assert member is not None
+        members.visited(member, float(second), second + 10.0, joined=True)
+    rng = Random(4)
+    assert members.free_member(rng, 100.0) is None
+    state = rng.getstate()
+    assert members.free_member(rng, 100.0 + SEARCH_PAUSE_SECONDS / 2) is None
+    assert rng.getstate() == state  # no search, no draws
+    assert members.free_member(rng, 100.0 + SEARCH_PAUSE_SECONDS) is None
+    assert rng.getstate() != state  # searched again (in vain: all still busy)
+    # Half an hour after the first visits ended, members are free again and found.
+    assert members.free_member(rng, 10.0 + 1800.0 + 60.0) is not None
