@@ -94,10 +94,13 @@ from trafficinator.traffic import (
     Profile,
     SiteGoals,
     Visit,
+    encode_entries,
     encode_visit,
     expected_visits,
+    hit_queries,
     live_visits,
     resolve_timezone,
+    visit_head,
 )
 
 logger = logging.getLogger(__name__)
@@ -127,6 +130,9 @@ BULK_ADMIT_AHEAD = 0.5
 # of the minute and the visits' mean span, which move slowly, while a saturated loader
 # asks at every pass (~160 a second, each target) whether a slot is free.
 VISIT_CAP_REFRESH = 0.25
+# Bytes a held bulk hit costs besides its query's text (the str object, its due time as a
+# float, two list slots), counted towards LOADER_MEMORY_BUDGET_MB with the text.
+HELD_HIT_OVERHEAD = 96
 # A target's dispatcher sleeps at least this long for its next due hit or visit, so the
 # hits due within it leave in one wake-up (at most this late; the loader wait shows it).
 DISPATCH_QUANTUM = 0.01
@@ -298,7 +304,19 @@ class VisitInProgress:
     of the same visitor); a bulk visit's settling ends it. ``bulk`` is the visit's own
     mode, fixed when it is admitted: it says how its items are encoded and settled."""
 
-    __slots__ = ("bulk", "delivered", "index", "items", "position", "runtime", "shift", "size", "visitor")
+    __slots__ = (
+        "bulk",
+        "delivered",
+        "dues",
+        "head",
+        "index",
+        "items",
+        "position",
+        "runtime",
+        "shift",
+        "size",
+        "visitor",
+    )
 
     def __init__(
         self,
@@ -310,12 +328,19 @@ class VisitInProgress:
         *,
         bulk: bool,
         visitor: str | None = None,
+        head: str = "",
+        dues: list[float] | None = None,
     ) -> None:
         self.runtime = runtime
         self.bulk = bulk
         # Its visitor id (its hits' cid), so the bulk sender need not search a hit for it.
         self.visitor = visitor
-        self.items = items  # single: [(due, body)]; bulk: [entry] sent at once
+        # single: [(due, body)]; bulk: each hit's own query, sent at once as ``head`` +
+        # query + cdt from ``dues`` (TargetStream.entries): a bulk visit waits for its last
+        # hit (seconds to minutes) holding its constant params once, not once per hit.
+        self.items = items
+        self.head = head
+        self.dues = dues
         self.position = position  # its index in the target's stream (as the shard's stream state counts)
         self.index = 0
         self.shift = shift  # seconds the visit started late (its hits keep their spacing)
@@ -455,13 +480,16 @@ class TargetRuntime:
             passed = index + 1 - self.position
             self.position = index + 1
         if self.bulk:
-            entries = self.stream.encode(visit, with_cdt=True)
-            state = VisitInProgress(self, entries, shift, sum(map(len, entries)), index, bulk=True, visitor=visit.cid)
-            hits = visit.hits
-            last = hits[-1].due if hits else start
+            head, queries = visit_head(visit), hit_queries(visit)
+            dues = [hit.due for hit in visit.hits]
+            size = len(head) + sum(map(len, queries)) + HELD_HIT_OVERHEAD * len(queries)
+            state = VisitInProgress(
+                self, queries, shift, size, index, bulk=True, visitor=visit.cid, head=head, dues=dues
+            )
+            last = dues[-1] if dues else start
             due = last + shift
             self.span_seconds += last - start
-            self.span_hits += len(hits)
+            self.span_hits += len(dues)
             self.span_visits += 1
         else:
             timed = self.stream.encode_timed(visit)
@@ -487,6 +515,7 @@ class TargetRuntime:
         self.in_progress -= 1
         self.held_bytes -= visit.size
         visit.items = []
+        visit.head, visit.dues = "", None
         if finished:
             self.telemetry.finish_visits(delivered=1 if visit.delivered else 0)
         if self.on_slot_free is not None:
@@ -1010,7 +1039,7 @@ class LiveLoader:
         ``concurrency`` requests are in flight. It sleeps until the next visit is due (at
         least ``quantum``) or the sender's buffered batch is (``flush_due``), and sends
         only while the claim is confirmed, like ``_next_due``."""
-        sender, telemetry = runtime.sender, runtime.telemetry
+        sender, telemetry, entries_of = runtime.sender, runtime.telemetry, runtime.stream.entries
         heap, holding, wake, stop = runtime.heap, runtime.holding, runtime.wake, self.stop_event
         clock, mono, pop = time.time, time.monotonic, heapq.heappop
         while not stop.is_set():
@@ -1034,8 +1063,12 @@ class LiveLoader:
                 while heap and heap[0][0] <= now:
                     due, _, visit = pop(heap)
                     holding.add(visit)  # until the sender settles it (on_done)
+                    entries = entries_of(visit)
+                    sent_size = sum(map(len, entries))  # held too until the visit is settled
+                    visit.size += sent_size
+                    runtime.held_bytes += sent_size
                     try:  # (sent as single hits if the sender fell back for a secure-only token)
-                        sender.send_visit(visit.items, on_done=visit, visitor=visit.visitor)
+                        sender.send_visit(entries, on_done=visit, visitor=visit.visitor)
                     except SenderClosed:
                         return
                     except Exception as exc:  # a bug: never silent, never the end of the target
@@ -1296,9 +1329,11 @@ class TargetStream:
     def tzinfo(self):
         return resolve_timezone(self.timezone)
 
-    def encode(self, visit: Visit, *, with_cdt: bool) -> list[str]:
-        """Bulk entries ("?idsite=...") in time order, with cdt when asked."""
-        return encode_visit(visit, cdt=self.cdt_format if with_cdt else None, prefix="?")
+    def entries(self, visit: VisitInProgress) -> list[str]:
+        """A held bulk visit's entries ("?idsite=...&cdt=..."), in time order: what
+        encode_visit gives for it with the target's cdt format."""
+        assert visit.dues is not None, "a bulk visit, not settled yet"
+        return encode_entries(visit.head, visit.items, visit.dues, self.cdt_format)
 
     def encode_timed(self, visit: Visit) -> list[tuple[float, str]]:
         """(due time, single-hit POST body) pairs. No cdt: Matomo dates a live hit on

@@ -307,7 +307,41 @@ def test_a_bulk_visit_carries_the_visitor_its_hits_name(fast_preset):
             runtime.advance()
             runtime.start_visit(visit, time.time(), time.monotonic())
         states = [heapq.heappop(runtime.heap)[2] for _ in range(50)]
-        assert all(state.bulk and state.visitor == visitor_of(state.items[0]) != "" for state in states)
+        assert all(state.bulk for state in states)
+        assert all(state.visitor == visitor_of(runtime.stream.entries(state)[0]) != "" for state in states)
+    finally:
+        runtime.sender.close(grace_seconds=0)
+
+
+def test_a_held_bulk_visit_keeps_its_constant_params_once_and_counts_what_it_holds(fast_preset):
+    """A bulk visit waits for its last hit holding its head once (not in every entry), is
+    counted in the memory budget by what it holds, is sent as encode_visit's entries, and
+    counts for nothing once it is settled."""
+    import time
+
+    from runs.loader import LiveLoader
+    from trafficinator.traffic import encode_visit
+
+    run = Run.objects.create_run(preset=fast_preset, targets=[make_target()], bulk=True, seed=6)
+    run.claim(pid=0, host="test")
+    loader = LiveLoader(run)
+    loader.build()
+    (runtime,) = loader.runtimes
+    try:
+        visits = []
+        for _ in range(40):
+            visit = runtime.next_visit
+            visits.append(visit)
+            runtime.advance()
+            runtime.start_visit(visit, time.time(), time.monotonic())
+        states = sorted((entry[2] for entry in runtime.heap), key=lambda state: state.position)
+        encoded = [encode_visit(visit, cdt=runtime.stream.cdt_format) for visit in visits]
+        assert [runtime.stream.entries(state) for state in states] == encoded
+        held = sum(state.size for state in states)
+        assert runtime.held_bytes == held < sum(len(entry) for entries in encoded for entry in entries)
+        for state in states:
+            runtime.visit_over(state, finished=True)
+        assert runtime.held_bytes == 0 and runtime.in_progress == 0
     finally:
         runtime.sender.close(grace_seconds=0)
 

@@ -12,7 +12,7 @@ backfills, previews and tests all use the same code. Start here:
 from .catalog import Catalog, CatalogError, parse_url_list
 from .clock import local_day_bounds, resolve_timezone
 from .curves import DAILY_CURVES, WEEKLY_CURVES, expected_visits
-from .encoding import CdtFormat, encode_params, encode_visit
+from .encoding import CdtFormat, encode_entries, encode_params, encode_visit, hit_queries, visit_head
 from .funnels import (
     MAX_DELAY_SECONDS,
     STEP_KINDS,
@@ -50,10 +50,12 @@ __all__ = [
     "TrafficConfigError",
     "Visit",
     "day_visits",
+    "encode_entries",
     "encode_params",
     "encode_visit",
     "expected_visits",
     "hit_kind",
+    "hit_queries",
     "is_absolute_url",
     "live_visits",
     "local_day_bounds",
@@ -65,5 +67,6 @@ __all__ = [
     "validate_funnels",
     "validate_hit",
     "validate_visit",
+    "visit_head",
     "visits_for_day_count",
 ]

@@ -17,6 +17,7 @@ Backfill always sends it; live may.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Literal
 from urllib.parse import quote
 
@@ -118,25 +119,43 @@ def _minute_text(minute: int) -> str:
 _TWO_DIGITS = [f"{n:02d}" for n in range(60)]
 
 
+def visit_head(visit: Visit, prefix: str = "?") -> str:
+    """What each of the visit's query strings starts with: ``prefix``, its constant params
+    encoded, "&"."""
+    return prefix + (encode_params(visit.params) if visit.query is None else visit.query) + "&"
+
+
+def hit_queries(visit: Visit) -> list[str]:
+    """Each hit's own params encoded (what follows the visit's head), in time order."""
+    return [encode_params(hit.params) if hit.query is None else hit.query for hit in visit.hits]
+
+
 def encode_visit(visit: Visit, cdt: CdtFormat = None, prefix: str = "?") -> list[str]:
     """One query string per hit, in time order; ``prefix="?"`` for bulk requests,
     ``prefix=""`` for a single hit's POST body."""
     if cdt not in (None, "datetime", "unix"):
         raise ValueError("cdt must be None, 'datetime' or 'unix'")
-    head = prefix + (encode_params(visit.params) if visit.query is None else visit.query) + "&"
+    head = visit_head(visit, prefix)
     if cdt is None:
         return [head + (encode_params(hit.params) if hit.query is None else hit.query) for hit in visit.hits]
+    return encode_entries(head, hit_queries(visit), [hit.due for hit in visit.hits], cdt)
+
+
+def encode_entries(head: str, queries: Sequence[str], dues: Sequence[float], cdt: CdtFormat) -> list[str]:
+    """``head`` + each query + its hit's ``cdt`` (``dues``: the hits' times): the query
+    strings of encode_visit from the parts a live loader holds while a visit's hits come
+    due (visit_head, hit_queries; the head once per visit rather than once per hit)."""
+    if cdt is None:
+        return [head + query for query in queries]
     if cdt == "unix":
-        return [
-            f"{head}{encode_params(hit.params) if hit.query is None else hit.query}&cdt={int(hit.due)}"
-            for hit in visit.hits
-        ]
+        return [f"{head}{query}&cdt={int(due)}" for query, due in zip(queries, dues, strict=True)]
+    if cdt != "datetime":
+        raise ValueError("cdt must be None, 'datetime' or 'unix'")
     # "YYYY-MM-DD%20HH:MM:SS" from the per-minute cache: it runs for every hit a backfill sends.
     minutes, two_digits = _minutes, _TWO_DIGITS
     entries = []
-    for hit in visit.hits:
-        minute, second = divmod(int(hit.due), 60)
+    for query, due in zip(queries, dues, strict=True):
+        minute, second = divmod(int(due), 60)
         date_time = minutes.get(minute) or _minute_text(minute)
-        query = encode_params(hit.params) if hit.query is None else hit.query
         entries.append(f"{head}{query}&cdt={date_time}{two_digits[second]}")
     return entries

@@ -122,6 +122,22 @@ def test_encoding_puts_the_visit_constants_first_and_round_trips_every_hit(sampl
             assert cdt == hit.due_datetime.strftime("%Y-%m-%d %H:%M:%S")
 
 
+@pytest.mark.parametrize("cdt", [None, "unix", "datetime"])
+def test_a_visit_held_as_head_queries_and_dues_encodes_as_the_visit_does(sample, cdt):
+    """A live loader holds a bulk visit as its head, each hit's own query and the hits'
+    times (the head once), and builds its entries when it sends them: the same text."""
+    from trafficinator.traffic import encode_entries, hit_queries, visit_head
+
+    for visit in sample[:300]:
+        held = (visit_head(visit), hit_queries(visit), [hit.due for hit in visit.hits])
+        assert encode_entries(*held, cdt) == encode_visit(visit, cdt=cdt)
+        assert len(held[0]) + sum(map(len, held[1])) < sum(map(len, encode_visit(visit, cdt=cdt))) or (
+            len(visit.hits) == 1 and cdt is None
+        )
+    with pytest.raises(ValueError):
+        encode_entries("?", ["a=1"], [0.0], "iso")
+
+
 def test_single_hit_bodies_have_no_question_mark_and_unix_cdt():
     visit = make_day(count=5, seed=4)[0]
     bodies = encode_visit(visit, cdt="unix", prefix="")
