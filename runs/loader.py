@@ -22,7 +22,7 @@ Greenlets and threads:
 
 Admission control. A visit is started only while the target has fewer than its share of
 ``LOADER_MAX_VISITS_IN_PROGRESS`` visits in progress, holds less than its share of
-``LOADER_MEMORY_BUDGET_MB`` of encoded hits, with single hits fewer than keep its
+``LOADER_MEMORY_BUDGET_MB`` of held hits, with single hits fewer than keep its
 sender busy twice over (``single_visit_cap``: more would only queue hits that wait, hold
 memory and drain slowly at stop), and its due hits are not waiting more than
 ``ADMIT_MAX_LAG``. So memory is bounded whatever rate is asked. A loader that cannot keep
