@@ -30,6 +30,7 @@ _PERFORMANCE = {
 }
 _DEVICE_SLOWDOWN = {"desktop": 1.0, "mobile": 1.6, "tablet": 1.3}
 _QUANTILES = 256
+ORDER_TAG_MASK = (1 << 48) - 1
 # A hit as a visit builder makes it: (seconds after the visit start, params, the params
 # already encoded or None when the generator is to encode them).
 Entry = tuple[float, dict[str, str], str | None]
@@ -83,8 +84,12 @@ class HitFactory:
 
     def reset_orders(self, order_tag_seed: tuple[object, ...]) -> None:
         """Number orders from 1 again under a tag from ``order_tag_seed``: a tag from the
-        seed and stream keeps two streams with one prefix apart."""
-        self.order_tag = f"{derive_seed('orders', *order_tag_seed) & 0xFFFFFF:06x}"
+        seed and stream keeps two streams with one prefix apart. 48 bits: Matomo ignores
+        an order whose id its site already has, and the streams under one prefix are many
+        (a live run's 64 sub-streams per target, a backfill's days); with the 24 bits
+        this had, two of a year's 365 days shared a tag once in 250 plans, and then
+        their orders numbered alike were lost (with 48, one in four billion)."""
+        self.order_tag = f"{derive_seed('orders', *order_tag_seed) & ORDER_TAG_MASK:012x}"
         self.order_count = 0
 
     def pageview(self, rng: Random, url: str, title: str, device: str, pv: str) -> dict[str, str]:

@@ -255,3 +255,27 @@ def test_utm_style_campaigns_when_asked():
     campaign = [v for v in visits if v.channel == "campaign"]
     assert campaign and all("utm_campaign=" in v.hits[0].params["url"] for v in campaign)
     assert not any("mtm_" in v.hits[0].params["url"] for v in campaign)
+
+
+def test_order_tags_of_a_years_days_and_a_runs_sub_streams_never_repeat():
+    """Matomo ignores an order whose id its site has seen: the streams under one order id
+    prefix (a plan's days, a live run's 64 sub-streams of each target) need tags of their
+    own. 20,000 of them, where 24-bit tags would repeat about a dozen times."""
+    from datetime import date, timedelta
+
+    from trafficinator.traffic.catalog import Catalog
+    from trafficinator.traffic.hits import HitFactory
+    from trafficinator.traffic.site_model import compile_site
+
+    factory = HitFactory(compile_site(Catalog.load_default(), None), False, "bf1", ("seed", "day:2025-01-01"))
+    tags = set()
+    for number in range(10_000):
+        day = date(2000, 1, 1) + timedelta(days=number)
+        factory.reset_orders(("seed", f"day:{day.isoformat()}"))
+        tags.add(factory.order_tag)
+    for target in range(157):
+        for part in range(64):
+            factory.reset_orders((f"target-{target}", "live:key:1", "part", part))
+            tags.add(factory.order_tag)
+    assert len(tags) == 10_000 + 157 * 64
+    assert all(len(tag) == 12 for tag in tags)
