@@ -8,6 +8,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -286,54 +287,50 @@ def test_the_same_seed_gives_the_same_stream_in_another_run(fast_preset):
     assert visitors(first) == visitors(second) != visitors(other)
 
 
-@pytest.mark.django_db
-def test_a_bulk_visit_carries_the_visitor_its_hits_name(fast_preset):
-    """The dispatcher hands the sender each visit's visitor (it orders a visitor's visits
-    by it): the one the sender would read from the hits."""
-    import heapq
-    import time
-
+@contextmanager
+def admitted_bulk_visits(preset, *, seed: int, count: int):
+    """The runtime of a bulk run's one target, built but not running, that admitted its
+    first ``count`` visits (in the heap, nothing sent), and those visits."""
     from runs.loader import LiveLoader
-    from trafficinator.sending.sender import visitor_of
 
-    run = Run.objects.create_run(preset=fast_preset, targets=[make_target()], bulk=True, seed=5)
-    run.claim(pid=0, host="test")
-    loader = LiveLoader(run)
-    loader.build()
-    (runtime,) = loader.runtimes
-    try:
-        for _ in range(50):
-            visit = runtime.next_visit
-            runtime.advance()
-            runtime.start_visit(visit, time.time(), time.monotonic())
-        states = [heapq.heappop(runtime.heap)[2] for _ in range(50)]
-        assert all(state.bulk for state in states)
-        assert all(state.visitor == visitor_of(runtime.stream.entries(state)[0]) != "" for state in states)
-    finally:
-        runtime.sender.close(grace_seconds=0)
-
-
-def test_a_held_bulk_visit_keeps_its_constant_params_once_and_counts_what_it_holds(fast_preset):
-    """A bulk visit waits for its last hit holding its head once (not in every entry), is
-    counted in the memory budget by what it holds, is sent as encode_visit's entries, and
-    counts for nothing once it is settled."""
-    import time
-
-    from runs.loader import LiveLoader
-    from trafficinator.traffic import encode_visit
-
-    run = Run.objects.create_run(preset=fast_preset, targets=[make_target()], bulk=True, seed=6)
+    run = Run.objects.create_run(preset=preset, targets=[make_target()], bulk=True, seed=seed)
     run.claim(pid=0, host="test")
     loader = LiveLoader(run)
     loader.build()
     (runtime,) = loader.runtimes
     try:
         visits = []
-        for _ in range(40):
+        for _ in range(count):
             visit = runtime.next_visit
+            assert visit is not None  # an endless live stream
             visits.append(visit)
             runtime.advance()
             runtime.start_visit(visit, time.time(), time.monotonic())
+        yield runtime, visits
+    finally:
+        runtime.sender.close(grace_seconds=0)
+
+
+@pytest.mark.django_db
+def test_a_bulk_visit_carries_the_visitor_its_hits_name(fast_preset):
+    """The dispatcher hands the sender each visit's visitor (it orders a visitor's visits
+    by it): the one the sender would read from the hits."""
+    from trafficinator.sending.sender import visitor_of
+
+    with admitted_bulk_visits(fast_preset, seed=5, count=50) as (runtime, _):
+        states = [entry[2] for entry in runtime.heap]
+        assert len(states) == 50 and all(state.bulk for state in states)
+        assert all(state.visitor == visitor_of(runtime.stream.entries(state)[0]) != "" for state in states)
+
+
+@pytest.mark.django_db
+def test_a_held_bulk_visit_keeps_its_constant_params_once_and_counts_what_it_holds(fast_preset):
+    """A bulk visit waits for its last hit holding its head once (not in every entry), is
+    counted in the memory budget by what it holds, is sent as encode_visit's entries, and
+    counts for nothing once it is settled."""
+    from trafficinator.traffic import encode_visit
+
+    with admitted_bulk_visits(fast_preset, seed=6, count=40) as (runtime, visits):
         states = sorted((entry[2] for entry in runtime.heap), key=lambda state: state.position)
         encoded = [encode_visit(visit, cdt=runtime.stream.cdt_format) for visit in visits]
         assert [runtime.stream.entries(state) for state in states] == encoded
@@ -342,8 +339,6 @@ def test_a_held_bulk_visit_keeps_its_constant_params_once_and_counts_what_it_hol
         for state in states:
             runtime.visit_over(state, finished=True)
         assert runtime.held_bytes == 0 and runtime.in_progress == 0
-    finally:
-        runtime.sender.close(grace_seconds=0)
 
 
 @pytest.mark.django_db(transaction=True)
