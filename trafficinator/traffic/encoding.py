@@ -132,11 +132,10 @@ def hit_queries(visit: Visit) -> list[str]:
 
 def encode_visit(visit: Visit, cdt: CdtFormat = None, prefix: str = "?") -> list[str]:
     """One query string per hit, in time order; ``prefix="?"`` for bulk requests,
-    ``prefix=""`` for a single hit's POST body."""
-    if cdt not in (None, "datetime", "unix"):
-        raise ValueError("cdt must be None, 'datetime' or 'unix'")
+    ``prefix=""`` for a single hit's POST body. An unknown ``cdt`` raises ValueError
+    (encode_entries checks it)."""
     head = visit_head(visit, prefix)
-    if cdt is None:
+    if cdt is None:  # written out: no list of queries first (every single-hit visit)
         return [head + (encode_params(hit.params) if hit.query is None else hit.query) for hit in visit.hits]
     return encode_entries(head, hit_queries(visit), [hit.due for hit in visit.hits], cdt)
 

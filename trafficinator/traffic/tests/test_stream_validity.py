@@ -136,6 +136,8 @@ def test_a_visit_held_as_head_queries_and_dues_encodes_as_the_visit_does(sample,
         )
     with pytest.raises(ValueError):
         encode_entries("?", ["a=1"], [0.0], "iso")
+    with pytest.raises(ValueError):
+        encode_visit(sample[0], cdt="iso")
 
 
 def test_single_hit_bodies_have_no_question_mark_and_unix_cdt():
