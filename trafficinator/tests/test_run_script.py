@@ -55,6 +55,15 @@ class Terminal:
     def __init__(self, env: dict[str, str]) -> None:
         self.pid, self.fd = pty.fork()
         if self.pid == 0:  # pragma: no cover - the child becomes bash
+            # A terminal's shell starts with SIGINT at its default and no signal blocked,
+            # whatever this test process was left with: an ignored SIGINT survives exec,
+            # and bash can neither trap nor reset a signal ignored on entry, so one Ctrl-C
+            # then reaches nothing. That is what two CI runs showed (after the ^C no
+            # "Stopping ...", every process still up); ignoring SIGINT in the parent
+            # reproduces it exactly. Which earlier test in the worker leaves it ignored
+            # was not found.
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_SETMASK, set())
             os.chdir(BASE_DIR)
             os.execve("/bin/bash", ["bash", "scripts/run"], env)  # noqa: S606 - bash is the point
         self.output = b""
